@@ -1,0 +1,53 @@
+"""Typed errors and warnings of lmm_jax.
+
+Structure problems (a bad formula, unusable data) raise eagerly with a typed
+error whose message names the offending value and the fix. Numerical problems
+found while fitting (no convergence, a variance estimated at zero) are reported
+in the fit result and as warnings, which callers may turn into errors with the
+standard ``warnings`` filters.
+"""
+
+from __future__ import annotations
+
+
+class LMMError(Exception):
+    """Base class of every error raised by lmm_jax."""
+
+
+class FormulaError(LMMError, ValueError):
+    """A model formula that cannot be parsed or does not make sense.
+
+    Attributes:
+        formula: the formula text.
+        token: the offending piece of the formula (may be empty).
+        position: index of ``token`` in ``formula`` (or None).
+    """
+
+    def __init__(self, message: str, formula: str = "", token: str = "", position: int | None = None):
+        self.formula = formula
+        self.token = token
+        self.position = position
+        text = message
+        if formula:
+            text += f"\n  formula: {formula}"
+            if position is not None and position >= 0:
+                text += "\n" + " " * (11 + position) + "^" * max(1, len(token))
+        super().__init__(text)
+
+
+class DataError(LMMError, ValueError):
+    """Data that cannot be used with the given formula (missing columns,
+    non-numeric response, too few levels, ...)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimiser stopped without meeting its convergence criteria."""
+
+
+class SingularFitWarning(UserWarning):
+    """A variance component (or a correlation's remainder) is estimated at the
+    boundary: the fit is singular, like lme4's ``isSingular``."""
+
+
+class RankDeficiencyWarning(UserWarning):
+    """Fixed-effects columns were dropped because X is rank deficient."""

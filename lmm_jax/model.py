@@ -1,0 +1,172 @@
+"""The model object and the fit: ``LMM(formula, data).fit(reml=True)``.
+
+``LMM`` holds the design and its cross-products and never changes; ``fit``
+returns a new immutable :class:`~lmm_jax.results.LMMResult`. The compiled
+pieces are module-level functions of (cross-products, static structure), so
+every model of the same shape shares one compilation, and the bootstrap vmaps
+the very same function over simulated responses.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .crossprod import (DesignProducts, ResponseProducts, Structure, design_arrays, design_products,
+                        response_products, structure_of)
+from .design import Design, build_design
+from .errors import ConvergenceWarning, SingularFitWarning
+from .likelihood import (conditional_modes, deviance_at_sigma, factorize, fixed_effects, profiled_deviance,
+                         sigma_hat, unscaled_vcov_beta)
+from .optimize import NewtonResult, newton_minimize
+from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray, s: Structure,
+              reml: bool, max_iter: int = 200) -> NewtonResult:
+    """Minimise the profiled deviance over theta (jit-compiled once per
+    structure; vmap over ``rp`` for many responses on one design)."""
+    return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
+                           max_iter=max_iter)
+
+
+@partial(jax.jit, static_argnames=("s", "reml"))
+def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
+    """beta, sigma, unscaled vcov(beta), conditional modes b and the
+    deviance at a given theta."""
+    F = factorize(theta, dp, rp, s)
+    beta = fixed_effects(F)
+    return dict(beta=beta, sigma=sigma_hat(F, s, reml), unscaled_vcov=unscaled_vcov_beta(F),
+                b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
+
+
+@partial(jax.jit, static_argnames=("s", "reml"))
+def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
+                   reml: bool) -> jnp.ndarray:
+    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""
+    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
+
+
+class LMM:
+    """A linear mixed model in lme4 syntax, ready to fit.
+
+    Args:
+        formula: e.g. ``"Reaction ~ Days + (Days | Subject)"``; see the README
+            for the supported syntax (``||``, ``/``, ``:``, ``0 +``).
+        data: a pandas DataFrame (or a dict of equal-length arrays).
+
+    Attributes:
+        formula: the formula text.
+        design: the evaluated :class:`~lmm_jax.design.Design`.
+        structure: static shapes (terms' columns and levels, n, p).
+
+    Example:
+        >>> import lmm_jax
+        >>> m = lmm_jax.LMM("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> fit = m.fit(reml=True)
+    """
+
+    def __init__(self, formula: str, data: Any):
+        self.formula = formula
+        self.design: Design = build_design(formula, data)
+        self.structure: Structure = structure_of(self.design)
+        self.products: DesignProducts = design_products(self.design)
+        self.arrays = design_arrays(self.design)
+        self.response: ResponseProducts = response_products(jnp.asarray(self.design.y), self.arrays,
+                                                            self.structure)
+
+    def __repr__(self) -> str:
+        d = self.design
+        groups = ", ".join(f"{t.group}: {t.m}" for t in d.terms)
+        return f"LMM({self.formula!r}; n={d.n}, p={d.p}, groups {groups})"
+
+    @property
+    def n_theta(self) -> int:
+        return n_theta(self.structure.ks)
+
+    def response_products(self, y: jnp.ndarray) -> ResponseProducts:
+        """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
+        return response_products(y, self.arrays, self.structure)
+
+    def fit(self, reml: bool = True, *, start: np.ndarray | None = None, max_iter: int = 200,
+            throw: bool = False) -> "LMMResult":
+        """Fit by REML (default) or ML.
+
+        Args:
+            reml: REML criterion if True, maximum likelihood otherwise.
+            start: starting theta (lme4's layout); default lme4's identity.
+            max_iter: Newton iteration limit.
+            throw: raise :class:`~lmm_jax.errors.ConvergenceError`-like
+                ``RuntimeError`` instead of warning when not converged.
+
+        Returns:
+            An immutable :class:`~lmm_jax.results.LMMResult`.
+        """
+        from .results import LMMResult
+
+        ks = self.structure.ks
+        theta0 = theta_start(ks) if start is None else np.asarray(start, dtype=float)
+        if theta0.shape != (self.n_theta,):
+            raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
+        phi0, active0 = phi_from_theta(theta0, ks)
+        opt = fit_theta(self.products, self.response, jnp.asarray(phi0), jnp.asarray(active0), self.structure,
+                        bool(reml), max_iter)
+        result = LMMResult.from_theta(self, opt.theta, reml=bool(reml), optimizer=opt)
+        if not result.converged:
+            msg = (f"model failed to converge after {int(opt.iterations)} iterations (Newton decrement "
+                   f"{float(opt.decrement):.2g}, |grad| {float(opt.gradient_norm):.2g}); try rescaling "
+                   "covariates or a simpler random-effects structure")
+            if throw:
+                raise RuntimeError(msg)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+        if result.singular:
+            warnings.warn("boundary (singular) fit: a variance component is estimated at zero or a correlation "
+                          "at +-1; see result.singular and consider simplifying the random effects",
+                          SingularFitWarning, stacklevel=2)
+        return result
+
+    def deviance_function(self, reml: bool = True, param: Literal["phi", "theta"] = "phi") -> Callable:
+        """See :func:`make_deviance`."""
+        return make_deviance(self, reml=reml, param=param)
+
+
+def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] = "phi") -> Callable:
+    """The profiled objective as a pure, jit-able function of one vector.
+
+    Args:
+        model: an :class:`LMM`.
+        reml: REML criterion (True) or ML deviance (-2 log-likelihood).
+        param: ``"phi"``: unconstrained log-Cholesky parameters (log of each
+            Lambda diagonal, raw off-diagonals); ``"theta"``: lme4's theta.
+
+    Returns:
+        ``f(x) -> scalar``, differentiable with ``jax.grad``/``jax.hessian``
+        and batchable with ``jax.vmap``. For lme4's theta,
+        ``make_deviance(m, param="theta")(theta)`` equals lme4's
+        ``devFunOnly`` value.
+    """
+    dp, rp, s = model.products, model.response, model.structure
+    if param == "theta":
+        return lambda theta: profiled_deviance(theta, dp, rp, s, reml)
+    if param == "phi":
+        return lambda phi: profiled_deviance(theta_from_phi(phi, s.ks), dp, rp, s, reml)
+    raise ValueError(f"param must be 'phi' or 'theta', got {param!r}")
+
+
+def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
+    """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
+    return LMM(formula, data).fit(reml=reml, **kwargs)
+
+
+def is_singular(theta: np.ndarray, ks: tuple[int, ...], tol: float = SINGULAR_TOL) -> bool:
+    """lme4's ``isSingular``: a diagonal entry of some Lambda_t below tol."""
+    diag = diagonal_mask(ks)
+    return bool(np.any(np.abs(np.asarray(theta)[diag]) < tol))

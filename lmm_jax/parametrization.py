@@ -1,0 +1,80 @@
+"""Covariance parameters: lme4's theta, the log-Cholesky phi, and Lambda.
+
+Each random-effects term t with k_t columns has a k_t x k_t lower-triangular
+relative covariance factor Lambda_t, so that the term's random effects have
+covariance ``sigma^2 Lambda_t Lambda_t'``. ``theta`` stacks the lower
+triangles column by column, term by term (lme4's ``getME(fit, "theta")``).
+
+The optimiser works on ``phi``: the same vector with each diagonal entry
+replaced by its logarithm, so phi is unconstrained. A diagonal entry that
+reaches the boundary (a zero variance, or a correlation of +-1) is held at
+exactly 0 through the ``active`` mask (see :mod:`lmm_jax.optimize`).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def lower_tri_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a k x k lower triangle in column-major order
+    (lme4's order: (1,1), (2,1), ..., (k,1), (2,2), ...)."""
+    rows, cols = [], []
+    for j in range(k):
+        for i in range(j, k):
+            rows.append(i)
+            cols.append(j)
+    return np.asarray(rows), np.asarray(cols)
+
+
+def n_theta(ks: tuple[int, ...]) -> int:
+    return sum(k * (k + 1) // 2 for k in ks)
+
+
+def diagonal_mask(ks: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask over theta: True where the entry is a diagonal of Lambda."""
+    out = []
+    for k in ks:
+        r, c = lower_tri_indices(k)
+        out.extend(r == c)
+    return np.asarray(out, dtype=bool)
+
+
+def theta_start(ks: tuple[int, ...]) -> np.ndarray:
+    """lme4's starting value: every Lambda_t the identity."""
+    return diagonal_mask(ks).astype(float)
+
+
+def lambdas(theta: jnp.ndarray, ks: tuple[int, ...]) -> tuple[jnp.ndarray, ...]:
+    """Split theta into the per-term lower-triangular factors Lambda_t."""
+    out, start = [], 0
+    for k in ks:
+        size = k * (k + 1) // 2
+        r, c = lower_tri_indices(k)
+        L = jnp.zeros((k, k), dtype=theta.dtype).at[r, c].set(theta[start:start + size])
+        out.append(L)
+        start += size
+    return tuple(out)
+
+
+def theta_from_phi(phi: jnp.ndarray, ks: tuple[int, ...], active: jnp.ndarray | None = None) -> jnp.ndarray:
+    """theta = exp(phi) on the diagonal entries, phi elsewhere; diagonal
+    entries with ``active`` False are exactly 0."""
+    diag = jnp.asarray(diagonal_mask(ks))
+    theta = jnp.where(diag, jnp.exp(phi), phi)
+    if active is not None:
+        theta = jnp.where(diag & ~active, 0.0, theta)
+    return theta
+
+
+def phi_from_theta(theta: np.ndarray, ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`theta_from_phi`: (phi, active). Diagonal entries
+    must be >= 0 (lme4's convention); zeros become inactive."""
+    theta = np.asarray(theta, dtype=float)
+    diag = diagonal_mask(ks)
+    if np.any(theta[diag] < 0):
+        raise ValueError(f"diagonal entries of theta must be >= 0, got {theta[diag]}")
+    active = ~(diag & (theta == 0))
+    phi = np.where(diag, np.log(np.where(diag & active, np.abs(theta), 1.0)), theta)
+    return phi, active

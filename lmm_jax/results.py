@@ -1,0 +1,287 @@
+"""The immutable result of a fit: estimates, tables and lme4's summary.
+
+Everything is derived from the fitted theta on first access and cached;
+nothing mutates the model. Names follow lme4 (``fixef``, ``ranef``,
+``varcorr``, ``sigma``, ``loglik``) and its tables' layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .likelihood import conditional_covariances, factorize, profiled_deviance
+from .model import SINGULAR_TOL, estimates_at, is_singular, varpar_hessian
+from .parametrization import diagonal_mask, lambdas, lower_tri_indices
+from .satterthwaite import satterthwaite_table, varcomp_covariance, varpar_covariance
+
+if TYPE_CHECKING:
+    from .model import LMM
+    from .optimize import NewtonResult
+
+
+@dataclass(frozen=True, eq=False)
+class LMMResult:
+    """A fitted linear mixed model.
+
+    Attributes:
+        model: the :class:`~lmm_jax.model.LMM` that was fitted.
+        reml: True for a REML fit, False for ML.
+        theta: lme4's covariance parameters at the optimum.
+        beta: fixed effects (array; :attr:`fixef` is the labelled Series).
+        sigma: residual standard deviation.
+        objective: REML criterion (REML) or deviance (ML) at the optimum.
+        converged: the optimiser met its criterion.
+        iterations: Newton iterations.
+        gradient_norm: infinity norm of the final gradient (in phi).
+    """
+
+    model: "LMM"
+    reml: bool
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: float
+    objective: float
+    unscaled_vcov: np.ndarray
+    b: tuple[np.ndarray, ...]
+    converged: bool
+    iterations: int
+    gradient_norm: float
+    decrement: float
+
+    @classmethod
+    def from_theta(cls, model: "LMM", theta: Any, reml: bool, optimizer: "NewtonResult | None" = None) -> "LMMResult":
+        """Build the result at a given theta (the optimum, or any value)."""
+        theta = jnp.asarray(theta, dtype=jnp.float64)
+        est = estimates_at(theta, model.products, model.response, model.structure, reml)
+        if optimizer is None:
+            conv, it, gn, dec = True, 0, float("nan"), float("nan")
+        else:
+            conv, it = bool(optimizer.converged), int(optimizer.iterations)
+            gn, dec = float(optimizer.gradient_norm), float(optimizer.decrement)
+        return cls(model=model, reml=reml, theta=np.asarray(theta), beta=np.asarray(est["beta"]),
+                   sigma=float(est["sigma"]), objective=float(est["deviance"]),
+                   unscaled_vcov=np.asarray(est["unscaled_vcov"]), b=tuple(np.asarray(x) for x in est["b"]),
+                   converged=conv, iterations=it, gradient_norm=gn, decrement=dec)
+
+    # -- basic quantities ----------------------------------------------------
+    @property
+    def design(self):
+        return self.model.design
+
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows dropped for missing values in used columns."""
+        return self.design.n_dropped_rows
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Levels per grouping factor (lme4's ``ngrps``)."""
+        out: dict[str, int] = {}
+        for t in self.design.terms:
+            out.setdefault(t.group, t.m)
+        return out
+
+    @property
+    def npar(self) -> int:
+        """Parameters counted by AIC: fixed effects, theta and sigma."""
+        return self.design.p + len(self.theta) + 1
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self.beta, index=list(self.design.fixef_names), name="estimate")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        """Covariance of the fixed effects, sigma^2 (L_X L_X')^{-1}."""
+        names = list(self.design.fixef_names)
+        return pd.DataFrame(self.sigma ** 2 * self.unscaled_vcov, index=names, columns=names)
+
+    @property
+    def std_errors(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=list(self.design.fixef_names))
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (the REML log-likelihood for REML fits, as lme4)."""
+        return -self.objective / 2.0
+
+    @property
+    def reml_criterion(self) -> float | None:
+        return self.objective if self.reml else None
+
+    @cached_property
+    def deviance(self) -> float:
+        """-2 log-likelihood (ML) profiled at the fitted theta; for REML fits
+        this is lme4's ``devcomp$cmp["dev"]`` (the ML deviance at the REML theta)."""
+        if not self.reml:
+            return self.objective
+        m = self.model
+        return float(profiled_deviance(jnp.asarray(self.theta), m.products, m.response, m.structure, False))
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + self.npar * np.log(self.nobs)
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+    @property
+    def singular(self) -> bool:
+        """lme4's ``isSingular``: some diagonal of Lambda below 1e-4."""
+        return is_singular(self.theta, self.model.structure.ks, SINGULAR_TOL)
+
+    # -- variance components -------------------------------------------------
+    @cached_property
+    def covariances(self) -> list[np.ndarray]:
+        """Per term: the k x k covariance sigma^2 Lambda_t Lambda_t'."""
+        return [self.sigma ** 2 * np.asarray(L @ L.T) for L in lambdas(jnp.asarray(self.theta), self.model.structure.ks)]
+
+    @cached_property
+    def varpar_cov(self) -> np.ndarray:
+        """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
+        lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
+        m = self.model
+        vp = jnp.concatenate([jnp.asarray(self.theta), jnp.asarray([self.sigma])])
+        H = varpar_hessian(vp, m.products, m.response, m.structure, self.reml)
+        return np.asarray(varpar_covariance(H))
+
+    @cached_property
+    def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
+        vp = np.concatenate([self.theta, [self.sigma]])
+        return varcomp_covariance(vp, self.varpar_cov, self.model.structure.ks)
+
+    @property
+    def varcomp(self) -> np.ndarray:
+        """Variance/covariance components (lower triangle per term, column
+        major) then the residual variance: the order of lme4 references."""
+        return self._varcomp[0]
+
+    @property
+    def varcomp_cov(self) -> np.ndarray:
+        """Delta-method covariance of :attr:`varcomp` from the exact Hessian."""
+        return self._varcomp[1]
+
+    @property
+    def varcomp_se(self) -> np.ndarray:
+        """SEs of :attr:`varcomp`; NaN for components of a term at the boundary."""
+        se = np.sqrt(np.clip(np.diag(self.varcomp_cov), 0, None))
+        ks = self.model.structure.ks
+        diag = diagonal_mask(ks)
+        start = 0
+        for k in ks:
+            size = k * (k + 1) // 2
+            if np.any(np.abs(self.theta[start:start + size][diag[start:start + size]]) < SINGULAR_TOL):
+                se[start:start + size] = np.nan
+            start += size
+        return se
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """lme4's ``as.data.frame(VarCorr(fit))`` with the Hessian SE of vcov.
+
+        Columns ``grp, var1, var2, vcov, sdcor, se``: for a variance row sdcor
+        is the SD, for a covariance row the correlation.
+        """
+        rows = []
+        se = self.varcomp_se
+        seen: dict[str, int] = {}
+        start = 0
+        for t, S in zip(self.design.terms, self.covariances):
+            k = t.k
+            count = seen.get(t.group, 0)
+            seen[t.group] = count + 1
+            grp = t.group if count == 0 else f"{t.group}.{count}"
+            r, c = lower_tri_indices(k)
+            pos = {(int(i), int(j)): start + n for n, (i, j) in enumerate(zip(r, c))}
+            sd = np.sqrt(np.diag(S))
+            for i in range(k):
+                rows.append((grp, t.columns[i], "", S[i, i], sd[i], se[pos[(i, i)]]))
+            for j in range(k):
+                for i in range(j + 1, k):
+                    cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                    rows.append((grp, t.columns[j], t.columns[i], S[i, j], cor, se[pos[(i, j)]]))
+            start += len(r)
+        rows.append(("Residual", "", "", self.sigma ** 2, self.sigma, se[-1]))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor", "se"])
+
+    # -- random effects, fitted values ------------------------------------------
+    @property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes (BLUPs) per grouping factor: levels x terms
+        (terms of the same factor, e.g. from ``||``, side by side)."""
+        return self._ranef_tables(self.b)
+
+    @cached_property
+    def ranef_sd(self) -> dict[str, pd.DataFrame]:
+        """Conditional SDs of the random effects (lme4's ``condsd``)."""
+        m = self.model
+        th = jnp.asarray(self.theta)
+        F = factorize(th, m.products, m.response, m.structure)
+        cov = conditional_covariances(th, F, m.structure)
+        sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c), axis1=1, axis2=2)) for c in cov]
+        return self._ranef_tables(sds)
+
+    def _ranef_tables(self, values) -> dict[str, pd.DataFrame]:
+        out: dict[str, pd.DataFrame] = {}
+        for t, v in zip(self.design.terms, values):
+            df = pd.DataFrame(np.asarray(v), index=pd.Index(t.levels, name=t.group), columns=list(t.columns))
+            out[t.group] = df if t.group not in out else out[t.group].join(df, how="outer")
+        return out
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        """X beta + Z b for the rows used."""
+        d = self.design
+        out = d.X @ self.beta
+        for t, b in zip(d.terms, self.b):
+            out = out + np.sum(t.Z * b[t.codes], axis=1)
+        return out
+
+    @property
+    def residuals(self) -> np.ndarray:
+        return self.design.y - self.fitted
+
+    # -- inference -------------------------------------------------------------
+    @cached_property
+    def _satterthwaite(self) -> pd.DataFrame:
+        m = self.model
+        vp = np.concatenate([self.theta, [self.sigma]])
+        return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, m.products, m.response,
+                                   m.structure, self.reml, list(self.design.fixef_names))
+
+    @property
+    def coef_table(self) -> pd.DataFrame:
+        """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
+        ``summary``): columns ``estimate, std_error, df, t, p``."""
+        return self._satterthwaite.copy()
+
+    # -- printing --------------------------------------------------------------
+    def summary(self) -> str:
+        """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
+        from .summary import format_summary
+
+        return format_summary(self)
+
+    def __repr__(self) -> str:
+        kind = "REML" if self.reml else "ML"
+        crit = "REML criterion" if self.reml else "deviance"
+        return (f"<LMMResult {self.model.formula!r} by {kind}: {crit} {self.objective:.4f}, "
+                f"{self.nobs} obs{', singular' if self.singular else ''}"
+                f"{', NOT converged' if not self.converged else ''}>")

@@ -1,0 +1,87 @@
+r"""Variance-parameter covariance and Satterthwaite's degrees of freedom.
+
+Following lmerTest (Kuznetsova, Brockhoff & Christensen 2017, JSS 82(13),
+sec. 3), with exact derivatives where lmerTest uses numDeriv:
+
+* varpar = (theta, sigma); its asymptotic covariance is ``A = 2 H^{-1}``,
+  H the Hessian of ``devfun_vp`` (:func:`lmm_jax.likelihood.deviance_at_sigma`).
+* For a contrast l, with ``C(varpar) = sigma^2 (L_X L_X')^{-1}`` the
+  covariance of beta-hat and ``g = d(l'Cl)/d varpar``,
+
+      df = 2 (l'Cl)^2 / (g' A g),     t = l'beta / sqrt(l'Cl).
+
+* The variance components v = (vech(sigma^2 Lambda_t Lambda_t')..., sigma^2)
+  get ``J A J'`` with J the Jacobian of v(varpar) (delta method).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .crossprod import DesignProducts, ResponseProducts, Structure
+from .likelihood import factorize, unscaled_vcov_beta
+from .parametrization import lambdas, lower_tri_indices
+
+
+def varpar_covariance(H: jnp.ndarray) -> jnp.ndarray:
+    """``2 H^{-1}``: asymptotic covariance of (theta, sigma)."""
+    H = 0.5 * (H + H.T)
+    return 2.0 * jnp.linalg.pinv(H, hermitian=True)
+
+
+def varcomp_of(varpar: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
+    """(theta, sigma) -> variance/covariance components, then sigma^2."""
+    theta, sigma = varpar[:-1], varpar[-1]
+    out = []
+    for lam, k in zip(lambdas(theta, ks), ks):
+        S = sigma ** 2 * lam @ lam.T
+        r, c = lower_tri_indices(k)
+        out.append(S[r, c])
+    out.append(jnp.atleast_1d(sigma ** 2))
+    return jnp.concatenate(out)
+
+
+def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Variance components and their delta-method covariance ``J A J'``."""
+    vp = jnp.asarray(varpar)
+    v = varcomp_of(vp, ks)
+    J = jax.jacfwd(varcomp_of)(vp, ks)
+    return np.asarray(v), np.asarray(J @ jnp.asarray(A) @ J.T)
+
+
+@partial(jax.jit, static_argnames=("s",))
+def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
+    """C(varpar) = sigma^2 (L_X L_X')^{-1} and its Jacobian (p, p, len(varpar))."""
+    def C(vp):
+        return vp[-1] ** 2 * unscaled_vcov_beta(factorize(vp[:-1], dp, rp, s))
+    return C(varpar), jax.jacfwd(C)(varpar)
+
+
+def satterthwaite_df(L: np.ndarray, C: np.ndarray, dC: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variance ``l'Cl`` and Satterthwaite df for each row l of L."""
+    L = np.atleast_2d(L)
+    var = np.einsum("ri,ij,rj->r", L, C, L)
+    g = np.einsum("ri,ijk,rj->rk", L, dC, L)
+    denom = np.einsum("rk,kl,rl->r", g, A, g)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = 2.0 * var ** 2 / denom
+    return var, df
+
+
+def satterthwaite_table(L: np.ndarray, beta: np.ndarray, varpar: np.ndarray, A: np.ndarray, dp: DesignProducts,
+                        rp: ResponseProducts, s: Structure, reml: bool, names: list[str]) -> pd.DataFrame:
+    """t-tests of the contrasts L beta with Satterthwaite df (lmerTest's
+    ``contest1D``): columns ``estimate, std_error, df, t, p``."""
+    C, dC = vcov_beta_jacobian(jnp.asarray(varpar), dp, rp, s)
+    var, df = satterthwaite_df(L, np.asarray(C), np.asarray(dC), np.asarray(A))
+    est = np.atleast_2d(L) @ beta
+    se = np.sqrt(var)
+    t = est / se
+    p = 2.0 * stats.t.sf(np.abs(t), df)
+    return pd.DataFrame({"estimate": est, "std_error": se, "df": df, "t": t, "p": p}, index=names)

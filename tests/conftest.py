@@ -1,0 +1,48 @@
+"""Shared test helpers: reference fits from lme4 and their data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmm_jax
+
+REF_DIR = Path(__file__).parent / "reference"
+CASES = [line.split("\t")[0] for line in (REF_DIR / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
+SMALL_CASES = [c for c in CASES if c != "insteval_crossed"]
+
+
+def load_reference(case: str) -> dict:
+    return json.loads((REF_DIR / f"{case}.json").read_text())
+
+
+def load_data(name: str) -> pd.DataFrame:
+    if name == "InstEval":
+        return pd.read_csv(REF_DIR / "InstEval.csv.gz", dtype={"s": str, "d": str, "dept": str})
+    return lmm_jax.datasets.load(name)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+@pytest.fixture(scope="session")
+def fits():
+    """Fitted results of the small reference cases, fitted once per session."""
+    cache: dict[str, lmm_jax.LMMResult] = {}
+
+    def get(case: str):
+        if case not in cache:
+            ref = load_reference(case)
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", lmm_jax.SingularFitWarning)
+                cache[case] = lmm_jax.fit(ref["formula"], load_data(ref["dataset"]), reml=ref["reml"])
+        return cache[case]
+
+    return get
