@@ -20,6 +20,7 @@ function               what it shows
 :func:`bootstrap`      bootstrap distribution of every parameter, the
                        estimate and the interval marked
 :func:`profile`        profile-likelihood traces (signed root deviance)
+:func:`overview`       one page: forest, caterpillar, residuals, QQ
 =====================  ==================================================
 """
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .results import LMMResult
 
-__all__ = ["caterpillar", "diagnostics", "residuals_vs_fitted", "qq", "forest", "bootstrap", "profile"]
+__all__ = ["caterpillar", "diagnostics", "residuals_vs_fitted", "qq", "forest", "overview"]
 
 _MAX_LABELLED_LEVELS = 60  # above this, level names are not written on the axis
 _MAX_LEGEND_GROUPS = 12  # above this, no legend
@@ -105,30 +106,38 @@ def caterpillar(result: "LMMResult", group: str | Sequence[str] | None = None, l
     fig, axes = plt.subplots(len(groups), ncol, figsize=figsize, squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": heights})
     for row, g in zip(axes, groups):
-        b, sd = modes[g], sds[g].loc[modes[g].index, modes[g].columns]
-        idx = np.argsort(b.iloc[:, 0].to_numpy(), kind="stable") if order else np.arange(len(b))
-        labels = [str(v) for v in b.index[idx]]
-        pos = np.arange(len(idx))
-        many = len(idx) > _MAX_LABELLED_LEVELS
+        b = modes[g]
         for j, ax in enumerate(row):
             if j >= b.shape[1]:
                 ax.set_axis_off()
                 continue
-            est, half = b.iloc[idx, j].to_numpy(), z * sd.iloc[idx, j].to_numpy()
-            ax.errorbar(est, pos, xerr=half, fmt="o", ms=2.5 if many else 4, lw=0.6 if many else 1.0,
-                        color="C0", ecolor="0.45", capsize=0)
-            ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
-            ax.set_title(f"{g}: {b.columns[j]}", fontsize=10)
-            ax.set_ylim(-0.7, len(idx) - 0.3)
-            if many or j > 0:
-                ax.set_yticks([] if many else pos, [] if many else [""] * len(pos))
-            else:
-                ax.set_yticks(pos, labels, fontsize=8 if len(idx) > 25 else 9)
-            ax.set_xlabel("conditional mode")
-        if many:
-            row[0].set_ylabel(f"{len(idx)} levels (sorted)")
+            _caterpillar_panel(ax, b, sds[g].loc[b.index, b.columns], g, j, z, order, labels=j == 0)
     fig.suptitle(f"Random effects with {100 * level:g}% prediction intervals", fontsize=11)
     return fig
+
+
+def _caterpillar_panel(ax: "Axes", b: pd.DataFrame, sd: pd.DataFrame, group: str, j: int, z: float, order: bool,
+                       labels: bool) -> None:
+    """One caterpillar panel: column ``j`` of the modes ``b`` (levels x
+    columns) with +-z conditional SDs, levels sorted by column 0."""
+    idx = np.argsort(b.iloc[:, 0].to_numpy(), kind="stable") if order else np.arange(len(b))
+    pos = np.arange(len(idx))
+    many = len(idx) > _MAX_LABELLED_LEVELS
+    est, half = b.iloc[idx, j].to_numpy(), z * sd.iloc[idx, j].to_numpy()
+    ax.errorbar(est, pos, xerr=half, fmt="o", ms=2.5 if many else 4, lw=0.6 if many else 1.0,
+                color="C0", ecolor="0.45", capsize=0)
+    ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
+    ax.set_title(f"{group}: {b.columns[j]}", fontsize=10)
+    ax.set_ylim(-0.7, len(idx) - 0.3)
+    if many:
+        ax.set_yticks([])
+        if labels:
+            ax.set_ylabel(f"{len(idx)} levels (sorted)")
+    elif labels:
+        ax.set_yticks(pos, [str(v) for v in b.index[idx]], fontsize=8 if len(idx) > 25 else 9)
+    else:
+        ax.set_yticks(pos, [""] * len(pos))
+    ax.set_xlabel("conditional mode")
 
 
 # -- residual diagnostics ------------------------------------------------------------
@@ -265,7 +274,9 @@ def diagnostics(result: "LMMResult", group: str | None | bool = None,
     fig, (a1, a2) = plt.subplots(1, 2, figsize=figsize, layout="constrained")
     residuals_vs_fitted(result, group=group, ax=a1)
     qq(result, group=group, ax=a2)
-    a2.get_legend() and a2.get_legend().remove()
+    legend = a2.get_legend()
+    if legend is not None:
+        legend.remove()
     return fig
 
 
@@ -339,4 +350,39 @@ def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, int
         right = ax.secondary_yaxis("right")
         right.set_yticks(pos, [f"{e:.3g} [{lo:.3g}, {hi:.3g}]" for e, lo, hi in table.to_numpy()], fontsize=8)
         right.tick_params(length=0)
+    return fig
+
+
+# -- one-page overview -----------------------------------------------------------------
+
+def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
+             figsize: tuple[float, float] = (11.0, 8.0)) -> "Figure":
+    """One page per fit: fixed effects, the first factor's random effects,
+    residuals vs fitted and a QQ plot (what ``lmm-jax fit --plot`` writes).
+
+    Args:
+        result: a fitted :class:`~lmm_jax.results.LMMResult`.
+        level: confidence level of the coefficient and random-effect intervals.
+        ddf: denominator df method for the coefficient intervals (see
+            :func:`forest`).
+        figsize: figure size in inches.
+
+    Returns:
+        The Figure with four axes.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=figsize, layout="constrained")
+    forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    group = result.design.terms[0].group
+    b = result.ranef[group]
+    _caterpillar_panel(axes[0, 1], b, result.ranef_sd[group].loc[b.index, b.columns], group, 0,
+                       float(stats.norm.ppf(0.5 + level / 2.0)), True, labels=True)
+    residuals_vs_fitted(result, ax=axes[1, 0])
+    qq(result, ax=axes[1, 1])
+    legend = axes[1, 1].get_legend()
+    if legend is not None:
+        legend.remove()
+    fig.suptitle(f"{result.model.formula}   ({'REML' if result.reml else 'ML'}, n = {result.nobs})", fontsize=11)
     return fig
