@@ -1,0 +1,217 @@
+r"""t and F tests of fixed-effect contrasts, coefficient tables, Wald intervals.
+
+Denominator degrees of freedom (``ddf``):
+
+* ``"satterthwaite"``: lmerTest's method (Kuznetsova et al. 2017, JSS 82(13)).
+  One row l: ``df = 2 (l'Cl)^2 / (g'Ag)``, g = d(l'Cl)/d varpar by autodiff
+  (:mod:`lmm_jax.satterthwaite`). Several rows (lmerTest's ``contestMD``):
+  eigen-decompose ``L C L' = P diag(d) P'``, take the rank-q part, give each
+  ``P_m'L`` its own df nu_m, and combine them as
+  ``ddf = 2E / (E - q)``, ``E = sum nu_m / (nu_m - 2)`` (2 if some nu_m <= 2).
+* ``"kenward-roger"``: pbkrtest's adjusted covariance and df
+  (:mod:`lmm_jax.kenward_roger`); REML fits only, like lmerTest.
+* ``"residual"``: n - p, the df of a linear model.
+* ``"none"``: infinite df (z and chi-square/q tests).
+
+Per-fit quantities (the Jacobian of vcov(beta), the KR adjustment) are
+computed once per result and cached beside it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import LMMError
+from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
+from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
+
+if TYPE_CHECKING:
+    from .results import LMMResult
+
+DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
+F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
+T_COLUMNS = ["estimate", "std_error", "df", "t", "p", "lower", "upper"]
+
+
+class InferenceError(LMMError, ValueError):
+    """A test or interval that cannot be computed as asked (bad ``ddf``,
+    a contrast of the wrong shape, Kenward-Roger on an ML fit, ...)."""
+
+
+_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cached(result: "LMMResult", key: str, make):
+    store = _CACHE.setdefault(result, {})
+    if key not in store:
+        store[key] = make()
+    return store[key]
+
+
+def normalize_ddf(ddf: str) -> str:
+    """Accept lmerTest's spellings (``"Satterthwaite"``, ``"Kenward-Roger"``, ``"kr"``)."""
+    key = str(ddf).lower().replace("_", "-").replace(" ", "-")
+    key = {"kr": "kenward-roger", "kenwardroger": "kenward-roger", "lme4": "none", "asymptotic": "none",
+           "z": "none"}.get(key, key)
+    if key not in DDF_METHODS:
+        raise InferenceError(f"ddf must be one of {list(DDF_METHODS)}, got {ddf!r}")
+    return key
+
+
+def vcov_jacobian(result: "LMMResult") -> tuple[np.ndarray, np.ndarray]:
+    """C = vcov(beta) and its exact Jacobian dC/d(theta, sigma), (p, p, n_varpar)."""
+    def make():
+        m = result.model
+        vp = jnp.asarray(np.concatenate([result.theta, [result.sigma]]))
+        C, dC = vcov_beta_jacobian(vp, m.products, m.response, m.structure)
+        return np.asarray(C), np.asarray(dC)
+    return _cached(result, "vcov_jacobian", make)
+
+
+def kr_adjustment(result: "LMMResult") -> KRAdjustment:
+    """pbkrtest's adjusted covariance of beta for a REML fit (cached)."""
+    if not result.reml:
+        raise InferenceError("Kenward-Roger's method is only available for REML fits (as in lmerTest and "
+                             "pbkrtest); refit with reml=True or use ddf='satterthwaite'")
+    m = result.model
+    return _cached(result, "kr", lambda: kenward_roger_adjustment(result.theta, result.sigma, m.products,
+                                                                  m.structure))
+
+
+def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
+    """A contrast matrix (r, p): accepts a vector, a matrix, or a DataFrame /
+    Series / dict keyed by coefficient names (missing names are 0)."""
+    names = list(result.design.fixef_names)
+    p = len(names)
+    if isinstance(L, dict):
+        L = pd.Series(L)
+    if isinstance(L, (pd.Series, pd.DataFrame)):
+        frame = L.to_frame().T if isinstance(L, pd.Series) else L
+        unknown = [c for c in frame.columns if c not in names]
+        if unknown:
+            raise InferenceError(f"contrast names {unknown} are not coefficients; coefficients are {names}")
+        L = frame.reindex(columns=names, fill_value=0.0).to_numpy(dtype=float)
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    if L.ndim != 2 or L.shape[1] != p:
+        raise InferenceError(f"contrast has shape {L.shape}; it needs {p} columns, one per fixed effect {names}")
+    if not np.isfinite(L).all():
+        raise InferenceError("contrast matrix has non-finite entries")
+    return L
+
+
+def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", level: float = 0.95,
+            names: list[str] | None = None) -> pd.DataFrame:
+    """t tests of each row l of L: ``l'beta = 0`` (lmerTest's ``contest1D``).
+
+    Returns:
+        DataFrame with columns ``estimate, std_error, df, t, p, lower, upper``
+        (the confidence interval at ``level`` uses the same df).
+    """
+    ddf = normalize_ddf(ddf)
+    if not 0 < level < 1:
+        raise InferenceError(f"level must be in (0, 1), got {level}")
+    L = np.atleast_2d(L)
+    est = L @ result.beta
+    if ddf == "kenward-roger":
+        adj = kr_adjustment(result)
+        var = np.einsum("ri,ij,rj->r", L, adj.vcov_adj, L)
+        df = np.array([kenward_roger_ddf(l[None, :], adj)[0] for l in L])
+    else:
+        C, dC = vcov_jacobian(result)
+        if ddf == "satterthwaite":
+            var, df = satterthwaite_df(L, C, dC, result.varpar_cov)
+        else:
+            var = np.einsum("ri,ij,rj->r", L, C, L)
+            df = np.full(len(L), float(result.nobs - result.design.p) if ddf == "residual" else np.inf)
+    se = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = est / se
+    p = 2.0 * stats.t.sf(np.abs(t), df)
+    crit = stats.t.ppf(0.5 + level / 2.0, df)
+    return pd.DataFrame({"estimate": est, "std_error": se, "df": df, "t": t, "p": p,
+                         "lower": est - crit * se, "upper": est + crit * se},
+                        index=names if names is not None else [f"L{i + 1}" for i in range(len(L))])
+
+
+def _combined_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
+    """lmerTest's ``get_Fstat_ddf``."""
+    if len(nu) == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < tol):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = np.sum(nu / (nu - 2.0))
+    return float(2.0 * E / (E - len(nu)))
+
+
+def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
+           eps: float = float(np.sqrt(np.finfo(float).eps))) -> dict[str, float]:
+    """F test of ``L beta = 0`` (lmerTest's ``contestMD``): a dict with the
+    columns of lmerTest's anova table (``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)``)."""
+    ddf = normalize_ddf(ddf)
+    L = np.atleast_2d(L)
+    sigma2 = result.sigma ** 2
+    beta = result.beta
+
+    def row(F, ndf, den, scale=1.0):
+        ms = F * sigma2
+        Fs = F * scale
+        return {"Sum Sq": ms * ndf, "Mean Sq": ms, "NumDF": float(ndf), "DenDF": float(den), "F value": Fs,
+                "Pr(>F)": float(stats.f.sf(Fs, ndf, den))}
+
+    if L.shape[0] == 0:
+        raise InferenceError("contrast matrix has no rows")
+    if ddf == "kenward-roger":
+        adj = kr_adjustment(result)
+        den, scale, q = kenward_roger_ddf(L, adj)
+        Lb = L @ beta
+        wald = float(Lb @ np.linalg.solve(L @ adj.vcov_adj @ L.T, Lb))
+        return row(wald / q, q, den, scale)
+    C, dC = vcov_jacobian(result)
+    if L.shape[0] == 1:
+        tt = t_tests(result, L, ddf)
+        return row(float(tt["t"].iloc[0] ** 2), 1, float(tt["df"].iloc[0]))
+    d, P = np.linalg.eigh(L @ C @ L.T)
+    d, P = d[::-1], P[:, ::-1]
+    tol = max(eps * d[0], 0.0)
+    q = int(np.sum(d > tol))
+    if q == 0:
+        raise InferenceError("contrast matrix has rank 0 in the covariance of beta: nothing to test")
+    PtL = (P.T @ L)[:q]
+    if q == 1:
+        tt = t_tests(result, PtL, ddf)
+        return row(float(tt["t"].iloc[0] ** 2), 1, float(tt["df"].iloc[0]))
+    F = float(np.sum((PtL @ beta) ** 2 / d[:q]) / q)
+    if ddf == "satterthwaite":
+        _, nu = satterthwaite_df(PtL, C, dC, result.varpar_cov)
+        den = _combined_ddf(nu)
+    elif ddf == "residual":
+        den = float(result.nobs - result.design.p)
+    else:
+        den = np.inf
+    return row(F, q, den)
+
+
+def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: float = 0.95,
+             joint: bool | None = None) -> pd.DataFrame:
+    """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
+    several rows -> joint F test (``joint=False`` gives a t test per row)."""
+    L = as_contrast(result, L)
+    if joint is None:
+        joint = L.shape[0] > 1
+    if not joint:
+        return t_tests(result, L, ddf, level)
+    return pd.DataFrame([f_test(result, L, ddf)], columns=F_COLUMNS, index=["L"])
+
+
+def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
+    """Fixed-effects table: ``estimate, std_error, df, t, p, lower, upper``."""
+    names = list(result.design.fixef_names)
+    return t_tests(result, np.eye(len(names)), ddf, level, names=names)
