@@ -1,5 +1,8 @@
+"""``python -m lmm_jax``: the ``lmm-jax`` command line (see :mod:`lmm_jax.cli`)."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,33 +1,190 @@
-"""Command line: ``lmm-jax fit DATA.csv "formula"`` and ``lmm-jax example``."""
+"""Command line: ``lmm-jax fit DATA.csv "formula"`` and ``lmm-jax example``.
+
+Examples::
+
+    lmm-jax example
+    lmm-jax fit data.csv "y ~ x + (x | g)" --ml --json fit.json --plot fit.png
+    lmm-jax fit data.csv "y ~ x + (1 | g)" --ddf kenward-roger --bootstrap 1000 --seed 1
+    python -m lmm_jax example
+
+Exit status: 0 on success, 2 for a problem with the input (unreadable file,
+bad formula, data that do not fit the formula, bad option), 1 for an
+unexpected internal error (``--debug`` shows its traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
-from typing import Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .errors import LMMError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import LMMResult
+
+EXAMPLE_DATASET = "sleepstudy"
+EXAMPLE_FORMULA = "Reaction ~ Days + (Days | Subject)"
+DDF_METHODS = ("satterthwaite", "kenward-roger")
+
+
+class InputError(Exception):
+    """A problem with the user's input, reported as one line and exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) such as 0.95, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) such as 0.95, got {text!r}")
+    return value
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmm-jax", description="Fit lme4-style linear mixed models with JAX.")
-    sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit a model to a CSV file and print lme4's summary")
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    common.add_argument("--ddf", choices=DDF_METHODS, default="satterthwaite",
+                        help="denominator degrees of freedom for the fixed-effects t tests and intervals "
+                             "(default: satterthwaite)")
+    common.add_argument("--level", type=_level, default=0.95, help="confidence level of intervals (default 0.95)")
+    common.add_argument("--bootstrap", type=_positive_int, metavar="N",
+                        help="also run a parametric bootstrap with N replicates and print percentile intervals")
+    common.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default 0)")
+    common.add_argument("--json", metavar="OUT", help="write the estimates (and intervals) as JSON to OUT")
+    common.add_argument("--plot", metavar="OUT.png",
+                        help="write a one-page figure (coefficients, random effects, residuals, QQ) to OUT.png; "
+                             "needs matplotlib: pip install 'lmm_jax[plot]'")
+    common.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
+
+    p = argparse.ArgumentParser(prog="lmm-jax",
+                                description="Fit lme4-style linear mixed models with a JAX likelihood.",
+                                epilog='example: lmm-jax fit data.csv "y ~ x + (x | g)" --plot fit.png')
+    p.add_argument("--version", action="version", version=f"lmm_jax {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{fit,example}")
+    f = sub.add_parser("fit", parents=[common], help="fit a model to a CSV file and print lme4's summary",
+                       description="Fit a linear mixed model to a CSV file and print lme4's summary.")
     f.add_argument("data", help="CSV file with a header row")
     f.add_argument("formula", help='lme4 formula, e.g. "y ~ x + (x | g)"')
-    f.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
-    f.add_argument("--json", metavar="OUT", help="also write the estimates as JSON to OUT")
-    e = sub.add_parser("example", help="fit the bundled sleepstudy example and print its summary")
-    e.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    sub.add_parser("example", parents=[common],
+                   help=f"fit {EXAMPLE_FORMULA} to the bundled {EXAMPLE_DATASET} data",
+                   description=f"Fit {EXAMPLE_FORMULA} to the bundled {EXAMPLE_DATASET} data.")
     return p
 
 
-def result_to_dict(fit) -> dict:
-    """The main estimates of a fit as plain JSON-able values."""
+# -- pieces ------------------------------------------------------------------------
+
+def read_data(path: str) -> pd.DataFrame:
+    """Read a CSV file, turning every way it can fail into an :class:`InputError`."""
+    if not os.path.exists(path):
+        raise InputError(f"no such file: {path!r}")
+    if os.path.isdir(path):
+        raise InputError(f"{path!r} is a directory; give a CSV file")
+    try:
+        data = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path!r} is empty; it needs a header row and data rows") from None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"cannot read {path!r} as CSV: {e}") from None
+    if data.empty:
+        raise InputError(f"{path!r} has a header but no data rows")
+    return data
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{option} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option} {path!r}: folder {folder!r} is not writable")
+
+
+def coefficient_table(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
+    """Fixed effects with t tests and t intervals under the chosen ddf method.
+
+    Uses ``result.coefs(ddf=..., level=...)`` where this lmm_jax has it; for
+    Satterthwaite it falls back on ``result.coef_table`` with intervals
+    ``estimate +- t_{df, (1 + level)/2} * std_error``.
+
+    Args:
+        result: a fitted model.
+        ddf: ``"satterthwaite"`` or ``"kenward-roger"``.
+        level: confidence level of the intervals.
+
+    Returns:
+        DataFrame indexed by term with at least ``estimate, std_error, df,
+        t, p, lower, upper``.
+
+    Raises:
+        InputError: the method is not available in this installation.
+    """
+    from scipy import stats
+
+    coefs = getattr(result, "coefs", None)
+    if callable(coefs):
+        return coefs(ddf=ddf, level=level)
+    if ddf != "satterthwaite":
+        raise InputError(f"--ddf {ddf} needs LMMResult.coefs(ddf=...), which this lmm_jax installation lacks; "
+                         "use --ddf satterthwaite")
+    table = result.coef_table
+    q = stats.t.ppf(0.5 + level / 2.0, table["df"].to_numpy(dtype=float))
+    table["lower"] = table["estimate"] - q * table["std_error"]
+    table["upper"] = table["estimate"] + q * table["std_error"]
+    return table
+
+
+def run_bootstrap(result: "LMMResult", n: int, seed: int, level: float) -> tuple[Any, pd.DataFrame, float]:
+    """Parametric bootstrap through ``result.bootstrap``: (bootstrap result,
+    percentile intervals, seconds).
+
+    Raises:
+        InputError: this installation has no bootstrap.
+    """
+    boot_fn = getattr(result, "bootstrap", None)
+    if not callable(boot_fn):
+        raise InputError("--bootstrap needs LMMResult.bootstrap (lmm_jax.bootstrap), which this lmm_jax "
+                         "installation lacks")
+    import jax
+
+    t0 = time.perf_counter()
+    boot = boot_fn(n, jax.random.PRNGKey(seed))
+    ci = boot.confint(level=level)
+    return boot, ci, time.perf_counter() - t0
+
+
+def result_to_dict(fit: "LMMResult") -> dict:
+    """The main estimates of a fit as plain JSON-able values.
+
+    Args:
+        fit: a fitted model.
+
+    Returns:
+        A dict with the formula, criterion, log-likelihood, AIC/BIC, sigma,
+        theta, the fixed-effects table and lme4's ``VarCorr`` rows.
+    """
     return {
         "formula": fit.model.formula, "reml": fit.reml, "nobs": fit.nobs, "converged": fit.converged,
         "singular": fit.singular, "loglik": fit.loglik, "objective": fit.objective, "aic": fit.aic,
@@ -37,33 +194,113 @@ def result_to_dict(fit) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    from . import LMM, datasets
+def _json_value(x: Any) -> Any:
+    """float/int for numpy scalars; None for NaN and infinities (JSON has neither)."""
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
 
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return _json_value(obj)
+
+
+def _format_table(table: pd.DataFrame, title: str) -> str:
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        return f"{title}\n{table.to_string(float_format=lambda v: f'{v:.5g}')}"
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lmm-jax: warning: {message}", file=sys.stderr)
+
+
+# -- entry point --------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lmm-jax`` and ``python -m lmm_jax``.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status: 0 success, 2 bad input, 1 internal error.
+    """
     args = _build_parser().parse_args(argv)
     try:
-        if args.command == "example":
-            data, formula = datasets.load("sleepstudy"), "Reaction ~ Days + (Days | Subject)"
-            print(f"lmm_jax example: {formula} on the bundled sleepstudy data\n")
-        else:
-            try:
-                data = pd.read_csv(args.data)
-            except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-                print(f"lmm-jax: cannot read {args.data!r} as CSV: {e}", file=sys.stderr)
-                return 2
-            formula = args.formula
-        t0 = time.perf_counter()
-        result = LMM(formula, data).fit(reml=not args.ml)
-        elapsed = time.perf_counter() - t0
-    except LMMError as e:
-        print(f"lmm-jax: {type(e).__name__}: {e}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            return _run(args)
+    except (InputError, LMMError) as e:
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, InputError) else f"{type(e).__name__}: "
+        print(f"lmm-jax: {kind}{e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the CLI turns every failure into one message
+        if args.debug:
+            raise
+        print(f"lmm-jax: unexpected {type(e).__name__}: {e}\n(run again with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import LMM, datasets
+
+    _check_writable(args.json, "--json")
+    _check_writable(args.plot, "--plot")
+    if args.plot:
+        try:
+            import matplotlib
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'lmm_jax[plot]'") from None
+        matplotlib.use("Agg")
+    if args.command == "example":
+        data, formula = datasets.load(EXAMPLE_DATASET), EXAMPLE_FORMULA
+        print(f"lmm_jax example: {formula} on the bundled {EXAMPLE_DATASET} data\n")
+    else:
+        data, formula = read_data(args.data), args.formula
+
+    t0 = time.perf_counter()
+    result = LMM(formula, data).fit(reml=not args.ml)
+    elapsed = time.perf_counter() - t0
     print(result.summary())
     print(f"\n(fitted in {elapsed:.2f} s, including JAX compilation; {result.iterations} Newton iterations)")
-    if getattr(args, "json", None):
+
+    out = result_to_dict(result)
+    coefs = coefficient_table(result, args.ddf, args.level)
+    pct = f"{100 * args.level:g}%"
+    print("\n" + _format_table(coefs, f"Fixed effects with {args.ddf} df and {pct} confidence intervals:"))
+    out["ddf"] = args.ddf
+    out["level"] = args.level
+    out["coefficients"] = coefs.reset_index(names="term").to_dict(orient="records")
+
+    if args.bootstrap:
+        boot, ci, seconds = run_bootstrap(result, args.bootstrap, args.seed, args.level)
+        print("\n" + _format_table(ci, f"Parametric bootstrap ({args.bootstrap} replicates, seed {args.seed}, "
+                                       f"{seconds:.2f} s): {pct} percentile intervals"))
+        ci_records = ci.reset_index(names="parameter") if ci.index.name is None else ci.reset_index()
+        out["bootstrap"] = {"n": args.bootstrap, "seed": args.seed, "seconds": seconds,
+                            "confint": ci_records.to_dict(orient="records")}
+
+    if args.json:
         with open(args.json, "w") as fh:
-            json.dump(result_to_dict(result), fh, indent=1, default=float)
+            json.dump(_clean(out), fh, indent=1)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        from .plotting import overview
+
+        fig = overview(result, level=args.level, ddf=args.ddf if callable(getattr(result, "coefs", None)) else None)
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
     return 0
 
 

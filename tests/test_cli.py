@@ -1,0 +1,127 @@
+"""The command line: in-process ``main([...])`` runs checked against lme4's
+numbers, every kind of bad input answered with exit status 2 and one message
+(no traceback), and one real ``python -m lmm_jax example`` process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lmm_jax
+from lmm_jax.cli import main
+from tests.conftest import load_reference
+
+pytestmark = pytest.mark.filterwarnings("ignore::lmm_jax.SingularFitWarning")
+
+
+@pytest.fixture(scope="module")
+def ingot_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "ingot.csv"
+    lmm_jax.datasets.load("ingot").to_csv(path, index=False)
+    return path
+
+
+def test_example_prints_lme4_summary_and_writes_json_and_png(tmp_path, capsys):
+    ref = load_reference("sleepstudy_reml")
+    out_json, out_png = tmp_path / "fit.json", tmp_path / "fit.png"
+    rc = main(["example", "--json", str(out_json), "--plot", str(out_png)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"REML criterion at convergence: {ref['reml_criterion']:.4f}" in captured.out
+    assert "Fixed effects with satterthwaite df and 95% confidence intervals" in captured.out
+
+    got = json.loads(out_json.read_text())
+    assert got["formula"].replace(" ", "") == ref["formula"].replace(" ", "")
+    np.testing.assert_allclose(got["loglik"], ref["logLik"], rtol=1e-8)
+    np.testing.assert_allclose(got["theta"], ref["theta"], rtol=1e-5)
+    est = [row["estimate"] for row in got["coefficients"]]
+    np.testing.assert_allclose(est, ref["beta"], rtol=1e-6)
+    df = np.array([row["df"] for row in got["coefficients"]])
+    np.testing.assert_allclose(df, ref["df_satterthwaite"], rtol=1e-4)
+    # the interval is the t interval with the Satterthwaite df
+    from scipy import stats
+    se = np.array(ref["beta_se"])
+    lower = np.array([row["lower"] for row in got["coefficients"]])
+    np.testing.assert_allclose(lower, np.array(ref["beta"]) - stats.t.ppf(0.975, df) * se, rtol=1e-5)
+
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+    img = mpimg.imread(out_png)
+    assert img.shape[0] > 400 and img.shape[1] > 600
+    assert float(np.std(img[..., :3])) > 0.05  # something was drawn
+
+
+def test_fit_csv_by_ml_matches_lme4(ingot_csv, tmp_path, capsys):
+    ref = load_reference("ingot_ml")
+    out_json = tmp_path / "ingot.json"
+    rc = main(["fit", str(ingot_csv), ref["formula"], "--ml", "--level", "0.9", "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Linear mixed model fit by maximum likelihood" in captured.out
+    assert "90% confidence intervals" in captured.out
+    got = json.loads(out_json.read_text())
+    assert got["reml"] is False and got["level"] == 0.9
+    np.testing.assert_allclose(got["loglik"], ref["logLik"], rtol=1e-8)
+    np.testing.assert_allclose(got["objective"], ref["deviance_ml"], rtol=1e-8)
+    np.testing.assert_allclose([r["estimate"] for r in got["fixef"]], ref["beta"], rtol=1e-6)
+    vc = {(r["grp"], r["var1"]): r["vcov"] for r in got["varcorr"]}
+    np.testing.assert_allclose([vc[("ingot", "(Intercept)")], vc[("Residual", "")]], ref["varcomp"], rtol=1e-5)
+
+
+def _write(tmp_path, name, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "header_only", "binary", "no_bar", "unclosed",
+                                  "unknown_column", "unknown_group", "bad_json_dir", "bad_plot_dir"])
+def test_bad_input_exits_2_with_one_message(case, tmp_path, ingot_csv, capsys):
+    csv = str(ingot_csv)
+    args, expect = {
+        "missing": (["fit", str(tmp_path / "nope.csv"), "y ~ x + (1|g)"], "no such file"),
+        "directory": (["fit", str(tmp_path), "y ~ x + (1|g)"], "is a directory"),
+        "empty": (["fit", _write(tmp_path, "e.csv", b""), "y ~ x + (1|g)"], "is empty"),
+        "header_only": (["fit", _write(tmp_path, "h.csv", b"y,x,g\n"), "y ~ x + (1|g)"], "no data rows"),
+        "binary": (["fit", _write(tmp_path, "b.csv", b"\xff\xfe\x00\x81bad"), "y ~ x + (1|g)"], "cannot read"),
+        "no_bar": (["fit", csv, "pres ~ metal"], "FormulaError: no random-effects terms"),
+        "unclosed": (["fit", csv, "pres ~ metal + (1|ingot"], "FormulaError: unbalanced parentheses"),
+        "unknown_column": (["fit", csv, "pres ~ alloy + (1|ingot)"], "'alloy'"),
+        "unknown_group": (["fit", csv, "pres ~ metal + (1|furnace)"], "'furnace'"),
+        "bad_json_dir": (["fit", csv, "pres ~ metal + (1|ingot)", "--json", str(tmp_path / "no" / "x.json")],
+                         "does not exist"),
+        "bad_plot_dir": (["example", "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
+    }[case]
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.err.startswith("lmm-jax: ")
+    assert expect in captured.err
+    assert "Traceback" not in captured.err
+    assert captured.out == ""  # nothing fitted, nothing printed
+
+
+@pytest.mark.parametrize("args, expect", [(["example", "--bootstrap", "0"], "positive whole number"),
+                                          (["example", "--level", "1.5"], "number in (0, 1)"),
+                                          (["example", "--ddf", "containment"], "invalid choice")])
+def test_bad_options_exit_2(args, expect, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_debug_flag_shows_the_exception(tmp_path):
+    with pytest.raises(lmm_jax.FormulaError):
+        main(["fit", str(_write(tmp_path, "d.csv", b"y,x,g\n1,2,a\n")), "y ~ x", "--debug"])
+
+
+def test_python_dash_m_runs_the_example():
+    proc = subprocess.run([sys.executable, "-m", "lmm_jax", "example"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "REML criterion at convergence: 1743.6283" in proc.stdout
+    assert "Subject  (Intercept)" in proc.stdout
