@@ -12,6 +12,7 @@ one the blocked Cholesky in :mod:`lmm_jax.likelihood` wants).
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -107,25 +108,52 @@ def r_name(name: str) -> str:
     ``recipeB:temp``, ``Intercept`` -> ``(Intercept)``."""
     if name == "Intercept":
         return "(Intercept)"
-    return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
+    name = re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
+    # formulaic prints I(x**2) as 'I(x ** 2)'; lme4 users know it as 'I(x^2)'
+    return re.sub(r"\bI\((.*)\)", lambda m: "I(" + m.group(1).replace(" ** ", "^").replace("**", "^") + ")", name)
 
 
 def as_frame(data: Any) -> pd.DataFrame:
-    """Accept a DataFrame or a mapping of equal-length arrays."""
+    """Accept a pandas DataFrame, a mapping of equal-length 1-d arrays, or a
+    table with a ``to_pandas()`` method (polars, pyarrow).
+
+    Raises:
+        DataError: anything else, duplicated column names, or no rows.
+    """
     if isinstance(data, pd.DataFrame):
         df = data
     elif isinstance(data, Mapping):
+        cols = {}
+        for k, v in data.items():
+            arr = v if isinstance(v, pd.Series) else np.asarray(v)
+            if np.ndim(arr) != 1:
+                raise DataError(f"data[{k!r}] has shape {np.shape(arr)}; every column of a dict of arrays must be "
+                                "1-dimensional with one entry per observation")
+            cols[k] = arr
         try:
-            df = pd.DataFrame({k: np.asarray(v) if not isinstance(v, pd.Series) else v for k, v in data.items()})
+            df = pd.DataFrame(cols)
         except ValueError as e:
-            raise DataError(f"data is a mapping whose columns could not form a table ({e}); give columns of "
-                            "equal length") from None
+            lengths = {str(k): len(v) for k, v in cols.items()}
+            raise DataError(f"data is a mapping whose columns could not form a table ({e}); column lengths "
+                            f"{lengths}: give columns of equal length") from None
+    elif hasattr(data, "to_pandas") and callable(data.to_pandas) and not isinstance(data, (str, bytes)):
+        try:
+            df = data.to_pandas()
+        except Exception as e:
+            raise DataError(f"could not convert data of type {type(data).__name__} with .to_pandas() ({e}); "
+                            "pass a pandas DataFrame") from None
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"data.to_pandas() of a {type(data).__name__} gave a {type(df).__name__}, not a "
+                            "DataFrame; pass a pandas DataFrame")
     else:
         raise DataError(f"data must be a pandas DataFrame or a dict of equal-length arrays, got "
                         f"{type(data).__name__}; convert it with pandas.DataFrame(...)")
     if df.columns.duplicated().any():
         dup = sorted(set(map(str, df.columns[df.columns.duplicated()])))
         raise DataError(f"data has duplicated column names {dup}; rename them so each name is unique")
+    if len(set(map(str, df.columns))) != df.shape[1]:
+        raise DataError("data has column names that coincide once written as text (e.g. 1 and '1'); "
+                        "rename them so each name is unique")
     if len(df) == 0:
         raise DataError("data has no rows; there is nothing to fit")
     return df
@@ -164,21 +192,94 @@ def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndar
     return np.asarray(level_labels, dtype=object), inv.astype(np.int32)
 
 
-def _required(expr: str, formula_text: str) -> set[str]:
+_IDENT_CHARS = "A-Za-z0-9_."
+
+
+def _token_pattern(name: str) -> re.Pattern:
+    """A column name as a whole token (not part of a longer name, not a
+    function being called)."""
+    return re.compile(rf"(?<![{_IDENT_CHARS}]){re.escape(name)}(?![{_IDENT_CHARS}])(?!\s*\()")
+
+
+def _split_quoted(text: str) -> list[tuple[str, bool]]:
+    """Split text into (piece, quoted) where quoted pieces are `...`, '...'
+    or "..." spans."""
+    out, i, last = [], 0, 0
+    while i < len(text):
+        c = text[i]
+        if c in "`'\"":
+            j = text.find(c, i + 1)
+            if j < 0:
+                break
+            out.append((text[last:i], False))
+            out.append((text[i:j + 1], True))
+            i = last = j + 1
+            continue
+        i += 1
+    out.append((text[last:], False))
+    return out
+
+
+def quote_names(expr: str, columns: list[str]) -> str:
+    """Backtick-quote column names that formulaic would misread.
+
+    R formulas allow dots in names (``x.1``, ``log.dose``); formulaic reads
+    ``x.1`` as Python attribute access. Every unquoted whole-token occurrence
+    of such a column name is wrapped in backticks, longest names first.
+    """
+    odd = sorted((c for c in columns if re.fullmatch(r"[A-Za-z.][A-Za-z0-9_.]*", c) and "." in c),
+                 key=len, reverse=True)
+    if not odd:
+        return expr
+    pieces = []
+    for piece, quoted in _split_quoted(expr):
+        if not quoted:
+            for c in odd:  # longest first; a quoted name is not matched again (backtick boundary)
+                piece = _token_pattern(c).sub(lambda _m, c=c: f"`{c}`", piece)
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def _mentioned(expr: str, columns: list[str]) -> set[str]:
+    """Columns named in expr as whole tokens, quoted (`a b`, Q('a b')) or not."""
+    out = set()
+    for c in columns:
+        if f"`{c}`" in expr or f"'{c}'" in expr or f'"{c}"' in expr:
+            out.add(c)
+            continue
+        for piece, quoted in _split_quoted(expr):
+            if not quoted and _token_pattern(c).search(piece):
+                out.add(c)
+                break
+    return out
+
+
+def _required(expr: str, formula_text: str, columns: list[str]) -> tuple[set[str], set[str]]:
+    """(columns the expression uses, names it uses that are not columns)."""
     try:
-        return set(Formula(expr).required_variables)
+        req = set(Formula(quote_names(expr, columns)).required_variables)
     except Exception as e:  # formulaic's own parse errors
         raise FormulaError(f"cannot parse {expr!r}: {e}", formula_text, expr, formula_text.find(expr)) from None
+    mentioned = _mentioned(expr, columns)
+    cols = set(columns)
+    # formulaic reports `x.1` as 'x': a name that prefixes a mentioned dotted column is not unknown
+    unknown = {v for v in req - cols if not any(m.startswith(v + ".") for m in mentioned)}
+    return mentioned | (req & cols), unknown
 
 
-def _check_columns(names: set[str], df: pd.DataFrame, formula_text: str) -> None:
-    cols = set(map(str, df.columns))
-    missing = sorted(v for v in names if v not in cols)
-    if missing:
-        close = {m: [c for c in cols if c.lower() == m.lower()] for m in missing}
-        hint = "; ".join(f"did you mean {close[m][0]!r} for {m!r}?" for m in missing if close[m])
-        raise DataError(f"column(s) {missing} used in the formula are not in the data (columns: "
-                        f"{sorted(cols)[:20]}{'...' if len(cols) > 20 else ''}){'; ' + hint if hint else ''}")
+def _close(name: str, columns: list[str]) -> list[str]:
+    lower = {c.lower(): c for c in columns}
+    hits = [lower[name.lower()]] if name.lower() in lower else []
+    hits += [c for c in difflib.get_close_matches(name, columns, n=3, cutoff=0.6) if c not in hits]
+    return hits[:3]
+
+
+def _missing_message(name: str, where: str, columns: list[str]) -> str:
+    close = _close(name, columns)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    shown = columns[:20]
+    more = f" ... ({len(columns)} in all)" if len(columns) > 20 else ""
+    return f"{where} {name!r} is not a column of the data{hint} (columns: {shown}{more})"
 
 
 def _independent_columns(X: np.ndarray) -> list[int]:
@@ -217,49 +318,66 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     df = as_frame(data)
     df.columns = [str(c) for c in df.columns]
+    columns = list(df.columns)
 
-    # -- which columns are used, and missing values ------------------------
-    fixed_vars = _required(pf.fixed_formula, pf.text)
-    random_vars: set[str] = set()
-    group_vars: set[str] = set()
+    # -- which columns are used ----------------------------------------------
+    fixed_vars, unknown = _required(pf.fixed_formula, pf.text, columns)
+    if unknown:
+        name = sorted(unknown)[0]
+        what = "the response" if name == pf.response.strip("`") else "fixed-effects variable"
+        raise DataError(_missing_message(name, what, columns))
+    used = set(fixed_vars)
     for term in pf.random:
-        random_vars |= _required(term.expr, pf.text)
-        group_vars |= {f.strip("`") for f in term.factors}
-    used = fixed_vars | random_vars | group_vars
-    _check_columns(used, df, pf.text)
+        for f in term.factors:
+            name = f.strip("`")
+            if name not in df.columns:
+                raise DataError(_missing_message(name, f"grouping factor of the random-effects term {term}:",
+                                                 columns))
+            used.add(name)
+        slope_vars, unknown = _required(term.expr, pf.text, columns)
+        if unknown:
+            raise DataError(_missing_message(sorted(unknown)[0], f"variable of the random-effects term {term}:",
+                                             columns))
+        used |= slope_vars
+    _check_response_column(pf.response, df)
+
+    # -- missing values: drop rows with NA in a used column (lme4's na.omit) ----
     sub = df[sorted(used)]
     complete = sub.notna().all(axis=1).to_numpy()
     n_dropped = int((~complete).sum())
     if not complete.any():
-        raise DataError(f"all {len(df)} rows have a missing value in a used column ({sorted(used)}); "
-                        "nothing is left to fit")
+        per_col = {c: int(sub[c].isna().sum()) for c in sorted(used) if sub[c].isna().any()}
+        raise DataError(f"all {len(df)} rows have a missing value in a used column (missing per column: "
+                        f"{per_col}); nothing is left to fit")
     df_used = df.loc[complete]
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(pf.fixed_formula, df_used, na_action="ignore")
+        mm = model_matrix(quote_names(pf.fixed_formula, columns), df_used, na_action="ignore")
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
                            pf.fixed, pf.text.find(pf.fixed)) from None
     lhs = mm.lhs
-    if lhs.shape[1] != 1:
-        raise DataError(f"the response {pf.response!r} gives {lhs.shape[1]} columns "
-                        f"({list(lhs.columns)}); it must be one numeric column")
-    y = np.asarray(lhs, dtype=float).ravel() if _is_numeric(lhs) else None
-    if y is None:
-        raise DataError(f"the response {pf.response!r} is not numeric (dtype {df_used[pf.response].dtype if pf.response in df_used else 'object'}); "
-                        "linear mixed models need a numeric response: convert it, e.g. with pd.to_numeric")
+    if lhs.shape[1] != 1 or not _is_numeric(lhs):
+        raise DataError(f"the response {pf.response!r} is not one numeric column (it gives {lhs.shape[1]} "
+                        f"column(s): {list(lhs.columns)[:5]}); linear mixed models need a numeric response")
+    y = np.asarray(lhs, dtype=float).ravel()
     rhs = mm.rhs
     X_full = np.asarray(rhs, dtype=float)
     names_full = [r_name(c) for c in rhs.columns]
-    for arr, what in ((y, f"response {pf.response!r}"),):
-        if not np.isfinite(arr).all():
-            raise DataError(f"the {what} has {int((~np.isfinite(arr)).sum())} infinite value(s); "
-                            "remove those rows or replace them with NaN (rows with NaN are dropped)")
+    if not np.isfinite(y).all():
+        n_inf, n_nan = int(np.isinf(y).sum()), int(np.isnan(y).sum())
+        raise DataError(f"the response {pf.response!r} has {n_inf} infinite and {n_nan} NaN value(s) among the "
+                        f"rows used (first at row {df_used.index[np.flatnonzero(~np.isfinite(y))[0]]!r}); remove "
+                        "those rows or set them to NaN in the data (rows with NaN are dropped)")
+    if y.max() == y.min():
+        raise DataError(f"the response {pf.response!r} is constant (every value is {y[0]!r}); there is no "
+                        "variation to model")
     bad = ~np.isfinite(X_full).all(axis=0)
     if bad.any():
         raise DataError(f"fixed-effects column(s) {[names_full[i] for i in np.flatnonzero(bad)]} have infinite "
-                        "values; remove those rows or replace them with NaN")
+                        "or NaN values (after transforms such as log); remove those rows or set them to NaN in "
+                        "the data (rows with NaN are dropped)")
     keep = _independent_columns(X_full)
     dropped = tuple(names_full[j] for j in range(X_full.shape[1]) if j not in keep)
     if dropped:
@@ -267,13 +385,17 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
                       f"{list(dropped)}", RankDeficiencyWarning, stacklevel=3)
     X = X_full[:, keep]
     fixef_names = tuple(names_full[j] for j in keep)
+    if X.shape[0] <= X.shape[1]:
+        raise DataError(f"{X.shape[1]} fixed-effects columns for {X.shape[0]} observations; there must be more "
+                        "observations than fixed effects: simplify the fixed part (a factor with many levels "
+                        "belongs in a random-effects term, e.g. (1 | g))")
 
     # -- random terms ------------------------------------------------------
     n = len(y)
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
         try:
-            Zm = model_matrix(term.expr, df_used, na_action="ignore")
+            Zm = model_matrix(quote_names(term.expr, columns), df_used, na_action="ignore")
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
                                term.expr, pf.text.find(term.expr)) from None
@@ -283,7 +405,9 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
             raise FormulaError(f"random-effects term {term} has no columns; use (1 | g) for an intercept",
                                pf.text, term.expr, pf.text.find(term.expr))
         if not np.isfinite(Z).all():
-            raise DataError(f"random-effects term {term} has infinite values in its columns {list(cols)}")
+            badc = [cols[c] for c in np.flatnonzero(~np.isfinite(Z).all(axis=0))]
+            raise DataError(f"random-effects term {term} has infinite or NaN values in its column(s) {badc}; "
+                            "remove those rows or set them to NaN in the data (rows with NaN are dropped)")
         if term.uncorrelated and Z.shape[1] > 1:
             for c in range(Z.shape[1]):
                 expanded.append((term, f"{term.expr}[{c}]", Z[:, [c]], (cols[c],)))
@@ -301,10 +425,11 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
             raise DataError(f"grouping factor {term.group!r} has {m} levels for {n} observations; the number of "
                             "levels must be less than the number of observations (lme4's check), or the random "
                             "effect cannot be told from the residual: drop the term")
-        if m * Z.shape[1] > n:
+        if m * Z.shape[1] >= n:
             raise DataError(f"term {term} has {m * Z.shape[1]} random effects ({m} levels x {Z.shape[1]} columns) "
-                            f"for {n} observations; the model is not identifiable: simplify the term, e.g. to "
-                            f"(1 | {term.group})")
+                            f"for {n} observations; with at least as many random effects as observations the "
+                            "variance components and the residual variance cannot be told apart (lme4's "
+                            f"nobs > nRE check): simplify the term, e.g. to (1 | {term.group})")
         terms.append(TermDesign(group=term.group, columns=cols, levels=labels, codes=codes, Z=Z,
                                 expr=expr, factors=tuple(f.strip("`") for f in term.factors)))
     order = sorted(range(len(terms)), key=lambda i: -terms[i].m)  # stable: formula order among ties
@@ -312,6 +437,22 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=mm.rhs.model_spec,
                   kept_columns=tuple(keep))
+
+
+def _check_response_column(response: str, df: pd.DataFrame) -> None:
+    """A response that is a plain column must be numeric (or boolean)."""
+    name = response.strip("`")
+    if name not in df.columns:
+        return  # an expression such as log(y): checked once evaluated
+    col = df[name]
+    if pd.api.types.is_bool_dtype(col) or (pd.api.types.is_numeric_dtype(col)
+                                           and not isinstance(col.dtype, pd.CategoricalDtype)):
+        return
+    example = col.dropna().iloc[0] if col.notna().any() else None
+    hint = ("convert it with pd.to_numeric(data[...])" if not isinstance(col.dtype, pd.CategoricalDtype)
+            else "a categorical response needs a GLMM; for numeric codes use .astype(float)")
+    raise DataError(f"the response {name!r} is not numeric (dtype {col.dtype}, e.g. {example!r}); linear mixed "
+                    f"models need a numeric response: {hint}")
 
 
 def _is_numeric(frame: pd.DataFrame) -> bool:
