@@ -208,3 +208,12 @@ def likelihood_ratio_table(*results: "LMMResult", refit: bool = True,
     table = pd.DataFrame(rows, index=[names[i] for i in order])
     table.attrs["note"] = note
     return table
+
+
+def anova(*results: "LMMResult", refit: bool = True, names: list[str] | None = None) -> pd.DataFrame:
+    """``lmm_jax.anova(m0, m1, ...)``: likelihood-ratio tests between nested
+    fits, lme4's ``anova`` table (see :func:`likelihood_ratio_table`). With a
+    single fit, its type III F table (:func:`anova_table`)."""
+    if len(results) == 1:
+        return anova_table(results[0])
+    return likelihood_ratio_table(*results, refit=refit, names=names)

@@ -215,3 +215,112 @@ def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) 
     """Fixed-effects table: ``estimate, std_error, df, t, p, lower, upper``."""
     names = list(result.design.fixef_names)
     return t_tests(result, np.eye(len(names)), ddf, level, names=names)
+
+
+def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
+    """(vech(Sigma_t)..., sigma^2) -> (SDs and correlations in the same layout..., sigma)."""
+    from .parametrization import lower_tri_indices
+
+    out, start = [], 0
+    for k in ks:
+        r, c = lower_tri_indices(k)
+        size = len(r)
+        block = v[start:start + size]
+        diag = {int(i): block[n] for n, (i, j) in enumerate(zip(r, c)) if i == j}
+        for n, (i, j) in enumerate(zip(r, c)):
+            if i == j:
+                out.append(jnp.sqrt(jnp.maximum(block[n], 0.0)))
+            else:
+                out.append(block[n] / jnp.sqrt(diag[int(i)] * diag[int(j)]))
+        start += size
+    out.append(jnp.sqrt(v[-1]))
+    return jnp.stack(out)
+
+
+def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
+    """Variance components with Hessian-based SEs and Wald intervals.
+
+    One row per parameter in lme4's naming and order (``sd_(Intercept)|Subject``,
+    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``). Columns:
+
+    * ``vcov, se_vcov, lower_vcov, upper_vcov``: the variance / covariance
+      (sigma^2 for ``sigma``), its SE from the exact Hessian of the deviance in
+      (theta, sigma) by the delta method, and the Wald interval on that scale;
+    * ``sdcor, se_sdcor, lower_sdcor, upper_sdcor``: the SD (or correlation),
+      its delta-method SE, and the Wald interval on the SD scale (lower end
+      clipped at 0) or, for correlations, on Fisher's z = atanh(rho) scale
+      mapped back with tanh.
+
+    SEs are NaN for components of a term estimated at the boundary (as lme4 /
+    lmerTest give none there).
+    """
+    import jax
+
+    from .profile import parameters
+
+    if not 0 < level < 1:
+        raise InferenceError(f"level must be in (0, 1), got {level}")
+    ks = result.model.structure.ks
+    v = np.asarray(result.varcomp)
+    Vv = np.asarray(result.varcomp_cov)
+    se_v = np.asarray(result.varcomp_se)
+    J = np.asarray(jax.jacfwd(_sdcor_of)(jnp.asarray(v), ks))
+    sdcor = np.asarray(_sdcor_of(jnp.asarray(v), ks))
+    se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
+    se_s[~np.isfinite(se_v)] = np.nan
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    names = [p.name for p in parameters(result) if p.kind != "fixed"]
+    is_cor = np.array([n.startswith("cor_") for n in names])
+    lo_s = np.where(is_cor, np.tanh(np.arctanh(np.clip(sdcor, -1 + 1e-15, 1 - 1e-15))
+                                    - z * se_s / np.maximum(1 - sdcor ** 2, 1e-300)),
+                    np.maximum(sdcor - z * se_s, 0.0))
+    hi_s = np.where(is_cor, np.tanh(np.arctanh(np.clip(sdcor, -1 + 1e-15, 1 - 1e-15))
+                                    + z * se_s / np.maximum(1 - sdcor ** 2, 1e-300)),
+                    sdcor + z * se_s)
+    table = pd.DataFrame({"vcov": v, "se_vcov": se_v, "lower_vcov": v - z * se_v, "upper_vcov": v + z * se_v,
+                          "sdcor": sdcor, "se_sdcor": se_s, "lower_sdcor": lo_s, "upper_sdcor": hi_s}, index=names)
+    table.attrs["level"] = level
+    return table
+
+
+def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
+    """Wald intervals in lme4's naming and order: variance parameters on the
+    SD / correlation scale from :func:`varcorr_table`, then the fixed effects
+    as ``beta +- z se`` (lme4's ``confint(method = "Wald")`` gives the same for
+    the fixed effects and NA for the variance parameters)."""
+    vc = varcorr_table(result, level)
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    se = result.std_errors.to_numpy()
+    fixed = pd.DataFrame({"lower": result.beta - z * se, "upper": result.beta + z * se},
+                         index=list(result.design.fixef_names))
+    out = pd.concat([vc[["lower_sdcor", "upper_sdcor"]].set_axis(["lower", "upper"], axis=1), fixed])
+    out.attrs.update(level=level, method="wald")
+    return out
+
+
+def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+    """Confidence intervals for SDs, correlations, sigma and fixed effects
+    (lme4's ``confint``): ``method`` is ``"wald"``, ``"profile"`` (see
+    :mod:`lmm_jax.profile`) or ``"boot"`` (parametric bootstrap percentile
+    intervals from ``result.bootstrap(n, key)``; kwargs ``n`` (default 1000)
+    and ``key`` or ``seed``)."""
+    method = str(method).lower()
+    if method == "wald":
+        return wald_confint(result, level)
+    if method == "profile":
+        from .profile import profile_confint
+
+        return profile_confint(result, level, **kwargs)
+    if method in ("boot", "bootstrap"):
+        boot = getattr(result, "bootstrap", None)
+        if boot is None:
+            raise InferenceError("method='boot' needs the parametric bootstrap (lmm_jax.bootstrap), which is not "
+                                 "available in this installation; use method='profile' or 'wald'")
+        import jax
+
+        n = int(kwargs.pop("n", 1000))
+        key = kwargs.pop("key", None)
+        if key is None:
+            key = jax.random.PRNGKey(int(kwargs.pop("seed", 0)))
+        return boot(n, key, **kwargs).confint(level, method="percentile")
+    raise InferenceError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")

@@ -39,6 +39,7 @@ from scipy import linalg as sla
 
 from .crossprod import DesignProducts, Structure
 from .parametrization import lambdas, lower_tri_indices
+from .sparse import SparseA21
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,13 @@ def dense_products(dp: DesignProducts, s: Structure) -> tuple[np.ndarray, np.nda
     blocks[idx, :, idx, :] = A11
     ZtZ[:q1, :q1] = blocks.reshape(q1, q1)
     if qr:
-        A21 = np.asarray(dp.A21).reshape(qr, q1)
+        if isinstance(dp.A21, SparseA21):           # nonzero blocks only: scatter them
+            vals = np.concatenate([np.asarray(b).reshape(-1, k1) for b in dp.A21.blocks], axis=0)
+            A21 = np.zeros((qr, m1, k1))
+            A21[np.asarray(dp.A21.index.row), np.asarray(dp.A21.index.level)] = vals
+            A21 = A21.reshape(qr, q1)
+        else:
+            A21 = np.asarray(dp.A21).reshape(qr, q1)
         ZtZ[q1:, :q1] = A21
         ZtZ[:q1, q1:] = A21.T
         ZtZ[q1:, q1:] = np.asarray(dp.A22)
