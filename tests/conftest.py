@@ -13,7 +13,9 @@ import lmm_jax
 
 REF_DIR = Path(__file__).parent / "reference"
 CASES = [line.split("\t")[0] for line in (REF_DIR / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
-SMALL_CASES = [c for c in CASES if c != "insteval_crossed"]
+EXTRA_CASES = ["extra/" + line.split("\t")[0] for line in
+               (REF_DIR / "extra" / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
+SMALL_CASES = [c for c in CASES if c != "insteval_crossed"] + EXTRA_CASES
 
 
 def load_reference(case: str) -> dict:

