@@ -6,7 +6,8 @@ holds the remaining terms (q_r = sum of m_t k_t columns, level-major within
 each term). The likelihood needs only
 
     A11 = Z_1'Z_1  as (m_1, k_1, k_1) diagonal blocks
-    A21 = Z_r'Z_1  as (q_r, m_1, k_1)
+    A21 = Z_r'Z_1  as (q_r, m_1, k_1), or by its nonzero blocks
+                   (:class:`~lmm_jax.sparse.SparseA21`) when that is large
     A22 = Z_r'Z_r  as (q_r, q_r)
     Z_1'X, Z_r'X, X'X                        (design: shared by all responses)
     Z_1'y, Z_r'y, X'y, y'y                   (response: what vmap batches)
@@ -25,6 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .design import Design
+from .errors import DataError
+from .sparse import SparseA21, sparse_coupling
+
+SPARSE_MIN_ENTRIES = 1 << 15   # dense A21 (q_r m_1 k_1 entries) above this: stored sparse
+MAX_DENSE_REST = 20_000        # columns of the remaining terms' dense block
+CHUNK_ROWS = 1 << 18           # rows per chunk of the O(n) bincounts
 
 
 class Structure(NamedTuple):
@@ -60,7 +67,7 @@ class DesignProducts(NamedTuple):
     """Cross-products that do not involve y (see module docstring)."""
 
     A11: jnp.ndarray
-    A21: jnp.ndarray
+    A21: "jnp.ndarray | SparseA21"
     A22: jnp.ndarray
     Z1X: jnp.ndarray
     ZrX: jnp.ndarray
@@ -94,48 +101,93 @@ def design_arrays(design: Design) -> DesignArrays:
                         Z=tuple(jnp.asarray(t.Z) for t in design.terms))
 
 
-def _rest_index(design: Design) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each remaining term: (row index into Z_r of column c, for each c) as an (n, k) int array, and Z."""
+def _rest_terms(design: Design) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """For each remaining term: (codes, Z, offset of the term in Z_r, levels)."""
     out, o = [], 0
     for t in design.terms[1:]:
-        idx = o + t.codes[:, None].astype(np.int64) * t.k + np.arange(t.k)[None, :]
-        out.append((idx, t.Z))
+        out.append((t.codes.astype(np.int64), t.Z, o, t.m))
         o += t.m * t.k
     return out
 
 
-def design_products(design: Design) -> DesignProducts:
-    """Z'Z, Z'X and X'X in blocked form, in O(n) per entry with bincount."""
+def _chunks(n: int, chunk_rows: int):
+    for lo in range(0, n, chunk_rows):
+        yield slice(lo, min(lo + chunk_rows, n))
+
+
+def use_sparse_coupling(structure: Structure) -> bool:
+    """Default storage of A21: sparse when its dense form would exceed
+    :data:`SPARSE_MIN_ENTRIES` entries (q_r m_1 k_1)."""
+    return structure.q_rest * structure.ms[0] * structure.ks[0] > SPARSE_MIN_ENTRIES
+
+
+def design_products(design: Design, sparse: bool | None = None, chunk_rows: int = CHUNK_ROWS) -> DesignProducts:
+    """Z'Z, Z'X and X'X in blocked form, in O(n) with bincount (no dense Z).
+
+    Args:
+        design: the evaluated design.
+        sparse: store ``A21`` as :class:`~lmm_jax.sparse.SparseA21` (True),
+            as a dense (q_r, m_1, k_1) array (False), or decide by size (None,
+            :func:`use_sparse_coupling`). Both give the same likelihood.
+        chunk_rows: rows per chunk of the weighted bincounts; temporaries are
+            O(chunk_rows), the results O(m_1 k_1^2 + q_r^2).
+
+    Raises:
+        DataError: the remaining terms have too many columns for a dense
+            q_r x q_r block (more than :data:`MAX_DENSE_REST`).
+    """
     t1 = design.terms[0]
     m1, k1 = t1.m, t1.k
     X = design.X
-    p = X.shape[1]
+    n, p = X.shape
     c1 = t1.codes.astype(np.int64)
-    A11 = np.empty((m1, k1, k1))
-    for a in range(k1):
-        for b in range(a, k1):
-            A11[:, a, b] = A11[:, b, a] = np.bincount(c1, weights=t1.Z[:, a] * t1.Z[:, b], minlength=m1)
-    Z1X = np.empty((m1, k1, p))
-    for a in range(k1):
-        for j in range(p):
-            Z1X[:, a, j] = np.bincount(c1, weights=t1.Z[:, a] * X[:, j], minlength=m1)
-    rest = _rest_index(design)
+    rest = _rest_terms(design)
     qr = sum(t.m * t.k for t in design.terms[1:])
-    A21 = np.zeros((qr, m1, k1))
-    A22 = np.zeros((qr, qr))
+    if qr > MAX_DENSE_REST:
+        raise DataError(f"the random-effects terms after the first ({[t.group for t in design.terms[1:]]}) have "
+                        f"{qr} columns in all; their block of Z'Z is factored densely and at most {MAX_DENSE_REST} "
+                        "are supported: drop or merge some terms, or make the largest factor come first")
+    A11 = np.zeros((m1, k1, k1))
+    Z1X = np.zeros((m1, k1, p))
     ZrX = np.zeros((qr, p))
-    for idx, Z in rest:
-        for c in range(idx.shape[1]):
-            flat = idx[:, c] * m1 + c1
-            for a in range(k1):
-                A21[..., a] += np.bincount(flat, weights=Z[:, c] * t1.Z[:, a], minlength=qr * m1).reshape(qr, m1)
+    A22 = np.zeros((qr, qr))
+    A22_flat = A22.reshape(-1)
+    for sl in _chunks(n, chunk_rows):
+        for a in range(k1):
+            for b in range(a, k1):
+                A11[:, a, b] += np.bincount(c1[sl], weights=t1.Z[sl, a] * t1.Z[sl, b], minlength=m1)
             for j in range(p):
-                ZrX[:, j] += np.bincount(idx[:, c], weights=Z[:, c] * X[:, j], minlength=qr)
-            for idx2, Z2 in rest:
-                for d in range(idx2.shape[1]):
-                    flat2 = idx[:, c] * qr + idx2[:, d]
-                    A22 += np.bincount(flat2, weights=Z[:, c] * Z2[:, d], minlength=qr * qr).reshape(qr, qr)
-    return DesignProducts(A11=jnp.asarray(A11), A21=jnp.asarray(A21), A22=jnp.asarray(A22),
+                Z1X[:, a, j] += np.bincount(c1[sl], weights=t1.Z[sl, a] * X[sl, j], minlength=m1)
+        for codes, Z, o, m in rest:
+            for c in range(Z.shape[1]):
+                row = o + codes[sl] * Z.shape[1] + c
+                for j in range(p):
+                    ZrX[:, j] += np.bincount(row, weights=Z[sl, c] * X[sl, j], minlength=qr)
+                for codes2, Z2, o2, m2 in rest:
+                    for d in range(Z2.shape[1]):
+                        # scatter-add into the flat view: no second q_r x q_r temporary
+                        np.add.at(A22_flat, row * qr + (o2 + codes2[sl] * Z2.shape[1] + d), Z[sl, c] * Z2[sl, d])
+    for a in range(k1):
+        for b in range(a + 1, k1):
+            A11[:, b, a] = A11[:, a, b]
+    structure = structure_of(design)
+    if sparse is None:
+        sparse = use_sparse_coupling(structure)
+    if qr == 0:
+        A21 = jnp.zeros((0, m1, k1))
+    elif sparse:
+        A21 = sparse_coupling(rest, c1, t1.Z, m1, qr, chunk_rows)
+    else:
+        A21 = np.zeros((qr, m1, k1))
+        for codes, Z, o, m in rest:
+            for sl in _chunks(n, chunk_rows):
+                for c in range(Z.shape[1]):
+                    flat = (o + codes[sl] * Z.shape[1] + c) * m1 + c1[sl]
+                    for a in range(k1):
+                        A21[..., a] += np.bincount(flat, weights=Z[sl, c] * t1.Z[sl, a],
+                                                   minlength=qr * m1).reshape(qr, m1)
+        A21 = jnp.asarray(A21)
+    return DesignProducts(A11=jnp.asarray(A11), A21=A21, A22=jnp.asarray(A22),
                           Z1X=jnp.asarray(Z1X), ZrX=jnp.asarray(ZrX), XtX=jnp.asarray(X.T @ X))
 
 

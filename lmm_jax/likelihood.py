@@ -39,8 +39,10 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
-from .linalg import batched_backward_solve, batched_cholesky, batched_forward_solve
+from .linalg import batched_backward_solve, batched_cholesky, batched_forward_solve, spd_logdet_solve
 from .parametrization import lambdas
+from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, schur_update, times_dense,
+                     transpose_times_vector)
 
 LOG_2PI = float(jnp.log(2 * jnp.pi))
 
@@ -50,7 +52,9 @@ class Factor(NamedTuple):
 
     Attributes:
         L1: (m_1, k_1, k_1) diagonal blocks of L_Z for the first term.
-        L21: (q_r, m_1, k_1) the block below them.
+        L21: the block below them: a dense (q_r, m_1, k_1) array, or its
+            nonzero rows (:class:`~lmm_jax.sparse.SparseL21`) when ``A21``
+            is stored sparse.
         L22: (q_r, q_r) dense factor of the remaining terms' Schur complement.
         C1: (m_1, k_1, p+1) ``L_1^{-1} Lambda_1'Z_1'[X y]``.
         C2: (q_r, p+1) the remaining terms' part of ``L_Z^{-1} Lambda'Z'[X y]``.
@@ -78,8 +82,21 @@ def _lambda_rest_t(lams: tuple[jnp.ndarray, ...], arr: jnp.ndarray, s: Structure
     return jnp.concatenate(parts, axis=0)
 
 
-def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Factor:
-    """Blocked Cholesky factor of the penalised system (module docstring)."""
+class _Eliminated(NamedTuple):
+    """The system after eliminating the first term: its factor ``L1``, the
+    block ``L21``, ``C1``, and the dense Schur complements ``M22``, ``R`` (the
+    remaining terms' right-hand side) and ``M33 = [X y]'[X y] - C1'C1``."""
+
+    L1: jnp.ndarray
+    L21: "jnp.ndarray | SparseL21"
+    C1: jnp.ndarray
+    M22: jnp.ndarray
+    R: jnp.ndarray
+    M33: jnp.ndarray
+
+
+def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> _Eliminated:
+    """Factor the first term's block diagonal and form the Schur complements."""
     lams = lambdas(theta, s.ks)
     lam1 = lams[0]
     m1, k1, p = s.ms[0], s.ks[0], s.p
@@ -90,25 +107,61 @@ def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
     C1 = batched_forward_solve(L1, jnp.einsum("ba,jbc->jac", lam1, Z1Xy))
     C1f = C1.reshape(m1 * k1, p + 1)
     XyXy = jnp.block([[dp.XtX, rp.Xy[:, None]], [rp.Xy[None, :], rp.yy[None, None]]])
+    M33 = XyXy - C1f.T @ C1f
     qr = s.q_rest
     if qr == 0:
-        L21 = jnp.zeros((0, m1, k1), dtype=theta.dtype)
-        L22 = jnp.zeros((0, 0), dtype=theta.dtype)
-        C2 = jnp.zeros((0, p + 1), dtype=theta.dtype)
-        M33 = XyXy - C1f.T @ C1f
+        return _Eliminated(L1, jnp.zeros((0, m1, k1), dtype=theta.dtype), C1, jnp.zeros((0, 0), dtype=theta.dtype),
+                           jnp.zeros((0, p + 1), dtype=theta.dtype), M33)
+    A22 = _lambda_rest_t(lams, _lambda_rest_t(lams, dp.A22, s).T, s)
+    ZrXy = _lambda_rest_t(lams, jnp.concatenate([dp.ZrX, rp.Zry[:, None]], axis=-1), s)
+    if isinstance(dp.A21, SparseA21):
+        idx = dp.A21.index
+        B = lambda_coupling(lams, dp.A21)                                  # rows of Lambda_r'A21 Lambda_1
+        L21 = SparseL21(batched_forward_solve(L1[idx.level], B[..., None])[..., 0], idx)
+        update, L21C1 = schur_update(L21, qr), times_dense(L21, C1, qr)
     else:
-        B = _lambda_rest_t(lams, dp.A21, s)                       # Lambda_r' A21
-        B = jnp.einsum("qja,ab->qjb", B, lam1)                    # ... Lambda_1
+        B = _lambda_rest_t(lams, dp.A21, s)                                # Lambda_r' A21
+        B = jnp.einsum("qja,ab->qjb", B, lam1)                            # ... Lambda_1
         L21 = batched_forward_solve(L1, B.transpose(1, 2, 0)).transpose(2, 0, 1)
         L21f = L21.reshape(qr, m1 * k1)
-        A22 = _lambda_rest_t(lams, _lambda_rest_t(lams, dp.A22, s).T, s)
-        M22 = A22 + jnp.eye(qr, dtype=theta.dtype) - L21f @ L21f.T
-        L22 = jnp.linalg.cholesky(M22)
-        ZrXy = jnp.concatenate([dp.ZrX, rp.Zry[:, None]], axis=-1)
-        C2 = solve_triangular(L22, _lambda_rest_t(lams, ZrXy, s) - L21f @ C1f, lower=True)
-        M33 = XyXy - C1f.T @ C1f - C2.T @ C2
-    L33 = jnp.linalg.cholesky(M33)
-    return Factor(L1=L1, L21=L21, L22=L22, C1=C1, C2=C2, L33=L33)
+        update, L21C1 = L21f @ L21f.T, L21f @ C1f
+    M22 = A22 + jnp.eye(qr, dtype=theta.dtype) - update
+    return _Eliminated(L1, L21, C1, M22, ZrXy - L21C1, M33)
+
+
+def _profile(E: _Eliminated) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``log|L_Z|^2`` and ``L33`` from the eliminated system.
+
+    The dense block enters only through ``log det M22`` and ``R'M22^{-1}R``
+    (``C2'C2``), taken from :func:`~lmm_jax.linalg.spd_logdet_solve`, whose
+    derivative rules avoid differentiating the q_r x q_r Cholesky factor.
+    """
+    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(E.L1, axis1=-2, axis2=-1)))
+    M33 = E.M33
+    if E.M22.shape[0]:
+        ld22, S = spd_logdet_solve(E.M22, E.R)
+        ld = ld + ld22
+        M33 = M33 - E.R.T @ S
+    return ld, jnp.linalg.cholesky(M33)
+
+
+def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Factor:
+    """Blocked Cholesky factor of the penalised system (module docstring)."""
+    E = _eliminate_first(theta, dp, rp, s)
+    _, L33 = _profile(E)
+    if s.q_rest:
+        L22 = jnp.linalg.cholesky(E.M22)
+        C2 = solve_triangular(L22, E.R, lower=True)
+    else:
+        L22, C2 = E.M22, E.R
+    return Factor(L1=E.L1, L21=E.L21, L22=L22, C1=E.C1, C2=C2, L33=L33)
+
+
+def _deviance_terms(theta, dp, rp, s) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """``log|L_Z|^2``, ``log|L_X|^2`` and pwrss at theta (no q_r x q_r factor kept)."""
+    ldz, L33 = _profile(_eliminate_first(theta, dp, rp, s))
+    p = L33.shape[0] - 1
+    return ldz, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L33)[:p])), L33[-1, -1] ** 2
 
 
 def log_det_LZ2(F: Factor) -> jnp.ndarray:
@@ -138,12 +191,11 @@ def profiled_deviance(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
         s: static structure.
         reml: REML criterion if True, ML deviance otherwise.
     """
-    F = factorize(theta, dp, rp, s)
-    ldz = log_det_LZ2(F)
+    ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     if reml:
         nu = s.n - s.p
-        return ldz + log_det_LX2(F) + nu * (1.0 + LOG_2PI + jnp.log(pwrss(F) / nu))
-    return ldz + s.n * (1.0 + LOG_2PI + jnp.log(pwrss(F) / s.n))
+        return ldz + ldx + nu * (1.0 + LOG_2PI + jnp.log(rss / nu))
+    return ldz + s.n * (1.0 + LOG_2PI + jnp.log(rss / s.n))
 
 
 def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts,
@@ -156,11 +208,11 @@ def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts
     Its Hessian in (theta, sigma) gives the asymptotic covariance of the
     variance parameters (Satterthwaite's df, variance-component SEs).
     """
-    F = factorize(theta, dp, rp, s)
+    ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     s2 = sigma ** 2
-    dev = log_det_LZ2(F) + pwrss(F) / s2 + s.n * (LOG_2PI + jnp.log(s2))
+    dev = ldz + rss / s2 + s.n * (LOG_2PI + jnp.log(s2))
     if reml:
-        dev = dev + log_det_LX2(F) - s.p * (LOG_2PI + jnp.log(s2))
+        dev = dev + ldx - s.p * (LOG_2PI + jnp.log(s2))
     return dev
 
 
@@ -190,7 +242,10 @@ def spherical_modes(F: Factor, beta: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndar
     v1 = F.C1[..., p] - F.C1[..., :p] @ beta
     v2 = F.C2[:, p] - F.C2[:, :p] @ beta
     u2 = solve_triangular(F.L22, v2, lower=True, trans="T") if v2.shape[0] else v2
-    rhs1 = v1 - jnp.einsum("qja,q->ja", F.L21, u2)
+    if isinstance(F.L21, SparseL21):
+        rhs1 = v1 - transpose_times_vector(F.L21, u2, F.L1.shape[0])
+    else:
+        rhs1 = v1 - jnp.einsum("qja,q->ja", F.L21, u2)
     u1 = batched_backward_solve(F.L1, rhs1[..., None])[..., 0]
     return u1, u2
 
@@ -224,10 +279,15 @@ def conditional_covariances(theta: jnp.ndarray, F: Factor, s: Structure) -> tupl
     qr = s.q_rest
     if qr:
         L22inv = solve_triangular(F.L22, jnp.eye(qr, dtype=theta.dtype), lower=True)
-        # W_j = L22^{-1} L21_j L1j^{-1}
-        T = jnp.einsum("qjc,jca->qja", F.L21, L1inv)
-        W = jnp.einsum("rq,qja->rja", L22inv, T)
-        P11 = P11 + jnp.einsum("rja,rjb->jab", W, W)
+        if isinstance(F.L21, SparseL21):
+            # W_j'W_j = L1j^{-T} L21[:, j]' P22 L21[:, j] L1j^{-1}, P22 = (L22 L22')^{-1}, over the pairs
+            S = quadratic_blocks(F.L21, L22inv.T @ L22inv, m1)
+            P11 = P11 + jnp.einsum("jca,jcd,jdb->jab", L1inv, S, L1inv)
+        else:
+            # W_j = L22^{-1} L21_j L1j^{-1}
+            T = jnp.einsum("qjc,jca->qja", F.L21, L1inv)
+            W = jnp.einsum("rq,qja->rja", L22inv, T)
+            P11 = P11 + jnp.einsum("rja,rjb->jab", W, W)
     out.append(jnp.einsum("ab,jbc,dc->jad", lams[0], P11, lams[0]))
     for lam, k, m, o in zip(lams[1:], s.ks[1:], s.ms[1:], s.rest_offsets):
         V = L22inv[:, o:o + m * k].reshape(qr, m, k)

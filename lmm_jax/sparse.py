@@ -1,0 +1,195 @@
+r"""Sparse storage of the coupling block ``A21 = Z_r'Z_1`` and its Schur update.
+
+For crossed or partially crossed factors the block of ``Z'Z`` between the
+remaining terms and the first (largest) term is sparse: row ``r`` of ``Z_r``
+meets level ``j`` of the first term only if some observation has both. For
+InstEval (1,156 remaining columns x 2,972 students) about 3% of the dense
+(q_r, m_1) array is nonzero. Stored densely, the Schur complement update
+
+    L21 L21' = Lambda_r'A21 Lambda_1 M_1^{-1} Lambda_1'A21' Lambda_r,
+    M_1 = blockdiag_j(Lambda_1'A11_j Lambda_1 + I)                    (1)
+
+costs a (q_r x m_1 k_1) by (m_1 k_1 x q_r) product per evaluation (4 GFlop for
+InstEval). Here it is a sum over the co-occurring pairs only: with the nonzero
+rows of ``L21`` (one k_1-vector per (row r, level j) pair)
+
+    (L21 L21')[r, r'] = sum_j  L21[r, j] . L21[r', j]                (2)
+
+and the pairs (a, b) of nonzero rows that share a level j, with row(a) <=
+row(b), are enumerated once in numpy (:func:`coupling_index`). One
+evaluation gathers the two rows of each pair, takes their dot product and
+adds it into the upper triangle of the q_r x q_r update with a sorted
+``segment_sum`` (MixedModels.jl forms the same product from its sparse
+``L[2,1]`` block in ``rankUpdate!``). The cost is O(pairs k_1), independent
+of n, and nothing of size q_r x m_1 is ever allocated.
+
+Rows of a remaining term with k_t > 1 columns are stored as complete groups
+of k_t consecutive rows (one group per (level of t, level j) pair), so
+``Lambda_t'`` mixes rows inside a group with one einsum.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class CouplingIndex(NamedTuple):
+    """Where the nonzero rows of A21 (and L21) sit, and the pairs of (2).
+
+    Attributes:
+        row: (R,) int32 row of Z_r of each stored row (R = sum_t nnz_t k_t).
+        level: (R,) int32 first-term level j of each stored row.
+        pair_a, pair_b: (P,) int32 positions of the two stored rows of each
+            pair; same level, ``row[pair_a] <= row[pair_b]``.
+        pair_level: (P,) int32 their common level j.
+        pair_dest: (P,) int32 or int64 ``row[pair_a] * q_r + row[pair_b]``,
+            sorted ascending (the flat position in the upper triangle).
+    """
+
+    row: jnp.ndarray
+    level: jnp.ndarray
+    pair_a: jnp.ndarray
+    pair_b: jnp.ndarray
+    pair_level: jnp.ndarray
+    pair_dest: jnp.ndarray
+
+
+class SparseA21(NamedTuple):
+    """``A21 = Z_r'Z_1`` by nonzero blocks.
+
+    Attributes:
+        blocks: one array per remaining term t, (nnz_t, k_t, k_1): the block
+            ``Z_t[level l]' Z_1[level j]`` of each co-occurring (l, j) pair.
+        index: the :class:`CouplingIndex` of the flattened rows.
+    """
+
+    blocks: tuple[jnp.ndarray, ...]
+    index: CouplingIndex
+
+
+class SparseL21(NamedTuple):
+    """The nonzero rows of ``L21 = Lambda_r'A21 Lambda_1 L_1^{-T}``.
+
+    Attributes:
+        values: (R, k_1) one row per stored row of A21.
+        index: the :class:`CouplingIndex` (shared with A21).
+    """
+
+    values: jnp.ndarray
+    index: CouplingIndex
+
+
+def _upper_pairs(level: np.ndarray, row: np.ndarray, q_r: int) -> tuple[np.ndarray, ...]:
+    """All pairs (a, b) of stored rows with the same level and row[a] <= row[b]."""
+    R = level.shape[0]
+    order = np.lexsort((row, level))                       # by level, then row
+    lev_sorted = level[order]
+    starts = np.flatnonzero(np.r_[True, lev_sorted[1:] != lev_sorted[:-1]])
+    sizes = np.diff(np.r_[starts, R])
+    group_end = np.repeat(starts + sizes, sizes)           # end of each element's group (sorted positions)
+    count = group_end - np.arange(R)                       # partners at or after each element
+    total = int(count.sum())
+    a_sorted = np.repeat(np.arange(R), count)
+    first_of_run = np.repeat(np.cumsum(count) - count, count)
+    b_sorted = a_sorted + (np.arange(total) - first_of_run)
+    pair_a, pair_b = order[a_sorted], order[b_sorted]
+    dest_dtype = np.int32 if q_r * q_r < 2 ** 31 else np.int64
+    dest = row[pair_a].astype(np.int64) * q_r + row[pair_b]
+    by_dest = np.argsort(dest, kind="stable")
+    return (pair_a[by_dest].astype(np.int32), pair_b[by_dest].astype(np.int32),
+            level[pair_a[by_dest]].astype(np.int32), dest[by_dest].astype(dest_dtype))
+
+
+def sparse_coupling(rest: list[tuple[np.ndarray, np.ndarray, int, int]], codes1: np.ndarray, Z1: np.ndarray,
+                    m1: int, q_r: int, chunk_rows: int = 1 << 18) -> SparseA21:
+    """Build :class:`SparseA21` from the data in O(n log n) (one sort).
+
+    Args:
+        rest: for each remaining term (codes (n,), Z (n, k_t), offset of the
+            term in Z_r, levels m_t).
+        codes1, Z1: the first term's level codes (n,) and columns (n, k_1).
+        m1: levels of the first term.
+        q_r: columns of Z_r.
+        chunk_rows: rows per chunk for the weighted bincounts (bounds the
+            size of temporaries for very large n).
+    """
+    k1 = Z1.shape[1]
+    n = codes1.shape[0]
+    blocks, rows, levels = [], [], []
+    for codes, Z, offset, m in rest:
+        kt = Z.shape[1]
+        key = codes.astype(np.int64) * m1 + codes1
+        uniq, inv = np.unique(key, return_inverse=True)
+        nnz = uniq.shape[0]
+        vals = np.zeros((nnz, kt, k1))
+        for lo in range(0, n, chunk_rows):
+            sl = slice(lo, min(lo + chunk_rows, n))
+            for c in range(kt):
+                for a in range(k1):
+                    vals[:, c, a] += np.bincount(inv[sl], weights=Z[sl, c] * Z1[sl, a], minlength=nnz)
+        lvl_t, j = uniq // m1, uniq % m1
+        blocks.append(vals)
+        rows.append((offset + lvl_t[:, None] * kt + np.arange(kt)[None, :]).ravel())
+        levels.append(np.repeat(j, kt))
+    row = np.concatenate(rows).astype(np.int64)
+    level = np.concatenate(levels).astype(np.int64)
+    pair_a, pair_b, pair_level, pair_dest = _upper_pairs(level, row, q_r)
+    index = CouplingIndex(row=jnp.asarray(row.astype(np.int32)), level=jnp.asarray(level.astype(np.int32)),
+                          pair_a=jnp.asarray(pair_a), pair_b=jnp.asarray(pair_b),
+                          pair_level=jnp.asarray(pair_level), pair_dest=jnp.asarray(pair_dest))
+    return SparseA21(blocks=tuple(jnp.asarray(b) for b in blocks), index=index)
+
+
+def n_pairs(A21: SparseA21) -> int:
+    """Number of co-occurring row pairs (the cost of one Schur update)."""
+    return int(A21.index.pair_a.shape[0])
+
+
+def lambda_coupling(lams: tuple[jnp.ndarray, ...], A21: SparseA21) -> jnp.ndarray:
+    """The stored rows of ``Lambda_r' A21 Lambda_1``, shape (R, k_1)."""
+    lam1 = lams[0]
+    k1 = lam1.shape[0]
+    parts = [jnp.einsum("ba,ebc,cd->ead", lam, blk, lam1).reshape(-1, k1) for lam, blk in zip(lams[1:], A21.blocks)]
+    return jnp.concatenate(parts, axis=0)
+
+
+def schur_update(L21: SparseL21, q_r: int) -> jnp.ndarray:
+    """``L21 L21'`` (q_r, q_r) by eq. (2): a gather per pair and a sorted segment sum."""
+    idx = L21.index
+    v = L21.values
+    vals = jnp.sum(v[idx.pair_a] * v[idx.pair_b], axis=-1)
+    T = jax.ops.segment_sum(vals, idx.pair_dest, num_segments=q_r * q_r, indices_are_sorted=True)
+    T = T.reshape(q_r, q_r)
+    return T + T.T - jnp.diag(jnp.diagonal(T))
+
+
+def times_dense(L21: SparseL21, C1: jnp.ndarray, q_r: int) -> jnp.ndarray:
+    """``L21 C1`` (q_r, c) for C1 (m_1, k_1, c): sum_j L21[r, j] C1[j]."""
+    idx = L21.index
+    contrib = jnp.einsum("ra,rac->rc", L21.values, C1[idx.level])
+    return jax.ops.segment_sum(contrib, idx.row, num_segments=q_r)
+
+
+def transpose_times_vector(L21: SparseL21, u: jnp.ndarray, m1: int) -> jnp.ndarray:
+    """``L21' u`` as (m_1, k_1) for u (q_r,): sum_r L21[r, j] u[r]."""
+    idx = L21.index
+    return jax.ops.segment_sum(L21.values * u[idx.row][:, None], idx.level, num_segments=m1)
+
+
+def quadratic_blocks(L21: SparseL21, P: jnp.ndarray, m1: int) -> jnp.ndarray:
+    """``L21[:, j]' P L21[:, j]`` for each level j, (m_1, k_1, k_1), P symmetric (q_r, q_r).
+
+    Over the upper pairs of (2): each off-diagonal pair counts twice (once
+    transposed), a row paired with itself once.
+    """
+    idx = L21.index
+    v = L21.values
+    ra, rb = idx.row[idx.pair_a], idx.row[idx.pair_b]
+    w = P[ra, rb] * jnp.where(idx.pair_a == idx.pair_b, 0.5, 1.0)
+    X = jax.ops.segment_sum(w[:, None, None] * v[idx.pair_a][:, :, None] * v[idx.pair_b][:, None, :],
+                            idx.pair_level, num_segments=m1)
+    return X + jnp.swapaxes(X, -1, -2)
