@@ -266,21 +266,29 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     se_v = np.asarray(result.varcomp_se)
     J = np.asarray(jax.jacfwd(_sdcor_of)(jnp.asarray(v), ks))
     sdcor = np.asarray(_sdcor_of(jnp.asarray(v), ks))
-    se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # boundary: infinite d sd / d var
+        se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
     se_s[~np.isfinite(se_v)] = np.nan
     z = float(stats.norm.ppf(0.5 + level / 2.0))
     names = [p.name for p in parameters(result) if p.kind != "fixed"]
     is_cor = np.array([n.startswith("cor_") for n in names])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo_s, hi_s = _wald_sdcor(sdcor, se_s, is_cor, z)
+    table = pd.DataFrame({"vcov": v, "se_vcov": se_v, "lower_vcov": v - z * se_v, "upper_vcov": v + z * se_v,
+                          "sdcor": sdcor, "se_sdcor": se_s, "lower_sdcor": lo_s, "upper_sdcor": hi_s}, index=names)
+    table.attrs["level"] = level
+    return table
+
+
+def _wald_sdcor(sdcor, se_s, is_cor, z):
+    """Wald limits: SD scale (clipped at 0), correlations on Fisher's z scale."""
     lo_s = np.where(is_cor, np.tanh(np.arctanh(np.clip(sdcor, -1 + 1e-15, 1 - 1e-15))
                                     - z * se_s / np.maximum(1 - sdcor ** 2, 1e-300)),
                     np.maximum(sdcor - z * se_s, 0.0))
     hi_s = np.where(is_cor, np.tanh(np.arctanh(np.clip(sdcor, -1 + 1e-15, 1 - 1e-15))
                                     + z * se_s / np.maximum(1 - sdcor ** 2, 1e-300)),
                     sdcor + z * se_s)
-    table = pd.DataFrame({"vcov": v, "se_vcov": se_v, "lower_vcov": v - z * se_v, "upper_vcov": v + z * se_v,
-                          "sdcor": sdcor, "se_sdcor": se_s, "lower_sdcor": lo_s, "upper_sdcor": hi_s}, index=names)
-    table.attrs["level"] = level
-    return table
+    return lo_s, hi_s
 
 
 def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:

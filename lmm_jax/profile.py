@@ -110,6 +110,7 @@ def _row_layout(ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 SD, ZERO, COR, FIXED = 0, 1, 2, 3
+RHO_MAX = 1.0 - 1e-10   # a correlation of exactly +-1 is evaluated just inside the boundary
 
 
 class Constraint(NamedTuple):
@@ -235,6 +236,7 @@ class _Profiler:
             pi = perm.index(i)
             r, c = lower_tri_indices(k)
             d["kind"] = COR
+            d["c"] = float(np.clip(value, -RHO_MAX, RHO_MAX))
             d["target"] = start + int(np.flatnonzero((r == pi) & (c == 0))[0])
             d["rest"][start:start + len(r)] = (r == pi) & (c > 0)
             if k > 2:
@@ -400,9 +402,9 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
         if unknown:
             raise InferenceError(f"cannot profile {unknown}: parameters are {names}")
         params = [p for p in params if p.name in which]
+    prof = _Profiler(fit, batch=2 * len(parameters(fit)))   # fixed batch: one compilation per model
     params = [p for p in params if np.isfinite(p.estimate)]
     z = float(stats.norm.ppf(0.5 + level / 2.0))
-    prof = _Profiler(fit, batch=2 * len(params))
     ends = [_End(p, side, z, _first_step(fit, p, z), fit.sigma, tol) for p in params for side in (-1, 1)]
     for _ in range(max_iter):
         todo = [e for e in ends if not e.done]
@@ -430,7 +432,7 @@ def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataF
     if name not in params:
         raise InferenceError(f"cannot profile {name!r}: parameters are {list(params)}")
     values = np.atleast_1d(np.asarray(values, dtype=float))
-    prof = _Profiler(fit, batch=len(values))
+    prof = _Profiler(fit, batch=2 * len(params))      # the batch of profile_confint: one compilation
     items = [(params[name], float(v)) for v in values]
     dev = prof.deviance(items)
     zeta = np.sign(values - params[name].estimate) * np.sqrt(np.maximum(dev - prof.base, 0.0))

@@ -65,5 +65,20 @@ res$predict_cake <- list(
   conditional = unname(predict(fits$cake_numeric, newdata = nd_cake, allow.new.levels = TRUE)),
   population = unname(predict(fits$cake_numeric, newdata = nd_cake, re.form = NA)))
 
+# lme4's profile tables (zeta at lme4's own grid points, for a pointwise check of zeta)
+# and profile intervals at the boundary (Dyestuff2: sd estimated at 0)
+prof_tab <- function(f) {
+  pp <- as.data.frame(profile(f, signames = FALSE))
+  list(par = as.character(pp$.par), zeta = pp$.zeta, value = pp$.focal)
+}
+ingot <- rd("ingot")
+res$profile_ingot_ml <- prof_tab(lmer(pres ~ metal + (1 | ingot), ingot, REML = FALSE, control = ctrl))
+res$profile_sleepstudy_ml <- prof_tab(lmer(Reaction ~ Days + (Days | Subject), sleep, REML = FALSE, control = ctrl))
+dy2 <- lmer(Yield ~ 1 + (1 | Batch), rd("Dyestuff2"), REML = TRUE, control = ctrl)
+ci <- suppressWarnings(confint(dy2, method = "profile", oldNames = FALSE))
+res$confint_dyestuff2 <- list(names = rownames(ci), lower = unname(ci[, 1]), upper = unname(ci[, 2]))
+ci <- suppressWarnings(confint(dy2, method = "profile", oldNames = FALSE, level = 0.9))
+res$confint_dyestuff2_90 <- list(names = rownames(ci), lower = unname(ci[, 1]), upper = unname(ci[, 2]))
+
 writeLines(toJSON(res, auto_unbox = TRUE, digits = NA, null = "null", na = "null", pretty = TRUE), out)
 cat("wrote", out, "\n")
