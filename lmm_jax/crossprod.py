@@ -27,9 +27,10 @@ import numpy as np
 
 from .design import Design
 from .errors import DataError
-from .sparse import SparseA21, sparse_coupling
+from .sparse import SparseA21, dense_coupling, n_pairs, sparse_coupling
 
-SPARSE_MIN_ENTRIES = 1 << 15   # dense A21 (q_r m_1 k_1 entries) above this: stored sparse
+MAX_DENSE_COUPLING = 1 << 24   # dense A21 (q_r m_1 k_1 entries) above this: always stored sparse
+PAIR_COST = 100                # one sparse pair costs about this many dense matmul flops (gather + scatter)
 MAX_DENSE_REST = 20_000        # columns of the remaining terms' dense block
 CHUNK_ROWS = 1 << 18           # rows per chunk of the O(n) bincounts
 
@@ -115,10 +116,20 @@ def _chunks(n: int, chunk_rows: int):
         yield slice(lo, min(lo + chunk_rows, n))
 
 
-def use_sparse_coupling(structure: Structure) -> bool:
-    """Default storage of A21: sparse when its dense form would exceed
-    :data:`SPARSE_MIN_ENTRIES` entries (q_r m_1 k_1)."""
-    return structure.q_rest * structure.ms[0] * structure.ks[0] > SPARSE_MIN_ENTRIES
+def use_sparse_coupling(structure: Structure, pairs: int) -> bool:
+    """Default storage of A21, by cost. Dense, the Schur update ``L21 L21'``
+    is a (q_r x m_1 k_1) by (m_1 k_1 x q_r) product, q_r^2 m_1 k_1 flops;
+    sparse, it costs ``pairs`` gathers and scatter-adds of k_1-vectors, each
+    worth about :data:`PAIR_COST` matmul flops on CPU. Sparse when that is
+    cheaper, or when the dense block would exceed :data:`MAX_DENSE_COUPLING`
+    entries (memory).
+
+    Args:
+        structure: the model's shapes.
+        pairs: co-occurring row pairs (:func:`lmm_jax.sparse.n_pairs`).
+    """
+    qr, m1, k1 = structure.q_rest, structure.ms[0], structure.ks[0]
+    return qr * m1 * k1 > MAX_DENSE_COUPLING or PAIR_COST * pairs * k1 < qr * qr * m1 * k1
 
 
 def design_products(design: Design, sparse: bool | None = None, chunk_rows: int = CHUNK_ROWS) -> DesignProducts:
@@ -127,7 +138,7 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
     Args:
         design: the evaluated design.
         sparse: store ``A21`` as :class:`~lmm_jax.sparse.SparseA21` (True),
-            as a dense (q_r, m_1, k_1) array (False), or decide by size (None,
+            as a dense (q_r, m_1, k_1) array (False), or decide by cost (None,
             :func:`use_sparse_coupling`). Both give the same likelihood.
         chunk_rows: rows per chunk of the weighted bincounts; temporaries are
             O(chunk_rows), the results O(m_1 k_1^2 + q_r^2).
@@ -170,13 +181,12 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
     for a in range(k1):
         for b in range(a + 1, k1):
             A11[:, b, a] = A11[:, a, b]
-    structure = structure_of(design)
-    if sparse is None:
-        sparse = use_sparse_coupling(structure)
     if qr == 0:
         A21 = jnp.zeros((0, m1, k1))
-    elif sparse:
+    elif sparse or sparse is None:
         A21 = sparse_coupling(rest, c1, t1.Z, m1, qr, chunk_rows)
+        if sparse is None and not use_sparse_coupling(structure_of(design), n_pairs(A21)):
+            A21 = jnp.asarray(dense_coupling(A21, qr, m1))
     else:
         A21 = np.zeros((qr, m1, k1))
         for codes, Z, o, m in rest:

@@ -144,6 +144,14 @@ def sparse_coupling(rest: list[tuple[np.ndarray, np.ndarray, int, int]], codes1:
     return SparseA21(blocks=tuple(jnp.asarray(b) for b in blocks), index=index)
 
 
+def dense_coupling(A21: SparseA21, q_r: int, m1: int) -> np.ndarray:
+    """The dense (q_r, m_1, k_1) array of a :class:`SparseA21` (numpy)."""
+    rows = np.concatenate([np.asarray(b).reshape(-1, b.shape[-1]) for b in A21.blocks])
+    out = np.zeros((q_r, m1, rows.shape[-1]))
+    out[np.asarray(A21.index.row), np.asarray(A21.index.level)] = rows   # each (row, level) once
+    return out
+
+
 def n_pairs(A21: SparseA21) -> int:
     """Number of co-occurring row pairs (the cost of one Schur update)."""
     return int(A21.index.pair_a.shape[0])
