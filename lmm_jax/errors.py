@@ -40,6 +40,11 @@ class DataError(LMMError, ValueError):
     non-numeric response, too few levels, ...)."""
 
 
+class ConvergenceError(LMMError, RuntimeError):
+    """The fit did not converge and the caller asked to raise
+    (``LMM.fit(throw=True)``) instead of warning."""
+
+
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped without meeting its convergence criteria."""
 
