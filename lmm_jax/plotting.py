@@ -182,10 +182,13 @@ def _scatter_by_group(ax: "Axes", x: np.ndarray, y: np.ndarray, name: str | None
                 fontsize=7, color="0.3")
 
 
-def _kernel_smooth(x: np.ndarray, y: np.ndarray, bandwidth: float = 0.1,
+def _kernel_smooth(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None,
                    points: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Nadaraya-Watson (Gaussian kernel) mean of y on a grid over x; the
-    bandwidth is a fraction of the range of x."""
+    bandwidth is a fraction of the range of x, by default ``0.6 n^(-1/5)``
+    (at least 0.08): wide for few points, narrower for many."""
+    if bandwidth is None:
+        bandwidth = max(0.08, 0.6 * len(x) ** -0.2)
     lo, hi = float(np.min(x)), float(np.max(x))
     grid = np.linspace(lo, hi, points)
     h = bandwidth * (hi - lo) if hi > lo else 1.0
