@@ -1,0 +1,359 @@
+"""Many fits in one compiled call: many responses on one design, and many
+designs grouped by shape.
+
+Across responses on one design only the y-parts of the cross-products
+(Z'y, X'y, y'y) change (DESIGN.md sec. 2). They are linear in y, so for a
+batch ``Y`` (n x B) they are one matrix product ``G Y`` with the fixed sparse
+pattern ``G = [Z_1 Z_r X]'`` held dense when it is small (a GEMM is far
+faster on CPU than a batched scatter), else the segment sums of
+:func:`~lmm_jax.crossprod.response_products` under ``vmap``. The optimiser is
+:func:`lmm_jax.model.fit_theta` under ``jax.vmap``; under vmap its
+``lax.while_loop`` runs until every replicate has stopped.
+
+Designs that differ only in their data (same :class:`~lmm_jax.crossprod.Structure`)
+share one compilation: :func:`fit_many` stacks their products and vmaps over
+design and response together, one compiled call per shape bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .crossprod import DesignArrays, DesignProducts, ResponseProducts, Structure, response_products
+from .likelihood import factorize, fixed_effects, sigma_hat
+from .model import SINGULAR_TOL, fit_theta
+from .parametrization import diagonal_mask, lambdas, lower_tri_indices, phi_from_theta, theta_start
+
+if TYPE_CHECKING:
+    from .design import Design
+    from .model import LMM
+
+DENSE_MAX_ENTRIES = 1 << 24  # use the dense map G (q1 + qr + p) x n up to 16M entries (128 MB)
+
+
+# -- response products of a batch ---------------------------------------------------------------
+def response_map(design: "Design") -> np.ndarray | None:
+    """Dense ``G`` with rows ``[Z_1' (level-major); Z_r'; X']`` so that the
+    products of a response y are ``G y`` (None if G would be too large)."""
+    q1 = design.terms[0].m * design.terms[0].k
+    qr = sum(t.m * t.k for t in design.terms[1:])
+    rows = q1 + qr + design.p
+    if rows * design.n > DENSE_MAX_ENTRIES:
+        return None
+    G = np.zeros((rows, design.n))
+    obs = np.arange(design.n)
+    offset = 0
+    for t in design.terms:
+        for c in range(t.k):
+            np.add.at(G, (offset + t.codes.astype(np.int64) * t.k + c, obs), t.Z[:, c])
+        offset += t.m * t.k
+    G[offset:] = design.X.T
+    return G
+
+
+def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: DesignArrays,
+                            s: Structure) -> ResponseProducts:
+    """Products of every column of Y (n, B), with a leading batch axis B."""
+    if G is None:
+        return jax.vmap(lambda y: response_products(y, arrays, s))(Y.T)
+    q1 = s.ms[0] * s.ks[0]
+    P = (G @ Y).T                                                   # (B, q1 + qr + p)
+    return ResponseProducts(Z1y=P[:, :q1].reshape(-1, s.ms[0], s.ks[0]), Zry=P[:, q1:q1 + s.q_rest],
+                            Xy=P[:, q1 + s.q_rest:], yy=jnp.sum(Y * Y, axis=0))
+
+
+# -- the vmapped fit ----------------------------------------------------------------------------
+FIRST_PASS_ITER = 16   # Newton iterations for the whole batch before the stragglers are taken apart
+STRAGGLER_FRACTION = 64  # stragglers refitted per round: 1/64 of the batch (at least 8)
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
+                 s: Structure, reml: bool, max_iter: int, design_axis: int | None = None) -> dict:
+    """Fit every response in ``rps`` (leading batch axis); the design
+    products are shared (``design_axis=None``) or batched too (``0``).
+
+    Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so a
+    few replicates that need many iterations would make the whole batch pay
+    for them. The fit therefore runs in two stages inside one compiled
+    function: every replicate gets ``FIRST_PASS_ITER`` Newton iterations;
+    then, in rounds of ``max(8, B // STRAGGLER_FRACTION)``, the unconverged
+    ones are gathered, continued from where they stopped (up to ``max_iter``
+    iterations in all) and scattered back. The Newton iteration is memoryless
+    given (phi, active), so a continued fit follows the same path as an
+    uninterrupted one.
+
+    Returns a dict of per-fit arrays: theta, beta, sigma, objective,
+    converged, iterations.
+    """
+    B = rps.yy.shape[0]
+    first = min(max_iter, FIRST_PASS_ITER)
+
+    def fit_from(dp1, rp1, phi_s, act_s, iters):
+        return fit_theta(dp1, rp1, phi_s, act_s, s, reml, iters)
+
+    opt = jax.vmap(fit_from, in_axes=(design_axis, 0, None, None, None))(dp, rps, phi0, active0, first)
+    if first < max_iter and B > 0:
+        M = min(B, max(8, B // STRAGGLER_FRACTION))
+
+        def pending_of(c):
+            o, tried = c
+            return ~o.converged & ~tried & (o.iterations >= first)
+
+        def body(c):
+            o, tried = c
+            pending = pending_of(c)
+            idx = jnp.argsort(jnp.where(pending, 0, 1), stable=True)[:M]
+            sel = pending[idx]
+            dp_sub = dp if design_axis is None else _take(dp, idx)
+            o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, None))(dp_sub, _take(rps, idx), o.phi[idx],
+                                                                         o.active[idx], max_iter - first)
+            o2 = o2._replace(iterations=o2.iterations + o.iterations[idx])
+
+            def merge(a, b):
+                keep = sel.reshape(sel.shape + (1,) * (a.ndim - 1))
+                return a.at[idx].set(jnp.where(keep, b, a[idx]))
+
+            o = jax.tree_util.tree_map(merge, o, o2)
+            return o, tried.at[idx].set(tried[idx] | sel)
+
+        opt, _ = jax.lax.while_loop(lambda c: jnp.any(pending_of(c)), body, (opt, jnp.zeros(B, dtype=bool)))
+
+    def estimates(dp1, rp1, theta):
+        F = factorize(theta, dp1, rp1, s)
+        return fixed_effects(F), sigma_hat(F, s, reml)
+
+    beta, sigma = jax.vmap(estimates, in_axes=(design_axis, 0, 0))(dp, rps, opt.theta)
+    return dict(theta=opt.theta, beta=beta, sigma=sigma, objective=opt.objective, converged=opt.converged,
+                iterations=opt.iterations)
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def _fit_responses(Y, G, arrays, dp, phi0, active0, s, reml, max_iter):
+    return fit_products(dp, batch_response_products(Y, G, arrays, s), phi0, active0, s, reml, max_iter)
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def _fit_stacked(dps, rps, phi0, active0, s, reml, max_iter):
+    return fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0)
+
+
+# -- tables -------------------------------------------------------------------------------------
+def component_names(design: "Design") -> list[str]:
+    """lme4's names of the random-effect parameters on the sd/cor scale
+    (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ...),
+    lower triangle column-major per term, as ``confint(fit)`` prints them."""
+    names, seen = [], {}
+    for t in design.terms:
+        count = seen.get(t.group, 0)
+        seen[t.group] = count + 1
+        grp = t.group if count == 0 else f"{t.group}.{count}"
+        for i, j in zip(*lower_tri_indices(t.k)):
+            names.append(f"sd_{t.columns[i]}|{grp}" if i == j else f"cor_{t.columns[i]}.{t.columns[j]}|{grp}")
+    return names
+
+
+def sd_cor(theta: np.ndarray, sigma: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """Per fit, the SDs and correlations of sigma^2 Lambda_t Lambda_t' in
+    :func:`component_names` order (correlations NaN where an SD is 0).
+
+    Args:
+        theta: (B, n_theta); sigma: (B,).
+    """
+    theta = np.asarray(theta, dtype=float)
+    sigma = np.asarray(sigma, dtype=float)
+    cols, start = [], 0
+    for k in ks:
+        size = k * (k + 1) // 2
+        r, c = lower_tri_indices(k)
+        L = np.zeros((theta.shape[0], k, k))
+        L[:, r, c] = theta[:, start:start + size]
+        S = sigma[:, None, None] ** 2 * (L @ L.transpose(0, 2, 1))
+        sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
+        for i, j in zip(r, c):
+            if i == j:
+                cols.append(sd[:, i])
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cols.append(np.where(sd[:, i] * sd[:, j] > 0, S[:, i, j] / (sd[:, i] * sd[:, j]), np.nan))
+        start += size
+    return np.stack(cols, axis=1) if cols else np.zeros((theta.shape[0], 0))
+
+
+def is_singular_rows(theta: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """lme4's ``isSingular`` per row of theta."""
+    return np.any(np.abs(np.asarray(theta)[:, diagonal_mask(ks)]) < SINGULAR_TOL, axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    """Many fits of one model structure (arrays with a leading fit axis).
+
+    Attributes:
+        theta: (B, n_theta) lme4's theta per fit.
+        beta: (B, p) fixed effects.
+        sigma: (B,) residual SDs.
+        objective: (B,) REML criterion or ML deviance at the optimum.
+        converged: (B,) the optimiser met its criterion.
+        iterations: (B,) Newton iterations.
+        ks: columns per random-effects term.
+        component_names: lme4 names of the sd/cor parameters.
+        fixef_names: fixed-effects names.
+        reml: REML (True) or ML fits.
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: np.ndarray
+    objective: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    ks: tuple[int, ...]
+    component_names: tuple[str, ...]
+    fixef_names: tuple[str, ...]
+    reml: bool
+
+    def __len__(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def finite(self) -> np.ndarray:
+        """(B,) True where every estimate and the objective are finite."""
+        return (np.isfinite(self.objective) & np.all(np.isfinite(self.theta), axis=1)
+                & np.all(np.isfinite(self.beta), axis=1) & np.isfinite(self.sigma))
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(B,) converged with finite estimates: the fits that enter summaries."""
+        return self.converged & self.finite
+
+    @property
+    def singular(self) -> np.ndarray:
+        return is_singular_rows(self.theta, self.ks)
+
+    @property
+    def n_failed(self) -> int:
+        """Fits with non-finite estimates or objective."""
+        return int(np.sum(~self.finite))
+
+    @property
+    def n_nonconverged(self) -> int:
+        """Finite fits whose optimiser did not meet its criterion."""
+        return int(np.sum(self.finite & ~self.converged))
+
+    def estimates(self) -> pd.DataFrame:
+        """(B, ...) sd/cor components, sigma and fixed effects in lme4's
+        ``confint`` order and naming."""
+        cols = np.column_stack([sd_cor(self.theta, self.sigma, self.ks), self.sigma, self.beta])
+        return pd.DataFrame(cols, columns=list(self.component_names) + ["sigma"] + list(self.fixef_names))
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per fit: objective, converged, singular, iterations, then
+        the estimates (:meth:`estimates`) and theta_1.. (lme4's theta)."""
+        head = pd.DataFrame({"objective": self.objective, "converged": self.converged, "singular": self.singular,
+                             "iterations": self.iterations})
+        th = pd.DataFrame(self.theta, columns=[f"theta_{i + 1}" for i in range(self.theta.shape[1])])
+        return pd.concat([head, self.estimates(), th], axis=1)
+
+
+def _as_batch_result(out: dict, design: "Design", reml: bool) -> BatchResult:
+    out = {k: np.asarray(v) for k, v in out.items()}
+    return BatchResult(theta=out["theta"], beta=out["beta"], sigma=out["sigma"], objective=out["objective"],
+                       converged=out["converged"].astype(bool), iterations=out["iterations"],
+                       ks=design.ks, component_names=tuple(component_names(design)),
+                       fixef_names=tuple(design.fixef_names), reml=reml)
+
+
+def _start(s: Structure, start: np.ndarray | None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    theta0 = theta_start(s.ks) if start is None else np.asarray(start, dtype=float)
+    if theta0.shape != (sum(k * (k + 1) // 2 for k in s.ks),):
+        raise ValueError(f"start must be one theta in lme4's layout ({sum(k * (k + 1) // 2 for k in s.ks)} "
+                         f"entries), got shape {theta0.shape}")
+    phi0, active0 = phi_from_theta(theta0, s.ks)
+    return jnp.asarray(phi0), jnp.asarray(active0)
+
+
+def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | None = None,
+              max_iter: int = 200) -> BatchResult:
+    """Fit many responses on the design of ``model`` in one vmapped call.
+
+    Args:
+        model: the :class:`~lmm_jax.model.LMM` whose design is used (its own
+            response is ignored).
+        Y: (n_obs, B) responses, one per column, rows in the model's row order
+            (after its missing-value drops); a 1-d array is one response.
+        reml: REML (default) or ML.
+        start: starting theta for every fit (default lme4's identity, the
+            same start as :meth:`LMM.fit`, so each column equals its own fit).
+        max_iter: Newton iteration limit.
+
+    Returns:
+        A :class:`BatchResult`; ``.table`` is a DataFrame with one row per column of Y.
+    """
+    Y = jnp.asarray(Y, dtype=jnp.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    s = model.structure
+    if Y.ndim != 2 or Y.shape[0] != s.n:
+        raise ValueError(f"Y must be (n_obs, B) = ({s.n}, B) for this model, got shape {Y.shape}; pass one "
+                         "response per column in the model's row order")
+    phi0, active0 = _start(s, start)
+    G = _response_map_of(model)
+    out = _fit_responses(Y, G, model.arrays, model.products, phi0, active0, s, bool(reml), int(max_iter))
+    return _as_batch_result(out, model.design, bool(reml))
+
+
+def _response_map_of(model: "LMM") -> jnp.ndarray | None:
+    """G of :func:`response_map`, cached on the model (it never changes)."""
+    cache = model.__dict__.setdefault("_lmm_jax_batch_cache", {})
+    if "G" not in cache:
+        G = response_map(model.design)
+        cache["G"] = None if G is None else jnp.asarray(G)
+    return cache["G"]
+
+
+def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = True, *,
+             max_iter: int = 200) -> list[BatchResult]:
+    """Fit many (formula, data) pairs, one compiled vmapped call per shape.
+
+    Models are grouped by their :class:`~lmm_jax.crossprod.Structure` (terms'
+    columns and levels, n, p); each group's design and response products are
+    stacked and fitted together, so a power analysis over a few numbers of
+    subjects compiles once per number of subjects, not once per dataset.
+
+    Args:
+        specs: (formula, data) pairs, or :class:`~lmm_jax.model.LMM` objects.
+        reml: REML (default) or ML.
+        max_iter: Newton iteration limit.
+
+    Returns:
+        One single-fit :class:`BatchResult` per spec, in the input order
+        (``pd.concat([r.table for r in out])`` gives one table).
+    """
+    from .model import LMM
+
+    models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
+    groups: dict[Structure, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(m.structure, []).append(i)
+    out: list[BatchResult | None] = [None] * len(models)
+    for s, idx in groups.items():
+        dps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].products for i in idx])
+        rps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].response for i in idx])
+        phi0, active0 = _start(s, None)
+        res = _fit_stacked(dps, rps, phi0, active0, s, bool(reml), int(max_iter))
+        res = {k: np.asarray(v) for k, v in res.items()}
+        for row, i in enumerate(idx):
+            out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, models[i].design, bool(reml))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,227 @@
+"""Parametric bootstrap: thousands of refits in one compiled call.
+
+lme4's ``bootMer`` and MixedModels.jl's ``parametricbootstrap``: simulate
+responses at the fitted parameters (:mod:`lmm_jax.simulate`), refit each, and
+summarise the replicates. Here one jit-compiled function per chunk of
+replicates does all three: draw the responses, form their cross-products
+(only the y-parts; Z'Z, Z'X, X'X are the fitted model's), and run
+:func:`lmm_jax.model.fit_theta` under ``jax.vmap``, warm-started at the
+fitted theta. Chunks bound the memory; every chunk has the same shape, so
+there is one compilation per model structure.
+
+Reproducibility: replicate ``i`` uses ``jax.random.fold_in(key, i)``, so the
+replicates do not depend on ``chunk_size`` or on the number of devices.
+
+Devices: the chunk runs on JAX's default device. With several devices the
+replicate axis is sharded across them (``NamedSharding`` over a 1-d mesh);
+after ``jax.distributed.initialize()`` the same code spans hosts (see
+docs/bootstrap.md).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .batch import BatchResult, _as_batch_result, _response_map_of, batch_response_products, fit_products
+from .errors import ConvergenceWarning
+from .parametrization import phi_from_theta
+from .simulate import Params, as_key, simulate_batch
+
+if TYPE_CHECKING:
+    from .results import LMMResult
+
+CHUNK_MAX_ENTRIES = 1 << 24   # default chunk: at most this many simulated y values (128 MB) per chunk
+CHUNK_MAX = 16384
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def _bootstrap_chunk(key, idx, params, G, arrays, dp, phi0, active0, s, reml, max_iter):
+    """Simulate, form products and refit the replicates ``idx`` (fused)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+    Y = simulate_batch(keys, params, arrays, s)
+    return fit_products(dp, batch_response_products(Y, G, arrays, s), phi0, active0, s, reml, max_iter)
+
+
+def _replicate_sharding(n_dev: int):
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("replicate",))
+    return NamedSharding(mesh, PartitionSpec("replicate"))
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def default_chunk_size(n: int, n_obs: int, n_dev: int = 1) -> int:
+    """Replicates per chunk: all of them when n_obs x n fits in
+    ``CHUNK_MAX_ENTRIES`` (and n <= ``CHUNK_MAX``), a multiple of the number
+    of devices."""
+    c = max(1, min(n, CHUNK_MAX, CHUNK_MAX_ENTRIES // max(n_obs, 1)))
+    return int(math.ceil(c / n_dev) * n_dev)
+
+
+def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | None = None,
+                  progress: bool = False, params: dict | None = None, max_iter: int = 200) -> "BootstrapResult":
+    """Parametric bootstrap of a fitted model (see :meth:`LMMResult.bootstrap`)."""
+    from .simulate import resolve_params
+
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be a positive number of replicates, got {n}")
+    model, p = resolve_params(result, params)
+    s = model.structure
+    key = as_key(key)
+    n_dev = jax.device_count()
+    chunk = default_chunk_size(n, s.n, n_dev) if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if n_dev > 1:
+        chunk = int(math.ceil(chunk / n_dev) * n_dev)
+    sharding = _replicate_sharding(n_dev) if n_dev > 1 else None
+    phi0, active0 = phi_from_theta(np.asarray(p.theta), s.ks)
+    phi0, active0 = jnp.asarray(phi0), jnp.asarray(active0)
+    G = _response_map_of(model)
+    starts = range(0, n, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=len(starts), desc="bootstrap", unit="chunk")
+    parts: list[dict] = []
+    for start in starts:
+        idx_np = np.arange(start, start + chunk, dtype=np.uint32)     # always a full chunk: one compilation
+        if sharding is None:
+            idx = jnp.asarray(idx_np)
+        else:
+            idx = jax.make_array_from_callback(idx_np.shape, sharding, lambda i: idx_np[i])
+        out = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, phi0, active0, s, result.reml,
+                               int(max_iter))
+        size = min(chunk, n - start)
+        parts.append({k: _gather(v)[:size] for k, v in out.items()})
+    out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+    reps = _as_batch_result(out, model.design, result.reml)
+    boot = BootstrapResult(fit=result, replicates=reps, params=p, chunk_size=chunk)
+    if boot.n_failed or boot.n_nonconverged:
+        warnings.warn(f"{boot.n_failed} of {n} bootstrap replicates failed (non-finite) and "
+                      f"{boot.n_nonconverged} did not converge; they are kept in .table (converged=False) and "
+                      "left out of confint()", ConvergenceWarning, stacklevel=3)
+    return boot
+
+
+@dataclass(frozen=True, eq=False)
+class BootstrapResult:
+    """Replicates of a parametric bootstrap.
+
+    Attributes:
+        fit: the :class:`~lmm_jax.results.LMMResult` bootstrapped.
+        replicates: the refits, a :class:`~lmm_jax.batch.BatchResult`.
+        params: the parameters the responses were simulated at.
+        chunk_size: replicates per compiled call.
+    """
+
+    fit: "LMMResult"
+    replicates: BatchResult
+    params: Params
+    chunk_size: int
+
+    def __len__(self) -> int:
+        return len(self.replicates)
+
+    def __repr__(self) -> str:
+        return (f"<BootstrapResult {len(self)} replicates of {self.fit.model.formula!r}: "
+                f"{self.n_failed} failed, {self.n_nonconverged} not converged, "
+                f"{int(np.sum(self.replicates.singular))} singular>")
+
+    @property
+    def n_failed(self) -> int:
+        """Replicates whose refit gave non-finite values."""
+        return self.replicates.n_failed
+
+    @property
+    def n_nonconverged(self) -> int:
+        """Replicates with finite values whose optimiser did not converge."""
+        return self.replicates.n_nonconverged
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per replicate (index = replicate number): objective,
+        converged, singular, iterations, the lme4-named estimates
+        (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ...,
+        ``sigma``, fixed effects) and theta."""
+        return self.replicates.table
+
+    @property
+    def estimate(self) -> pd.Series:
+        """The bootstrapped fit's own estimates, in the table's naming."""
+        f = self.fit
+        one = BatchResult(theta=f.theta[None], beta=f.beta[None], sigma=np.asarray([f.sigma]),
+                          objective=np.asarray([f.objective]), converged=np.asarray([True]),
+                          iterations=np.asarray([0]), ks=self.replicates.ks,
+                          component_names=self.replicates.component_names,
+                          fixef_names=self.replicates.fixef_names, reml=f.reml)
+        return one.estimates().iloc[0]
+
+    def confint(self, level: float = 0.95, method: Literal["percentile", "shortest", "basic"] = "percentile"
+                ) -> pd.DataFrame:
+        """Bootstrap confidence intervals (lme4 ``confint(method = "boot")``).
+
+        Args:
+            level: coverage, in (0, 1).
+            method: ``"percentile"`` (quantiles of the replicates, lme4's
+                default ``boot.type = "perc"``), ``"shortest"`` (the shortest
+                interval holding ``level`` of the replicates, MixedModels.jl's
+                ``shortestcovint``) or ``"basic"`` (``2 est - q_{1-a/2}``,
+                ``2 est - q_{a/2}``).
+
+        Returns:
+            DataFrame with columns ``lower``, ``upper`` indexed in lme4's
+            order: sd/cor per term, ``sigma``, fixed effects. Replicates that
+            failed or did not converge are left out (counted in
+            :attr:`n_failed` / :attr:`n_nonconverged`); correlations of
+            replicates with a zero SD are undefined and left out of that row.
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        if method not in ("percentile", "shortest", "basic"):
+            raise ValueError(f"method must be 'percentile', 'shortest' or 'basic', got {method!r}")
+        est = self.replicates.estimates()[self.replicates.ok]
+        if len(est) == 0:
+            raise ValueError(f"no usable replicates: all {len(self)} failed or did not converge")
+        alpha = (1.0 - level) / 2.0
+        rows = {}
+        center = self.estimate
+        for name in est.columns:
+            v = est[name].to_numpy()
+            v = np.sort(v[np.isfinite(v)])
+            if v.size == 0:
+                rows[name] = (np.nan, np.nan)
+            elif method == "percentile":
+                rows[name] = tuple(np.quantile(v, [alpha, 1.0 - alpha]))
+            elif method == "basic":
+                lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+                rows[name] = (2.0 * center[name] - hi, 2.0 * center[name] - lo)
+            else:
+                rows[name] = _shortest(v, level)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
+
+
+def _shortest(v_sorted: np.ndarray, level: float) -> tuple[float, float]:
+    """Shortest interval [v_i, v_{i+w}] holding ceil(level * n) sorted values."""
+    n = v_sorted.size
+    w = max(int(math.ceil(level * n)) - 1, 0)
+    widths = v_sorted[w:] - v_sorted[:n - w]
+    i = int(np.argmin(widths))
+    return float(v_sorted[i]), float(v_sorted[i + w])

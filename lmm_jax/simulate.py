@@ -1,0 +1,156 @@
+"""Responses simulated from a linear mixed model, in pure JAX.
+
+For parameters (beta, theta, sigma) a replicate is (lme4 ``simulate``,
+MixedModels.jl ``simulate!``)
+
+    y* = X beta + sum_t Z_t b_t + sigma e,   b_t = sigma Lambda_t u_t,
+    u_t ~ N(0, I) of shape (m_t, k_t),        e ~ N(0, I_n),
+
+so that ``b_t`` has the per-level covariance ``sigma^2 Lambda_t Lambda_t'``.
+
+Reproducibility: replicate ``i`` draws from ``jax.random.fold_in(key, i)``
+only, so replicate i is the same whatever the number of replicates, the
+chunking or the device layout.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .crossprod import DesignArrays, Structure
+from .parametrization import lambdas, n_theta
+
+if TYPE_CHECKING:
+    from .model import LMM
+    from .results import LMMResult
+
+
+class Params(NamedTuple):
+    """Model parameters on the scale the simulation uses.
+
+    Attributes:
+        beta: (p,) fixed effects.
+        theta: lme4's relative covariance parameters.
+        sigma: residual standard deviation (scalar array).
+    """
+
+    beta: jnp.ndarray
+    theta: jnp.ndarray
+    sigma: jnp.ndarray
+
+
+def as_key(key: Any) -> jax.Array:
+    """A JAX PRNG key from an int seed or a key (raw uint32 or typed)."""
+    if isinstance(key, (int, np.integer)):
+        return jax.random.PRNGKey(int(key))
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32:
+        return key
+    raise TypeError(f"key must be an int seed or a jax.random key, got {type(key).__name__} of dtype {key.dtype}")
+
+
+def replicate_keys(key: jax.Array, start: int | jnp.ndarray, size: int) -> jax.Array:
+    """Keys of replicates ``start, ..., start + size - 1``: ``fold_in(key, i)``."""
+    idx = jnp.asarray(start, dtype=jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> tuple["LMM", Params]:
+    """The model and the parameters to simulate at (given, or the fit's)."""
+    from .model import LMM
+
+    if isinstance(model_or_result, LMM):
+        model, fitted = model_or_result, None
+    elif hasattr(model_or_result, "model") and hasattr(model_or_result, "theta"):
+        model, fitted = model_or_result.model, model_or_result
+    else:
+        raise TypeError(f"expected an LMM or an LMMResult, got {type(model_or_result).__name__}")
+    s = model.structure
+    if params is None:
+        if fitted is None:
+            raise ValueError("an unfitted LMM has no parameters: pass params=dict(beta=..., theta=..., sigma=...) "
+                             "or simulate from a fitted result")
+        return model, Params(jnp.asarray(fitted.beta), jnp.asarray(fitted.theta), jnp.asarray(fitted.sigma))
+    missing = {"beta", "theta", "sigma"} - set(params)
+    if missing:
+        raise ValueError(f"params is missing {sorted(missing)}; give beta (length {s.p}), theta (length "
+                         f"{n_theta(s.ks)}, lme4's layout) and sigma")
+    beta = jnp.asarray(params["beta"], dtype=jnp.float64).reshape(-1)
+    theta = jnp.asarray(params["theta"], dtype=jnp.float64).reshape(-1)
+    sigma = jnp.asarray(params["sigma"], dtype=jnp.float64)
+    if beta.shape != (s.p,):
+        raise ValueError(f"params['beta'] must have {s.p} entries ({list(model.design.fixef_names)}), "
+                         f"got {beta.shape[0]}")
+    if theta.shape != (n_theta(s.ks),):
+        raise ValueError(f"params['theta'] must have {n_theta(s.ks)} entries (lme4's theta layout), "
+                         f"got {theta.shape[0]}")
+    if sigma.shape != () or not float(sigma) > 0:
+        raise ValueError(f"params['sigma'] must be a positive scalar, got {params['sigma']!r}")
+    return model, Params(beta, theta, sigma)
+
+
+def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:
+    """One response vector y* (n,) drawn at ``params`` (module docstring)."""
+    keys = jax.random.split(key, len(s.ks) + 1)
+    lams = lambdas(params.theta, s.ks)
+    y = arrays.X @ params.beta
+    for kt, lam, codes, Z, m, k in zip(keys[:-1], lams, arrays.codes, arrays.Z, s.ms, s.ks):
+        u = jax.random.normal(kt, (m, k), dtype=y.dtype)
+        b = params.sigma * (u @ lam.T)                     # rows b_j = sigma Lambda_t u_j
+        y = y + jnp.sum(Z * b[codes], axis=1)
+    return y + params.sigma * jax.random.normal(keys[-1], (s.n,), dtype=y.dtype)
+
+
+def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:
+    """Responses for a batch of replicate keys, as an (n, B) array."""
+    return jax.vmap(lambda k: simulate_one(k, params, arrays, s), out_axes=1)(keys)
+
+
+_simulate_jit = jax.jit(simulate_batch, static_argnames=("s",))
+
+
+def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict | None = None, *,
+             chunk_size: int | None = None) -> jnp.ndarray | Iterator[jnp.ndarray]:
+    """Draw ``n`` responses from the model (lme4 ``simulate``).
+
+    Args:
+        model_or_result: a fitted :class:`~lmm_jax.results.LMMResult` (simulate
+            at its estimates) or an :class:`~lmm_jax.model.LMM` with ``params``.
+        n: number of replicates.
+        key: an int seed or a ``jax.random`` key. Replicate ``i`` uses
+            ``jax.random.fold_in(key, i)``, so it does not depend on ``n`` or
+            ``chunk_size``.
+        params: optional ``dict(beta=..., theta=..., sigma=...)`` overriding
+            the fitted values (theta in lme4's layout).
+        chunk_size: if given, return a generator of (n_obs, <= chunk_size)
+            arrays instead of one (n_obs, n) array (memory-bounded).
+
+    Returns:
+        An (n_obs, n) float64 array of responses, rows in the order of the
+        model's rows, or a generator of column chunks of it.
+
+    Example:
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> Y = lmm_jax.simulate(fit, 1000, key=1)          # (180, 1000)
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive number of replicates, got {n}")
+    model, p = resolve_params(model_or_result, params)
+    key = as_key(key)
+    n = int(n)
+    if chunk_size is None:
+        return _simulate_jit(replicate_keys(key, 0, n), p, model.arrays, model.structure)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    return _simulate_chunks(model, p, key, n, int(chunk_size))
+
+
+def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int) -> Iterator[jnp.ndarray]:
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        # always draw full chunks (one compilation), trim the last
+        yield _simulate_jit(replicate_keys(key, start, chunk), p, model.arrays, model.structure)[:, :size]
