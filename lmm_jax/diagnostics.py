@@ -16,7 +16,11 @@ not vanish). Two checks follow lme4 (``lme4:::checkConv``, defaults of
   below 1e6.
 
 lme4 uses finite differences; exact derivatives make the checks sharper but
-the same tolerances apply.
+the same tolerances apply. :func:`diagnose_newton` takes the derivatives the
+Newton optimiser already has at its last iterate (in phi) and maps them to
+theta, so a fit pays no extra compilation; :func:`check_convergence`
+differentiates the objective in theta directly (the slow path it is tested
+against, and usable at any theta).
 """
 
 from __future__ import annotations
@@ -172,6 +176,57 @@ def assess(gradient: np.ndarray, hessian: np.ndarray, boundary: np.ndarray, *, g
     return ConvergenceDiagnostics(gradient=g_all, scaled_gradient=scaled, max_gradient=max_grad,
                                   hessian_eigenvalues=ev, boundary=np.asarray(boundary, bool),
                                   messages=tuple(messages), grad_tol=grad_tol, hess_tol=hess_tol)
+
+
+def theta_derivatives_from_phi(theta: np.ndarray, gradient_phi: np.ndarray, hessian_phi: np.ndarray,
+                               ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Map the optimiser's derivatives in phi to lme4's theta (chain rule).
+
+    With theta_i = exp(phi_i) on the diagonal entries (c_i = theta_i) and
+    theta_i = phi_i elsewhere (c_i = 1),
+
+        g_phi = c * g_theta,
+        H_phi = diag(c) H_theta diag(c) + diag(g_theta * c''),  c''_i = theta_i (diagonal) or 0,
+
+    so ``g_theta = g_phi / c`` and ``H_theta = (H_phi - diag(g_phi [diagonal])) / (c c')``.
+    Entries at the boundary (theta exactly 0 on the diagonal) are returned as 0.
+
+    Args:
+        theta: lme4's theta at the optimum.
+        gradient_phi: (t,) gradient in phi (:attr:`NewtonResult.gradient`).
+        hessian_phi: (t, t) Hessian in phi (:attr:`NewtonResult.hessian`).
+        ks: columns per term.
+
+    Returns:
+        ``(g_theta, H_theta)``.
+    """
+    theta = np.asarray(theta, dtype=float)
+    diag = diagonal_mask(ks)
+    boundary = diag & (theta == 0.0)
+    c = np.where(diag & ~boundary, theta, 1.0)
+    g_phi = np.where(boundary, 0.0, np.asarray(gradient_phi, dtype=float))
+    H_phi = np.asarray(hessian_phi, dtype=float) - np.diag(np.where(diag & ~boundary, g_phi, 0.0))
+    H = H_phi / np.outer(c, c)
+    H[boundary, :] = 0.0
+    H[:, boundary] = 0.0
+    return g_phi / c, H
+
+
+def diagnose_newton(opt, ks: tuple[int, ...], *, grad_tol: float = GRAD_TOL,
+                    hess_tol: float = HESS_TOL) -> ConvergenceDiagnostics:
+    """lme4's checks from the optimiser's own final derivatives (no extra
+    compilation): :func:`theta_derivatives_from_phi`, then :func:`assess`.
+
+    Args:
+        opt: the :class:`~lmm_jax.optimize.NewtonResult` of one fit.
+        ks: columns per term.
+        grad_tol: lme4's ``check.conv.grad`` tolerance (0.002).
+        hess_tol: lme4's ``check.conv.hess`` tolerance (1e-6).
+    """
+    theta = np.asarray(opt.theta, dtype=float)
+    g, H = theta_derivatives_from_phi(theta, np.asarray(opt.gradient), np.asarray(opt.hessian), ks)
+    boundary = diagonal_mask(ks) & (theta == 0.0)
+    return assess(g, H, boundary, grad_tol=grad_tol, hess_tol=hess_tol)
 
 
 def check_convergence(theta: np.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool,

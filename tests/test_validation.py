@@ -386,3 +386,26 @@ def test_diagnostics_hessian_checks():
     # a boundary entry is excluded: its gradient need not vanish
     at_boundary = assess(np.array([5.0, 1e-6]), np.diag([-1.0, 3.0]), np.array([True, False]))
     assert at_boundary.ok and at_boundary.gradient[0] == 0.0
+
+
+def test_diagnostics_from_newton_equal_autodiff_in_theta():
+    """Fast path (the optimiser's phi derivatives mapped to theta) against the
+    slow one (autodiff of the objective in theta), for a 2x2 term."""
+    import jax.numpy as jnp
+
+    from lmm_jax.diagnostics import check_convergence, theta_derivatives, theta_derivatives_from_phi
+    from lmm_jax.model import fit_theta
+    from lmm_jax.parametrization import phi_from_theta, theta_start
+
+    ref, fit = robust_fit("balanced")
+    m = fit.model
+    phi0, active0 = phi_from_theta(theta_start(m.structure.ks), m.structure.ks)
+    opt = fit_theta(m.products, m.response, jnp.asarray(phi0), jnp.asarray(active0), m.structure, True, 200)
+    g_fast, H_fast = theta_derivatives_from_phi(np.asarray(opt.theta), np.asarray(opt.gradient),
+                                                np.asarray(opt.hessian), m.structure.ks)
+    g_slow, H_slow = theta_derivatives(opt.theta, m.products, m.response, m.structure, True)
+    np.testing.assert_allclose(g_fast, np.asarray(g_slow), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(H_fast, np.asarray(H_slow), rtol=1e-8, atol=1e-8)
+    slow = check_convergence(opt.theta, m.products, m.response, m.structure, True)
+    np.testing.assert_allclose(fit.diagnostics.hessian_eigenvalues, slow.hessian_eigenvalues, rtol=1e-8)
+    np.testing.assert_allclose(fit.diagnostics.max_gradient, slow.max_gradient, rtol=1e-6, atol=1e-12)
