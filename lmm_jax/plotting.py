@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .results import LMMResult
 
-__all__ = ["caterpillar", "diagnostics", "residuals_vs_fitted", "qq", "forest", "overview"]
+__all__ = ["caterpillar", "diagnostics", "residuals_vs_fitted", "qq", "forest", "overview", "bootstrap", "profile"]
 
 _MAX_LABELLED_LEVELS = 60  # above this, level names are not written on the axis
 _MAX_LEGEND_GROUPS = 12  # above this, no legend
@@ -388,4 +388,125 @@ def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
     if legend is not None:
         legend.remove()
     fig.suptitle(f"{result.model.formula}   ({'REML' if result.reml else 'ML'}, n = {result.nobs})", fontsize=11)
+    return fig
+
+
+# -- bootstrap and profiles -----------------------------------------------------------------
+
+def _panel_grid(count: int, ncols: int, panel: tuple[float, float]):
+    plt = _pyplot()
+    ncols = max(1, min(ncols, count))
+    nrows = int(np.ceil(count / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.ravel())
+    for ax in flat[count:]:
+        ax.set_axis_off()
+    return fig, flat[:count]
+
+
+def bootstrap(boot: Any, level: float = 0.95, method: str = "percentile", which: Sequence[str] | None = None,
+              bins: int = 40, ncols: int = 3) -> "Figure":
+    """Bootstrap distribution of every parameter, with the estimate and the interval marked.
+
+    Args:
+        boot: a :class:`~lmm_jax.bootstrap.BootstrapResult` (from
+            ``result.bootstrap(n, key)``).
+        level: coverage of the marked intervals.
+        method: interval method passed to ``boot.confint`` (``"percentile"``,
+            ``"shortest"`` or ``"basic"``).
+        which: parameter names in lme4's naming (``sd_(Intercept)|Subject``,
+            ``sigma``, fixed-effect names); default all.
+        bins: histogram bins.
+        ncols: panels per row.
+
+    Returns:
+        The Figure, one axes per parameter. Replicates that failed or did
+        not converge are left out, as in ``boot.confint``.
+
+    Raises:
+        KeyError: ``which`` names an unknown parameter.
+    """
+    ci = boot.confint(level=level, method=method)
+    est = boot.replicates.estimates()[boot.replicates.ok]
+    center = boot.estimate
+    names = list(ci.index) if which is None else list(which)
+    unknown = [n for n in names if n not in est.columns]
+    if unknown:
+        raise KeyError(f"no bootstrap parameter(s) {unknown}; available: {', '.join(est.columns)}")
+    fig, axes = _panel_grid(len(names), ncols, (3.4, 2.6))
+    for ax, name in zip(axes, names):
+        v = est[name].to_numpy()
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=bins, color="C0", alpha=0.75)
+        lo, hi = ci.loc[name, "lower"], ci.loc[name, "upper"]
+        ax.axvspan(lo, hi, color="C1", alpha=0.12, lw=0)
+        for x in (lo, hi):
+            ax.axvline(x, color="C1", lw=1.2, ls="--")
+        ax.axvline(center[name], color="k", lw=1.4)
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=8)
+    n_ok = int(np.sum(boot.replicates.ok))
+    fig.suptitle(f"Parametric bootstrap: {n_ok} of {len(boot)} replicates; {100 * level:g}% {method} intervals "
+                 "(dashed), estimate (solid)", fontsize=10)
+    return fig
+
+
+def profile(result: "LMMResult", which: Sequence[str] | None = None, level: float = 0.95, points: int = 13,
+            ncols: int = 3) -> "Figure":
+    """Profile-likelihood traces: zeta against each parameter (lme4's
+    ``xyplot(profile(fit))``).
+
+    ``zeta(psi) = sign(psi - psi_hat) sqrt(d(psi) - d(psi_hat))`` with the
+    other parameters re-optimised (ML deviance; REML fits are refitted by ML
+    first, as lme4 does). A straight line means the Wald interval is
+    accurate on that scale; the marked interval is where ``|zeta| = z``.
+
+    Args:
+        result: a fitted :class:`~lmm_jax.results.LMMResult`.
+        which: parameter names in lme4's naming; default all.
+        level: level of the marked profile interval.
+        points: profile points per parameter, spread over 1.4 times the
+            interval.
+        ncols: panels per row.
+
+    Returns:
+        The Figure, one axes per parameter.
+    """
+    from .profile import profile_confint, profile_zeta
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    ci = profile_confint(result, level=level, which=None if which is None else list(which))
+    ml = result.model.fit(reml=False) if result.reml else result
+    from .profile import parameters as profile_parameters
+
+    estimates = {p.name: (p.estimate, p.kind) for p in profile_parameters(ml)}
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    names = list(ci.index)
+    fig, axes = _panel_grid(len(names), ncols, (3.4, 2.6))
+    for ax, name in zip(axes, names):
+        est, kind = estimates[name]
+        lo, hi = ci.loc[name, "lower"], ci.loc[name, "upper"]
+        a = est - 1.4 * (est - lo) if np.isfinite(lo) else est - 1.0
+        b = est + 1.4 * (hi - est) if np.isfinite(hi) else est + 1.0
+        if kind in ("sd", "sigma"):
+            a = max(a, 0.0)
+        elif kind == "cor":
+            a, b = max(a, -0.999), min(b, 0.999)
+        grid = np.unique(np.concatenate([np.linspace(a, b, points), [est]]))
+        zeta = profile_zeta(result, name, grid)
+        ax.plot(zeta["value"], zeta["zeta"], "o-", ms=3, color="C0")
+        for y in (-z, z):
+            ax.axhline(y, color="0.4", lw=0.8, ls="--")
+        for x in (lo, hi):
+            if np.isfinite(x):
+                ax.axvline(x, color="C1", lw=1.0, ls=":")
+        ax.axhline(0.0, color="0.8", lw=0.6)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("zeta")
+    fig.suptitle(f"Profile zeta (ML deviance); dotted: {100 * level:g}% profile interval", fontsize=10)
     return fig

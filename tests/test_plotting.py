@@ -140,3 +140,38 @@ def test_missing_matplotlib_says_how_to_install(sleep, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install 'lmm_jax\[plot\]'"):
         plotting.caterpillar(sleep)
+
+
+def test_bootstrap_histograms_mark_estimate_and_interval(sleep, tmp_path):
+    boot = sleep.bootstrap(40, 3)
+    fig = plotting.bootstrap(boot, level=0.9)
+    _render(fig, tmp_path / "bootstrap.png")
+    ci = boot.confint(level=0.9)
+    est = boot.replicates.estimates()[boot.replicates.ok]
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert [ax.get_title() for ax in visible] == list(ci.index)
+    for ax in visible:
+        name = ax.get_title()
+        counts = sum(bar.get_height() for container in ax.containers for bar in container)  # the histogram
+        assert counts == np.isfinite(est[name]).sum()
+        xs = sorted(line.get_xdata()[0] for line in ax.lines)
+        expect = sorted([ci.loc[name, "lower"], ci.loc[name, "upper"], boot.estimate[name]])
+        np.testing.assert_allclose(xs, expect)
+    with pytest.raises(KeyError, match="sd_Days"):
+        plotting.bootstrap(boot, which=["sd_Days"])
+
+
+def test_profile_traces_cross_z_at_the_profile_interval(sleep, tmp_path):
+    from lmm_jax.profile import profile_confint
+    fig = plotting.profile(sleep, which=["sd_Days|Subject", "sigma", "Days"], points=9)
+    _render(fig, tmp_path / "profile.png")
+    ci = profile_confint(sleep, which=["sd_Days|Subject", "sigma", "Days"])
+    z = stats.norm.ppf(0.975)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in visible] == list(ci.index)
+    for ax in visible:
+        x, zeta = (np.asarray(a) for a in ax.lines[0].get_data())
+        assert np.all(np.diff(zeta) > 0)  # zeta increases through 0 at the estimate
+        lo, hi = ci.loc[ax.get_title()]
+        # the trace, interpolated between profile points, crosses -+z at the interval ends
+        assert abs(np.interp(lo, x, zeta) + z) < 0.05 and abs(np.interp(hi, x, zeta) - z) < 0.05
