@@ -219,6 +219,38 @@ def bench_lme4(formula: str, df: pd.DataFrame, groups: list[str], reps: int) -> 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def markdown(results: dict) -> str:
+    """The RESULTS.md table: seconds (first call / warm median), ratio to lmm_jax's warm time."""
+    peers = ["glmm", "lme-python", "mixedlm", "lme4"]
+    lines = ["| case | rows | lmm_jax build | lmm_jax first | lmm_jax warm | iters | "
+             + " | ".join(f"{p} first / warm (x lmm_jax)" for p in peers) + " |",
+             "|---" * (6 + len(peers)) + "|"]
+    for case, row in results.items():
+        lj = row["lmm_jax"]
+        cells = [case, f"{row['n']:,}", _fmt(lj["build_s"]), _fmt(lj["first_s"]), _fmt(lj["warm_s"]),
+                 str(lj["iterations"])]
+        for p in peers:
+            r = row.get(p)
+            if r is None:
+                cells.append("not run")
+            elif "error" in r:
+                cells.append("failed")
+            else:
+                warm = r.get("warm_s")
+                if warm is None:   # lme4 run once: no compilation, its one fit is its warm time
+                    cells.append(f"{_fmt(r['first_s'])} (1 run, {r['first_s'] / lj['warm_s']:.2g}x)")
+                else:
+                    cells.append(f"{_fmt(r['first_s'])} / {_fmt(warm)} ({warm / lj['warm_s']:.2g}x)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
@@ -227,7 +259,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-lme4", action="store_true")
     ap.add_argument("--lme4-reps", type=int, default=0, help="warm lme4 repetitions (0: first call only)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--markdown", nargs="+", default=None, metavar="JSON",
+                    help="print the RESULTS.md table of earlier --json outputs and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        merged = {}
+        for f in args.markdown:
+            merged.update(json.loads(Path(f).read_text()))
+        print(markdown(merged))
+        return merged
     results = {}
     for case in args.cases.split(","):
         spec = CASES[case]

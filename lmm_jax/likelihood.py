@@ -29,6 +29,13 @@ remaining terms are eliminated through the Schur complement
 and ``[X y]`` through a second Schur complement onto a (p+1) x (p+1) block
 whose factor holds ``L_X``, ``r`` and ``sqrt(pwrss)``. After the
 cross-products, one evaluation costs nothing in n.
+
+For crossed factors ``A21`` is kept sparse (:mod:`lmm_jax.sparse`) and
+``L21 L21'`` is summed over co-occurring pairs of rows. The dense block
+``M22 = L_22 L_22'`` enters the objective only through ``log det M22`` and
+``R'M22^{-1}R``, computed by :func:`lmm_jax.linalg.spd_logdet_solve`, whose
+derivative rules (``tr(M^{-1} dM)``, ``-M^{-1} dM M^{-1}``) spare autodiff
+from differentiating the q_r x q_r Cholesky factor.
 """
 
 from __future__ import annotations
