@@ -55,6 +55,31 @@ def test_example_prints_lme4_summary_and_writes_json_and_png(tmp_path, capsys):
     assert float(np.std(img[..., :3])) > 0.05  # something was drawn
 
 
+def test_kenward_roger_and_bootstrap(tmp_path, capsys):
+    ref = load_reference("sleepstudy_reml")
+    outs = []
+    for run in range(2):
+        out_json = tmp_path / f"kr{run}.json"
+        rc = main(["example", "--ddf", "kenward-roger", "--bootstrap", "25", "--seed", "7", "--json", str(out_json)])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        outs.append(json.loads(out_json.read_text()))
+    assert "Fixed effects with kenward-roger df" in captured.out
+    assert "Parametric bootstrap (25 replicates, seed 7" in captured.out
+    got = outs[0]
+    assert got["ddf"] == "kenward-roger"
+    np.testing.assert_allclose([r["df"] for r in got["coefficients"]], ref["df_kenward_roger"], rtol=1e-5)
+    np.testing.assert_allclose([r["std_error"] for r in got["coefficients"]], ref["se_kenward_roger"], rtol=1e-5)
+    boot = got["bootstrap"]
+    assert boot["n"] == 25 and boot["seed"] == 7
+    names = [r["parameter"] for r in boot["confint"]]
+    assert names == ["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject", "sigma",
+                     "(Intercept)", "Days"]
+    for r in boot["confint"]:
+        assert r["lower"] < r["upper"]
+    assert outs[1]["bootstrap"]["confint"] == boot["confint"]  # same seed, same replicates
+
+
 def test_fit_csv_by_ml_matches_lme4(ingot_csv, tmp_path, capsys):
     ref = load_reference("ingot_ml")
     out_json = tmp_path / "ingot.json"
