@@ -141,6 +141,25 @@ def _parse_group(group: str, formula: str, pos: int) -> list[tuple[str, ...]]:
     return out
 
 
+def _r_arithmetic(expr: str) -> str:
+    """Inside ``I(...)`` R's ``^`` is a power; formulaic evaluates ``I()`` as
+    Python, where ``^`` is bitwise XOR. Translate so ``I(x^2)`` means x**2."""
+    out, i = [], 0
+    while i < len(expr):
+        m = re.compile(r"\bI\(").search(expr, i)
+        if not m:
+            out.append(expr[i:])
+            break
+        out.append(expr[i:m.end()])
+        depth, j = 1, m.end()
+        while j < len(expr) and depth:
+            depth += (expr[j] == "(") - (expr[j] == ")")
+            j += 1
+        out.append(expr[m.end():j].replace("^", "**"))
+        i = j
+    return "".join(out)
+
+
 def parse_formula(formula: str) -> ParsedFormula:
     """Parse an lme4 formula.
 
@@ -180,6 +199,12 @@ def parse_formula(formula: str) -> ParsedFormula:
     if _find_bar(response) is not None or "|" in response:
         raise FormulaError("the response may not contain '|'", text, "|", text.find("|"))
     rhs_off = len(lhs) + 1
+    if not rhs.strip():
+        raise FormulaError("formula has nothing after '~'; write e.g. 'y ~ x + (1 | g)'", text, "~", text.find("~"))
+    tail = rhs.rstrip()
+    if tail.endswith(("+", "-", "*", ":", "/", "^", "%", "~")):
+        raise FormulaError(f"formula ends in the operator {tail[-1]!r}; remove it or add a term after it", text,
+                           tail[-1], rhs_off + len(tail) - 1)
 
     random: list[RandomTerm] = []
     fixed_pieces: list[str] = []
@@ -223,4 +248,6 @@ def parse_formula(formula: str) -> ParsedFormula:
     if not random:
         raise FormulaError("no random-effects terms in the formula; add one such as (1 | group) "
                            "(for a model without random effects use ordinary least squares)", text)
-    return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random))
+    fixed = _r_arithmetic(fixed)
+    random = [RandomTerm(_r_arithmetic(t.expr), t.factors, t.uncorrelated) for t in random]
+    return ParsedFormula(text=text, response=_r_arithmetic(response), fixed=fixed, random=tuple(random))
