@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
 
-from .errors import DataError, FormulaError, RankDeficiencyWarning
+from .errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
 from .formula import ParsedFormula, RandomTerm, parse_formula
 
 _RANK_TOL = 1e-7  # lme4's rankMatrix / qr tolerance
+OFFSET_WARN_RATIO = 1e3  # |mean| / SD above which a variable's cross-products lose digits
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,6 +386,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
                       f"{list(dropped)}", RankDeficiencyWarning, stacklevel=3)
     X = X_full[:, keep]
     fixef_names = tuple(names_full[j] for j in keep)
+    _warn_offsets(y, X, pf.response, fixef_names)
     if X.shape[0] <= X.shape[1]:
         raise DataError(f"{X.shape[1]} fixed-effects columns for {X.shape[0]} observations; there must be more "
                         "observations than fixed effects: simplify the fixed part (a factor with many levels "
@@ -437,6 +439,29 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=mm.rhs.model_spec,
                   kept_columns=tuple(keep))
+
+
+def _warn_offsets(y: np.ndarray, X: np.ndarray, response: str, names: tuple[str, ...]) -> None:
+    """Warn when the response or a covariate sits more than
+    :data:`OFFSET_WARN_RATIO` SDs from zero while X has an intercept.
+
+    The likelihood works on the cross-products X'X, X'y, y'y; their rounding
+    errors grow like eps * mean^2 while the information is in the variance,
+    so the profiled objective loses about 2 log10(mean / SD) digits
+    (x = 1e4 + N(0, 1): log-likelihood off by ~1e-6). Centering such a
+    variable changes only the intercept.
+    """
+    sd_x, mean_x = X.std(axis=0), X.mean(axis=0)
+    if not np.any(sd_x == 0):  # no intercept-like column: an offset is not removable by centering
+        return
+    far = [f"{names[j]} (mean {mean_x[j]:.4g}, SD {sd_x[j]:.3g})" for j in range(X.shape[1])
+           if sd_x[j] > 0 and abs(mean_x[j]) > OFFSET_WARN_RATIO * sd_x[j]]
+    if y.std() > 0 and abs(y.mean()) > OFFSET_WARN_RATIO * y.std():
+        far.insert(0, f"response {response} (mean {y.mean():.4g}, SD {y.std():.3g})")
+    if far:
+        warnings.warn(f"{', '.join(far)} lie more than {OFFSET_WARN_RATIO:g} SDs from zero; the cross-products "
+                      "lose digits and the log-likelihood may be off by ~1e-6: center these variables (only the "
+                      "intercept changes)", ScalingWarning, stacklevel=4)
 
 
 def _check_response_column(response: str, df: pd.DataFrame) -> None:

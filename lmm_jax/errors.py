@@ -54,5 +54,10 @@ class SingularFitWarning(UserWarning):
     boundary: the fit is singular, like lme4's ``isSingular``."""
 
 
+class ScalingWarning(UserWarning):
+    """A covariate or the response lies so far from zero relative to its
+    spread that the cross-products lose digits: center it."""
+
+
 class RankDeficiencyWarning(UserWarning):
     """Fixed-effects columns were dropped because X is rank deficient."""

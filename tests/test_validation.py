@@ -26,6 +26,7 @@ import lmm_jax
 from lmm_jax import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, LMMError,
                      RankDeficiencyWarning, SingularFitWarning)
 from lmm_jax.diagnostics import assess
+from lmm_jax.errors import ScalingWarning
 
 ROBUST = Path(__file__).parent / "reference" / "robust"
 RTOL = 1e-5        # fixed effects, sigma, variance components (relative)
@@ -306,6 +307,19 @@ def test_covariates_and_response_with_large_offsets(case):
     slope = sh["beta"][1]
     np.testing.assert_allclose(fit.beta, [sh["beta"][0] + sh["shift"]["y"] - sh["shift"]["x"] * slope, slope],
                                rtol=RTOL)
+
+
+def test_large_offsets_warn_with_a_fix():
+    """Beyond 1e3 SDs from zero the loss of digits is announced (the extreme
+    case above); the years case (about 670 SDs) fits silently."""
+    ref, data = load_robust("offsets")
+    with pytest.warns(ScalingWarning, match=r"x \(mean 1e\+04, SD .*lie more than 1000 SDs from zero.*center"):
+        lmm_jax.LMM(ref["formula"], data)
+    ref, data = load_robust("offsets_years")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScalingWarning)
+        lmm_jax.LMM(ref["formula"], data)
+        lmm_jax.LMM("y ~ 0 + x + (1 | g)", data.assign(x=data.x + 1e6))  # no intercept: nothing to center
 
 
 def test_rank_deficient_X(frame, base_fit):
