@@ -47,10 +47,11 @@ def as_key(key: Any) -> jax.Array:
     """A JAX PRNG key from an int seed or a key (raw uint32 or typed)."""
     if isinstance(key, (int, np.integer)):
         return jax.random.PRNGKey(int(key))
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32:
-        return key
-    raise TypeError(f"key must be an int seed or a jax.random key, got {type(key).__name__} of dtype {key.dtype}")
+    dtype = getattr(key, "dtype", None)
+    if isinstance(key, (jax.Array, np.ndarray)) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == np.uint32):
+        return jnp.asarray(key)
+    raise TypeError(f"key must be an int seed or a jax.random key (jax.random.PRNGKey(0) or jax.random.key(0)), "
+                    f"got {key!r} of type {type(key).__name__}")
 
 
 def replicate_keys(key: jax.Array, start: int | jnp.ndarray, size: int) -> jax.Array:
