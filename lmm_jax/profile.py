@@ -33,6 +33,7 @@ cutoff gets the limit -1 or 1.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -68,6 +69,18 @@ class ProfileParameter:
     kind: str
     estimate: float
     index: tuple
+
+
+def _ml_fit(result: "LMMResult") -> "LMMResult":
+    """The ML fit that lme4 profiles: a REML fit is refitted by ML (its singular-fit
+    warning was already given for the fit itself)."""
+    if not result.reml:
+        return result
+    from .errors import SingularFitWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        return result.model.fit(reml=False)
 
 
 def parameters(fit: "LMMResult") -> list[ProfileParameter]:
@@ -409,7 +422,7 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
 
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
-    fit = result.model.fit(reml=False) if result.reml else result
+    fit = _ml_fit(result)
     params = parameters(fit)
     if which is not None:
         names = [p.name for p in params]
@@ -442,7 +455,7 @@ def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataF
     of one parameter at the given values, solved as one vmapped batch."""
     from .inference import InferenceError
 
-    fit = result.model.fit(reml=False) if result.reml else result
+    fit = _ml_fit(result)
     params = {p.name: p for p in parameters(fit)}
     if name not in params:
         raise InferenceError(f"cannot profile {name!r}: parameters are {list(params)}")

@@ -119,6 +119,18 @@ def test_dense_products_match_design(fits):
     assert np.allclose(ZtZ, Z.T @ Z) and np.allclose(ZtX, Z.T @ d.X) and np.allclose(XtX, d.X.T @ d.X)
 
 
+def test_dense_products_from_sparse_coupling(fits):
+    """KR's dense Z'Z from a sparse A21 (crossed factors) equals the one from the dense A21."""
+    from lmm_jax.crossprod import design_products
+
+    fit = fits("penicillin_crossed")
+    d, s = fit.design, fit.model.structure
+    dense = dense_products(design_products(d, sparse=False), s)
+    sparse = dense_products(design_products(d, sparse=True), s)
+    for a, b in zip(dense, sparse):
+        assert np.allclose(a, b, rtol=0, atol=1e-12)
+
+
 def test_kenward_roger_needs_reml(fits):
     with pytest.raises(InferenceError, match="REML"):
         fits("sleepstudy_ml").coefs(ddf="kenward-roger")
