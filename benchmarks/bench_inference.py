@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 import lmm_jax
-from lmm_jax import inference
 
 DATA = Path("/work/shared/data")
 

@@ -20,7 +20,7 @@ import lmm_jax
 from lmm_jax.inference import InferenceError
 from lmm_jax.kenward_roger import dense_products, kenward_roger_adjustment
 from lmm_jax.parametrization import lambdas, lower_tri_indices
-from lmm_jax.profile import profile_confint, profile_zeta
+from lmm_jax.profile import profile_zeta
 
 from conftest import REF_DIR, load_data, load_reference, rel_err
 
