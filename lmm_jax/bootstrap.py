@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .results import LMMResult
 
 CHUNK_MAX_ENTRIES = 1 << 24   # default chunk: at most this many simulated y values (128 MB) per chunk
-CHUNK_MAX = 16384
+CHUNK_MAX = 2048      # larger vmapped chunks stalled XLA:CPU here (threads idle in futex waits at 10,000)
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
