@@ -11,14 +11,24 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
+from .compilation_cache import enable_by_default as _enable_compilation_cache  # noqa: E402
+
+_enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM_JAX_COMPILATION_CACHE=0 turns it off
+
 from . import datasets  # noqa: E402
-from .errors import (ConvergenceWarning, DataError, FormulaError, LMMError, RankDeficiencyWarning,  # noqa: E402
-                     SingularFitWarning)
+from .errors import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, LMMError,  # noqa: E402
+                     RankDeficiencyWarning, ScalingWarning, SingularFitWarning)
 from .formula import parse_formula  # noqa: E402
 from .model import LMM, fit, make_deviance  # noqa: E402
 from .results import LMMResult  # noqa: E402
+from .anova import anova  # noqa: E402
+from .simulate import simulate  # noqa: E402
+from .bootstrap import BootstrapResult  # noqa: E402
+from .batch import BatchResult, fit_many  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["LMM", "fit", "make_deviance", "LMMResult", "datasets", "parse_formula", "LMMError", "FormulaError",
-           "DataError", "ConvergenceWarning", "SingularFitWarning", "RankDeficiencyWarning"]
+__all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
+           "DataError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning", "RankDeficiencyWarning",
+           "ScalingWarning",
+           "simulate", "BootstrapResult", "BatchResult", "fit_many"]

@@ -9,6 +9,7 @@ the very same function over simulated responses.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from functools import partial
 from typing import Any, Callable, Literal
@@ -20,7 +21,8 @@ import numpy as np
 from .crossprod import (DesignProducts, ResponseProducts, Structure, design_arrays, design_products,
                         response_products, structure_of)
 from .design import Design, build_design
-from .errors import ConvergenceWarning, SingularFitWarning
+from .diagnostics import diagnose_newton
+from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
 from .likelihood import (conditional_modes, deviance_at_sigma, factorize, fixed_effects, profiled_deviance,
                          sigma_hat, unscaled_vcov_beta)
 from .optimize import NewtonResult, newton_minimize
@@ -92,6 +94,13 @@ class LMM:
     def n_theta(self) -> int:
         return n_theta(self.structure.ks)
 
+    def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
+        """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
+        call; see :func:`lmm_jax.batch.fit_batch` (returns a ``BatchResult``)."""
+        from .batch import fit_batch
+
+        return fit_batch(self, Y, reml=reml, **kwargs)
+
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
         """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
         return response_products(y, self.arrays, self.structure)
@@ -104,8 +113,8 @@ class LMM:
             reml: REML criterion if True, maximum likelihood otherwise.
             start: starting theta (lme4's layout); default lme4's identity.
             max_iter: Newton iteration limit.
-            throw: raise :class:`~lmm_jax.errors.ConvergenceError`-like
-                ``RuntimeError`` instead of warning when not converged.
+            throw: raise :class:`~lmm_jax.errors.ConvergenceError` instead of
+                warning when not converged or the convergence diagnostics fail.
 
         Returns:
             An immutable :class:`~lmm_jax.results.LMMResult`.
@@ -120,12 +129,19 @@ class LMM:
         opt = fit_theta(self.products, self.response, jnp.asarray(phi0), jnp.asarray(active0), self.structure,
                         bool(reml), max_iter)
         result = LMMResult.from_theta(self, opt.theta, reml=bool(reml), optimizer=opt)
+        diag = diagnose_newton(opt, self.structure.ks)
+        result = dataclasses.replace(result, diagnostics=diag)
+        problems = []
         if not result.converged:
-            msg = (f"model failed to converge after {int(opt.iterations)} iterations (Newton decrement "
-                   f"{float(opt.decrement):.2g}, |grad| {float(opt.gradient_norm):.2g}); try rescaling "
-                   "covariates or a simpler random-effects structure")
+            problems.append(f"the optimiser stopped after {int(opt.iterations)} iterations without meeting its "
+                            f"criterion (Newton decrement {float(opt.decrement):.2g}, |grad| "
+                            f"{float(opt.gradient_norm):.2g})")
+        problems.extend(diag.messages)
+        if problems:
+            msg = ("; ".join(problems) + "; try rescaling or centering covariates, or a simpler random-effects "
+                   "structure (see result.diagnostics)")
             if throw:
-                raise RuntimeError(msg)
+                raise ConvergenceError(msg)
             warnings.warn(msg, ConvergenceWarning, stacklevel=2)
         if result.singular:
             warnings.warn("boundary (singular) fit: a variance component is estimated at zero or a correlation "

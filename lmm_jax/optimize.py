@@ -45,6 +45,9 @@ class NewtonResult(NamedTuple):
         decrement: the last Newton decrement.
         iterations: Newton iterations taken.
         converged: the decrement criterion was met before ``max_iter``.
+        gradient: gradient of f in phi at the optimum (0 for inactive entries).
+        hessian: Hessian of f in phi at the optimum (identity rows/columns
+            for inactive entries); :mod:`lmm_jax.diagnostics` maps both to theta.
     """
 
     theta: jnp.ndarray
@@ -55,6 +58,8 @@ class NewtonResult(NamedTuple):
     decrement: jnp.ndarray
     iterations: jnp.ndarray
     converged: jnp.ndarray
+    gradient: jnp.ndarray
+    hessian: jnp.ndarray
 
 
 class _State(NamedTuple):
@@ -175,4 +180,4 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     converged = (st.dec < tol) | (st.stalled & (st.dec < 1e-6))
     return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
                         objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
-                        decrement=st.dec, iterations=st.it, converged=converged)
+                        decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=st.H)

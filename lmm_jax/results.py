@@ -41,6 +41,9 @@ class LMMResult:
         converged: the optimiser met its criterion.
         iterations: Newton iterations.
         gradient_norm: infinity norm of the final gradient (in phi).
+        diagnostics: lme4-style gradient and Hessian checks at the optimum
+            (:class:`~lmm_jax.diagnostics.ConvergenceDiagnostics`; None for a
+            result built at a given theta).
     """
 
     model: "LMM"
@@ -55,6 +58,7 @@ class LMMResult:
     iterations: int
     gradient_norm: float
     decrement: float
+    diagnostics: Any = None
 
     @classmethod
     def from_theta(cls, model: "LMM", theta: Any, reml: bool, optimizer: "NewtonResult | None" = None) -> "LMMResult":
@@ -271,6 +275,69 @@ class LMMResult:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
         ``summary``): columns ``estimate, std_error, df, t, p``."""
         return self._satterthwaite.copy()
+
+    def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
+        """Fixed effects with t tests and intervals: ``estimate, std_error, df,
+        t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
+        ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference`)."""
+        from .inference import coefs
+
+        return coefs(self, ddf, level)
+
+    def contrast(self, L: Any, ddf: str = "satterthwaite", level: float = 0.95,
+                 joint: bool | None = None) -> pd.DataFrame:
+        """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
+        from .inference import contrast
+
+        return contrast(self, L, ddf, level, joint)
+
+    def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
+        from .anova import anova_table
+
+        return anova_table(self, ddf)
+
+    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Intervals for SDs, correlations, sigma and fixed effects in lme4's
+        naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
+        from .inference import confint
+
+        return confint(self, method, level, **kwargs)
+
+    def varcorr_table(self, level: float = 0.95) -> pd.DataFrame:
+        """Variance components with Hessian SEs and Wald intervals (variance,
+        SD and Fisher-z correlation scales)."""
+        from .inference import varcorr_table
+
+        return varcorr_table(self, level)
+
+    def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
+                se_fit: bool = False):
+        """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
+        from .predict import predict
+
+        return predict(self, newdata, re_form, allow_new_levels, se_fit)
+
+    def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
+                  params: dict | None = None, max_iter: int = 200):
+        """Parametric bootstrap (lme4 ``bootMer``): ``n`` responses simulated
+        at the estimates, all refitted by one compiled, vmapped optimiser.
+
+        Args:
+            n: replicates. key: int seed or ``jax.random`` key (replicate i
+            uses ``fold_in(key, i)``). chunk_size: replicates per compiled
+            call (default: bounded by memory). progress: tqdm bar over chunks.
+            params: optional ``dict(beta, theta, sigma)`` to simulate at.
+            max_iter: Newton iteration limit per replicate.
+
+        Returns:
+            A :class:`~lmm_jax.bootstrap.BootstrapResult` (``.table``,
+            ``.confint(level, method)``).
+        """
+        from .bootstrap import run_bootstrap
+
+        return run_bootstrap(self, n, key, chunk_size=chunk_size, progress=progress, params=params,
+                             max_iter=max_iter)
 
     # -- printing --------------------------------------------------------------
     def summary(self) -> str:
