@@ -29,7 +29,7 @@ import pandas as pd
 from .crossprod import DesignArrays, DesignProducts, ResponseProducts, Structure, response_products
 from .likelihood import factorize, fixed_effects, sigma_hat
 from .model import SINGULAR_TOL, fit_theta
-from .parametrization import diagonal_mask, lambdas, lower_tri_indices, phi_from_theta, theta_start
+from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_start
 
 if TYPE_CHECKING:
     from .design import Design

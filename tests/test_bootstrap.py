@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.batch import _fit_responses, _fit_stacked
+from lmm_jax.batch import _fit_stacked
 from lmm_jax.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
