@@ -1,0 +1,60 @@
+"""The notebooks in notebooks/ execute from top to bottom (their own asserts
+check the numbers against lme4 and statsmodels), ship with their outputs, match
+the cell sources they are built from (notebooks/src_*.py), and together stay
+within the CPU budget of 5 minutes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+BUDGET_CPU_SECONDS = float(os.environ.get("LMM_JAX_NOTEBOOK_BUDGET_S", 300))
+CPU_PROBE = "import os as _os\n_t = _os.times()\nprint(f'__cpu__ {_t.user + _t.system:.3f}')"
+
+_cpu_seconds: dict[str, float] = {}
+
+sys.path.insert(0, str(NOTEBOOK_DIR))
+from _nb import build  # noqa: E402
+
+
+def test_there_are_notebooks():
+    assert [n[:2] for n in NOTEBOOKS] == ["01", "02", "03", "04"], NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_shipped_notebook_is_executed_and_matches_its_source(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code), f"{name} was saved without running it"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"], f"{name} holds an error output"
+    src = NOTEBOOK_DIR / f"src_{name[:-len('.ipynb')]}.py"
+    assert [c.source for c in build(src).cells] == [c.source for c in nb.cells], \
+        f"{name} differs from {src.name}: rebuild it with `python notebooks/_nb.py {name[:2]}`"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(CPU_PROBE))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    _cpu_seconds[name] = float(text.split("__cpu__")[1].split()[0])
+
+
+def test_notebooks_fit_the_cpu_budget():
+    if set(_cpu_seconds) != set(NOTEBOOKS):
+        pytest.skip("runs after every notebook has executed in this session")
+    total = sum(_cpu_seconds.values())
+    detail = ", ".join(f"{k}: {v:.0f} s" for k, v in _cpu_seconds.items())
+    print(f"notebook kernels' CPU time: {detail}; total {total:.0f} s")
+    assert total < BUDGET_CPU_SECONDS, f"notebooks used {total:.0f} CPU seconds (> {BUDGET_CPU_SECONDS:.0f}): {detail}"
