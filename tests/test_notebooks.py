@@ -1,12 +1,13 @@
 """The notebooks in notebooks/ execute from top to bottom (their own asserts
 check the numbers against lme4 and statsmodels), ship with their outputs, match
 the cell sources they are built from (notebooks/src_*.py), and together stay
-within the CPU budget of 5 minutes."""
+within 5 minutes of execution on CPU (kernels' CPU seconds reported beside)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-BUDGET_CPU_SECONDS = float(os.environ.get("LMM_JAX_NOTEBOOK_BUDGET_S", 300))
+BUDGET_SECONDS = float(os.environ.get("LMM_JAX_NOTEBOOK_BUDGET_S", 300))
 CPU_PROBE = "import os as _os\n_t = _os.times()\nprint(f'__cpu__ {_t.user + _t.system:.3f}')"
 
 _cpu_seconds: dict[str, float] = {}
+_wall_seconds: dict[str, float] = {}
 
 sys.path.insert(0, str(NOTEBOOK_DIR))
 from _nb import build  # noqa: E402
@@ -46,15 +48,17 @@ def test_notebook_executes(name):
     nb.cells.append(nbformat.v4.new_code_cell(CPU_PROBE))
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    t0 = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
+    _wall_seconds[name] = time.perf_counter() - t0
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     _cpu_seconds[name] = float(text.split("__cpu__")[1].split()[0])
 
 
-def test_notebooks_fit_the_cpu_budget():
-    if set(_cpu_seconds) != set(NOTEBOOKS):
+def test_notebooks_fit_the_time_budget():
+    if set(_wall_seconds) != set(NOTEBOOKS):
         pytest.skip("runs after every notebook has executed in this session")
-    total = sum(_cpu_seconds.values())
-    detail = ", ".join(f"{k}: {v:.0f} s" for k, v in _cpu_seconds.items())
-    print(f"notebook kernels' CPU time: {detail}; total {total:.0f} s")
-    assert total < BUDGET_CPU_SECONDS, f"notebooks used {total:.0f} CPU seconds (> {BUDGET_CPU_SECONDS:.0f}): {detail}"
+    total = sum(_wall_seconds.values())
+    detail = ", ".join(f"{k}: {_wall_seconds[k]:.0f} s ({_cpu_seconds[k]:.0f} CPU s)" for k in NOTEBOOKS)
+    print(f"notebooks executed in {total:.0f} s: {detail}")
+    assert total < BUDGET_SECONDS, f"notebooks took {total:.0f} s (> {BUDGET_SECONDS:.0f}): {detail}"
