@@ -23,8 +23,8 @@ from .crossprod import (DesignProducts, ResponseProducts, Structure, design_arra
 from .design import Design, build_design
 from .diagnostics import diagnose_newton
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
-from .likelihood import (conditional_modes, deviance_at_sigma, factorize, fixed_effects, profiled_deviance,
-                         sigma_hat, unscaled_vcov_beta)
+from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
+                         profiled_deviance, sigma_hat, unscaled_vcov_beta)
 from .optimize import NewtonResult, newton_minimize
 from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
 
@@ -48,6 +48,19 @@ def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s
     beta = fixed_effects(F)
     return dict(beta=beta, sigma=sigma_hat(F, s, reml), unscaled_vcov=unscaled_vcov_beta(F),
                 b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
+
+
+@partial(jax.jit, static_argnames=("s",))
+def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
+    """Per-term (m_t, k_t, k_t) blocks of Var(b | y) / sigma^2 at theta, compiled
+    as one function (op-by-op dispatch cost seconds on crossed designs)."""
+    return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
+
+
+@partial(jax.jit, static_argnames=("s", "reml"))
+def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
+    """The profiled ML deviance or REML criterion at theta, compiled."""
+    return profiled_deviance(theta, dp, rp, s, reml)
 
 
 @partial(jax.jit, static_argnames=("s", "reml"))

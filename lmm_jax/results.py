@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .likelihood import conditional_covariances, factorize, profiled_deviance
-from .model import SINGULAR_TOL, estimates_at, is_singular, varpar_hessian
+from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
+                    varpar_hessian)
 from .parametrization import diagonal_mask, lambdas, lower_tri_indices
 from .satterthwaite import satterthwaite_table, varcomp_covariance, varpar_covariance
 
@@ -132,7 +132,7 @@ class LMMResult:
         if not self.reml:
             return self.objective
         m = self.model
-        return float(profiled_deviance(jnp.asarray(self.theta), m.products, m.response, m.structure, False))
+        return float(deviance_at(jnp.asarray(self.theta), m.products, m.response, m.structure, False))
 
     @property
     def aic(self) -> float:
@@ -236,9 +236,7 @@ class LMMResult:
     def ranef_sd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the random effects (lme4's ``condsd``)."""
         m = self.model
-        th = jnp.asarray(self.theta)
-        F = factorize(th, m.products, m.response, m.structure)
-        cov = conditional_covariances(th, F, m.structure)
+        cov = conditional_covariances_at(jnp.asarray(self.theta), m.products, m.response, m.structure)
         sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c), axis1=1, axis2=2)) for c in cov]
         return self._ranef_tables(sds)
 
