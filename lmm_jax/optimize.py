@@ -20,6 +20,15 @@ Converged when the Newton decrement ``g'|H|^{-1}g / 2`` (the predicted
 decrease of f) is below ``tol``. Everything is inside ``lax.while_loop`` with
 fixed shapes, so ``jax.vmap`` over data (bootstrap replicates) works: under
 vmap the loop runs until every replicate has stopped.
+
+:func:`bfgs_minimize` is the same loop with the Hessian replaced by a BFGS
+approximation of its inverse (Nocedal & Wright 2006, sec. 6.1), started from
+a given matrix: for refits of many responses near a known optimum (the
+bootstrap) the fitted model's exact Hessian is an excellent start, and an
+iteration then costs one value-and-gradient instead of a Hessian (about 6x
+fewer flops for a 3-parameter model). Same boundary rule, line search and
+stopping rule (the decrement with the approximate inverse), so both reach the
+same optimum; the tests hold them to it.
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ class NewtonResult(NamedTuple):
         gradient: gradient of f in phi at the optimum (0 for inactive entries).
         hessian: Hessian of f in phi at the optimum (identity rows/columns
             for inactive entries); :mod:`lmm_jax.diagnostics` maps both to theta.
+            From :func:`bfgs_minimize`: None (see ``inverse_hessian``).
+        inverse_hessian: :func:`bfgs_minimize`'s approximation of the inverse
+            Hessian at the optimum (a warm start for continuing); None from
+            :func:`newton_minimize`.
     """
 
     theta: jnp.ndarray
@@ -59,7 +72,8 @@ class NewtonResult(NamedTuple):
     iterations: jnp.ndarray
     converged: jnp.ndarray
     gradient: jnp.ndarray
-    hessian: jnp.ndarray
+    hessian: jnp.ndarray | None
+    inverse_hessian: jnp.ndarray | None = None
 
 
 class _State(NamedTuple):
@@ -121,12 +135,14 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
         return d * scale, dec
 
-    def line_search(phi, active, f0, g, d):
+    def line_search(phi, active, f0, g, d, live):
         slope = g @ d
 
         def cond(c):
+            # ``live``: a finished fit must not keep a vmapped loop going (its step
+            # is below rounding, so Armijo would fail 40 times for the whole batch)
             alpha, fa, k = c
-            return (~(fa <= f0 + 1e-4 * alpha * slope)) & (k < 40)
+            return live & (~(fa <= f0 + 1e-4 * alpha * slope)) & (k < 40)
 
         def body(c):
             alpha, _, k = c
@@ -139,28 +155,14 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         return alpha, fa, ok
 
     def boundary(phi, active, f):
-        # zero diagonal entries that have become tiny, when that does not raise f
-        cand = diag & active & (phi < log_zero_tol)
-        f_zero = f_phi(phi, active & ~cand)
-        take = jnp.any(cand) & (f_zero <= f)
-        active = jnp.where(take, active & ~cand, active)
-        f = jnp.where(take, f_zero, f)
-        # try zeroed entries slightly off zero: keep them off if f drops
-        off = diag & ~active
-        phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
-        f_off = f_phi(phi_try, active | off)
-        back = jnp.any(off) & (f_off < f)
-        phi = jnp.where(back, phi_try, phi)
-        active = jnp.where(back, active | off, active)
-        f = jnp.where(back, f_off, f)
-        return phi, active, f, take | back
+        return _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at)
 
     def cond(st: _State):
         return (~st.done) & (st.it < max_iter)
 
     def body(st: _State):
         d, dec = direction(st.g, st.H)
-        alpha, f_new, ok = line_search(st.phi, st.active, st.f, st.g, d)
+        alpha, f_new, ok = line_search(st.phi, st.active, st.f, st.g, d, ~st.done)
         phi_new = jnp.where(ok, st.phi + alpha * d, st.phi)
         f_new = jnp.where(ok, f_new, st.f)
         phi_new, active_new, f_new, changed = boundary(phi_new, st.active, f_new)
@@ -181,3 +183,216 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
                         objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
                         decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=st.H)
+
+
+def _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at):
+    """The boundary rule (module docstring, step 4): returns (phi, active, f, changed)."""
+    # zero diagonal entries that have become tiny, when that does not raise f
+    cand = diag & active & (phi < log_zero_tol)
+    f_zero = f_phi(phi, active & ~cand)
+    take = jnp.any(cand) & (f_zero <= f)
+    active = jnp.where(take, active & ~cand, active)
+    f = jnp.where(take, f_zero, f)
+    # try zeroed entries slightly off zero: keep them off if f drops
+    off = diag & ~active
+    phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
+    f_off = f_phi(phi_try, active | off)
+    back = jnp.any(off) & (f_off < f)
+    phi = jnp.where(back, phi_try, phi)
+    active = jnp.where(back, active | off, active)
+    f = jnp.where(back, f_off, f)
+    return phi, active, f, take | back
+
+
+def _masked(M: jnp.ndarray, act: jnp.ndarray) -> jnp.ndarray:
+    """M on the active rows and columns, the identity on the inactive ones."""
+    return M * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
+
+
+def inverse_hessian_start(H: jnp.ndarray) -> jnp.ndarray:
+    """``|H|^{-1}`` with eigenvalues floored as in the Newton direction: a
+    positive definite start for :func:`bfgs_minimize` from an exact Hessian."""
+    lam, Q = jnp.linalg.eigh(H)
+    floor = 1e-8 * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
+    return (Q / jnp.maximum(jnp.abs(lam), floor)) @ Q.T
+
+
+class _QNState(NamedTuple):
+    phi: jnp.ndarray
+    active: jnp.ndarray
+    f: jnp.ndarray
+    g: jnp.ndarray
+    Hinv: jnp.ndarray
+    dec: jnp.ndarray
+    it: jnp.ndarray
+    done: jnp.ndarray
+    stalled: jnp.ndarray
+
+
+def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
+                  ks: tuple[int, ...], hinv0: jnp.ndarray | None = None, *, max_iter: int = 200,
+                  tol: float = 1e-11, max_step: float = 2.0, zero_tol: float = 1e-3,
+                  reactivate_at: float = 1e-2, max_backtracks: int = 8,
+                  axis_name: str | None = None) -> NewtonResult:
+    """Minimise ``f_theta`` like :func:`newton_minimize`, with BFGS updates of
+    an inverse Hessian instead of the exact Hessian at every iterate.
+
+    Each iteration: direction ``d = -H_inv g`` (capped at ``max_step``),
+    backtracking Armijo line search on value-and-gradient (a full step that
+    changes f by less than its rounding level is taken as it is; at most
+    ``max_backtracks`` halvings: under vmap every halving costs the whole
+    batch a gradient, so a failed search restarts ``H_inv`` instead, and two
+    failures in a row stop the fit, converged if the decrement is below 1e-6
+    as in :func:`newton_minimize`), the BFGS update of ``H_inv`` with ``s = step``, ``y = change of g`` (skipped
+    unless ``s'y > 0``, which keeps ``H_inv`` positive definite), then the
+    boundary rule: an entry whose theta fell below ``zero_tol`` is set to 0
+    if f does not rise; once a fit has converged on its face, zeroed entries
+    are tried at ``reactivate_at`` and re-activated if f drops (the KKT
+    check). A changed active set restarts ``H_inv`` from ``hinv0``. Stops
+    when ``g'H_inv g / 2 < tol``.
+
+    Under ``jax.vmap(..., axis_name=a)`` pass ``axis_name=a``: the optional
+    steps (boundary tests, the gradient after a change of face) then run
+    only in iterations where some member of the batch needs them.
+
+    Args:
+        f_theta, phi0, active0, ks, max_iter, max_step, zero_tol,
+            reactivate_at: as for :func:`newton_minimize`.
+        hinv0: starting inverse Hessian in phi (e.g. :func:`inverse_hessian_start`
+            of the fitted model's Hessian); None: the inverse of the exact
+            Hessian at ``phi0`` (one Hessian per fit).
+        tol: stopping threshold on the approximate decrement.
+        max_backtracks: halvings of the step before a line search fails.
+        axis_name: the vmapped axis's name, if any (see above).
+
+    Returns:
+        A :class:`NewtonResult` with ``hessian=None`` and ``inverse_hessian``
+        the final approximation.
+    """
+    diag = jnp.asarray(diagonal_mask(ks))
+    dtype = phi0.dtype
+    n = phi0.shape[0]
+    log_zero_tol = jnp.log(zero_tol)
+
+    def f_phi(phi, active):
+        return f_theta(theta_from_phi(phi, ks, active))
+
+    value_and_grad = jax.value_and_grad(f_phi)
+
+    def masked_grad(phi, active):
+        f, g = value_and_grad(phi, active)
+        return f, g * active.astype(dtype)
+
+    active0 = jnp.asarray(active0, dtype=bool)
+    if hinv0 is None:
+        hinv0 = inverse_hessian_start(_masked(jax.hessian(f_phi)(phi0, active0), active0.astype(dtype)))
+
+    def direction(g, Hinv):
+        d = -Hinv @ g
+        dec = -(g @ d) / 2.0
+        scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
+        return d * scale, dec
+
+    def line_search(phi, active, f0, g, d, live):
+        slope = g @ d
+        # a full step whose change of f is below f's rounding level is taken as it is (Armijo cannot
+        # be tested there; the gradient still steers); shorter steps must pass Armijo
+        noise = 1e-12 * (1.0 + jnp.abs(f0))
+
+        def accept(alpha, fa):
+            return (fa <= f0 + 1e-4 * alpha * slope) | ((alpha == 1.0) & (fa <= f0 + noise))
+
+        def cond(c):
+            alpha, fa, _, k = c
+            return live & ~accept(alpha, fa) & (k < max_backtracks)
+
+        def body(c):
+            alpha, _, _, k = c
+            alpha = alpha * 0.5
+            fa, ga = masked_grad(phi + alpha * d, active)
+            return alpha, fa, ga, k + 1
+
+        fa0, ga0 = masked_grad(phi + d, active)
+        alpha, fa, ga, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), fa0, ga0, jnp.asarray(0)))
+        ok = jnp.isfinite(fa) & accept(alpha, fa) & jnp.all(jnp.isfinite(ga))
+        return alpha, fa, ga, ok
+
+    def cond(st: _QNState):
+        return (~st.done) & (st.it < max_iter)
+
+    def anywhere(flag):
+        # under vmap with ``axis_name``: True for every member if it holds for any, so that
+        # lax.cond really branches (an optional step runs only when some fit needs it)
+        if axis_name is None:
+            return flag
+        return lax.psum(flag.astype(jnp.int32), axis_name) > 0
+
+    def try_zero(phi, active, f, live):
+        # boundary rule, first half: zero the diagonal entries that have become tiny if f does not rise
+        cand = diag & active & (phi < log_zero_tol) & live
+
+        def test(_):
+            f_zero = f_phi(phi, active & ~cand)
+            take = jnp.any(cand) & (f_zero <= f)
+            return jnp.where(take, active & ~cand, active), jnp.where(take, f_zero, f), take
+
+        return lax.cond(anywhere(jnp.any(cand)), test, lambda _: (active, f, jnp.asarray(False)), None)
+
+    def try_back(phi, active, f, at_rest):
+        # second half, once a fit has converged on its face: re-activate zeroed entries if f drops
+        off = diag & ~active
+        need = jnp.any(off) & at_rest
+
+        def test(_):
+            phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
+            f_off = f_phi(phi_try, active | off)
+            back = need & (f_off < f)
+            return (jnp.where(back, phi_try, phi), jnp.where(back, active | off, active), jnp.where(back, f_off, f),
+                    back)
+
+        return lax.cond(anywhere(need), test, lambda _: (phi, active, f, jnp.asarray(False)), None)
+
+    def body(st: _QNState):
+        live = ~st.done
+        d, _ = direction(st.g, st.Hinv)
+        alpha, f_new, g_new, ok = line_search(st.phi, st.active, st.f, st.g, d, live)
+        ok = ok & live
+        step = jnp.where(ok, alpha * d, 0.0)
+        phi_new = st.phi + step
+        f_new = jnp.where(ok, f_new, st.f)
+        g_new = jnp.where(ok, g_new, st.g)
+        y = g_new - st.g
+        sy = step @ y
+        rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
+        V = jnp.eye(n, dtype=dtype) - rho * jnp.outer(step, y)
+        use = ok & (sy > 1e-12 * jnp.sqrt((step @ step) * (y @ y)))
+        Hinv = jnp.where(use, V @ st.Hinv @ V.T + rho * jnp.outer(step, step), st.Hinv)
+        _, dec_new = direction(g_new, Hinv)
+        stalled = live & (~ok)
+        active_z, f_z, zeroed = try_zero(phi_new, st.active, f_new, live)
+        at_rest = live & ~zeroed & ((dec_new < tol) | (stalled & st.stalled))
+        phi_b, active_b, f_b, back = try_back(phi_new, active_z, f_z, at_rest)
+        changed = zeroed | back
+
+        # a changed active set moves the point: a fresh gradient and a restarted H_inv
+        def fresh(_):
+            f_c, g_c = masked_grad(phi_b, active_b)
+            return jnp.where(changed, f_c, f_b), jnp.where(changed, g_c, g_new)
+
+        f_b, g_b = lax.cond(anywhere(changed), fresh, lambda _: (f_b, g_new), None)
+        # restart H_inv on a new face, and after a failed line search (a different direction)
+        Hinv = jnp.where(changed | stalled, _masked(hinv0, active_b.astype(dtype)), Hinv)
+        _, dec_b = direction(g_b, Hinv)
+        done = st.done | ((dec_b < tol) & ~changed) | (stalled & st.stalled & ~changed)
+        return _QNState(phi_b, active_b, f_b, g_b, Hinv, dec_b, st.it + live.astype(st.it.dtype), done, stalled)
+
+    f0, g0 = masked_grad(phi0, active0)
+    H0 = _masked(hinv0, active0.astype(dtype))
+    _, dec0 = direction(g0, H0)
+    st = _QNState(phi0, active0, f0, g0, H0, dec0, jnp.asarray(0), dec0 < tol, jnp.asarray(False))
+    st = lax.while_loop(cond, body, st)
+    converged = (st.dec < tol) | (st.stalled & (st.dec < 1e-6))
+    return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
+                        objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
+                        decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=None,
+                        inverse_hessian=st.Hinv)
