@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import BatchResult, _as_batch_result, _response_map_of, batch_response_products, fit_products
+from .batch import (BatchResult, _as_batch_result, _response_map_of, batch_response_products, check_method,
+                    fit_products, start_inverse_hessian)
 from .errors import ConvergenceWarning
 from .parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
@@ -43,12 +44,18 @@ CHUNK_MAX_ENTRIES = 1 << 24   # default chunk: at most this many simulated y val
 CHUNK_MAX = 2048      # larger vmapped chunks stalled XLA:CPU here (threads idle in futex waits at 10,000)
 
 
-@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
-def _bootstrap_chunk(key, idx, params, G, arrays, dp, phi0, active0, s, reml, max_iter):
-    """Simulate, form products and refit the replicates ``idx`` (fused)."""
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
+def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, phi0, active0, s, reml, max_iter, method):
+    """Simulate, form products and refit the replicates ``idx`` (fused).
+    BFGS refits start from the inverse Hessian of the fitted response ``rp``."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    Y = simulate_batch(keys, params, arrays, s)
-    return fit_products(dp, batch_response_products(Y, G, arrays, s), phi0, active0, s, reml, max_iter)
+    # y* - X beta (Zb + e): the fit is equivariant (beta* - beta, the same theta and sigma), and the
+    # products lose the cancellation of y'y against its fixed-effects part (f's rounding ~ |X beta|^2)
+    E = simulate_batch(keys, params._replace(beta=jnp.zeros_like(params.beta)), arrays, s)
+    hinv0 = start_inverse_hessian(dp, rp, phi0, active0, s, reml) if method == "bfgs" else None
+    out = fit_products(dp, batch_response_products(E, G, arrays, s), phi0, active0, s, reml, max_iter,
+                       method=method, hinv0=hinv0)
+    return dict(out, beta=out["beta"] + params.beta)
 
 
 def _replicate_sharding(n_dev: int):
@@ -75,11 +82,13 @@ def default_chunk_size(n: int, n_obs: int, n_dev: int = 1) -> int:
 
 
 def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | None = None,
-                  progress: bool = False, params: dict | None = None, max_iter: int = 200) -> "BootstrapResult":
+                  progress: bool = False, params: dict | None = None, max_iter: int = 200,
+                  method: str = "bfgs") -> "BootstrapResult":
     """Parametric bootstrap of a fitted model (see :meth:`LMMResult.bootstrap`)."""
     from .simulate import resolve_params
 
     n = int(n)
+    method = check_method(method)
     if n < 1:
         raise ValueError(f"n must be a positive number of replicates, got {n}")
     model, p = resolve_params(result, params)
@@ -107,8 +116,8 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
             idx = jnp.asarray(idx_np)
         else:
             idx = jax.make_array_from_callback(idx_np.shape, sharding, lambda i: idx_np[i])
-        out = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, phi0, active0, s, result.reml,
-                               int(max_iter))
+        out = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, phi0, active0, s,
+                               result.reml, int(max_iter), method)
         size = min(chunk, n - start)
         parts.append({k: _gather(v)[:size] for k, v in out.items()})
     out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}

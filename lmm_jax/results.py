@@ -317,7 +317,7 @@ class LMMResult:
         return predict(self, newdata, re_form, allow_new_levels, se_fit)
 
     def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
-                  params: dict | None = None, max_iter: int = 200):
+                  params: dict | None = None, max_iter: int = 200, method: str = "bfgs"):
         """Parametric bootstrap (lme4 ``bootMer``): ``n`` responses simulated
         at the estimates, all refitted by one compiled, vmapped optimiser.
 
@@ -326,7 +326,10 @@ class LMMResult:
             uses ``fold_in(key, i)``). chunk_size: replicates per compiled
             call (default: bounded by memory). progress: tqdm bar over chunks.
             params: optional ``dict(beta, theta, sigma)`` to simulate at.
-            max_iter: Newton iteration limit per replicate.
+            max_iter: iteration limit per replicate.
+            method: ``"bfgs"`` (default: quasi-Newton started from this
+            fit's exact Hessian, one gradient per iteration) or ``"newton"``
+            (exact Hessian every iteration, as :meth:`LMM.fit`; slower).
 
         Returns:
             A :class:`~lmm_jax.bootstrap.BootstrapResult` (``.table``,
@@ -335,7 +338,7 @@ class LMMResult:
         from .bootstrap import run_bootstrap
 
         return run_bootstrap(self, n, key, chunk_size=chunk_size, progress=progress, params=params,
-                             max_iter=max_iter)
+                             max_iter=max_iter, method=method)
 
     # -- printing --------------------------------------------------------------
     def summary(self) -> str:

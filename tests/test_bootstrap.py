@@ -78,23 +78,30 @@ def test_simulate_checks_params(ingot_fit):
 
 
 # -- batched fits -------------------------------------------------------------------------------
-def test_fit_batch_equals_one_at_a_time(sleep_fit):
+@pytest.mark.parametrize("method", ["newton", "bfgs"])
+def test_fit_batch_equals_one_at_a_time(sleep_fit, method):
+    """Batching changes nothing: with ``method="newton"`` (the single fit's
+    optimiser) the batched fits equal one-at-a-time fits to 1e-8. The default
+    BFGS reaches the same optimum: objective to 1e-10 relative; theta to the
+    precision the objective determines it (a change of 1e-6 relative moves
+    the REML criterion by ~1e-11, below both optimisers' stopping rule)."""
     data = load_data("sleepstudy")
     Y = np.asarray(lmm_jax.simulate(sleep_fit, 4, key=11))
-    batch = sleep_fit.model.fit_batch(Y)
+    batch = sleep_fit.model.fit_batch(Y, method=method)
     assert batch.converged.all()
+    theta_rtol = 1e-8 if method == "newton" else 1e-5
     for i in range(Y.shape[1]):
         one = lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, i]))
-        np.testing.assert_allclose(batch.theta[i], one.theta, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(batch.theta[i], one.theta, rtol=theta_rtol, atol=1e-10)
         np.testing.assert_allclose(batch.beta[i], one.beta, rtol=1e-8)
-        np.testing.assert_allclose(batch.sigma[i], one.sigma, rtol=1e-8)
+        np.testing.assert_allclose(batch.sigma[i], one.sigma, rtol=theta_rtol)
         np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
     tab = batch.table
     assert list(tab.columns[4:10]) == ["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
                                        "sigma", "(Intercept)", "Days"]
     # the model's own response gives the model's own fit
-    own = sleep_fit.model.fit_batch(sleep_fit.design.y)
-    np.testing.assert_allclose(own.theta[0], sleep_fit.theta, rtol=1e-8)
+    own = sleep_fit.model.fit_batch(sleep_fit.design.y, method=method)
+    np.testing.assert_allclose(own.theta[0], sleep_fit.theta, rtol=theta_rtol)
     with pytest.raises(ValueError, match="n_obs"):
         sleep_fit.model.fit_batch(Y[:-1])
 
@@ -111,8 +118,9 @@ def test_fit_many_one_compile_per_shape():
     assert _fit_stacked._cache_size() - before == 2            # two shapes: 6 and 9 subjects
     for (formula, d), r in zip(specs, out):
         one = lmm_jax.fit(formula, d)
-        np.testing.assert_allclose(r.theta[0], one.theta, rtol=1e-8)
-        np.testing.assert_allclose(r.beta[0], one.beta, rtol=1e-8)
+        # BFGS (fit_many's default) against Newton: the same optimum (see test_fit_batch_equals_one_at_a_time)
+        np.testing.assert_allclose(r.theta[0], one.theta, rtol=1e-5)
+        np.testing.assert_allclose(r.beta[0], one.beta, rtol=1e-6)
         np.testing.assert_allclose(r.objective[0], one.objective, rtol=1e-10)
 
 
