@@ -152,14 +152,23 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     term_of_row = rows
     E_np = np.eye(len(s.ms) - 1)[rows].T                               # (n - 1, q_r): e_t'
 
+    def T0(theta, data):
+        # the lower triangle of U(w), as in _coupling (the same expression: one sum shared with the value)
+        return scalar_schur_update(data[1], _scalar_weights(theta[0], data[2]), qr, lower=True)
+
+    def G_times(theta, data, Z):
+        # G Z = A22 Z - (T + T' - diag T) Z without forming the symmetric U (no q_r x q_r transpose)
+        T = T0(theta, data)
+        return data[0] @ Z - (T @ Z + T.T @ Z - jnp.diagonal(T)[:, None] * Z)
+
     def U(theta, data, order):
-        # U(w) as in _coupling (same expression: one sum shared with the value), U(w'), U(w'') in one sum
+        # U(w) (order 0), U(w'), U(w'') (orders 1, 2: one sum), symmetric
         _, A21, a11 = data
         t1 = theta[0]
         if order == 0:
-            return scalar_schur_update(A21, _scalar_weights(t1, a11), qr)
-        den = 1.0 + t1 ** 2 * a11
-        W = jnp.stack([2.0 * t1 / den ** 2, (2.0 - 6.0 * t1 ** 2 * a11) / den ** 3], axis=-1)
+            T = T0(theta, data)
+            return T + T.T - jnp.diag(jnp.diagonal(T))
+        W = jnp.stack([weights(theta, data, 1), weights(theta, data, 2)], axis=-1)
         return scalar_schur_update(A21, W, qr)[order - 1]
 
     def lam(theta):
@@ -173,11 +182,14 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         Jr = (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G[None]
         return jnp.concatenate([J1[None], Jr], axis=0)
 
-    def pair_traces(theta, data, C):
-        # <C, M_1> and <C, M_11> in one pass over the pairs (the gradient's and the Hessian's: one shared sum)
+    def weights(theta, data, order):
         t1, a11 = theta[0], data[2]
         den = 1.0 + t1 ** 2 * a11
-        W = jnp.stack([2.0 * t1 / den ** 2, (2.0 - 6.0 * t1 ** 2 * a11) / den ** 3], axis=-1)
+        return 2.0 * t1 / den ** 2 if order == 1 else (2.0 - 6.0 * t1 ** 2 * a11) / den ** 3
+
+    def pair_traces(theta, data, C):
+        # <C, M_1> and <C, M_11> in one pass over the pairs (the gradient's and the Hessian's: one shared sum)
+        W = jnp.stack([weights(theta, data, 1), weights(theta, data, 2)], axis=-1)
         la = lam(theta)
         return -scalar_pair_inner(data[1], W, C * (la[:, None] * la[None, :]))
 
@@ -185,7 +197,9 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         la = lam(theta)
         E = jnp.asarray(E_np, dtype=theta.dtype)
         g1 = pair_traces(theta, data, C)[0]
-        gr = 2.0 * E @ ((C * (data[0] - U(theta, data, 0))) @ la)
+        CT = C * T0(theta, data)                                                # (C o U) la from the lower triangle
+        CU_la = CT @ la + CT.T @ la - jnp.diagonal(CT) * la
+        gr = 2.0 * E @ ((C * data[0]) @ la - CU_la)
         return jnp.concatenate([g1[None], gr])
 
     def second_traces(theta, data, C):
@@ -234,11 +248,14 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         return jnp.concatenate([a1[None], ar], axis=0)
 
     def bilinear(theta, data, X, Y):
+        # the gradient's S'M_t S: lower triangles of U(w), U(w') only (no q_r x q_r transpose)
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        G = data[0] - U(theta, data, 0)
-        k1 = -(la * X).T @ (U(theta, data, 1) @ (la * Y))
-        kr = jnp.einsum("ti,ia,ib->tab", E, X, G @ (la * Y)) + jnp.einsum("ti,ia,ib->tab", E, G @ (la * X), Y)
+        T1 = scalar_schur_update(data[1], weights(theta, data, 1), qr, lower=True)   # U(w') = T1 + T1' - diag
+        X1, Y1 = la * X, la * Y
+        k1 = -(X1.T @ (T1 @ Y1) + (T1 @ X1).T @ Y1 - (X1 * jnp.diagonal(T1)[:, None]).T @ Y1)
+        kr = (jnp.einsum("ti,ia,ib->tab", E, X, G_times(theta, data, la * Y))
+              + jnp.einsum("ti,ia,ib->tab", E, G_times(theta, data, la * X), Y))
         return jnp.concatenate([k1[None], kr], axis=0)
 
     def second_bilinear(theta, data, X, Y):
@@ -265,11 +282,19 @@ def _scalar_data(dp: DesignProducts):
     return dp.A22, dp.A21, dp.A11[:, 0, 0]
 
 
+def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
+    """Cholesky factor of ``M22`` as :func:`_coupling` returns it: for scalar
+    terms with sparse coupling only its lower triangle is formed (and read)."""
+    if _is_scalar_sparse(dp, s):
+        return lax.linalg.cholesky(M22, symmetrize_input=False)
+    return jnp.linalg.cholesky(M22)
+
+
 def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
     """The design-only part of the elimination: Lambda blocks, ``L1``, ``L21``
     and the remaining terms' Schur complement ``M22`` (q_r x q_r; empty when
-    q_r = 0). ``M22`` does not involve y, so it is a function of theta alone
-    (what :func:`~lmm_jax.linalg.logdet_by_theta` differentiates)."""
+    q_r = 0). For scalar terms with sparse coupling only the lower triangle
+    of ``M22`` is formed (factor it with :func:`_cholesky_M22`)."""
     lams = lambdas(theta, s.ks)
     lam1 = lams[0]
     m1, k1 = s.ms[0], s.ks[0]
@@ -291,8 +316,9 @@ def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
         L21 = SparseL21(batched_forward_solve(L1[idx.level], B[..., None])[..., 0], idx)
         if scalar_rest and k1 == 1:
             # Lambda_r (A22 - U) Lambda_r with U = sum_j w_j a_j a_j' (sparse.scalar_schur_update)
+            # only the lower triangle is formed (what the Cholesky factorisation reads; see _cholesky_M22)
             w = _scalar_weights(theta[0], dp.A11[:, 0, 0])
-            return lams, L1, L21, eye + scale * (dp.A22 - scalar_schur_update(dp.A21, w, qr))
+            return lams, L1, L21, eye + scale * (dp.A22 - scalar_schur_update(dp.A21, w, qr, lower=True))
         update = schur_update(L21, qr)
     else:
         B = _lambda_rest_t(lams, dp.A21, s)                                # Lambda_r' A21
@@ -339,7 +365,7 @@ def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structur
     ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(E.L1, axis1=-2, axis2=-1)))
     M33 = E.M33
     if E.M22.shape[0] and _is_scalar_sparse(dp, s):
-        L22 = lax.stop_gradient(lax.linalg.cholesky(E.M22, symmetrize_input=False))
+        L22 = lax.stop_gradient(_cholesky_M22(E.M22, dp, s))
         D, data = _scalar_derivatives(s), _scalar_data(dp)
         ld = ld + logdet_by_theta(theta, L22, data, D)
         M33 = M33 - quadratic_by_theta(theta, E.R, L22, data, D)
@@ -355,7 +381,7 @@ def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
     E = _eliminate_first(theta, dp, rp, s)
     _, L33 = _profile(theta, E, dp, s)
     if s.q_rest:
-        L22 = jnp.linalg.cholesky(E.M22)
+        L22 = _cholesky_M22(E.M22, dp, s)
         C2 = solve_triangular(L22, E.R, lower=True)
     else:
         L22, C2 = E.M22, E.R

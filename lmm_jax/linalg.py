@@ -271,7 +271,8 @@ def _bilinear_by_theta_jvp(D, primals, tangents):
     theta, S, data = primals
     dtheta, dS = tangents[:2]
     K = D.bilinear(theta, data, S, S)
-    dK = D.bilinear(theta, data, dS, S) + D.bilinear(theta, data, S, dS)
+    MS = D.apply(theta, data, S)                                        # M_t S, once for all directions
+    dK = jnp.einsum("qa,tqb->tab", dS, MS) + jnp.einsum("tqa,qb->tab", MS, dS)
     return K, dK + jnp.tensordot(dtheta, D.second_bilinear(theta, data, S, S), axes=1)
 
 
