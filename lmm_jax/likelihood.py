@@ -35,23 +35,33 @@ For crossed factors ``A21`` is kept sparse (:mod:`lmm_jax.sparse`) and
 ``M22 = L_22 L_22'`` enters the objective only through ``log det M22`` and
 ``R'M22^{-1}R``, computed by :func:`lmm_jax.linalg.spd_logdet_solve`, whose
 derivative rules (``tr(M^{-1} dM)``, ``-M^{-1} dM M^{-1}``) spare autodiff
-from differentiating the q_r x q_r Cholesky factor.
+from differentiating the q_r x q_r Cholesky factor. When every term is
+scalar and A21 is sparse (crossed random intercepts, InstEval), the partial
+derivatives of M22 in theta have closed forms (:func:`_scalar_derivatives`)
+and :func:`lmm_jax.linalg.logdet_by_theta` /
+:func:`lmm_jax.linalg.quadratic_by_theta` use them: the exact Hessian then
+costs one q_r^3 product instead of two per parameter.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.scipy.linalg import solve_triangular
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
-from .linalg import batched_backward_solve, batched_cholesky, batched_forward_solve, spd_logdet_solve
+from .linalg import (ThetaDerivatives, batched_backward_solve, batched_cholesky, batched_forward_solve, logdet_by_theta,
+                     logdet_hessian_by_products, quadratic_by_theta, spd_logdet_solve)
 from .parametrization import lambdas
-from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, schur_update, times_dense,
-                     transpose_times_vector)
+from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
+                     schur_update, times_dense, transpose_times_vector)
 
 LOG_2PI = float(jnp.log(2 * jnp.pi))
+SCALAR_FAST_MIN = 1e-2   # |theta_t| above which the scalar Hessian rule divides by theta_t (_scalar_derivatives)
 
 
 class Factor(NamedTuple):
@@ -102,14 +112,229 @@ class _Eliminated(NamedTuple):
     M33: jnp.ndarray
 
 
-def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> _Eliminated:
-    """Factor the first term's block diagonal and form the Schur complements."""
+def _scalar_weights(theta1: jnp.ndarray, a11: jnp.ndarray) -> jnp.ndarray:
+    """``w_j = theta_1^2 / (1 + theta_1^2 A11_j)`` of :func:`~lmm_jax.sparse.scalar_schur_update`."""
+    return theta1 ** 2 / (1.0 + theta1 ** 2 * a11)
+
+
+def _is_scalar_sparse(dp: DesignProducts, s: Structure) -> bool:
+    """Every term scalar (k_t = 1) and A21 stored sparse: the fast path of
+    :func:`_scalar_derivatives`."""
+    return s.q_rest > 0 and isinstance(dp.A21, SparseA21) and all(k == 1 for k in s.ks)
+
+
+def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
+    r"""Closed-form partial derivatives of ``M22(theta)`` for scalar terms with
+    sparse coupling (:class:`~lmm_jax.linalg.ThetaDerivatives`).
+
+    With every term scalar, ``Lambda_r = diag(lambda)`` (lambda_i the theta
+    of row i's term) and, by :func:`~lmm_jax.sparse.scalar_schur_update`,
+
+        M22 = I + (lambda lambda') o G,   G = A22 - U(w),   U(w) = sum_j w_j a_j a_j',
+        w_j = theta_1^2 / (1 + theta_1^2 A11_j)
+
+    (o: elementwise product), U linear in w. With w', w'' the derivatives of
+    w in theta_1 and e_t the indicator of term t's rows (t >= 2):
+
+        M_1  = -(lambda lambda') o U(w'),     M_t  = (e_t lambda' + lambda e_t') o G,
+        M_11 = -(lambda lambda') o U(w''),    M_1t = -(e_t lambda' + lambda e_t') o U(w'),
+        M_tu = (e_t e_u' + e_u e_t') o G.
+
+    Traces against these are elementwise products and matrix-vector
+    products with G, U(w'), U(w''): each derivative order costs one more pair
+    sum, where autodiff through the pair sums would push every Hessian
+    direction through a gather, a segment sum and q_r x q_r transposes.
+
+    The ``data`` of these functions is ``(A22, A21, A11[:, 0, 0])`` (:func:`_scalar_data`).
+    """
+    qr = s.q_rest
+    rows = np.repeat(np.arange(len(s.ms) - 1), s.ms[1:])
+    term_of_row = rows
+    E_np = np.eye(len(s.ms) - 1)[rows].T                               # (n - 1, q_r): e_t'
+
+    def T0(theta, data):
+        # the lower triangle of U(w), as in _coupling (the same expression: one sum shared with the value)
+        return scalar_schur_update(data[1], _scalar_weights(theta[0], data[2]), qr, lower=True)
+
+    def G_times(theta, data, Z):
+        # G Z = A22 Z - (T + T' - diag T) Z without forming the symmetric U (no q_r x q_r transpose)
+        T = T0(theta, data)
+        return data[0] @ Z - (T @ Z + T.T @ Z - jnp.diagonal(T)[:, None] * Z)
+
+    def U(theta, data, order):
+        # U(w) (order 0), U(w'), U(w'') (orders 1, 2: one sum), symmetric
+        _, A21, a11 = data
+        t1 = theta[0]
+        if order == 0:
+            T = T0(theta, data)
+            return T + T.T - jnp.diag(jnp.diagonal(T))
+        W = jnp.stack([weights(theta, data, 1), weights(theta, data, 2)], axis=-1)
+        return scalar_schur_update(A21, W, qr)[order - 1]
+
+    def lam(theta):
+        return theta[1:][term_of_row]
+
+    def jacobian(theta, data):
+        la = lam(theta)
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        G = data[0] - U(theta, data, 0)
+        J1 = -(la[:, None] * la[None, :]) * U(theta, data, 1)
+        Jr = (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G[None]
+        return jnp.concatenate([J1[None], Jr], axis=0)
+
+    def weights(theta, data, order):
+        t1, a11 = theta[0], data[2]
+        den = 1.0 + t1 ** 2 * a11
+        return 2.0 * t1 / den ** 2 if order == 1 else (2.0 - 6.0 * t1 ** 2 * a11) / den ** 3
+
+    def pair_traces(theta, data, C):
+        # <C, M_1> and <C, M_11> in one pass over the pairs (the gradient's and the Hessian's: one shared sum)
+        W = jnp.stack([weights(theta, data, 1), weights(theta, data, 2)], axis=-1)
+        la = lam(theta)
+        return -scalar_pair_inner(data[1], W, C * (la[:, None] * la[None, :]))
+
+    def traces(theta, data, C):
+        la = lam(theta)
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        g1 = pair_traces(theta, data, C)[0]
+        CT = C * T0(theta, data)                                                # (C o U) la from the lower triangle
+        CU_la = CT @ la + CT.T @ la - jnp.diagonal(CT) * la
+        gr = 2.0 * E @ ((C * data[0]) @ la - CU_la)
+        return jnp.concatenate([g1[None], gr])
+
+    def second_traces(theta, data, C):
+        la = lam(theta)
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        h11 = pair_traces(theta, data, C)[1]
+        h1r = -2.0 * E @ ((C * U(theta, data, 1)) @ la)
+        hrr = E @ (C * (data[0] - U(theta, data, 0))) @ E.T
+        return jnp.block([[h11[None, None], h1r[None, :]], [h1r[:, None], hrr + hrr.T]])
+
+    def logdet_hessian(theta, data, Minv):
+        # -tr(P_s P_t) + tr(M^{-1} M_st). For t, u >= 2 and theta_t != 0, with K = M - I = (lambda lambda') o G,
+        # N = I - M^{-1} (so M^{-1} K = K M^{-1} = N): P_t = (M^{-1} E_t K + N E_t) / theta_t, whence
+        #   tr(P_t P_u)  = 2 B(N o N + M^{-1} o (K - N))_tu / (theta_t theta_u),   B(X) = E X E',
+        #   tr(P_1 P_t)  = 2 e_t'(diag(P_1) - rowsums(P_1 o M^{-1})) / theta_t,
+        # so only P_1 = M^{-1} M_1 costs a q_r^3 product. Small theta_t lose digits to the cancellation in N:
+        # below SCALAR_FAST_MIN (and at exact zeros, on the boundary) every P_t is formed instead.
+        la = lam(theta)
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        ll = la[:, None] * la[None, :]
+        G = data[0] - U(theta, data, 0)
+        P1 = Minv @ (-ll * U(theta, data, 1))                                   # the one q_r^3 product
+        t11 = jnp.sum(P1 * P1.T)
+
+        def fast(Minv, P1, G):
+            K = ll * G
+            N = jnp.eye(qr, dtype=theta.dtype) - Minv
+            t1r = 2.0 * (E @ (jnp.diagonal(P1) - jnp.sum(P1 * Minv, axis=1))) / theta[1:]
+            Brr = E @ (N * N + Minv * (K - N)) @ E.T
+            return t1r, 2.0 * Brr / (theta[1:, None] * theta[None, 1:])
+
+        def slow(Minv, P1, G):
+            Pr = jnp.matmul(Minv[None], (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G)
+            return jnp.einsum("ik,tki->t", P1, Pr), jnp.einsum("sik,tki->st", Pr, Pr)
+
+        t1r, trr = lax.cond(jnp.all(jnp.abs(theta[1:]) > SCALAR_FAST_MIN), fast, slow, Minv, P1, G)
+        T = jnp.block([[t11[None, None], t1r[None, :]], [t1r[:, None], trr]])
+        return second_traces(theta, data, Minv) - T
+
+    def apply(theta, data, X):
+        la = lam(theta)[:, None]
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        G = data[0] - U(theta, data, 0)
+        a1 = -la * (U(theta, data, 1) @ (la * X))
+        ar = E[:, :, None] * (G @ (la * X))[None] + la[None] * jnp.einsum("qr,trc->tqc", G, E[:, :, None] * X[None])
+        return jnp.concatenate([a1[None], ar], axis=0)
+
+    def bilinear(theta, data, X, Y):
+        # the gradient's S'M_t S: lower triangles of U(w), U(w') only (no q_r x q_r transpose)
+        la = lam(theta)[:, None]
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        T1 = scalar_schur_update(data[1], weights(theta, data, 1), qr, lower=True)   # U(w') = T1 + T1' - diag
+        X1, Y1 = la * X, la * Y
+        k1 = -(X1.T @ (T1 @ Y1) + (T1 @ X1).T @ Y1 - (X1 * jnp.diagonal(T1)[:, None]).T @ Y1)
+        kr = (jnp.einsum("ti,ia,ib->tab", E, X, G_times(theta, data, la * Y))
+              + jnp.einsum("ti,ia,ib->tab", E, G_times(theta, data, la * X), Y))
+        return jnp.concatenate([k1[None], kr], axis=0)
+
+    def second_bilinear(theta, data, X, Y):
+        la = lam(theta)[:, None]
+        E = jnp.asarray(E_np, dtype=theta.dtype)
+        G = data[0] - U(theta, data, 0)
+        U1 = U(theta, data, 1)
+        s11 = -(la * X).T @ (U(theta, data, 2) @ (la * Y))
+        s1r = -(jnp.einsum("ti,ia,ib->tab", E, X, U1 @ (la * Y)) + jnp.einsum("ti,ia,ib->tab", E, U1 @ (la * X), Y))
+        GEY = jnp.einsum("qr,urb->uqb", G, E[:, :, None] * Y[None])            # G (e_u o Y)
+        A = jnp.einsum("ti,ia,uib->tuab", E, X, GEY)                           # (e_t o X)' G (e_u o Y)
+        srr = A + jnp.swapaxes(A, 0, 1)
+        n = theta.shape[0]
+        c1, c2 = X.shape[1], Y.shape[1]
+        top = jnp.concatenate([s11[None, None], s1r[None]], axis=1)            # (1, n, c1, c2)
+        rest = jnp.concatenate([s1r[:, None], srr], axis=1)                    # (n - 1, n, c1, c2)
+        return jnp.concatenate([top, rest], axis=0).reshape(n, n, c1, c2)
+
+    return ThetaDerivatives(jacobian, traces, second_traces, apply, bilinear, second_bilinear, logdet_hessian)
+
+
+def _scalar_data(dp: DesignProducts):
+    """The ``data`` of :func:`_scalar_derivatives`."""
+    return dp.A22, dp.A21, dp.A11[:, 0, 0]
+
+
+def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
+    """Cholesky factor of ``M22`` as :func:`_coupling` returns it: for scalar
+    terms with sparse coupling only its lower triangle is formed (and read)."""
+    if _is_scalar_sparse(dp, s):
+        return lax.linalg.cholesky(M22, symmetrize_input=False)
+    return jnp.linalg.cholesky(M22)
+
+
+def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
+    """The design-only part of the elimination: Lambda blocks, ``L1``, ``L21``
+    and the remaining terms' Schur complement ``M22`` (q_r x q_r; empty when
+    q_r = 0). For scalar terms with sparse coupling only the lower triangle
+    of ``M22`` is formed (factor it with :func:`_cholesky_M22`)."""
     lams = lambdas(theta, s.ks)
     lam1 = lams[0]
-    m1, k1, p = s.ms[0], s.ks[0], s.p
+    m1, k1 = s.ms[0], s.ks[0]
     eye1 = jnp.eye(k1, dtype=theta.dtype)
     M1 = jnp.einsum("ba,jbc,cd->jad", lam1, dp.A11, lam1) + eye1
     L1 = batched_cholesky(M1)
+    qr = s.q_rest
+    if qr == 0:
+        return lams, L1, jnp.zeros((0, m1, k1), dtype=theta.dtype), jnp.zeros((0, 0), dtype=theta.dtype)
+    eye = jnp.eye(qr, dtype=theta.dtype)
+    scalar_rest = all(k == 1 for k in s.ks[1:])
+    if scalar_rest:
+        # Lambda_r is diagonal: scale rows and columns elementwise (no einsum, transpose or concatenate of q_r^2)
+        lam_r = jnp.concatenate([jnp.broadcast_to(lam[0, 0], (m,)) for lam, m in zip(lams[1:], s.ms[1:])])
+        scale = lam_r[:, None] * lam_r[None, :]
+    if isinstance(dp.A21, SparseA21):
+        idx = dp.A21.index
+        B = lambda_coupling(lams, dp.A21)                                  # rows of Lambda_r'A21 Lambda_1
+        L21 = SparseL21(batched_forward_solve(L1[idx.level], B[..., None])[..., 0], idx)
+        if scalar_rest and k1 == 1:
+            # Lambda_r (A22 - U) Lambda_r with U = sum_j w_j a_j a_j' (sparse.scalar_schur_update)
+            # only the lower triangle is formed (what the Cholesky factorisation reads; see _cholesky_M22)
+            w = _scalar_weights(theta[0], dp.A11[:, 0, 0])
+            return lams, L1, L21, eye + scale * (dp.A22 - scalar_schur_update(dp.A21, w, qr, lower=True))
+        update = schur_update(L21, qr)
+    else:
+        B = _lambda_rest_t(lams, dp.A21, s)                                # Lambda_r' A21
+        B = jnp.einsum("qja,ab->qjb", B, lam1)                            # ... Lambda_1
+        L21 = batched_forward_solve(L1, B.transpose(1, 2, 0)).transpose(2, 0, 1)
+        L21f = L21.reshape(qr, m1 * k1)
+        update = L21f @ L21f.T
+    A22 = scale * dp.A22 if scalar_rest else _lambda_rest_t(lams, _lambda_rest_t(lams, dp.A22, s).T, s)
+    return lams, L1, L21, A22 + eye - update
+
+
+def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> _Eliminated:
+    """Factor the first term's block diagonal and form the Schur complements."""
+    lams, L1, L21, M22 = _coupling(theta, dp, s)
+    lam1 = lams[0]
+    m1, k1, p = s.ms[0], s.ks[0], s.p
     Z1Xy = jnp.concatenate([dp.Z1X, rp.Z1y[..., None]], axis=-1)
     C1 = batched_forward_solve(L1, jnp.einsum("ba,jbc->jac", lam1, Z1Xy))
     C1f = C1.reshape(m1 * k1, p + 1)
@@ -117,35 +342,34 @@ def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduct
     M33 = XyXy - C1f.T @ C1f
     qr = s.q_rest
     if qr == 0:
-        return _Eliminated(L1, jnp.zeros((0, m1, k1), dtype=theta.dtype), C1, jnp.zeros((0, 0), dtype=theta.dtype),
-                           jnp.zeros((0, p + 1), dtype=theta.dtype), M33)
-    A22 = _lambda_rest_t(lams, _lambda_rest_t(lams, dp.A22, s).T, s)
+        return _Eliminated(L1, L21, C1, M22, jnp.zeros((0, p + 1), dtype=theta.dtype), M33)
     ZrXy = _lambda_rest_t(lams, jnp.concatenate([dp.ZrX, rp.Zry[:, None]], axis=-1), s)
-    if isinstance(dp.A21, SparseA21):
-        idx = dp.A21.index
-        B = lambda_coupling(lams, dp.A21)                                  # rows of Lambda_r'A21 Lambda_1
-        L21 = SparseL21(batched_forward_solve(L1[idx.level], B[..., None])[..., 0], idx)
-        update, L21C1 = schur_update(L21, qr), times_dense(L21, C1, qr)
+    if isinstance(L21, SparseL21):
+        L21C1 = times_dense(L21, C1, qr)
     else:
-        B = _lambda_rest_t(lams, dp.A21, s)                                # Lambda_r' A21
-        B = jnp.einsum("qja,ab->qjb", B, lam1)                            # ... Lambda_1
-        L21 = batched_forward_solve(L1, B.transpose(1, 2, 0)).transpose(2, 0, 1)
-        L21f = L21.reshape(qr, m1 * k1)
-        update, L21C1 = L21f @ L21f.T, L21f @ C1f
-    M22 = A22 + jnp.eye(qr, dtype=theta.dtype) - update
+        L21C1 = L21.reshape(qr, m1 * k1) @ C1f
     return _Eliminated(L1, L21, C1, M22, ZrXy - L21C1, M33)
 
 
-def _profile(E: _Eliminated) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structure) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``log|L_Z|^2`` and ``L33`` from the eliminated system.
 
     The dense block enters only through ``log det M22`` and ``R'M22^{-1}R``
-    (``C2'C2``), taken from :func:`~lmm_jax.linalg.spd_logdet_solve`, whose
-    derivative rules avoid differentiating the q_r x q_r Cholesky factor.
+    (``C2'C2``). For scalar terms with sparse coupling they come from
+    :func:`~lmm_jax.linalg.logdet_by_theta` and
+    :func:`~lmm_jax.linalg.quadratic_by_theta` with the closed-form partial
+    derivatives of :func:`_scalar_derivatives` (one q_r^3 product per Hessian
+    column); otherwise from :func:`~lmm_jax.linalg.spd_logdet_solve`, whose
+    rules avoid differentiating the q_r x q_r Cholesky factor.
     """
     ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(E.L1, axis1=-2, axis2=-1)))
     M33 = E.M33
-    if E.M22.shape[0]:
+    if E.M22.shape[0] and _is_scalar_sparse(dp, s):
+        L22 = lax.stop_gradient(_cholesky_M22(E.M22, dp, s))
+        D, data = _scalar_derivatives(s), _scalar_data(dp)
+        ld = ld + logdet_by_theta(theta, L22, data, D)
+        M33 = M33 - quadratic_by_theta(theta, E.R, L22, data, D)
+    elif E.M22.shape[0]:
         ld22, S = spd_logdet_solve(E.M22, E.R)
         ld = ld + ld22
         M33 = M33 - E.R.T @ S
@@ -155,9 +379,9 @@ def _profile(E: _Eliminated) -> tuple[jnp.ndarray, jnp.ndarray]:
 def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Factor:
     """Blocked Cholesky factor of the penalised system (module docstring)."""
     E = _eliminate_first(theta, dp, rp, s)
-    _, L33 = _profile(E)
+    _, L33 = _profile(theta, E, dp, s)
     if s.q_rest:
-        L22 = jnp.linalg.cholesky(E.M22)
+        L22 = _cholesky_M22(E.M22, dp, s)
         C2 = solve_triangular(L22, E.R, lower=True)
     else:
         L22, C2 = E.M22, E.R
@@ -166,7 +390,7 @@ def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
 
 def _deviance_terms(theta, dp, rp, s) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """``log|L_Z|^2``, ``log|L_X|^2`` and pwrss at theta (no q_r x q_r factor kept)."""
-    ldz, L33 = _profile(_eliminate_first(theta, dp, rp, s))
+    ldz, L33 = _profile(theta, _eliminate_first(theta, dp, rp, s), dp, s)
     p = L33.shape[0] - 1
     return ldz, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L33)[:p])), L33[-1, -1] ** 2
 

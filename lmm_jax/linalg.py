@@ -11,9 +11,13 @@ factorisation is written out entry by entry: for k = 1 it is ``sqrt``, for k =
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
+from jax import lax
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 UNROLL_MAX = 6
 
@@ -118,3 +122,164 @@ def _spd_logdet_solve_jvp(primals, tangents):
     logdet, S = spd_logdet_solve(M, R)
     Minv = spd_inverse(M)
     return (logdet, S), (jnp.sum(Minv * dM), Minv @ (dR - dM @ S))
+
+
+# -- the dense block as a function of theta: derivatives that cost one product per parameter ----
+#
+# Forward-over-reverse through ``spd_logdet_solve`` forms, for each Hessian
+# column, the full tangent ``-M^{-1} dM M^{-1}`` of the inverse (two q^3
+# products), because the gradient's cotangent of M is the matrix M^{-1}, and
+# pushes each Hessian direction through everything that builds M. When the
+# partial derivatives of ``M(theta)`` are available in closed form (a
+# :class:`ThetaDerivatives`), the classical rules (Magnus & Neudecker 2019,
+# ch. 8; M_t, M_st: partial derivatives of M; S = M^{-1}R)
+#
+#     d log det M / d theta_t             = tr(M^{-1} M_t),
+#     d^2 log det M / d theta_s d theta_t = -tr(P_s P_t) + tr(M^{-1} M_st),   P_t = M^{-1} M_t,
+#     d (R'M^{-1}R)                        = dR'S + S'dR - sum_t dtheta_t S'M_t S,
+#     dS                                   = M^{-1} (dR - sum_t dtheta_t M_t S),
+#
+# give the gradient for one explicit inverse and the Hessian for one q^3
+# product per parameter (P_t), with traces of products taken elementwise and
+# everything else O(q^2) per parameter. :func:`logdet_by_theta` and
+# :func:`quadratic_by_theta` state these rules; they are exact, and
+# differentiable to second order (``jax.grad``, ``jax.jacfwd`` of it,
+# ``jax.hessian``).
+
+
+class ThetaDerivatives(NamedTuple):
+    """Closed-form partial derivatives of a symmetric ``M(theta)`` (q, q).
+
+    Every callable is plain JAX, linear in its matrix arguments, and takes
+    the arrays M is built from as ``data`` (a pytree passed through the
+    functions below as an argument, never closed over: a closure over
+    traced arrays would leak out of a later transformation; derivatives
+    with respect to ``data`` are not taken). C is symmetric (q, q), X and Y
+    are (q, c):
+
+    Attributes:
+        jacobian: (theta, data) -> (n, q, q), the M_t.
+        traces: (theta, data, C) -> (n,), ``<C, M_t>``.
+        second_traces: (theta, data, C) -> (n, n), ``<C, M_st>``.
+        apply: (theta, data, X) -> (n, q, c), ``M_t X``.
+        bilinear: (theta, data, X, Y) -> (n, c, c), ``X'M_t Y``.
+        second_bilinear: (theta, data, X, Y) -> (n, n, c, c), ``X'M_st Y``.
+        logdet_hessian: optional (theta, data, M^{-1}) -> (n, n), the Hessian of
+            ``log det M`` when structure makes it cheaper than
+            :func:`logdet_hessian_by_products`.
+    """
+
+    jacobian: Callable
+    traces: Callable
+    second_traces: Callable
+    apply: Callable
+    bilinear: Callable
+    second_bilinear: Callable
+    logdet_hessian: Callable | None = None
+
+
+def logdet_hessian_by_products(D: ThetaDerivatives, theta: jnp.ndarray, data, Minv: jnp.ndarray) -> jnp.ndarray:
+    """The Hessian of ``log det M(theta)``: ``tr(M^{-1} M_st) - tr(P_s P_t)``, ``P_t = M^{-1} M_t``."""
+    P = jnp.matmul(Minv[None], D.jacobian(theta, data))
+    return D.second_traces(theta, data, Minv) - jnp.einsum("sik,tki->st", P, P)
+
+
+def chol_inverse(L: jnp.ndarray) -> jnp.ndarray:
+    """``(L L')^{-1}`` from a lower Cholesky factor L (q, q).
+
+    One level of 2 x 2 blocking: with ``L = [[A, 0], [B, C]]``,
+    ``L^{-1} = [[A^{-1}, 0], [-C^{-1} B A^{-1}, C^{-1}]]`` and the product
+    ``L^{-T} L^{-1}`` is formed by blocks, skipping the zero block (measured
+    about 2x faster than a full triangular inverse and a full product on CPU).
+    """
+    q = L.shape[-1]
+    if q < 64:
+        Linv = solve_triangular(L, jnp.eye(q, dtype=L.dtype), lower=True)
+        return Linv.T @ Linv
+    h = q // 2
+    A, B, C = L[:h, :h], L[h:, :h], L[h:, h:]
+    Ai = solve_triangular(A, jnp.eye(h, dtype=L.dtype), lower=True)
+    Ci = solve_triangular(C, jnp.eye(q - h, dtype=L.dtype), lower=True)
+    Bi = -(Ci @ (B @ Ai))
+    top_left = Ai.T @ Ai + Bi.T @ Bi
+    top_right = Bi.T @ Ci
+    return jnp.block([[top_left, top_right], [top_right.T, Ci.T @ Ci]])
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def logdet_by_theta(theta: jnp.ndarray, L: jnp.ndarray, data, D: ThetaDerivatives) -> jnp.ndarray:
+    """``log det M(theta)`` for symmetric positive definite M with lower Cholesky factor L.
+
+    Args:
+        theta: the parameters (n,).
+        L: Cholesky factor of ``M(theta)``; its tangent is ignored (pass it
+            through ``lax.stop_gradient``): derivatives come from ``D``.
+        data: the arrays M is built from (see :class:`ThetaDerivatives`).
+        D: the partial derivatives of M.
+    """
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _logdet_gradient(theta, L, data, D):
+    return D.traces(theta, data, chol_inverse(L))
+
+
+@logdet_by_theta.defjvp
+def _logdet_by_theta_jvp(D, primals, tangents):
+    theta, L, data = primals
+    dtheta = tangents[0]
+    return logdet_by_theta(theta, L, data, D), _logdet_gradient(theta, L, data, D) @ dtheta
+
+
+@_logdet_gradient.defjvp
+def _logdet_gradient_jvp(D, primals, tangents):
+    theta, L, data = primals
+    dtheta = tangents[0]
+    Minv = chol_inverse(L)
+    H = (D.logdet_hessian or partial(logdet_hessian_by_products, D))(theta, data, Minv)
+    return D.traces(theta, data, Minv), H @ dtheta
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def quadratic_by_theta(theta: jnp.ndarray, R: jnp.ndarray, L: jnp.ndarray, data, D: ThetaDerivatives) -> jnp.ndarray:
+    """``R'M(theta)^{-1}R`` (c, c) for M with lower Cholesky factor L (tangent
+    ignored, as in :func:`logdet_by_theta`); R may depend on theta too."""
+    return R.T @ cho_solve((L, True), R)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _solve_by_theta(theta, R, L, data, D):
+    return cho_solve((L, True), R)
+
+
+@_solve_by_theta.defjvp
+def _solve_by_theta_jvp(D, primals, tangents):
+    theta, R, L, data = primals
+    dtheta, dR = tangents[:2]
+    S = _solve_by_theta(theta, R, L, data, D)
+    return S, cho_solve((L, True), dR - jnp.tensordot(dtheta, D.apply(theta, data, S), axes=1))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _bilinear_by_theta(theta, S, data, D):
+    return D.bilinear(theta, data, S, S)
+
+
+@_bilinear_by_theta.defjvp
+def _bilinear_by_theta_jvp(D, primals, tangents):
+    theta, S, data = primals
+    dtheta, dS = tangents[:2]
+    K = D.bilinear(theta, data, S, S)
+    MS = D.apply(theta, data, S)                                        # M_t S, once for all directions
+    dK = jnp.einsum("qa,tqb->tab", dS, MS) + jnp.einsum("tqa,qb->tab", MS, dS)
+    return K, dK + jnp.tensordot(dtheta, D.second_bilinear(theta, data, S, S), axes=1)
+
+
+@quadratic_by_theta.defjvp
+def _quadratic_by_theta_jvp(D, primals, tangents):
+    theta, R, L, data = primals
+    dtheta, dR = tangents[:2]
+    S = _solve_by_theta(theta, R, L, data, D)
+    K = _bilinear_by_theta(theta, S, data, D)                           # S'M_t S
+    return R.T @ S, dR.T @ S + S.T @ dR - jnp.tensordot(dtheta, K, axes=1)

@@ -18,7 +18,7 @@ rows of ``L21`` (one k_1-vector per (row r, level j) pair)
 and the pairs (a, b) of nonzero rows that share a level j, with row(a) <=
 row(b), are enumerated once in numpy (:func:`coupling_index`). One
 evaluation gathers the two rows of each pair, takes their dot product and
-adds it into the upper triangle of the q_r x q_r update with a sorted
+adds it into the lower triangle of the q_r x q_r update with a sorted
 ``segment_sum`` (MixedModels.jl forms the same product from its sparse
 ``L[2,1]`` block in ``rankUpdate!``). The cost is O(pairs k_1), independent
 of n, and nothing of size q_r x m_1 is ever allocated.
@@ -46,8 +46,11 @@ class CouplingIndex(NamedTuple):
         pair_a, pair_b: (P,) int32 positions of the two stored rows of each
             pair; same level, ``row[pair_a] <= row[pair_b]``.
         pair_level: (P,) int32 their common level j.
-        pair_dest: (P,) int32 or int64 ``row[pair_a] * q_r + row[pair_b]``,
-            sorted ascending (the flat position in the upper triangle).
+        pair_dest: (P,) int32 or int64 ``row[pair_b] * q_r + row[pair_a]``,
+            sorted ascending (the flat position in the lower triangle).
+        pair_product: (P,) the dot product of the two stored rows of A21 of
+            each pair (a theta-free factor of every term of (2) for k_1 = 1,
+            see :func:`scalar_schur_update`).
     """
 
     row: jnp.ndarray
@@ -56,6 +59,7 @@ class CouplingIndex(NamedTuple):
     pair_b: jnp.ndarray
     pair_level: jnp.ndarray
     pair_dest: jnp.ndarray
+    pair_product: jnp.ndarray
 
 
 class SparseA21(NamedTuple):
@@ -98,7 +102,7 @@ def _upper_pairs(level: np.ndarray, row: np.ndarray, q_r: int) -> tuple[np.ndarr
     b_sorted = a_sorted + (np.arange(total) - first_of_run)
     pair_a, pair_b = order[a_sorted], order[b_sorted]
     dest_dtype = np.int32 if q_r * q_r < 2 ** 31 else np.int64
-    dest = row[pair_a].astype(np.int64) * q_r + row[pair_b]
+    dest = row[pair_b].astype(np.int64) * q_r + row[pair_a]
     by_dest = np.argsort(dest, kind="stable")
     return (pair_a[by_dest].astype(np.int32), pair_b[by_dest].astype(np.int32),
             level[pair_a[by_dest]].astype(np.int32), dest[by_dest].astype(dest_dtype))
@@ -138,9 +142,12 @@ def sparse_coupling(rest: list[tuple[np.ndarray, np.ndarray, int, int]], codes1:
     row = np.concatenate(rows).astype(np.int64)
     level = np.concatenate(levels).astype(np.int64)
     pair_a, pair_b, pair_level, pair_dest = _upper_pairs(level, row, q_r)
+    flat = np.concatenate([b.reshape(-1, k1) for b in blocks])
+    pair_product = np.einsum("pa,pa->p", flat[pair_a], flat[pair_b])
     index = CouplingIndex(row=jnp.asarray(row.astype(np.int32)), level=jnp.asarray(level.astype(np.int32)),
                           pair_a=jnp.asarray(pair_a), pair_b=jnp.asarray(pair_b),
-                          pair_level=jnp.asarray(pair_level), pair_dest=jnp.asarray(pair_dest))
+                          pair_level=jnp.asarray(pair_level), pair_dest=jnp.asarray(pair_dest),
+                          pair_product=jnp.asarray(pair_product))
     return SparseA21(blocks=tuple(jnp.asarray(b) for b in blocks), index=index)
 
 
@@ -173,6 +180,39 @@ def schur_update(L21: SparseL21, q_r: int) -> jnp.ndarray:
     T = jax.ops.segment_sum(vals, idx.pair_dest, num_segments=q_r * q_r, indices_are_sorted=True)
     T = T.reshape(q_r, q_r)
     return T + T.T - jnp.diag(jnp.diagonal(T))
+
+
+def scalar_schur_update(A21: SparseA21, w: jnp.ndarray, q_r: int, lower: bool = False) -> jnp.ndarray:
+    """``sum_j w_j a_j a_j'`` (q_r, q_r) for scalar terms (k_1 = 1 and every k_t = 1),
+    ``a_j`` the column of ``A21`` for level j; for w of shape (m_1, k), the k
+    sums at once, shape (k, q_r, q_r) (one gather and one segment sum).
+
+    With ``Lambda_1 = theta_1`` and ``L_1j^2 = 1 + theta_1^2 A11_j``, the rows of
+    L21 are ``lambda_r A21[r, j] theta_1 / L_1j``, so (2) is ``Lambda_r U Lambda_r``
+    with ``U = sum_j w_j a_j a_j'`` and ``w_j = theta_1^2 / L_1j^2``: the product of
+    the two stored values of each pair does not depend on theta, U is linear
+    in w, and its derivatives in theta_1 are the same sum with the
+    derivatives of w (``likelihood._scalar_derivatives``). With ``lower``, only
+    the lower triangle (and diagonal) is filled, the upper triangle is 0: what
+    a Cholesky factorisation reads, without the q_r x q_r transpose.
+    """
+    idx = A21.index
+    W = w if w.ndim == 2 else w[:, None]
+    T = jax.ops.segment_sum(W[idx.pair_level] * idx.pair_product[:, None], idx.pair_dest, num_segments=q_r * q_r,
+                            indices_are_sorted=True)
+    T = jnp.moveaxis(T.reshape(q_r, q_r, W.shape[1]), -1, 0)
+    U = T if lower else T + jnp.swapaxes(T, -1, -2) - jnp.eye(q_r, dtype=T.dtype) * T
+    return U if w.ndim == 2 else U[0]
+
+
+def scalar_pair_inner(A21: SparseA21, w: jnp.ndarray, Y: jnp.ndarray) -> jnp.ndarray:
+    """``<Y, U(w)>`` for symmetric Y (q_r, q_r) and U(w) of :func:`scalar_schur_update`
+    (w (m_1,), or (m_1, k) for k sums at once), from the pairs without forming
+    U: one gather of Y at the pairs' positions (each off-diagonal pair stands
+    for two entries of the symmetric U)."""
+    idx = A21.index
+    y = idx.pair_product * jnp.where(idx.pair_a == idx.pair_b, 1.0, 2.0) * Y.reshape(-1)[idx.pair_dest]
+    return y @ w[idx.pair_level]
 
 
 def times_dense(L21: SparseL21, C1: jnp.ndarray, q_r: int) -> jnp.ndarray:
