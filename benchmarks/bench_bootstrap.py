@@ -70,10 +70,18 @@ def time_lmm_jax(fit, n: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             boot = fit.bootstrap(n, key=r + 1)
             warm.append(time.perf_counter() - t0)
-    it = boot.replicates.iterations
+        it = boot.replicates.iterations
+        # the exact-Hessian Newton path (the single fit's optimiser), for comparison
+        fit.bootstrap(n, key=0, method="newton")
+        newton = []
+        for r in range(2):
+            t0 = time.perf_counter()
+            fit.bootstrap(n, key=r + 1, method="newton")
+            newton.append(time.perf_counter() - t0)
     return dict(first_call_s=compile_s, warm_s=float(np.median(warm)), warm_all_s=warm, n=n,
                 nonconverged=boot.n_nonconverged, failed=boot.n_failed,
-                iterations_median=float(np.median(it)), iterations_max=int(it.max()))
+                iterations_median=float(np.median(it)), iterations_max=int(it.max()),
+                newton_warm_s=float(np.median(newton)), newton_warm_all_s=newton)
 
 
 def time_lme4(data: pd.DataFrame, formula: str, factors: list[str], nsim: int) -> float | None:
@@ -140,7 +148,7 @@ def time_statsmodels(data, spec, response, Y, reps):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer peer replicates")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "bootstrap_results.json"))
     args = ap.parse_args()
     peer_reps = 50 if args.quick else 200
