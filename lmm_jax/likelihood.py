@@ -51,11 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
-from .linalg import (ThetaDerivatives, batched_backward_solve, batched_cholesky, batched_forward_solve, logdet_by_theta,
-                     logdet_hessian_by_products, quadratic_by_theta, spd_logdet_solve)
+from .linalg import (LOOP_MAX, ThetaDerivatives, batched_backward_solve, batched_cholesky, batched_forward_solve,
+                     logdet_by_theta, logdet_hessian_by_products, quadratic_by_theta, spd_logdet_solve)
 from .parametrization import lambdas
 from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
                      schur_update, times_dense, transpose_times_vector)
@@ -285,6 +284,8 @@ def _scalar_data(dp: DesignProducts):
 def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
     """Cholesky factor of ``M22`` as :func:`_coupling` returns it: for scalar
     terms with sparse coupling only its lower triangle is formed (and read)."""
+    if M22.shape[-1] <= LOOP_MAX:
+        return batched_cholesky(M22)          # reads the lower triangle only; no LAPACK (see linalg.py)
     if _is_scalar_sparse(dp, s):
         return lax.linalg.cholesky(M22, symmetrize_input=False)
     return jnp.linalg.cholesky(M22)
@@ -373,7 +374,7 @@ def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structur
         ld22, S = spd_logdet_solve(E.M22, E.R)
         ld = ld + ld22
         M33 = M33 - E.R.T @ S
-    return ld, jnp.linalg.cholesky(M33)
+    return ld, batched_cholesky(M33)
 
 
 def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Factor:
@@ -382,7 +383,7 @@ def factorize(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
     _, L33 = _profile(theta, E, dp, s)
     if s.q_rest:
         L22 = _cholesky_M22(E.M22, dp, s)
-        C2 = solve_triangular(L22, E.R, lower=True)
+        C2 = batched_forward_solve(L22, E.R)
     else:
         L22, C2 = E.M22, E.R
     return Factor(L1=E.L1, L21=E.L21, L22=L22, C1=E.C1, C2=C2, L33=L33)
@@ -450,7 +451,7 @@ def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts
 def fixed_effects(F: Factor) -> jnp.ndarray:
     """beta-hat(theta) = L_X'^{-1} r."""
     p = F.L33.shape[0] - 1
-    return solve_triangular(F.L33[:p, :p], F.L33[p, :p], lower=True, trans="T")
+    return batched_backward_solve(F.L33[:p, :p], F.L33[p, :p, None])[:, 0]
 
 
 def sigma_hat(F: Factor, s: Structure, reml: bool) -> jnp.ndarray:
@@ -462,7 +463,7 @@ def sigma_hat(F: Factor, s: Structure, reml: bool) -> jnp.ndarray:
 def unscaled_vcov_beta(F: Factor) -> jnp.ndarray:
     """(L_X L_X')^{-1}; vcov(beta) = sigma^2 times this."""
     p = F.L33.shape[0] - 1
-    LXinv = solve_triangular(F.L33[:p, :p], jnp.eye(p, dtype=F.L33.dtype), lower=True)
+    LXinv = batched_forward_solve(F.L33[:p, :p], jnp.eye(p, dtype=F.L33.dtype))
     return LXinv.T @ LXinv
 
 
@@ -472,7 +473,7 @@ def spherical_modes(F: Factor, beta: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndar
     p = beta.shape[0]
     v1 = F.C1[..., p] - F.C1[..., :p] @ beta
     v2 = F.C2[:, p] - F.C2[:, :p] @ beta
-    u2 = solve_triangular(F.L22, v2, lower=True, trans="T") if v2.shape[0] else v2
+    u2 = batched_backward_solve(F.L22, v2[:, None])[:, 0] if v2.shape[0] else v2
     if isinstance(F.L21, SparseL21):
         rhs1 = v1 - transpose_times_vector(F.L21, u2, F.L1.shape[0])
     else:
@@ -509,7 +510,7 @@ def conditional_covariances(theta: jnp.ndarray, F: Factor, s: Structure) -> tupl
     out = []
     qr = s.q_rest
     if qr:
-        L22inv = solve_triangular(F.L22, jnp.eye(qr, dtype=theta.dtype), lower=True)
+        L22inv = batched_forward_solve(F.L22, jnp.eye(qr, dtype=theta.dtype))
         if isinstance(F.L21, SparseL21):
             # W_j'W_j = L1j^{-T} L21[:, j]' P22 L21[:, j] L1j^{-1}, P22 = (L22 L22')^{-1}, over the pairs
             S = quadratic_blocks(F.L21, L22inv.T @ L22inv, m1)

@@ -7,6 +7,19 @@ slope). XLA's batched ``cholesky`` on (m, 2, 2) arrays is slow on CPU (about
 factorisation is written out entry by entry: for k = 1 it is ``sqrt``, for k =
 2 the closed form, in general the Cholesky-Banachiewicz recurrence
 (Golub & Van Loan, Alg. 4.2.1) on arrays of shape (m,).
+
+Up to ``LOOP_MAX`` the same recurrences run as a ``lax.fori_loop`` over
+columns (rows for the solves) in plain elementwise jnp, never as LAPACK
+custom calls. Batched (vmapped) LAPACK calls on CPU go through jaxlib's
+``ParallelBatchMap``, which schedules work on XLA's intra-op pool and blocks
+the calling pool thread: with two such calls running at once on a 2-thread
+pool, both threads wait for work that no thread is free to run. We saw that
+deadlock hang bootstraps of crossed models (gdb: both pool threads in
+``TriMatrixEquationSolverKernel`` -> ``ParallelBatchMap`` ->
+``BlockingCounter::Wait``, every other thread idle). Small dense blocks (the
+remaining terms of Penicillin, 6 columns, or of a 50 x 20 crossed design, 20)
+and the (p+1) x (p+1) fixed-effects block therefore never reach LAPACK; larger
+ones, which a batch rarely has, still do.
 """
 
 from __future__ import annotations
@@ -20,13 +33,55 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 UNROLL_MAX = 6
+LOOP_MAX = 64
+
+
+def _cholesky_loop(M: jnp.ndarray) -> jnp.ndarray:
+    """Column-by-column Cholesky (Golub & Van Loan, Alg. 4.2.2) in a fori_loop."""
+    M = jnp.asarray(M)
+    k = M.shape[-1]
+    idx = jnp.arange(k)
+
+    def column(j, L):
+        s = M[..., :, j] - jnp.sum(L * L[..., j, None, :], axis=-1)       # M[:, j] - L[:, :j] L[j, :j]'
+        col = jnp.where(idx >= j, s / jnp.sqrt(s[..., j, None]), 0.0)
+        return jnp.where(idx == j, col[..., :, None], L)
+
+    return lax.fori_loop(0, k, column, jnp.zeros_like(M))
+
+
+def _forward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    k = L.shape[-1]
+    idx = jnp.arange(k)
+
+    def row(i, X):
+        t = B[..., i, :] - jnp.sum(L[..., i, :, None] * X, axis=-2)       # rows >= i of X are still 0
+        return jnp.where((idx == i)[:, None], (t / L[..., i, i, None])[..., None, :], X)
+
+    return lax.fori_loop(0, k, row, jnp.zeros_like(B))
+
+
+def _backward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    k = L.shape[-1]
+    idx = jnp.arange(k)
+
+    def row(r, X):
+        i = k - 1 - r
+        t = B[..., i, :] - jnp.sum(L[..., :, i, None] * X, axis=-2)       # rows <= i of X are still 0
+        return jnp.where((idx == i)[:, None], (t / L[..., i, i, None])[..., None, :], X)
+
+    return lax.fori_loop(0, k, row, jnp.zeros_like(B))
 
 
 def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
     """Lower Cholesky factors of M (..., k, k), symmetric positive definite."""
     k = M.shape[-1]
-    if k > UNROLL_MAX:
+    if k > LOOP_MAX:
         return jnp.linalg.cholesky(M)
+    if k > UNROLL_MAX:
+        return _cholesky_loop(M)
     L = [[None] * k for _ in range(k)]
     for j in range(k):
         s = M[..., j, j]
@@ -46,8 +101,10 @@ def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
 def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L X = B for lower-triangular L (..., k, k), B (..., k, c)."""
     k = L.shape[-1]
-    if k > UNROLL_MAX:
+    if k > LOOP_MAX:
         return solve_triangular(L, B, lower=True)
+    if k > UNROLL_MAX:
+        return _forward_loop(L, B)
     X = []
     for r in range(k):
         t = B[..., r, :]
@@ -60,8 +117,10 @@ def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 def batched_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L' X = B for lower-triangular L (..., k, k), B (..., k, c)."""
     k = L.shape[-1]
-    if k > UNROLL_MAX:
+    if k > LOOP_MAX:
         return solve_triangular(L, B, lower=True, trans="T")
+    if k > UNROLL_MAX:
+        return _backward_loop(L, B)
     X = [None] * k
     for r in reversed(range(k)):
         t = B[..., r, :]
@@ -89,9 +148,9 @@ def batched_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 @jax.custom_jvp
 def spd_inverse(M: jnp.ndarray) -> jnp.ndarray:
     """M^{-1} for symmetric positive definite M (..., q, q), via its Cholesky factor."""
-    L = jnp.linalg.cholesky(M)
+    L = batched_cholesky(M)
     eye = jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)
-    Linv = solve_triangular(L, eye, lower=True)
+    Linv = batched_forward_solve(L, eye)
     return jnp.swapaxes(Linv, -1, -2) @ Linv
 
 
@@ -110,9 +169,9 @@ def spd_logdet_solve(M: jnp.ndarray, R: jnp.ndarray) -> tuple[jnp.ndarray, jnp.n
     the comment above (exact, and much cheaper than differentiating the
     factorisation for large q).
     """
-    L = jnp.linalg.cholesky(M)
+    L = batched_cholesky(M)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
-    S = solve_triangular(L, solve_triangular(L, R, lower=True), lower=True, trans="T")
+    S = batched_backward_solve(L, batched_forward_solve(L, R))
     return logdet, S
 
 
@@ -194,7 +253,7 @@ def chol_inverse(L: jnp.ndarray) -> jnp.ndarray:
     """
     q = L.shape[-1]
     if q < 64:
-        Linv = solve_triangular(L, jnp.eye(q, dtype=L.dtype), lower=True)
+        Linv = batched_forward_solve(L, jnp.eye(q, dtype=L.dtype))
         return Linv.T @ Linv
     h = q // 2
     A, B, C = L[:h, :h], L[h:, :h], L[h:, h:]

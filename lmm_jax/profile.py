@@ -46,6 +46,7 @@ from scipy import stats
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
 from .likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
+from .linalg import batched_cholesky
 from .optimize import newton_minimize
 from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta
 
@@ -172,7 +173,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
             Lp = jnp.zeros((k, k), dtype).at[r, c].set(th[start:start + size])
             used = is_cor & jnp.any(Pm != jnp.eye(k, dtype=dtype))
             Sig = Pm.T @ Lp @ Lp.T @ Pm
-            Lo = jnp.linalg.cholesky(jnp.where(used, Sig, jnp.eye(k, dtype=dtype)))
+            Lo = batched_cholesky(jnp.where(used, Sig, jnp.eye(k, dtype=dtype)))
             th = th.at[start:start + size].set(jnp.where(used, Lo[r, c], th[start:start + size]))
             big += 1
         start += size
