@@ -495,7 +495,10 @@ def profile(result: "LMMResult", which: Sequence[str] | None = None, level: floa
             a = max(a, 0.0)
         elif kind == "cor":
             a, b = max(a, -0.999), min(b, 0.999)
-        grid = np.unique(np.concatenate([np.linspace(a, b, points), [est]]))
+        grid = np.linspace(a, b, points)
+        # the estimate is a point of its own (zeta = 0): drop grid points that all but coincide with it,
+        # whose zeta would be 0 or rounding noise of either sign
+        grid = np.unique(np.concatenate([grid[np.abs(grid - est) > 1e-6 * (b - a)], [est]]))
         zeta = profile_zeta(result, name, grid)
         ax.plot(zeta["value"], zeta["zeta"], "o-", ms=3, color="C0")
         for y in (-z, z):
