@@ -15,9 +15,11 @@ from .compilation_cache import enable_by_default as _enable_compilation_cache  #
 
 _enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM_JAX_COMPILATION_CACHE=0 turns it off
 
+from .code_memory import clear_caches  # noqa: E402  (importing it starts the compiled-code guard)
+
 from . import datasets  # noqa: E402
 from .errors import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, LMMError,  # noqa: E402
-                     RankDeficiencyWarning, ScalingWarning, SingularFitWarning)
+                     RankDeficiencyWarning, ScalingWarning, SingularFitWarning, CompiledCodeWarning)
 from .formula import parse_formula  # noqa: E402
 from .model import LMM, fit, make_deviance  # noqa: E402
 from .results import LMMResult  # noqa: E402
@@ -30,5 +32,5 @@ __version__ = "0.1.0"
 
 __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
            "DataError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning", "RankDeficiencyWarning",
-           "ScalingWarning",
+           "ScalingWarning", "CompiledCodeWarning", "clear_caches",
            "simulate", "BootstrapResult", "BatchResult", "fit_many"]

@@ -61,3 +61,9 @@ class ScalingWarning(UserWarning):
 
 class RankDeficiencyWarning(UserWarning):
     """Fixed-effects columns were dropped because X is rank deficient."""
+
+
+class CompiledCodeWarning(UserWarning):
+    """lmm_jax emptied JAX's in-memory compilation caches to keep the process
+    under its memory-mapping limit (``vm.max_map_count``); models fitted
+    afterwards compile again. See :mod:`lmm_jax.code_memory`."""

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import code_memory
 from .crossprod import (DesignProducts, ResponseProducts, Structure, design_arrays, design_products,
                         response_products, structure_of)
 from .design import Design, build_design
@@ -89,6 +90,7 @@ class LMM:
         >>> fit = m.fit(reml=True)
     """
 
+    @code_memory.entry_point
     def __init__(self, formula: str, data: Any):
         self.formula = formula
         self.design: Design = build_design(formula, data)
@@ -118,6 +120,7 @@ class LMM:
         """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
         return response_products(y, self.arrays, self.structure)
 
+    @code_memory.entry_point
     def fit(self, reml: bool = True, *, start: np.ndarray | None = None, max_iter: int = 200,
             throw: bool = False) -> "LMMResult":
         """Fit by REML (default) or ML.

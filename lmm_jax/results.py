@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import code_memory
 from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                     varpar_hessian)
 from .parametrization import diagonal_mask, lambdas, lower_tri_indices
@@ -158,6 +159,7 @@ class LMMResult:
         return [self.sigma ** 2 * np.asarray(L @ L.T) for L in lambdas(jnp.asarray(self.theta), self.model.structure.ks)]
 
     @cached_property
+    @code_memory.entry_point
     def varpar_cov(self) -> np.ndarray:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
@@ -197,6 +199,7 @@ class LMMResult:
         return se
 
     @cached_property
+    @code_memory.entry_point
     def varcorr(self) -> pd.DataFrame:
         """lme4's ``as.data.frame(VarCorr(fit))`` with the Hessian SE of vcov.
 
@@ -233,6 +236,7 @@ class LMMResult:
         return self._ranef_tables(self.b)
 
     @cached_property
+    @code_memory.entry_point
     def ranef_sd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the random effects (lme4's ``condsd``)."""
         m = self.model
@@ -269,11 +273,13 @@ class LMMResult:
                                    m.structure, self.reml, list(self.design.fixef_names))
 
     @property
+    @code_memory.entry_point
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
         ``summary``): columns ``estimate, std_error, df, t, p``."""
         return self._satterthwaite.copy()
 
+    @code_memory.entry_point
     def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
         """Fixed effects with t tests and intervals: ``estimate, std_error, df,
         t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
@@ -282,6 +288,7 @@ class LMMResult:
 
         return coefs(self, ddf, level)
 
+    @code_memory.entry_point
     def contrast(self, L: Any, ddf: str = "satterthwaite", level: float = 0.95,
                  joint: bool | None = None) -> pd.DataFrame:
         """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
@@ -289,12 +296,14 @@ class LMMResult:
 
         return contrast(self, L, ddf, level, joint)
 
+    @code_memory.entry_point
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
         from .anova import anova_table
 
         return anova_table(self, ddf)
 
+    @code_memory.entry_point
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
@@ -302,6 +311,7 @@ class LMMResult:
 
         return confint(self, method, level, **kwargs)
 
+    @code_memory.entry_point
     def varcorr_table(self, level: float = 0.95) -> pd.DataFrame:
         """Variance components with Hessian SEs and Wald intervals (variance,
         SD and Fisher-z correlation scales)."""
@@ -309,6 +319,7 @@ class LMMResult:
 
         return varcorr_table(self, level)
 
+    @code_memory.entry_point
     def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
@@ -316,6 +327,7 @@ class LMMResult:
 
         return predict(self, newdata, re_form, allow_new_levels, se_fit)
 
+    @code_memory.entry_point
     def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
                   params: dict | None = None, max_iter: int = 200, method: str = "bfgs"):
         """Parametric bootstrap (lme4 ``bootMer``): ``n`` responses simulated
@@ -341,6 +353,7 @@ class LMMResult:
                              max_iter=max_iter, method=method)
 
     # -- printing --------------------------------------------------------------
+    @code_memory.entry_point
     def summary(self) -> str:
         """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
         from .summary import format_summary

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-# JAX's persistent-cache write (put_executable_and_time) segfaulted twice at the same point of a
-# full cold run (test_reference's variance-component Hessians, 15 min in; those tests alone pass):
-# the suite runs without lmm_jax's on-disk cache (set before lmm_jax is imported; subprocesses,
-# notebooks included, inherit it). Users keep the cache by default.
-os.environ.setdefault("LMM_JAX_COMPILATION_CACHE", "0")
 
 import numpy as np
 import pandas as pd
