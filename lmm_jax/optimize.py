@@ -170,8 +170,11 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         phi_new, active_new, f_new, changed = boundary(phi_new, st.active, f_new)
         g, H = derivatives(phi_new, active_new)
         _, dec_new = direction(g, H)
-        # two stalled line searches in a row with a tiny decrement: nothing more to gain
-        stalled = (~ok) & (~changed)
+        # two steps in a row that fail, or gain less than f's rounding level: nothing more to gain
+        # (an objective noisy at 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and
+        # fail Armijo by turns forever)
+        flat = ok & (st.f - f_new <= 1e-12 * (1.0 + jnp.abs(st.f)))
+        stalled = (~ok | flat) & (~changed)
         done = ((dec_new < tol) & ~changed) | (stalled & st.stalled)
         return _State(phi_new, active_new, f_new, g, H, dec_new, st.it + 1, done, stalled)
 
