@@ -24,13 +24,11 @@ nothing. :func:`clear_caches` does the same on demand.
 
 from __future__ import annotations
 
-import functools
 import gc
 import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import jax
 
@@ -125,17 +123,6 @@ def check() -> bool:
                   f"(sysctl -w vm.max_map_count={4 * cap}) or fit fewer distinct model shapes per process.",
                   CompiledCodeWarning, stacklevel=3)
     return True
-
-
-def entry_point(fn: Callable) -> Callable:
-    """Decorator of lmm_jax's public entry points: run :func:`check` first."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if _pending is not None:
-            check()
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 if os.environ.get("LMM_JAX_CODE_GUARD", "1").strip().lower() not in ("0", "false", "off", "no"):

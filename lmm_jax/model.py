@@ -90,8 +90,8 @@ class LMM:
         >>> fit = m.fit(reml=True)
     """
 
-    @code_memory.entry_point
     def __init__(self, formula: str, data: Any):
+        code_memory.check()  # an entry point: free compiled code near the OS cap (code_memory.py)
         self.formula = formula
         self.design: Design = build_design(formula, data)
         self.structure: Structure = structure_of(self.design)
@@ -120,7 +120,6 @@ class LMM:
         """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
         return response_products(y, self.arrays, self.structure)
 
-    @code_memory.entry_point
     def fit(self, reml: bool = True, *, start: np.ndarray | None = None, max_iter: int = 200,
             throw: bool = False) -> "LMMResult":
         """Fit by REML (default) or ML.
@@ -135,6 +134,7 @@ class LMM:
         Returns:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
+        code_memory.check()
         from .results import LMMResult
 
         ks = self.structure.ks

@@ -159,10 +159,10 @@ class LMMResult:
         return [self.sigma ** 2 * np.asarray(L @ L.T) for L in lambdas(jnp.asarray(self.theta), self.model.structure.ks)]
 
     @cached_property
-    @code_memory.entry_point
     def varpar_cov(self) -> np.ndarray:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
+        code_memory.check()
         m = self.model
         vp = jnp.concatenate([jnp.asarray(self.theta), jnp.asarray([self.sigma])])
         H = varpar_hessian(vp, m.products, m.response, m.structure, self.reml)
@@ -199,13 +199,13 @@ class LMMResult:
         return se
 
     @cached_property
-    @code_memory.entry_point
     def varcorr(self) -> pd.DataFrame:
         """lme4's ``as.data.frame(VarCorr(fit))`` with the Hessian SE of vcov.
 
         Columns ``grp, var1, var2, vcov, sdcor, se``: for a variance row sdcor
         is the SD, for a covariance row the correlation.
         """
+        code_memory.check()
         rows = []
         se = self.varcomp_se
         seen: dict[str, int] = {}
@@ -236,9 +236,9 @@ class LMMResult:
         return self._ranef_tables(self.b)
 
     @cached_property
-    @code_memory.entry_point
     def ranef_sd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the random effects (lme4's ``condsd``)."""
+        code_memory.check()
         m = self.model
         cov = conditional_covariances_at(jnp.asarray(self.theta), m.products, m.response, m.structure)
         sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c), axis1=1, axis2=2)) for c in cov]
@@ -273,61 +273,60 @@ class LMMResult:
                                    m.structure, self.reml, list(self.design.fixef_names))
 
     @property
-    @code_memory.entry_point
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
         ``summary``): columns ``estimate, std_error, df, t, p``."""
+        code_memory.check()
         return self._satterthwaite.copy()
 
-    @code_memory.entry_point
     def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
         """Fixed effects with t tests and intervals: ``estimate, std_error, df,
         t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
         ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference`)."""
+        code_memory.check()
         from .inference import coefs
 
         return coefs(self, ddf, level)
 
-    @code_memory.entry_point
     def contrast(self, L: Any, ddf: str = "satterthwaite", level: float = 0.95,
                  joint: bool | None = None) -> pd.DataFrame:
         """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
+        code_memory.check()
         from .inference import contrast
 
         return contrast(self, L, ddf, level, joint)
 
-    @code_memory.entry_point
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
+        code_memory.check()
         from .anova import anova_table
 
         return anova_table(self, ddf)
 
-    @code_memory.entry_point
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
+        code_memory.check()
         from .inference import confint
 
         return confint(self, method, level, **kwargs)
 
-    @code_memory.entry_point
     def varcorr_table(self, level: float = 0.95) -> pd.DataFrame:
         """Variance components with Hessian SEs and Wald intervals (variance,
         SD and Fisher-z correlation scales)."""
+        code_memory.check()
         from .inference import varcorr_table
 
         return varcorr_table(self, level)
 
-    @code_memory.entry_point
     def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
+        code_memory.check()
         from .predict import predict
 
         return predict(self, newdata, re_form, allow_new_levels, se_fit)
 
-    @code_memory.entry_point
     def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
                   params: dict | None = None, max_iter: int = 200, method: str = "bfgs"):
         """Parametric bootstrap (lme4 ``bootMer``): ``n`` responses simulated
@@ -347,15 +346,16 @@ class LMMResult:
             A :class:`~lmm_jax.bootstrap.BootstrapResult` (``.table``,
             ``.confint(level, method)``).
         """
+        code_memory.check()
         from .bootstrap import run_bootstrap
 
         return run_bootstrap(self, n, key, chunk_size=chunk_size, progress=progress, params=params,
                              max_iter=max_iter, method=method)
 
     # -- printing --------------------------------------------------------------
-    @code_memory.entry_point
     def summary(self) -> str:
         """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
+        code_memory.check()
         from .summary import format_summary
 
         return format_summary(self)
