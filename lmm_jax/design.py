@@ -160,6 +160,28 @@ def as_frame(data: Any) -> pd.DataFrame:
     return df
 
 
+def _level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (sorted levels present, as text) and int32 codes of one factor.
+
+    Plain numeric columns are coded by row blocks (unique values per block,
+    then ``searchsorted``): O(levels + chunk_rows) temporaries, where pandas'
+    categorical coding of a million int64 rows peaks at 40 MB. Text and
+    categorical columns go through pandas (categories' order, unused ones
+    dropped)."""
+    if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iufb":
+        values = s.to_numpy()
+        n = len(values)
+        levels = np.unique(np.concatenate([np.unique(values[lo:lo + chunk_rows]) for lo in range(0, n, chunk_rows)]))
+        codes = np.empty(n, dtype=np.int32)
+        for lo in range(0, n, chunk_rows):
+            codes[lo:lo + chunk_rows] = np.searchsorted(levels, values[lo:lo + chunk_rows])
+        return np.asarray([str(v) for v in levels.tolist()], dtype=object), codes
+    cat = s.astype("category") if not isinstance(s.dtype, pd.CategoricalDtype) else s
+    cat = cat.cat.remove_unused_categories()
+    return (np.asarray([str(c) for c in cat.cat.categories], dtype=object),
+            cat.cat.codes.to_numpy().astype(np.int32))
+
+
 def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Level labels and integer codes of the interaction of ``factors``.
 
@@ -169,19 +191,15 @@ def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndar
     levels)."""
     parts = []
     for f in factors:
-        name = f.strip("`")
-        s = df[name]
-        cat = s.astype("category") if not isinstance(s.dtype, pd.CategoricalDtype) else s
-        cat = cat.cat.remove_unused_categories()
-        labels = np.asarray([str(c) for c in cat.cat.categories], dtype=object)
-        parts.append((np.asarray(cat.cat.codes, dtype=np.int64), labels))
+        labels, codes = _level_codes(df[f.strip("`")])
+        parts.append((codes, labels))
     if len(parts) == 1:
         codes, labels = parts[0]
         return labels, codes.astype(np.int32)
     # interaction: combine codes, keep observed combinations, ordered by the factors in turn
     combined = np.zeros(len(df), dtype=np.int64)
     for codes, labels in parts:
-        combined = combined * len(labels) + codes
+        combined = combined * len(labels) + codes.astype(np.int64)
     uniq, inv = np.unique(combined, return_inverse=True)
     level_labels = []
     for u in uniq:
@@ -283,23 +301,22 @@ def _missing_message(name: str, where: str, columns: list[str]) -> str:
     return f"{where} {name!r} is not a column of the data{hint} (columns: {shown}{more})"
 
 
-def _independent_columns(X: np.ndarray) -> list[int]:
+def _independent_columns(X: np.ndarray, chunk_rows: int = 1 << 16) -> list[int]:
     """Indices of a maximal set of linearly independent columns, keeping
-    earlier columns first (R's pivoting QR keeps the same set)."""
-    keep: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
+    earlier columns first (R's pivoting QR keeps the same set).
+
+    Column j is kept when its distance from the span of the columns before it,
+    ``|R_jj|`` of the unpivoted QR ``X = QR``, exceeds ``_RANK_TOL`` times its
+    norm. R comes from a QR by row blocks (TSQR: ``R = qr([R_prev; X_block])``),
+    so the memory is O(chunk_rows p), not a copy of X."""
+    n, p = X.shape
+    R = np.zeros((0, p))
+    for lo in range(0, n, chunk_rows):
+        R = np.linalg.qr(np.vstack([R, X[lo:lo + chunk_rows]]), mode="r")[:p]
     scale = np.linalg.norm(X, axis=0)
-    for j in range(X.shape[1]):
-        v = X[:, j].astype(float)
-        if scale[j] == 0:
-            continue
-        r = v - Q @ (Q.T @ v)
-        r = r - Q @ (Q.T @ r)
-        nr = np.linalg.norm(r)
-        if nr > _RANK_TOL * scale[j]:
-            keep.append(j)
-            Q = np.column_stack([Q, r / nr])
-    return keep
+    diag = np.abs(np.diagonal(R)) if R.shape[0] == p else np.abs(np.concatenate([np.diagonal(R),
+                                                                                 np.zeros(p - R.shape[0])]))
+    return [j for j in range(p) if scale[j] > 0 and diag[j] > _RANK_TOL * scale[j]]
 
 
 def build_design(formula: str | ParsedFormula, data: Any) -> Design:
@@ -318,7 +335,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     """
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     df = as_frame(data)
-    df.columns = [str(c) for c in df.columns]
+    if not all(isinstance(c, str) for c in df.columns):
+        df = df.rename(columns=str)           # a new frame (a lazy copy): the caller's keeps its names
     columns = list(df.columns)
 
     # -- which columns are used ----------------------------------------------
@@ -343,14 +361,17 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     _check_response_column(pf.response, df)
 
     # -- missing values: drop rows with NA in a used column (lme4's na.omit) ----
-    sub = df[sorted(used)]
-    complete = sub.notna().all(axis=1).to_numpy()
+    complete = np.ones(len(df), dtype=bool)
+    for c in sorted(used):                    # column by column: no copy of the used columns
+        complete &= df[c].notna().to_numpy()
     n_dropped = int((~complete).sum())
     if not complete.any():
-        per_col = {c: int(sub[c].isna().sum()) for c in sorted(used) if sub[c].isna().any()}
+        per_col = {c: int(df[c].isna().sum()) for c in sorted(used) if df[c].isna().any()}
         raise DataError(f"all {len(df)} rows have a missing value in a used column (missing per column: "
                         f"{per_col}); nothing is left to fit")
-    df_used = df.loc[complete]
+    # no copy when every row is complete (a lazy copy under pandas' copy-on-write: the caller's later
+    # edits of ``data`` do not reach the design)
+    df_used = df.copy(deep=False) if complete.all() else df.loc[complete]
 
     # -- fixed part --------------------------------------------------------
     try:
@@ -363,9 +384,12 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
         raise DataError(f"the response {pf.response!r} is not one numeric column (it gives {lhs.shape[1]} "
                         f"column(s): {list(lhs.columns)[:5]}); linear mixed models need a numeric response")
     y = np.asarray(lhs, dtype=float).ravel()
-    rhs = mm.rhs
-    X_full = np.asarray(rhs, dtype=float)
-    names_full = [r_name(c) for c in rhs.columns]
+    fixed_spec = mm.rhs.model_spec
+    X_full = np.empty(mm.rhs.shape, dtype=float)          # row-major, filled column by column: no second copy
+    for j in range(X_full.shape[1]):
+        X_full[:, j] = mm.rhs.iloc[:, j].to_numpy(dtype=float)
+    names_full = [r_name(c) for c in mm.rhs.columns]
+    del mm, lhs                               # formulaic's frames: X_full and y are all we keep
     if not np.isfinite(y).all():
         n_inf, n_nan = int(np.isinf(y).sum()), int(np.isnan(y).sum())
         raise DataError(f"the response {pf.response!r} has {n_inf} infinite and {n_nan} NaN value(s) among the "
@@ -384,7 +408,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     if dropped:
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
                       f"{list(dropped)}", RankDeficiencyWarning, stacklevel=3)
-    X = X_full[:, keep]
+    X = X_full if len(keep) == X_full.shape[1] else X_full[:, keep]
+    del X_full
     fixef_names = tuple(names_full[j] for j in keep)
     _warn_offsets(y, X, pf.response, fixef_names)
     if X.shape[0] <= X.shape[1]:
@@ -401,8 +426,9 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
                                term.expr, pf.text.find(term.expr)) from None
-        Z = np.asarray(Zm, dtype=float)
+        Z = Zm.to_numpy(dtype=float)
         cols = tuple(r_name(c) for c in Zm.columns)
+        del Zm
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {term} has no columns; use (1 | g) for an intercept",
                                pf.text, term.expr, pf.text.find(term.expr))
@@ -437,7 +463,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     order = sorted(range(len(terms)), key=lambda i: -terms[i].m)  # stable: formula order among ties
     terms = [terms[i] for i in order]
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
-                  n_dropped_rows=n_dropped, data=df_used, fixed_spec=mm.rhs.model_spec,
+                  n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
                   kept_columns=tuple(keep))
 
 

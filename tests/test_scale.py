@@ -137,6 +137,47 @@ def test_chunked_cross_products_equal_one_pass():
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
 
 
+def test_design_of_many_rows_peaks_under_three_times_the_data():
+    """Issue 4: memory under 3x the data. 200,000 rows of y, x1, x2, g (6.4 MB):
+    the design keeps y, X, Z and int32 codes and never copies the frame."""
+    rng = np.random.default_rng(4)
+    n = 200_000
+    data = pd.DataFrame({"y": rng.normal(size=n), "x1": rng.normal(size=n), "x2": rng.normal(size=n),
+                         "g": rng.integers(0, 2_000, n)})
+    size = data.memory_usage(index=False).sum()
+    tracemalloc.start()
+    design = lmm_jax.design.build_design("y ~ x1 + x2 + (x1 | g)", data)
+    dp = design_products(design)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * size, f"peak {peak / 1e6:.1f} MB for {size / 1e6:.1f} MB of data"
+    assert design.terms[0].codes.dtype == np.int32 and design.ms == (2_000,)
+    assert np.isfinite(np.asarray(dp.XtX)).all()
+
+
+@pytest.mark.parametrize("values", [
+    np.array([3, 1, 3, 7, 1, -2] * 50), np.array([0.5, 2.0, 0.5, -1.25] * 60), np.array([True, False] * 70),
+    np.array(["b", "a", "c", "a"] * 40, dtype=object),
+])
+def test_level_codes_by_blocks_equal_pandas_categories(values):
+    from lmm_jax.design import _level_codes
+    s = pd.Series(values)
+    cat = s.astype("category")
+    labels, codes = _level_codes(s, chunk_rows=7)
+    assert list(labels) == [str(c) for c in cat.cat.categories]
+    np.testing.assert_array_equal(codes, cat.cat.codes.to_numpy())
+    assert codes.dtype == np.int32
+
+
+def test_rank_by_row_blocks_finds_the_same_columns():
+    from lmm_jax.design import _independent_columns
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=1000), rng.normal(size=1000)
+    X = np.column_stack([np.ones(1000), a, 2 * a - 1, b, np.zeros(1000), a + b])
+    for chunk in (5, 64, 10 ** 6):
+        assert _independent_columns(X, chunk_rows=chunk) == [0, 1, 3]
+
+
 def test_sparse_products_never_allocate_the_dense_coupling_block():
     """A 12,000 x 4,000-level crossed design: dense A21 would be 384 MB."""
     data = _crossed(40_000, 12_000, 4_000, 5, 3)
