@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# one worker runs them all under pytest-xdist (--dist loadgroup), so the budget test sees every notebook
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
