@@ -85,13 +85,20 @@ class _State(NamedTuple):
     dec: jnp.ndarray
     it: jnp.ndarray
     done: jnp.ndarray
-    stalled: jnp.ndarray
+    stalled: jnp.ndarray        # the last step failed or gained nothing measurable
+    stalled_before: jnp.ndarray  # ... and the one before it
+    changed: jnp.ndarray        # the last step changed the active set
 
 
 def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
                     ks: tuple[int, ...], *, max_iter: int = 200, tol: float = 1e-11, max_step: float = 2.0,
                     zero_tol: float = 1e-3, reactivate_at: float = 1e-2) -> NewtonResult:
     """Minimise ``f_theta`` over theta = theta_from_phi(phi, active).
+
+    Each pass of the loop takes f, g and H at the current point, stops there
+    when converged (or stalled twice in a row, or after ``max_iter`` steps),
+    and otherwise steps: so the objective, its gradient and its Hessian each
+    appear once in the compiled loop (compile time is most of a first fit).
 
     Args:
         f_theta: objective as a function of lme4's theta (pure JAX).
@@ -115,18 +122,18 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     def f_phi(phi, active):
         return f_theta(theta_from_phi(phi, ks, active))
 
-    grad = jax.grad(f_phi)
-    hess = jax.jacfwd(grad)
+    value_and_grad = jax.value_and_grad(f_phi)
+    hess = jax.jacfwd(jax.grad(f_phi))
 
     def derivatives(phi, active):
         # (taking g as the primal of the Hessian's jvps saved ~10% on InstEval but changed rounding
         # enough that a profile point of Pastes stopped converging: kept the separate gradient)
-        g = grad(phi, active)
+        f, g = value_and_grad(phi, active)
         H = hess(phi, active)
         act = active.astype(dtype)
         g = g * act
         H = H * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
-        return g, H
+        return f, g, H
 
     def direction(g, H):
         lam, Q = jnp.linalg.eigh(H)
@@ -140,69 +147,71 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     def line_search(phi, active, f0, g, d, live):
         slope = g @ d
 
+        def accept(alpha, fa):
+            return fa <= f0 + 1e-4 * alpha * slope
+
         def cond(c):
             # ``live``: a finished fit must not keep a vmapped loop going (its step
             # is below rounding, so Armijo would fail 40 times for the whole batch)
             alpha, fa, k = c
-            return live & (~(fa <= f0 + 1e-4 * alpha * slope)) & (k < 40)
+            return live & ((k == 0) | (~accept(alpha, fa) & (k <= 40)))
 
         def body(c):
+            # the full step first, then halvings (one evaluation of f in the compiled loop)
             alpha, _, k = c
-            alpha = alpha * 0.5
+            alpha = jnp.where(k == 0, alpha, alpha * 0.5)
             return alpha, f_phi(phi + alpha * d, active), k + 1
 
-        fa0 = f_phi(phi + d, active)
-        alpha, fa, k = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), fa0, jnp.asarray(0)))
-        ok = jnp.isfinite(fa) & (fa <= f0 + 1e-4 * alpha * slope)
+        alpha, fa, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), f0, jnp.asarray(0)))
+        ok = live & jnp.isfinite(fa) & accept(alpha, fa)
         return alpha, fa, ok
 
-    def boundary(phi, active, f):
-        return _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at)
-
     def cond(st: _State):
-        return (~st.done) & (st.it < max_iter)
+        return ~st.done
 
     def body(st: _State):
-        d, dec = direction(st.g, st.H)
-        alpha, f_new, ok = line_search(st.phi, st.active, st.f, st.g, d, ~st.done)
+        f, g, H = derivatives(st.phi, st.active)
+        d, dec = direction(g, H)
+        # stop at this point: converged on an unchanged face, stalled twice, or out of steps
+        stop = ((dec < tol) & ~st.changed) | (st.stalled & st.stalled_before) | (st.it >= max_iter)
+        live = ~stop
+        alpha, f_new, ok = line_search(st.phi, st.active, f, g, d, live)
         phi_new = jnp.where(ok, st.phi + alpha * d, st.phi)
-        f_new = jnp.where(ok, f_new, st.f)
-        phi_new, active_new, f_new, changed = boundary(phi_new, st.active, f_new)
-        g, H = derivatives(phi_new, active_new)
-        _, dec_new = direction(g, H)
-        # two steps in a row that fail, or gain less than f's rounding level: nothing more to gain
-        # (an objective noisy at 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and
-        # fail Armijo by turns forever)
-        flat = ok & (st.f - f_new <= 1e-12 * (1.0 + jnp.abs(st.f)))
-        stalled = (~ok | flat) & (~changed)
-        done = ((dec_new < tol) & ~changed) | (stalled & st.stalled)
-        return _State(phi_new, active_new, f_new, g, H, dec_new, st.it + 1, done, stalled)
+        f_new = jnp.where(ok, f_new, f)
+        phi_new, active_new, f_new, changed = _boundary(f_phi, phi_new, st.active, f_new, diag, log_zero_tol,
+                                                        reactivate_at, live)
+        # a step that fails, or gains less than f's rounding level, is a stall (an objective noisy at
+        # 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and fail Armijo by turns)
+        flat = ok & (f - f_new <= 1e-12 * (1.0 + jnp.abs(f)))
+        stalled = jnp.where(live, (~ok | flat) & ~changed, st.stalled)
+        return _State(phi_new, active_new, f_new, g, H, dec, st.it + live.astype(st.it.dtype), stop, stalled,
+                      jnp.where(live, st.stalled, st.stalled_before), changed & live)
 
     active0 = jnp.asarray(active0, dtype=bool)
-    f0 = f_phi(phi0, active0)
-    g0, H0 = derivatives(phi0, active0)
-    _, dec0 = direction(g0, H0)
-    st = _State(phi0, active0, f0, g0, H0, dec0, jnp.asarray(0), dec0 < tol, jnp.asarray(False))
+    false = jnp.asarray(False)
+    st = _State(phi0, active0, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0), jnp.eye(n, dtype=dtype),
+                jnp.asarray(jnp.inf, dtype), jnp.asarray(0), false, false, false, false)
     st = lax.while_loop(cond, body, st)
-    converged = (st.dec < tol) | (st.stalled & (st.dec < 1e-6))
+    converged = (st.dec < tol) | (st.stalled & st.stalled_before & (st.dec < 1e-6))
     return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
                         objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
                         decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=st.H)
 
 
-def _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at):
+def _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at, live=True):
     """The boundary rule (module docstring, step 4): returns (phi, active, f, changed).
 
     Each test evaluates f only when there is something to test (a real branch
-    in a single fit; under vmap both sides run, as selects)."""
+    in a single fit; under vmap both sides run, as selects); ``live=False``
+    tests nothing."""
     # zero diagonal entries that have become tiny, when that does not raise f
-    cand = diag & active & (phi < log_zero_tol)
+    cand = diag & active & (phi < log_zero_tol) & live
     f_zero = lax.cond(jnp.any(cand), lambda: f_phi(phi, active & ~cand), lambda: f)
     take = jnp.any(cand) & (f_zero <= f)
     active = jnp.where(take, active & ~cand, active)
     f = jnp.where(take, f_zero, f)
     # try zeroed entries slightly off zero: keep them off if f drops
-    off = diag & ~active
+    off = diag & ~active & live
     phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
     f_off = lax.cond(jnp.any(off), lambda: f_phi(phi_try, active | off), lambda: f)
     back = jnp.any(off) & (f_off < f)
@@ -313,17 +322,17 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
 
         def cond(c):
             alpha, fa, _, k = c
-            return live & ~accept(alpha, fa) & (k < max_backtracks)
+            return live & ((k == 0) | (~accept(alpha, fa) & (k <= max_backtracks)))
 
         def body(c):
+            # the full step first, then halvings (one value-and-gradient in the compiled loop)
             alpha, _, _, k = c
-            alpha = alpha * 0.5
+            alpha = jnp.where(k == 0, alpha, alpha * 0.5)
             fa, ga = masked_grad(phi + alpha * d, active)
             return alpha, fa, ga, k + 1
 
-        fa0, ga0 = masked_grad(phi + d, active)
-        alpha, fa, ga, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), fa0, ga0, jnp.asarray(0)))
-        ok = jnp.isfinite(fa) & accept(alpha, fa) & jnp.all(jnp.isfinite(ga))
+        alpha, fa, ga, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), f0, g, jnp.asarray(0)))
+        ok = live & jnp.isfinite(fa) & accept(alpha, fa) & jnp.all(jnp.isfinite(ga))
         return alpha, fa, ga, ok
 
     def cond(st: _QNState):
