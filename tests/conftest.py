@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings
 
 import lmm_jax
+
+# Property tests draw the same examples on every run (CI must not fail on a new random draw);
+# HYPOTHESIS_PROFILE=explore searches fresh examples, with Hypothesis's example database.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REF_DIR = Path(__file__).parent / "reference"
 CASES = [line.split("\t")[0] for line in (REF_DIR / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
