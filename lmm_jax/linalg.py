@@ -63,16 +63,9 @@ def _forward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 
 
 def _backward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
-    L, B = jnp.asarray(L), jnp.asarray(B)
-    k = L.shape[-1]
-    idx = jnp.arange(k)
-
-    def row(r, X):
-        i = k - 1 - r
-        t = B[..., i, :] - jnp.sum(L[..., :, i, None] * X, axis=-2)       # rows <= i of X are still 0
-        return jnp.where((idx == i)[:, None], (t / L[..., i, i, None])[..., None, :], X)
-
-    return lax.fori_loop(0, k, row, jnp.zeros_like(B))
+    # L'X = B is a forward solve in reversed order: with J the reversal, J L' J is lower triangular
+    Lr = jnp.flip(jnp.swapaxes(jnp.asarray(L), -1, -2), axis=(-2, -1))
+    return jnp.flip(_forward_loop(Lr, jnp.flip(jnp.asarray(B), axis=-2)), axis=-2)
 
 
 def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
