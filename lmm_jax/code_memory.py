@@ -1,8 +1,8 @@
 """Compiled code's share of the process's memory mappings, kept under the OS limit.
 
 XLA:CPU loads every compiled kernel through LLVM's JIT into memory mappings of
-its own (code, read-only data, data): about 900 mappings for a sleepstudy
-fit's Newton loop and 700 more for its summary. JAX keeps each executable as
+its own (code, read-only data, data): about 680 mappings for a sleepstudy
+fit's Newton loop and 720 more for its summary. JAX keeps each executable as
 long as its jitted function lives, and lmm_jax's jitted functions live for the
 session. Linux caps a process at ``vm.max_map_count`` mappings (65,530 by
 default); past the cap ``mmap`` fails inside the JIT and the process dies with
@@ -35,7 +35,7 @@ import jax
 from .errors import CompiledCodeWarning
 
 # Backend compilations between two looks at /proc/self/maps (a look costs ~20-50 ms near the cap,
-# 100 compilations several seconds): a sleepstudy fit and summary make 1,600 mappings in all.
+# 100 compilations several seconds): a sleepstudy fit and summary make 1,400 mappings in all.
 CHECK_EVERY = 100
 # Clear when the mappings reach this share of vm.max_map_count; leaves ~15,000 mappings (10+ fits) spare.
 HEADROOM = 0.75
