@@ -160,6 +160,9 @@ def as_frame(data: Any) -> pd.DataFrame:
     return df
 
 
+_COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
+
+
 def _level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Labels (sorted levels present, as text) and int32 codes of one factor.
 
@@ -195,7 +198,7 @@ def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndar
         parts.append((codes, labels))
     if len(parts) == 1:
         codes, labels = parts[0]
-        return labels, codes.astype(np.int32)
+        return labels, codes                  # int32 already
     # interaction: combine codes, keep observed combinations, ordered by the factors in turn
     combined = np.zeros(len(df), dtype=np.int64)
     for codes, labels in parts:
@@ -312,10 +315,10 @@ def _independent_columns(X: np.ndarray, chunk_rows: int = 1 << 16) -> list[int]:
     n, p = X.shape
     R = np.zeros((0, p))
     for lo in range(0, n, chunk_rows):
-        R = np.linalg.qr(np.vstack([R, X[lo:lo + chunk_rows]]), mode="r")[:p]
+        R = np.linalg.qr(np.vstack([R, X[lo:lo + chunk_rows]]), mode="r")
     scale = np.linalg.norm(X, axis=0)
-    diag = np.abs(np.diagonal(R)) if R.shape[0] == p else np.abs(np.concatenate([np.diagonal(R),
-                                                                                 np.zeros(p - R.shape[0])]))
+    diag = np.zeros(p)                        # R has min(n, p) rows
+    diag[:R.shape[0]] = np.abs(np.diagonal(R))
     return [j for j in range(p) if scale[j] > 0 and diag[j] > _RANK_TOL * scale[j]]
 
 
@@ -369,9 +372,9 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
         per_col = {c: int(df[c].isna().sum()) for c in sorted(used) if df[c].isna().any()}
         raise DataError(f"all {len(df)} rows have a missing value in a used column (missing per column: "
                         f"{per_col}); nothing is left to fit")
-    # no copy when every row is complete (a lazy copy under pandas' copy-on-write: the caller's later
-    # edits of ``data`` do not reach the design)
-    df_used = df.copy(deep=False) if complete.all() else df.loc[complete]
+    # no copy when every row is complete and pandas copies on write (pandas 3): the lazy copy keeps the
+    # caller's later edits of ``data`` out of the design
+    df_used = df.copy(deep=not _COPY_ON_WRITE) if complete.all() else df.loc[complete]
 
     # -- fixed part --------------------------------------------------------
     try:
