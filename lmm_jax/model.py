@@ -27,7 +27,8 @@ from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
 from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
                          profiled_deviance, sigma_hat, unscaled_vcov_beta)
 from .optimize import NewtonResult, newton_minimize
-from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
+from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi
+from .start import default_start
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
 
@@ -126,7 +127,10 @@ class LMM:
 
         Args:
             reml: REML criterion if True, maximum likelihood otherwise.
-            start: starting theta (lme4's layout); default lme4's identity.
+            start: starting theta (lme4's layout). Default: the MIVQUE(0)
+                moment estimates (:mod:`lmm_jax.start`: fewer Newton steps,
+                the same optimum); lme4's identity is
+                ``lmm_jax.parametrization.theta_start(model.structure.ks)``.
             max_iter: Newton iteration limit.
             throw: raise :class:`~lmm_jax.errors.ConvergenceError` instead of
                 warning when not converged or the convergence diagnostics fail.
@@ -138,7 +142,7 @@ class LMM:
         from .results import LMMResult
 
         ks = self.structure.ks
-        theta0 = theta_start(ks) if start is None else np.asarray(start, dtype=float)
+        theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
         phi0, active0 = phi_from_theta(theta0, ks)
