@@ -31,7 +31,8 @@ from .crossprod import DesignArrays, DesignProducts, ResponseProducts, Structure
 from .likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from .model import SINGULAR_TOL, fit_theta
 from .optimize import bfgs_minimize, inverse_hessian_start
-from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
+from .parametrization import diagonal_mask, lower_tri_indices, n_theta, phi_from_theta, theta_from_phi, theta_start
+from .start import MomentEquations, moment_equations_of, moment_theta
 
 if TYPE_CHECKING:
     from .design import Design
@@ -72,9 +73,17 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 
 
 # -- the vmapped fit ----------------------------------------------------------------------------
-# Iterations every fit gets before the stragglers are taken apart (about the 90th percentile of a
-# sleepstudy bootstrap's iteration counts: 6 for Newton, 9 for BFGS)
-FIRST_PASS_ITER = {"newton": 6, "bfgs": 10}
+# Stages of a batch fit (fit_products). Under vmap a while_loop costs the whole batch an iteration
+# for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
+# FIRST_PASS_ITER iterations, the unconverged ones another COMPACT_ITER in rounds of 1/COMPACT_FRACTION
+# of the batch, and the rest are continued in rounds of 1/STRAGGLER_FRACTION of the batch. Moment
+# starts (lmm_jax.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
+# replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's first stage only
+# tests the start (10,000 sleepstudy replicates, chunks of 2,048: a first stage of 2 iterations took
+# 0.84 s, of 0 iterations 0.60 s).
+FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
+COMPACT_FRACTION = 8
+COMPACT_ITER = {"newton": 6, "bfgs": 12}
 STRAGGLER_FRACTION = 64  # stragglers refitted per round: 1/64 of the batch (at least 8)
 BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-11)
 AXIS = "fit"             # name of the vmapped fit axis (the BFGS fits' batch-wide branches use it)
@@ -107,6 +116,21 @@ def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.nd
     return inverse_hessian_start(H)
 
 
+def moment_starts(eq: "MomentEquations | None", rps: ResponseProducts, s: Structure,
+                  design_axis: int | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-fit starts (phi, active), shape (B, n_theta): each response's
+    MIVQUE(0) theta (:func:`lmm_jax.start.moment_theta`, as :meth:`LMM.fit`
+    starts), or lme4's identity for every fit when ``eq`` is None."""
+    B = rps.yy.shape[0]
+    if eq is None:
+        theta = jnp.broadcast_to(jnp.asarray(theta_start(s.ks), dtype=rps.yy.dtype), (B, n_theta(s.ks)))
+    else:
+        theta = jax.vmap(lambda e, rp: moment_theta(e, rp, s), in_axes=(design_axis, 0))(eq, rps)
+    diag = jnp.asarray(diagonal_mask(s.ks))
+    phi = jnp.where(diag, jnp.log(jnp.where(diag, theta, 1.0)), theta)      # diagonal entries >= THETA_MIN > 0
+    return phi, jnp.ones(theta.shape, dtype=bool)
+
+
 def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
                  s: Structure, reml: bool, max_iter: int, design_axis: int | None = None, method: str = "bfgs",
                  hinv0: jnp.ndarray | None = None) -> dict:
@@ -116,17 +140,20 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
     ``method="bfgs"`` (:func:`~lmm_jax.optimize.bfgs_minimize`) starts from
     ``hinv0`` (shared by the batch; None: each fit's exact Hessian at
     ``phi0``), ``"newton"`` is :func:`lmm_jax.model.fit_theta` (exact Hessian
-    every iteration, as a single fit).
+    every iteration, as a single fit). ``phi0`` and ``active0`` are one start
+    for the batch (1-d) or one per fit (2-d, e.g. each response's moment
+    start, :func:`moment_starts`).
 
     Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so a
     few fits that need many iterations would make the whole batch pay for
-    them. The fit therefore runs in two stages inside one compiled function:
-    every fit gets ``FIRST_PASS_ITER`` iterations; then, in rounds of
-    ``max(8, B // STRAGGLER_FRACTION)``, the unconverged ones are gathered,
-    continued from where they stopped (Newton is memoryless given (phi,
-    active)) up to ``max_iter``
-    iterations in all, and scattered back. BFGS restarts there from the
-    exact Hessian (one per straggler): the slow fits are the badly scaled
+    them. The fit therefore runs in three stages inside one compiled
+    function: every fit gets ``FIRST_PASS_ITER`` iterations; the unconverged
+    ones are gathered in rounds of ``B // COMPACT_FRACTION`` and continued
+    for ``COMPACT_ITER`` more (BFGS from each fit's own inverse Hessian);
+    then, in rounds of ``max(8, B // STRAGGLER_FRACTION)``, the rest are continued (Newton is memoryless given
+    (phi, active)) for up to ``max_iter - FIRST_PASS_ITER`` more. Each stage scatters
+    its fits back. BFGS restarts in the last stage from the exact Hessian
+    (one per continued fit): the slow fits are the badly scaled
     ones, near a boundary, where the shared start is a poor guess (10,000
     sleepstudy replicates: slowest 72 iterations instead of 200, 5% faster).
 
@@ -145,33 +172,51 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
             return bfgs_minimize(lambda th: profiled_deviance(th, dp1, rp1, s, reml), phi_s, act_s, s.ks, hinv_s,
                                  max_iter=iters, tol=BFGS_TOL, axis_name=AXIS)
 
-    opt = jax.vmap(fit_from, in_axes=(design_axis, 0, None, None, None, None), axis_name=AXIS)(
+    start_axis = 0 if phi0.ndim == 2 else None
+    opt = jax.vmap(fit_from, in_axes=(design_axis, 0, start_axis, start_axis, None, None), axis_name=AXIS)(
         dp, rps, phi0, active0, hinv0, first)
-    if first < max_iter and B > 0:
-        M = min(B, max(8, B // STRAGGLER_FRACTION))
 
+    def continue_some(o, pending, M, iters, own_hinv):
+        # gather up to M pending fits, continue them for ``iters`` iterations, scatter them back
+        idx = jnp.argsort(jnp.where(pending, 0, 1), stable=True)[:M]
+        sel = pending[idx]
+        dp_sub = dp if design_axis is None else _take(dp, idx)
+        hinv = o.inverse_hessian[idx] if own_hinv else None
+        o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, 0, None), axis_name=AXIS)(
+            dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], hinv, iters)
+        o2 = o2._replace(iterations=o2.iterations + o.iterations[idx])
+
+        def merge(a, b):
+            keep = sel.reshape(sel.shape + (1,) * (a.ndim - 1))
+            return a.at[idx].set(jnp.where(keep, b, a[idx]))
+
+        return jax.tree_util.tree_map(merge, o, o2), idx, sel
+
+    def rounds(o, M, iters, own_hinv):
+        # continue the unfinished fits, M at a time, each once for ``iters`` iterations
         def pending_of(c):
             o, tried = c
             return ~o.converged & ~tried & (o.iterations >= first)
 
         def body(c):
             o, tried = c
-            pending = pending_of(c)
-            idx = jnp.argsort(jnp.where(pending, 0, 1), stable=True)[:M]
-            sel = pending[idx]
-            dp_sub = dp if design_axis is None else _take(dp, idx)
-            o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, 0, None), axis_name=AXIS)(
-                dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], None, max_iter - first)
-            o2 = o2._replace(iterations=o2.iterations + o.iterations[idx])
-
-            def merge(a, b):
-                keep = sel.reshape(sel.shape + (1,) * (a.ndim - 1))
-                return a.at[idx].set(jnp.where(keep, b, a[idx]))
-
-            o = jax.tree_util.tree_map(merge, o, o2)
+            o, idx, sel = continue_some(o, pending_of(c), M, iters, own_hinv)
             return o, tried.at[idx].set(tried[idx] | sel)
 
-        opt, _ = jax.lax.while_loop(lambda c: jnp.any(pending_of(c)), body, (opt, jnp.zeros(B, dtype=bool)))
+        o, _ = jax.lax.while_loop(lambda c: jnp.any(pending_of(c)), body, (o, jnp.zeros(B, dtype=bool)))
+        return o
+
+    rest = max_iter - first
+    if rest > 0 and B > 0:
+        M = min(B, max(8, B // COMPACT_FRACTION))
+        if M < B:
+            # BFGS fits keep their inverse Hessian here; Newton's state is (phi, active)
+            mid = min(rest, COMPACT_ITER[method])
+            opt = rounds(opt, M, mid, method == "bfgs" and opt.inverse_hessian is not None)
+    if rest > 0 and B > 0:
+        # a fresh budget of max_iter - FIRST_PASS_ITER: the fits left here crawl along a flat valley
+        # near the boundary (sleepstudy: single Newton fits of the same responses take 64-151 iterations)
+        opt = rounds(opt, min(B, max(8, B // STRAGGLER_FRACTION)), rest, False)
 
     def estimates(dp1, rp1, theta):
         F = factorize(theta, dp1, rp1, s)
@@ -197,15 +242,18 @@ def ols_residuals(Y: jnp.ndarray, X: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndar
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
-def _fit_responses(Y, G, arrays, dp, phi0, active0, s, reml, max_iter, method):
+def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, method):
     E, B0 = ols_residuals(Y, arrays.X)
-    out = fit_products(dp, batch_response_products(E, G, arrays, s), phi0, active0, s, reml, max_iter,
-                       method=method)
+    rps = batch_response_products(E, G, arrays, s)
+    if phi0 is None:
+        phi0, active0 = moment_starts(eq, rps, s)
+    out = fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method)
     return dict(out, beta=out["beta"] + B0)
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
-def _fit_stacked(dps, rps, phi0, active0, s, reml, max_iter, method):
+def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
+    phi0, active0 = moment_starts(eqs, rps, s, design_axis=0)
     return fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)
 
 
@@ -336,8 +384,8 @@ def _as_batch_result(out: dict, design: "Design", reml: bool) -> BatchResult:
                        fixef_names=tuple(design.fixef_names), reml=reml)
 
 
-def _start(s: Structure, start: np.ndarray | None) -> tuple[jnp.ndarray, jnp.ndarray]:
-    theta0 = theta_start(s.ks) if start is None else np.asarray(start, dtype=float)
+def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    theta0 = np.asarray(start, dtype=float)
     if theta0.shape != (sum(k * (k + 1) // 2 for k in s.ks),):
         raise ValueError(f"start must be one theta in lme4's layout ({sum(k * (k + 1) // 2 for k in s.ks)} "
                          f"entries), got shape {theta0.shape}")
@@ -355,8 +403,9 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         Y: (n_obs, B) responses, one per column, rows in the model's row order
             (after its missing-value drops); a 1-d array is one response.
         reml: REML (default) or ML.
-        start: starting theta for every fit (default lme4's identity, the
-            same start as :meth:`LMM.fit`, so each column equals its own fit).
+        start: starting theta for every fit; default: each response's own
+            MIVQUE(0) moment estimates (:mod:`lmm_jax.start`), the start of
+            :meth:`LMM.fit`, so each column equals its own fit.
         max_iter: iteration limit.
         method: ``"bfgs"`` (default: each fit starts from the exact Hessian
             at ``start`` and updates it by BFGS; 5-8x faster per batch) or
@@ -374,10 +423,10 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     if Y.ndim != 2 or Y.shape[0] != s.n:
         raise ValueError(f"Y must be (n_obs, B) = ({s.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
-    phi0, active0 = _start(s, start)
+    phi0, active0 = (None, None) if start is None else _start(s, start)
     G = _response_map_of(model)
-    out = _fit_responses(Y, G, model.arrays, model.products, phi0, active0, s, bool(reml), int(max_iter),
-                         check_method(method))
+    out = _fit_responses(Y, G, model.arrays, model.products, moment_equations_of(model), phi0, active0, s, bool(reml),
+                         int(max_iter), check_method(method))
     return _as_batch_result(out, model.design, bool(reml))
 
 
@@ -419,8 +468,9 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
     for s, idx in groups.items():
         dps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].products for i in idx])
         rps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].response for i in idx])
-        phi0, active0 = _start(s, None)
-        res = _fit_stacked(dps, rps, phi0, active0, s, bool(reml), int(max_iter), check_method(method))
+        eqs = [moment_equations_of(models[i]) for i in idx]
+        eqs = None if any(e is None for e in eqs) else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *eqs)
+        res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}
         for row, i in enumerate(idx):
             out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, models[i].design, bool(reml))

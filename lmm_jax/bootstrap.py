@@ -5,8 +5,11 @@ responses at the fitted parameters (:mod:`lmm_jax.simulate`), refit each, and
 summarise the replicates. Here one jit-compiled function per chunk of
 replicates does all three: draw the responses, form their cross-products
 (only the y-parts; Z'Z, Z'X, X'X are the fitted model's), and run
-:func:`lmm_jax.model.fit_theta` under ``jax.vmap``, warm-started at the
-fitted theta. Chunks bound the memory; every chunk has the same shape, so
+:func:`lmm_jax.optimize.bfgs_minimize` under ``jax.vmap``, each replicate
+started from its own MIVQUE(0) moment estimates (:mod:`lmm_jax.start`; for a
+balanced design such as sleepstudy, its REML optimum unless that is on the
+boundary) with the fitted model's inverse Hessian. Chunks bound the memory;
+every chunk has the same shape, so
 there is one compilation per model structure.
 
 Reproducibility: replicate ``i`` uses ``jax.random.fold_in(key, i)``, so the
@@ -32,10 +35,11 @@ import numpy as np
 import pandas as pd
 
 from .batch import (BatchResult, _as_batch_result, _response_map_of, batch_response_products, check_method,
-                    fit_products, start_inverse_hessian)
+                    fit_products, moment_starts, start_inverse_hessian)
 from .errors import ConvergenceWarning
 from .parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
+from .start import moment_equations_of
 
 if TYPE_CHECKING:
     from .results import LMMResult
@@ -45,16 +49,19 @@ CHUNK_MAX = 2048      # larger vmapped chunks stalled XLA:CPU here (threads idle
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
-def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, phi0, active0, s, reml, max_iter, method):
+def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, eq, phi_fit, active_fit, s, reml, max_iter, method):
     """Simulate, form products and refit the replicates ``idx`` (fused).
-    BFGS refits start from the inverse Hessian of the fitted response ``rp``."""
+    Each refit starts from its response's MIVQUE(0) theta (``eq``; the
+    fitted theta when None), BFGS from the inverse Hessian of the fitted
+    response ``rp`` at the fitted theta."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
     # y* - X beta (Zb + e): the fit is equivariant (beta* - beta, the same theta and sigma), and the
     # products lose the cancellation of y'y against its fixed-effects part (f's rounding ~ |X beta|^2)
     E = simulate_batch(keys, params._replace(beta=jnp.zeros_like(params.beta)), arrays, s)
-    hinv0 = start_inverse_hessian(dp, rp, phi0, active0, s, reml) if method == "bfgs" else None
-    out = fit_products(dp, batch_response_products(E, G, arrays, s), phi0, active0, s, reml, max_iter,
-                       method=method, hinv0=hinv0)
+    hinv0 = start_inverse_hessian(dp, rp, phi_fit, active_fit, s, reml) if method == "bfgs" else None
+    rps = batch_response_products(E, G, arrays, s)
+    phi0, active0 = (phi_fit, active_fit) if eq is None else moment_starts(eq, rps, s)
+    out = fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method, hinv0=hinv0)
     return dict(out, beta=out["beta"] + params.beta)
 
 
@@ -104,6 +111,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     phi0, active0 = phi_from_theta(np.asarray(p.theta), s.ks)
     phi0, active0 = jnp.asarray(phi0), jnp.asarray(active0)
     G = _response_map_of(model)
+    eq = moment_equations_of(model)
     starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm
@@ -116,7 +124,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
             idx = jnp.asarray(idx_np)
         else:
             idx = jax.make_array_from_callback(idx_np.shape, sharding, lambda i: idx_np[i])
-        out = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, phi0, active0, s,
+        out = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, eq, phi0, active0, s,
                                result.reml, int(max_iter), method)
         size = min(chunk, n - start)
         parts.append({k: _gather(v)[:size] for k, v in out.items()})

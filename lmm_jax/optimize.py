@@ -410,7 +410,8 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
     H0 = _masked(hinv0, active0.astype(dtype))
     _, dec0 = direction(g0, H0)
     st = _QNState(phi0, active0, f0, g0, H0, dec0, jnp.asarray(0), dec0 < tol, jnp.asarray(False))
-    st = lax.while_loop(cond, body, st)
+    if max_iter > 0:            # max_iter=0 tests the start only (batch.fit_products' first stage): no loop to compile
+        st = lax.while_loop(cond, body, st)
     converged = (st.dec < tol) | (st.stalled & (st.dec < 1e-6))
     return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
                         objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
