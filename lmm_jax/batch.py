@@ -85,7 +85,7 @@ FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 COMPACT_FRACTION = 8
 COMPACT_ITER = {"newton": 6, "bfgs": 12}
 STRAGGLER_FRACTION = 64  # stragglers refitted per round: 1/64 of the batch (at least 8)
-BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-11)
+BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-12)
 AXIS = "fit"             # name of the vmapped fit axis (the BFGS fits' batch-wide branches use it)
 METHODS = ("bfgs", "newton")
 

@@ -94,13 +94,13 @@ def varcomp(fit: lmm_jax.LMMResult) -> np.ndarray:
     return fit.varcorr["vcov"].to_numpy()
 
 
-def assert_matches_lme4(fit: lmm_jax.LMMResult, ref: dict) -> None:
+def assert_matches_lme4(fit: lmm_jax.LMMResult, ref: dict, varcomp_rtol: float = RTOL) -> None:
     assert list(fit.fixef.index) == ref["beta_names"]
     assert abs(fit.loglik - ref["logLik"]) < LOGLIK_TOL
     np.testing.assert_allclose(fit.beta, ref["beta"], rtol=RTOL)
     np.testing.assert_allclose(fit.sigma, ref["sigma"], rtol=RTOL)
     vc_ref = np.asarray(ref["varcomp"], dtype=float)
-    np.testing.assert_allclose(varcomp(fit), vc_ref, rtol=RTOL, atol=1e-12 * np.max(np.abs(vc_ref)))
+    np.testing.assert_allclose(varcomp(fit), vc_ref, rtol=varcomp_rtol, atol=1e-12 * np.max(np.abs(vc_ref)))
     assert np.all(np.isfinite(fit.std_errors))
 
 
@@ -370,7 +370,11 @@ def test_residual_variance_near_zero():
     """Residual SD 1e-3 of the group SD (theta about 1000)."""
     ref, fit = robust_fit("tiny_residual")
     assert fit.theta[0] > 500
-    assert_matches_lme4(fit, ref)
+    # at theta ~ 1000 pwrss is 1e-6 of y'y and the REML criterion is accurate to only ~2e-7: Newton
+    # from theta = 1 stops (decrement 4e-17) at a point 1.8e-7 above the one it reaches from the moment
+    # start (stalled at decrement 2e-9); both match lme4's logLik, and the group variance to 2e-5
+    assert fit.objective <= ref["objective"] + 1e-9
+    assert_matches_lme4(fit, ref, varcomp_rtol=5e-5)
 
 
 # == 4. convergence diagnostics ====================================================
@@ -409,11 +413,12 @@ def test_diagnostics_from_newton_equal_autodiff_in_theta():
 
     from lmm_jax.diagnostics import check_convergence, theta_derivatives, theta_derivatives_from_phi
     from lmm_jax.model import fit_theta
-    from lmm_jax.parametrization import phi_from_theta, theta_start
+    from lmm_jax.parametrization import phi_from_theta
+    from lmm_jax.start import default_start
 
     ref, fit = robust_fit("balanced")
     m = fit.model
-    phi0, active0 = phi_from_theta(theta_start(m.structure.ks), m.structure.ks)
+    phi0, active0 = phi_from_theta(default_start(m), m.structure.ks)        # the fit's own start
     opt = fit_theta(m.products, m.response, jnp.asarray(phi0), jnp.asarray(active0), m.structure, True, 200)
     g_fast, H_fast = theta_derivatives_from_phi(np.asarray(opt.theta), np.asarray(opt.gradient),
                                                 np.asarray(opt.hessian), m.structure.ks)
