@@ -80,14 +80,14 @@ class MomentEquations(NamedTuple):
 
 def _pairs(ct: np.ndarray, Zt: np.ndarray, mt: int, cu: np.ndarray, Zu: np.ndarray, mu: int, same: bool):
     """Nonzeros of ``Z_t'Z_u`` for every pair of columns: (row levels, column levels, values (nnz, k_t, k_u))."""
-    prod = Zt[:, :, None] * Zu[:, None, :]
     if same:
         rows = np.arange(mt)
         inv, nnz = ct, mt
     else:
         uniq, inv = np.unique(ct.astype(np.int64) * mu + cu, return_inverse=True)
         rows, nnz = uniq // mu, uniq.size
-    vals = np.stack([np.stack([np.bincount(inv, weights=prod[:, x, y], minlength=nnz)
+    # one n-vector of weights at a time (an (n, k_t, k_u) product would be 1x the data for a slope term)
+    vals = np.stack([np.stack([np.bincount(inv, weights=Zt[:, x] * Zu[:, y], minlength=nnz)
                                for y in range(Zu.shape[1])], axis=-1) for x in range(Zt.shape[1])], axis=1)
     return rows, (rows if same else uniq % mu), vals
 
