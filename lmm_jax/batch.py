@@ -31,7 +31,7 @@ from .crossprod import DesignArrays, DesignProducts, ResponseProducts, Structure
 from .likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from .model import SINGULAR_TOL, fit_theta
 from .optimize import bfgs_minimize, inverse_hessian_start
-from .parametrization import diagonal_mask, lower_tri_indices, n_theta, phi_from_theta, theta_from_phi, theta_start
+from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
 from .start import MomentEquations, moment_equations_of, moment_theta
 
 if TYPE_CHECKING:
@@ -118,14 +118,13 @@ def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.nd
 
 def moment_starts(eq: "MomentEquations | None", rps: ResponseProducts, s: Structure,
                   design_axis: int | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-fit starts (phi, active), shape (B, n_theta): each response's
-    MIVQUE(0) theta (:func:`lmm_jax.start.moment_theta`, as :meth:`LMM.fit`
-    starts), or lme4's identity for every fit when ``eq`` is None."""
-    B = rps.yy.shape[0]
+    """Starts (phi, active) for :func:`fit_products`: each response's MIVQUE(0)
+    theta, shape (B, n_theta) (:func:`lmm_jax.start.moment_theta`, as
+    :meth:`LMM.fit` starts), or lme4's identity, one for all, when ``eq`` is None."""
     if eq is None:
-        theta = jnp.broadcast_to(jnp.asarray(theta_start(s.ks), dtype=rps.yy.dtype), (B, n_theta(s.ks)))
-    else:
-        theta = jax.vmap(lambda e, rp: moment_theta(e, rp, s), in_axes=(design_axis, 0))(eq, rps)
+        phi, active = phi_from_theta(theta_start(s.ks), s.ks)
+        return jnp.asarray(phi), jnp.asarray(active)
+    theta = jax.vmap(lambda e, rp: moment_theta(e, rp, s), in_axes=(design_axis, 0))(eq, rps)
     diag = jnp.asarray(diagonal_mask(s.ks))
     phi = jnp.where(diag, jnp.log(jnp.where(diag, theta, 1.0)), theta)      # diagonal entries >= THETA_MIN > 0
     return phi, jnp.ones(theta.shape, dtype=bool)
