@@ -11,6 +11,10 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
+from .cpu_memory import enable_by_default as _keep_cpu_scratch  # noqa: E402
+
+_keep_cpu_scratch()  # before anything starts JAX's backends; LMM_JAX_CPU_MEMORY=system turns it off (see its docstring)
+
 from .compilation_cache import enable_by_default as _enable_compilation_cache  # noqa: E402
 
 _enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM_JAX_COMPILATION_CACHE=0 turns it off
