@@ -79,11 +79,14 @@ class NewtonResult(NamedTuple):
 
 
 class _State(NamedTuple):
-    phi: jnp.ndarray
+    phi: jnp.ndarray            # the point of the next pass's derivatives (a full trial step, or a point to accept)
     active: jnp.ndarray
+    trial: jnp.ndarray          # phi is base + d, to be tested for Armijo; False: phi is accepted as it is
+    base: jnp.ndarray           # the last accepted point, its f, g, H and the step d taken from it
     f: jnp.ndarray
     g: jnp.ndarray
     H: jnp.ndarray
+    d: jnp.ndarray
     dec: jnp.ndarray
     it: jnp.ndarray
     done: jnp.ndarray
@@ -97,10 +100,15 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
                     zero_tol: float = 1e-3, reactivate_at: float = 1e-2) -> NewtonResult:
     """Minimise ``f_theta`` over theta = theta_from_phi(phi, active).
 
-    Each pass of the loop takes f, g and H at the current point, stops there
-    when converged (or stalled twice in a row, or after ``max_iter`` steps),
-    and otherwise steps: so the objective, its gradient and its Hessian each
-    appear once in the compiled loop (compile time is most of a first fit).
+    Each pass of the loop takes f, g and H at one point, so the objective,
+    its gradient and its Hessian each appear once in the compiled loop
+    (compile time is most of a first fit). That point is the full Newton step
+    from the last accepted point: if it passes Armijo it is accepted with the
+    derivatives already in hand (the line search's first trial costs
+    nothing); if not, the step is halved on f alone and the next pass takes
+    the derivatives where the search stopped. Then the pass stops when
+    converged (or stalled twice in a row, or after ``max_iter`` steps), or
+    sets up the next full step.
 
     Args:
         f_theta: objective as a function of lme4's theta (pure JAX).
@@ -147,56 +155,65 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
         return d * scale, dec
 
-    def line_search(phi, active, f0, g, d, live):
-        slope = g @ d
+    def armijo(f0, slope, alpha, fa):
+        return jnp.isfinite(fa) & (fa <= f0 + 1e-4 * alpha * slope)
 
-        def accept(alpha, fa):
-            return fa <= f0 + 1e-4 * alpha * slope
-
+    def backtrack(base, active, f0, slope, d, live):
+        # halvings from alpha = 1/2 (the full step has failed), on f alone
         def cond(c):
-            # ``live``: a finished fit must not keep a vmapped loop going (its step
-            # is below rounding, so Armijo would fail 40 times for the whole batch)
+            # ``live``: a fit that needs no search must not keep a vmapped loop going
             alpha, fa, k = c
-            return live & ((k == 0) | (~accept(alpha, fa) & (k <= 40)))
+            return live & ((k == 0) | (~armijo(f0, slope, alpha, fa) & (k <= 40)))
 
         def body(c):
-            # the full step first, then halvings (one evaluation of f in the compiled loop)
             alpha, _, k = c
-            alpha = jnp.where(k == 0, alpha, alpha * 0.5)
-            return alpha, f_phi(phi + alpha * d, active), k + 1
+            alpha = alpha * 0.5
+            return alpha, f_phi(base + alpha * d, active), k + 1
 
         alpha, fa, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), f0, jnp.asarray(0)))
-        ok = live & jnp.isfinite(fa) & accept(alpha, fa)
-        return alpha, fa, ok
+        return alpha, fa, live & armijo(f0, slope, alpha, fa)
 
     def cond(st: _State):
         return ~st.done
 
     def body(st: _State):
-        f, g, H = derivatives(st.phi, st.active)
-        d, dec = direction(g, H)
-        # stop at this point: converged on an unchanged face, stalled twice, or out of steps
-        stop = ((dec < tol) & ~st.changed) | (st.stalled & st.stalled_before) | (st.it >= max_iter)
-        live = ~stop
-        alpha, f_new, ok = line_search(st.phi, st.active, f, g, d, live)
-        phi_new = jnp.where(ok, st.phi + alpha * d, st.phi)
-        f_new = jnp.where(ok, f_new, f)
+        f_t, g_t, H_t = derivatives(st.phi, st.active)
+        # a trial step: accepted by Armijo, or searched back from the base on f alone
+        slope = st.g @ st.d
+        full = st.trial & armijo(st.f, slope, 1.0, f_t)
+        search = st.trial & ~full
+        alpha, f_a, found = backtrack(st.base, st.active, st.f, slope, st.d, search)
+        ok = full | found
+        phi_new = jnp.where(full, st.phi, jnp.where(found, st.base + alpha * st.d, st.base))
+        f_new = jnp.where(full, f_t, jnp.where(found, f_a, st.f))
         phi_new, active_new, f_new, changed = _boundary(f_phi, phi_new, st.active, f_new, diag, log_zero_tol,
-                                                        reactivate_at, live)
+                                                        reactivate_at, st.trial)
         # a step that fails, or gains less than f's rounding level, is a stall (an objective noisy at
         # 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and fail Armijo by turns)
-        flat = ok & (f - f_new <= 1e-12 * (1.0 + jnp.abs(f)))
-        stalled = jnp.where(live, (~ok | flat) & ~changed, st.stalled)
-        return _State(phi_new, active_new, f_new, g, H, dec, st.it + live.astype(st.it.dtype), stop, stalled,
-                      jnp.where(live, st.stalled, st.stalled_before), changed & live)
+        flat = ok & (st.f - f_new <= 1e-12 * (1.0 + jnp.abs(st.f)))
+        stalled = jnp.where(st.trial, (~ok | flat) & ~changed, st.stalled)
+        stalled_before = jnp.where(st.trial, st.stalled, st.stalled_before)
+        changed = jnp.where(st.trial, changed, st.changed)
+        it = st.it + st.trial.astype(st.it.dtype)
+        # the derivatives in hand belong to the new point unless the search or the boundary moved it
+        known = ~st.trial | (full & ~changed)
+        d, dec = direction(g_t, H_t)
+        stop = known & (((dec < tol) & ~changed) | (stalled & stalled_before) | (it >= max_iter))
+        # next: the full step from the new point, or the derivatives at the point the search reached
+        zero = jnp.zeros_like(d)
+        return _State(jnp.where(known, phi_new + jnp.where(stop, zero, d), phi_new), active_new, known & ~stop,
+                      phi_new, jnp.where(known, f_t, f_new), jnp.where(known, g_t, st.g),
+                      jnp.where(known, H_t, st.H), jnp.where(known & ~stop, d, zero), jnp.where(known, dec, st.dec),
+                      it, stop, stalled, stalled_before, changed)
 
     active0 = jnp.asarray(active0, dtype=bool)
     false = jnp.asarray(False)
-    st = _State(phi0, active0, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0), jnp.eye(n, dtype=dtype),
-                jnp.asarray(jnp.inf, dtype), jnp.asarray(0), false, false, false, false)
+    st = _State(phi0, active0, false, phi0, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0),
+                jnp.eye(n, dtype=dtype), jnp.zeros_like(phi0), jnp.asarray(jnp.inf, dtype), jnp.asarray(0), false,
+                false, false, false)
     st = lax.while_loop(cond, body, st)
     converged = (st.dec < tol) | (st.stalled & st.stalled_before & (st.dec < 1e-6))
-    return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
+    return NewtonResult(theta=theta_from_phi(st.base, ks, st.active), phi=st.base, active=st.active,
                         objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
                         decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=st.H)
 
