@@ -45,6 +45,7 @@ costs one q_r^3 product instead of two per parameter.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -109,11 +110,53 @@ class _Eliminated(NamedTuple):
     M22: jnp.ndarray
     R: jnp.ndarray
     M33: jnp.ndarray
+    pair_sum: jnp.ndarray | None = None   # lower triangle of U(w) in M22, scalar terms with sparse coupling
 
 
 def _scalar_weights(theta1: jnp.ndarray, a11: jnp.ndarray) -> jnp.ndarray:
     """``w_j = theta_1^2 / (1 + theta_1^2 A11_j)`` of :func:`~lmm_jax.sparse.scalar_schur_update`."""
     return theta1 ** 2 / (1.0 + theta1 ** 2 * a11)
+
+
+def _weight_derivative(theta1: jnp.ndarray, a11: jnp.ndarray, order: int) -> jnp.ndarray:
+    """The ``order``-th derivative of :func:`_scalar_weights` in theta_1 (order 0 to 3)."""
+    t2a = theta1 ** 2 * a11
+    den = 1.0 + t2a
+    if order == 0:
+        return theta1 ** 2 / den
+    if order == 1:
+        return 2.0 * theta1 / den ** 2
+    if order == 2:
+        return (2.0 - 6.0 * t2a) / den ** 3
+    if order == 3:
+        return 24.0 * a11 * theta1 * (t2a - 1.0) / den ** 4
+    raise ValueError(f"weight derivatives of order {order} are not written out (0 to 3 are)")
+
+
+JET_ORDER = 3   # U(w) and its first three derivatives in theta_1 are formed: the deviance to order 3 in theta
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _pair_sum(order: int, theta1: jnp.ndarray, jet: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+    """Lower triangle of ``U(w^(order))`` (w^(k): k-th derivative of w in
+    theta_1), looked up in ``jet`` (:func:`_scalar_data`).
+
+    U depends on theta only through theta_1 and is linear in w, so
+    ``d U(w^(k)) / d theta_1 = U(w^(k+1))``: the derivatives of anything built
+    from these sums are other entries of the same jet, and autodiff through
+    the closed-form rules never pushes a tangent through a segment sum over
+    the pairs (InstEval's Newton loop did 15 sums of its 1.8 million pairs per
+    pass, where three are needed)."""
+    return jet[order]
+
+
+@_pair_sum.defjvp
+def _pair_sum_jvp(order, primals, tangents):
+    theta1, jet = primals
+    if order + 1 >= len(jet):
+        raise NotImplementedError(f"derivatives of the deviance beyond order {JET_ORDER} in theta are not "
+                                  "available for scalar terms with sparse coupling (likelihood.JET_ORDER)")
+    return jet[order], _pair_sum(order + 1, theta1, jet) * tangents[0]
 
 
 def _is_scalar_sparse(dp: DesignProducts, s: Structure) -> bool:
@@ -144,7 +187,11 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     sum, where autodiff through the pair sums would push every Hessian
     direction through a gather, a segment sum and q_r x q_r transposes.
 
-    The ``data`` of these functions is ``(A22, A21, A11[:, 0, 0])`` (:func:`_scalar_data`).
+    The ``data`` of these functions is ``(A22, A21, A11[:, 0, 0], jet)``
+    (:func:`_scalar_data`): ``jet`` holds the lower triangles of U(w) and of
+    U at w's first three derivatives, each summed once per point (XLA drops
+    the orders a computation does not use) and read through
+    :func:`_pair_sum`, whose derivative is the next order's sum.
     """
     qr = s.q_rest
     rows = np.repeat(np.arange(len(s.ms) - 1), s.ms[1:])
@@ -152,8 +199,8 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     E_np = np.eye(len(s.ms) - 1)[rows].T                               # (n - 1, q_r): e_t'
 
     def T0(theta, data):
-        # the lower triangle of U(w), as in _coupling (the same expression: one sum shared with the value)
-        return scalar_schur_update(data[1], _scalar_weights(theta[0], data[2]), qr, lower=True)
+        # the lower triangle of U(w): the sum _coupling formed for M22, not a second one
+        return _pair_sum(0, theta[0], data[3])
 
     def G_times(theta, data, Z):
         # G Z = A22 Z - (T + T' - diag T) Z without forming the symmetric U (no q_r x q_r transpose)
@@ -161,14 +208,9 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         return data[0] @ Z - (T @ Z + T.T @ Z - jnp.diagonal(T)[:, None] * Z)
 
     def U(theta, data, order):
-        # U(w) (order 0), U(w'), U(w'') (orders 1, 2: one sum), symmetric
-        _, A21, a11 = data
-        t1 = theta[0]
-        if order == 0:
-            T = T0(theta, data)
-            return T + T.T - jnp.diag(jnp.diagonal(T))
-        W = jnp.stack([weights(theta, data, 1), weights(theta, data, 2)], axis=-1)
-        return scalar_schur_update(A21, W, qr)[order - 1]
+        # U(w) (order 0), U(w') (1), U(w'') (2), symmetric, from the jet's lower triangles
+        T = _pair_sum(order, theta[0], data[3])
+        return T + T.T - jnp.diag(jnp.diagonal(T))
 
     def lam(theta):
         return theta[1:][term_of_row]
@@ -182,9 +224,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         return jnp.concatenate([J1[None], Jr], axis=0)
 
     def weights(theta, data, order):
-        t1, a11 = theta[0], data[2]
-        den = 1.0 + t1 ** 2 * a11
-        return 2.0 * t1 / den ** 2 if order == 1 else (2.0 - 6.0 * t1 ** 2 * a11) / den ** 3
+        return _weight_derivative(theta[0], data[2], order)
 
     def pair_traces(theta, data, C):
         # <C, M_1> and <C, M_11> in one pass over the pairs (the gradient's and the Hessian's: one shared sum)
@@ -250,7 +290,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         # the gradient's S'M_t S: lower triangles of U(w), U(w') only (no q_r x q_r transpose)
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        T1 = scalar_schur_update(data[1], weights(theta, data, 1), qr, lower=True)   # U(w') = T1 + T1' - diag
+        T1 = _pair_sum(1, theta[0], data[3])                                   # U(w') = T1 + T1' - diag
         X1, Y1 = la * X, la * Y
         k1 = -(X1.T @ (T1 @ Y1) + (T1 @ X1).T @ Y1 - (X1 * jnp.diagonal(T1)[:, None]).T @ Y1)
         kr = (jnp.einsum("ti,ia,ib->tab", E, X, G_times(theta, data, la * Y))
@@ -276,9 +316,18 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     return ThetaDerivatives(jacobian, traces, second_traces, apply, bilinear, second_bilinear, logdet_hessian)
 
 
-def _scalar_data(dp: DesignProducts):
-    """The ``data`` of :func:`_scalar_derivatives`."""
-    return dp.A22, dp.A21, dp.A11[:, 0, 0]
+def _scalar_data(dp: DesignProducts, theta: jnp.ndarray, pair_sum: jnp.ndarray, s: Structure):
+    """The ``data`` of :func:`_scalar_derivatives`: ``(A22, A21, A11[:, 0, 0], jet)``.
+
+    ``jet[0]`` is ``pair_sum`` (M22's U(w), already formed), ``jet[k]`` the
+    sum with the k-th derivative of the weights. The jet is a constant to
+    autodiff: the rules' derivatives in theta come from :func:`_pair_sum`.
+    """
+    a11 = dp.A11[:, 0, 0]
+    t1 = lax.stop_gradient(theta[0])
+    higher = [scalar_schur_update(dp.A21, _weight_derivative(t1, a11, k), s.q_rest, lower=True)
+              for k in range(1, JET_ORDER + 1)]
+    return dp.A22, dp.A21, a11, tuple(lax.stop_gradient(T) for T in [pair_sum, *higher])
 
 
 def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
@@ -292,9 +341,10 @@ def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.nda
 
 
 def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
-    """The design-only part of the elimination: Lambda blocks, ``L1``, ``L21``
-    and the remaining terms' Schur complement ``M22`` (q_r x q_r; empty when
-    q_r = 0). For scalar terms with sparse coupling only the lower triangle
+    """The design-only part of the elimination: Lambda blocks, ``L1``, ``L21``,
+    the remaining terms' Schur complement ``M22`` (q_r x q_r; empty when
+    q_r = 0) and, for scalar terms with sparse coupling, the lower triangle of
+    its pair sum U(w) (else None). For scalar terms with sparse coupling only the lower triangle
     of ``M22`` is formed (factor it with :func:`_cholesky_M22`)."""
     lams = lambdas(theta, s.ks)
     lam1 = lams[0]
@@ -304,7 +354,7 @@ def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
     L1 = batched_cholesky(M1)
     qr = s.q_rest
     if qr == 0:
-        return lams, L1, jnp.zeros((0, m1, k1), dtype=theta.dtype), jnp.zeros((0, 0), dtype=theta.dtype)
+        return lams, L1, jnp.zeros((0, m1, k1), dtype=theta.dtype), jnp.zeros((0, 0), dtype=theta.dtype), None
     eye = jnp.eye(qr, dtype=theta.dtype)
     scalar_rest = all(k == 1 for k in s.ks[1:])
     if scalar_rest:
@@ -319,7 +369,8 @@ def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
             # Lambda_r (A22 - U) Lambda_r with U = sum_j w_j a_j a_j' (sparse.scalar_schur_update)
             # only the lower triangle is formed (what the Cholesky factorisation reads; see _cholesky_M22)
             w = _scalar_weights(theta[0], dp.A11[:, 0, 0])
-            return lams, L1, L21, eye + scale * (dp.A22 - scalar_schur_update(dp.A21, w, qr, lower=True))
+            T = scalar_schur_update(dp.A21, w, qr, lower=True)
+            return lams, L1, L21, eye + scale * (dp.A22 - T), T
         update = schur_update(L21, qr)
     else:
         B = _lambda_rest_t(lams, dp.A21, s)                                # Lambda_r' A21
@@ -328,12 +379,12 @@ def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
         L21f = L21.reshape(qr, m1 * k1)
         update = L21f @ L21f.T
     A22 = scale * dp.A22 if scalar_rest else _lambda_rest_t(lams, _lambda_rest_t(lams, dp.A22, s).T, s)
-    return lams, L1, L21, A22 + eye - update
+    return lams, L1, L21, A22 + eye - update, None
 
 
 def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> _Eliminated:
     """Factor the first term's block diagonal and form the Schur complements."""
-    lams, L1, L21, M22 = _coupling(theta, dp, s)
+    lams, L1, L21, M22, pair_sum = _coupling(theta, dp, s)
     lam1 = lams[0]
     m1, k1, p = s.ms[0], s.ks[0], s.p
     Z1Xy = jnp.concatenate([dp.Z1X, rp.Z1y[..., None]], axis=-1)
@@ -349,7 +400,7 @@ def _eliminate_first(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduct
         L21C1 = times_dense(L21, C1, qr)
     else:
         L21C1 = L21.reshape(qr, m1 * k1) @ C1f
-    return _Eliminated(L1, L21, C1, M22, ZrXy - L21C1, M33)
+    return _Eliminated(L1, L21, C1, M22, ZrXy - L21C1, M33, pair_sum)
 
 
 def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structure) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -367,7 +418,7 @@ def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structur
     M33 = E.M33
     if E.M22.shape[0] and _is_scalar_sparse(dp, s):
         L22 = lax.stop_gradient(_cholesky_M22(E.M22, dp, s))
-        D, data = _scalar_derivatives(s), _scalar_data(dp)
+        D, data = _scalar_derivatives(s), _scalar_data(dp, theta, E.pair_sum, s)
         ld = ld + logdet_by_theta(theta, L22, data, D)
         M33 = M33 - quadratic_by_theta(theta, E.R, L22, data, D)
     elif E.M22.shape[0]:
