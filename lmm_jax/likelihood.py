@@ -133,13 +133,14 @@ def _weight_derivative(theta1: jnp.ndarray, a11: jnp.ndarray, order: int) -> jnp
     raise ValueError(f"weight derivatives of order {order} are not written out (0 to 3 are)")
 
 
-JET_ORDER = 3   # U(w) and its first three derivatives in theta_1 are formed: the deviance to order 3 in theta
+JET_ORDER = 3   # G and its first three derivatives in theta_1 are formed: the deviance to order 3 in theta
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _pair_sum(order: int, theta1: jnp.ndarray, jet: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-    """Lower triangle of ``U(w^(order))`` (w^(k): k-th derivative of w in
-    theta_1), looked up in ``jet`` (:func:`_scalar_data`).
+    """The ``order``-th theta_1-derivative of ``G = A22 - U(w)``: ``G`` for
+    order 0, ``-U(w^(order))`` after (w^(k): k-th derivative of w), looked up
+    in ``jet`` (:func:`_scalar_data`).
 
     U depends on theta only through theta_1 and is linear in w, so
     ``d U(w^(k)) / d theta_1 = U(w^(k+1))``: the derivatives of anything built
@@ -188,29 +189,26 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     direction through a gather, a segment sum and q_r x q_r transposes.
 
     The ``data`` of these functions is ``(A22, A21, A11[:, 0, 0], jet)``
-    (:func:`_scalar_data`): ``jet`` holds the lower triangles of U(w) and of
-    U at w's first three derivatives, each summed once per point (XLA drops
+    (:func:`_scalar_data`): ``jet`` holds G and its first three derivatives in
+    theta_1 (-U at w's derivatives), each formed once per point (XLA drops
     the orders a computation does not use) and read through
-    :func:`_pair_sum`, whose derivative is the next order's sum.
+    :func:`_pair_sum`, whose derivative is the next order's entry.
     """
     qr = s.q_rest
     rows = np.repeat(np.arange(len(s.ms) - 1), s.ms[1:])
     term_of_row = rows
     E_np = np.eye(len(s.ms) - 1)[rows].T                               # (n - 1, q_r): e_t'
 
-    def T0(theta, data):
-        # the lower triangle of U(w): the sum _coupling formed for M22, not a second one
+    def G(theta, data):
+        # G = A22 - U(w), formed once per point (_scalar_data)
         return _pair_sum(0, theta[0], data[3])
 
     def G_times(theta, data, Z):
-        # G Z = A22 Z - (T + T' - diag T) Z without forming the symmetric U (no q_r x q_r transpose)
-        T = T0(theta, data)
-        return data[0] @ Z - (T @ Z + T.T @ Z - jnp.diagonal(T)[:, None] * Z)
+        return G(theta, data) @ Z
 
     def U(theta, data, order):
-        # U(w) (order 0), U(w') (1), U(w'') (2), symmetric, from the jet's lower triangles
-        T = _pair_sum(order, theta[0], data[3])
-        return T + T.T - jnp.diag(jnp.diagonal(T))
+        # U(w'), U(w'') (orders 1, 2), symmetric, formed once per point
+        return -_pair_sum(order, theta[0], data[3])
 
     def lam(theta):
         return theta[1:][term_of_row]
@@ -218,9 +216,9 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     def jacobian(theta, data):
         la = lam(theta)
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        G = data[0] - U(theta, data, 0)
+        G_ = G(theta, data)
         J1 = -(la[:, None] * la[None, :]) * U(theta, data, 1)
-        Jr = (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G[None]
+        Jr = (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G_[None]
         return jnp.concatenate([J1[None], Jr], axis=0)
 
     def weights(theta, data, order):
@@ -236,9 +234,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         la = lam(theta)
         E = jnp.asarray(E_np, dtype=theta.dtype)
         g1 = pair_traces(theta, data, C)[0]
-        CT = C * T0(theta, data)                                                # (C o U) la from the lower triangle
-        CU_la = CT @ la + CT.T @ la - jnp.diagonal(CT) * la
-        gr = 2.0 * E @ ((C * data[0]) @ la - CU_la)
+        gr = 2.0 * E @ ((C * G(theta, data)) @ la)
         return jnp.concatenate([g1[None], gr])
 
     def second_traces(theta, data, C):
@@ -246,7 +242,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         E = jnp.asarray(E_np, dtype=theta.dtype)
         h11 = pair_traces(theta, data, C)[1]
         h1r = -2.0 * E @ ((C * U(theta, data, 1)) @ la)
-        hrr = E @ (C * (data[0] - U(theta, data, 0))) @ E.T
+        hrr = E @ (C * G(theta, data)) @ E.T
         return jnp.block([[h11[None, None], h1r[None, :]], [h1r[:, None], hrr + hrr.T]])
 
     def logdet_hessian(theta, data, Minv):
@@ -259,7 +255,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         la = lam(theta)
         E = jnp.asarray(E_np, dtype=theta.dtype)
         ll = la[:, None] * la[None, :]
-        G = data[0] - U(theta, data, 0)
+        G_ = G(theta, data)
         P1 = Minv @ (-ll * U(theta, data, 1))                                   # the one q_r^3 product
         t11 = jnp.sum(P1 * P1.T)
 
@@ -274,25 +270,24 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
             Pr = jnp.matmul(Minv[None], (E[:, :, None] * la[None, None, :] + la[None, :, None] * E[:, None, :]) * G)
             return jnp.einsum("ik,tki->t", P1, Pr), jnp.einsum("sik,tki->st", Pr, Pr)
 
-        t1r, trr = lax.cond(jnp.all(jnp.abs(theta[1:]) > SCALAR_FAST_MIN), fast, slow, Minv, P1, G)
+        t1r, trr = lax.cond(jnp.all(jnp.abs(theta[1:]) > SCALAR_FAST_MIN), fast, slow, Minv, P1, G_)
         T = jnp.block([[t11[None, None], t1r[None, :]], [t1r[:, None], trr]])
         return second_traces(theta, data, Minv) - T
 
     def apply(theta, data, X):
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        G = data[0] - U(theta, data, 0)
+        G_ = G(theta, data)
         a1 = -la * (U(theta, data, 1) @ (la * X))
-        ar = E[:, :, None] * (G @ (la * X))[None] + la[None] * jnp.einsum("qr,trc->tqc", G, E[:, :, None] * X[None])
+        ar = E[:, :, None] * (G_ @ (la * X))[None] + la[None] * jnp.einsum("qr,trc->tqc", G_, E[:, :, None] * X[None])
         return jnp.concatenate([a1[None], ar], axis=0)
 
     def bilinear(theta, data, X, Y):
-        # the gradient's S'M_t S: lower triangles of U(w), U(w') only (no q_r x q_r transpose)
+        # the gradient's S'M_t S: products of G and U(w') with q_r x c blocks
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        T1 = _pair_sum(1, theta[0], data[3])                                   # U(w') = T1 + T1' - diag
         X1, Y1 = la * X, la * Y
-        k1 = -(X1.T @ (T1 @ Y1) + (T1 @ X1).T @ Y1 - (X1 * jnp.diagonal(T1)[:, None]).T @ Y1)
+        k1 = -(X1.T @ (U(theta, data, 1) @ Y1))
         kr = (jnp.einsum("ti,ia,ib->tab", E, X, G_times(theta, data, la * Y))
               + jnp.einsum("ti,ia,ib->tab", E, G_times(theta, data, la * X), Y))
         return jnp.concatenate([k1[None], kr], axis=0)
@@ -300,11 +295,11 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     def second_bilinear(theta, data, X, Y):
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
-        G = data[0] - U(theta, data, 0)
+        G_ = G(theta, data)
         U1 = U(theta, data, 1)
         s11 = -(la * X).T @ (U(theta, data, 2) @ (la * Y))
         s1r = -(jnp.einsum("ti,ia,ib->tab", E, X, U1 @ (la * Y)) + jnp.einsum("ti,ia,ib->tab", E, U1 @ (la * X), Y))
-        GEY = jnp.einsum("qr,urb->uqb", G, E[:, :, None] * Y[None])            # G (e_u o Y)
+        GEY = jnp.einsum("qr,urb->uqb", G_, E[:, :, None] * Y[None])           # G (e_u o Y)
         A = jnp.einsum("ti,ia,uib->tuab", E, X, GEY)                           # (e_t o X)' G (e_u o Y)
         srr = A + jnp.swapaxes(A, 0, 1)
         n = theta.shape[0]
@@ -319,15 +314,26 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
 def _scalar_data(dp: DesignProducts, theta: jnp.ndarray, pair_sum: jnp.ndarray, s: Structure):
     """The ``data`` of :func:`_scalar_derivatives`: ``(A22, A21, A11[:, 0, 0], jet)``.
 
-    ``jet[0]`` is ``pair_sum`` (M22's U(w), already formed), ``jet[k]`` the
-    sum with the k-th derivative of the weights. The jet is a constant to
-    autodiff: the rules' derivatives in theta come from :func:`_pair_sum`.
+    ``jet = (G, -U(w'), -U(w''), -U(w'''))``, ``G = A22 - U(w)``, each entry a
+    symmetric q_r x q_r matrix and the theta_1-derivative of the one before
+    (:func:`_pair_sum`). ``pair_sum`` is M22's lower triangle of U(w), already
+    formed; the higher orders are sums with the weights' derivatives. Each
+    entry is materialised once (``optimization_barrier``): left to fusion,
+    XLA recomputed ``A22 - (T + T' - diag T)``, a strided transpose, inside
+    each of its five consumers (15 ms each per InstEval pass). The jet is a
+    constant to autodiff; the rules' derivatives come from :func:`_pair_sum`.
     """
     a11 = dp.A11[:, 0, 0]
     t1 = lax.stop_gradient(theta[0])
-    higher = [scalar_schur_update(dp.A21, _weight_derivative(t1, a11, k), s.q_rest, lower=True)
-              for k in range(1, JET_ORDER + 1)]
-    return dp.A22, dp.A21, a11, tuple(lax.stop_gradient(T) for T in [pair_sum, *higher])
+    qr = s.q_rest
+
+    def sym(T):
+        return T + T.T - jnp.diag(jnp.diagonal(T))
+
+    jet = [dp.A22 - sym(lax.stop_gradient(pair_sum))]
+    for k in range(1, JET_ORDER + 1):
+        jet.append(-sym(scalar_schur_update(dp.A21, _weight_derivative(t1, a11, k), qr, lower=True)))
+    return dp.A22, dp.A21, a11, tuple(lax.optimization_barrier(J) for J in jet)
 
 
 def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
