@@ -2,9 +2,10 @@
 
 Why. XLA's CPU runtime gives every execution of a compiled function one
 temporary buffer, allocated with ``posix_memalign`` before the call and freed
-after it: 700 MB for InstEval's Newton fit (the exact Hessian of a 1,156-column
-Schur block, its pair sums and the line search), 1.8 GB for the crossed
-200,000-row design. glibc serves every request above 32 MB (its largest mmap
+after it: for InstEval's Newton fit 700 MB at stop 11 (the exact Hessian of
+a 1,156-column Schur block, its pair sums and the line search; 247 MB since
+the pair-sum jet of :mod:`lmm_jax.likelihood`), about 1.8 GB for the crossed
+200,000-row design (460,000 faults of 4 kB per fit). glibc serves every request above 32 MB (its largest mmap
 threshold) with a fresh ``mmap`` and returns it with ``munmap``, so each call
 page-faults its whole scratch space again: 176,000 minor faults per InstEval
 fit (about 3.6 us each on the benchmark VM: 0.4 s of a 1.8 s fit), 460,000 per

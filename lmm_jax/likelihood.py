@@ -58,7 +58,7 @@ from .linalg import (LOOP_MAX, ThetaDerivatives, batched_backward_solve, batched
                      logdet_by_theta, logdet_hessian_by_products, quadratic_by_theta, spd_logdet_solve)
 from .parametrization import lambdas
 from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
-                     schur_update, times_dense, transpose_times_vector)
+                     schur_update, symmetric_from_lower, times_dense, transpose_times_vector)
 
 LOG_2PI = float(jnp.log(2 * jnp.pi))
 SCALAR_FAST_MIN = 1e-2   # |theta_t| above which the scalar Hessian rule divides by theta_t (_scalar_derivatives)
@@ -120,10 +120,10 @@ def _scalar_weights(theta1: jnp.ndarray, a11: jnp.ndarray) -> jnp.ndarray:
 
 def _weight_derivative(theta1: jnp.ndarray, a11: jnp.ndarray, order: int) -> jnp.ndarray:
     """The ``order``-th derivative of :func:`_scalar_weights` in theta_1 (order 0 to 3)."""
+    if order == 0:
+        return _scalar_weights(theta1, a11)
     t2a = theta1 ** 2 * a11
     den = 1.0 + t2a
-    if order == 0:
-        return theta1 ** 2 / den
     if order == 1:
         return 2.0 * theta1 / den ** 2
     if order == 2:
@@ -325,14 +325,9 @@ def _scalar_data(dp: DesignProducts, theta: jnp.ndarray, pair_sum: jnp.ndarray, 
     """
     a11 = dp.A11[:, 0, 0]
     t1 = lax.stop_gradient(theta[0])
-    qr = s.q_rest
-
-    def sym(T):
-        return T + T.T - jnp.diag(jnp.diagonal(T))
-
-    jet = [dp.A22 - sym(lax.stop_gradient(pair_sum))]
+    jet = [dp.A22 - symmetric_from_lower(lax.stop_gradient(pair_sum))]
     for k in range(1, JET_ORDER + 1):
-        jet.append(-sym(scalar_schur_update(dp.A21, _weight_derivative(t1, a11, k), qr, lower=True)))
+        jet.append(-scalar_schur_update(dp.A21, _weight_derivative(t1, a11, k), s.q_rest))
     return dp.A22, dp.A21, a11, tuple(lax.optimization_barrier(J) for J in jet)
 
 

@@ -79,10 +79,11 @@ class NewtonResult(NamedTuple):
 
 
 class _State(NamedTuple):
-    phi: jnp.ndarray            # the point of the next pass's derivatives (a full trial step, or a point to accept)
+    # the next pass takes its derivatives at base + d: the full step d from the last accepted point
+    # ``base`` (whose f, g, H these are), tested for Armijo if ``trial``; d = 0 when base is to be taken as it is
+    base: jnp.ndarray
     active: jnp.ndarray
-    trial: jnp.ndarray          # phi is base + d, to be tested for Armijo; False: phi is accepted as it is
-    base: jnp.ndarray           # the last accepted point, its f, g, H and the step d taken from it
+    trial: jnp.ndarray
     f: jnp.ndarray
     g: jnp.ndarray
     H: jnp.ndarray
@@ -177,14 +178,15 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         return ~st.done
 
     def body(st: _State):
-        f_t, g_t, H_t = derivatives(st.phi, st.active)
+        phi_t = st.base + st.d
+        f_t, g_t, H_t = derivatives(phi_t, st.active)
         # a trial step: accepted by Armijo, or searched back from the base on f alone
         slope = st.g @ st.d
         full = st.trial & armijo(st.f, slope, 1.0, f_t)
         search = st.trial & ~full
         alpha, f_a, found = backtrack(st.base, st.active, st.f, slope, st.d, search)
         ok = full | found
-        phi_new = jnp.where(full, st.phi, jnp.where(found, st.base + alpha * st.d, st.base))
+        phi_new = jnp.where(full, phi_t, jnp.where(found, st.base + alpha * st.d, st.base))
         f_new = jnp.where(full, f_t, jnp.where(found, f_a, st.f))
         phi_new, active_new, f_new, changed = _boundary(f_phi, phi_new, st.active, f_new, diag, log_zero_tol,
                                                         reactivate_at, st.trial)
@@ -201,14 +203,13 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         stop = known & (((dec < tol) & ~changed) | (stalled & stalled_before) | (it >= max_iter))
         # next: the full step from the new point, or the derivatives at the point the search reached
         zero = jnp.zeros_like(d)
-        return _State(jnp.where(known, phi_new + jnp.where(stop, zero, d), phi_new), active_new, known & ~stop,
-                      phi_new, jnp.where(known, f_t, f_new), jnp.where(known, g_t, st.g),
+        return _State(phi_new, active_new, known & ~stop, jnp.where(known, f_t, f_new), jnp.where(known, g_t, st.g),
                       jnp.where(known, H_t, st.H), jnp.where(known & ~stop, d, zero), jnp.where(known, dec, st.dec),
                       it, stop, stalled, stalled_before, changed)
 
     active0 = jnp.asarray(active0, dtype=bool)
     false = jnp.asarray(False)
-    st = _State(phi0, active0, false, phi0, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0),
+    st = _State(phi0, active0, false, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0),
                 jnp.eye(n, dtype=dtype), jnp.zeros_like(phi0), jnp.asarray(jnp.inf, dtype), jnp.asarray(0), false,
                 false, false, false)
     st = lax.while_loop(cond, body, st)

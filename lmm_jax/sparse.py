@@ -172,14 +172,18 @@ def lambda_coupling(lams: tuple[jnp.ndarray, ...], A21: SparseA21) -> jnp.ndarra
     return jnp.concatenate(parts, axis=0)
 
 
+def symmetric_from_lower(T: jnp.ndarray) -> jnp.ndarray:
+    """The symmetric matrix whose lower triangle (and diagonal) is that of T (..., q, q), upper 0."""
+    return T + jnp.swapaxes(T, -1, -2) - jnp.eye(T.shape[-1], dtype=T.dtype) * T
+
+
 def schur_update(L21: SparseL21, q_r: int) -> jnp.ndarray:
     """``L21 L21'`` (q_r, q_r) by eq. (2): a gather per pair and a sorted segment sum."""
     idx = L21.index
     v = L21.values
     vals = jnp.sum(v[idx.pair_a] * v[idx.pair_b], axis=-1)
     T = jax.ops.segment_sum(vals, idx.pair_dest, num_segments=q_r * q_r, indices_are_sorted=True)
-    T = T.reshape(q_r, q_r)
-    return T + T.T - jnp.diag(jnp.diagonal(T))
+    return symmetric_from_lower(T.reshape(q_r, q_r))
 
 
 def scalar_schur_update(A21: SparseA21, w: jnp.ndarray, q_r: int, lower: bool = False) -> jnp.ndarray:
@@ -201,7 +205,7 @@ def scalar_schur_update(A21: SparseA21, w: jnp.ndarray, q_r: int, lower: bool = 
     T = jax.ops.segment_sum(W[idx.pair_level] * idx.pair_product[:, None], idx.pair_dest, num_segments=q_r * q_r,
                             indices_are_sorted=True)
     T = jnp.moveaxis(T.reshape(q_r, q_r, W.shape[1]), -1, 0)
-    U = T if lower else T + jnp.swapaxes(T, -1, -2) - jnp.eye(q_r, dtype=T.dtype) * T
+    U = T if lower else symmetric_from_lower(T)
     return U if w.ndim == 2 else U[0]
 
 

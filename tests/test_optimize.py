@@ -92,3 +92,27 @@ def test_penicillin_bootstrap_converges_without_stalls():
     boot = fit.bootstrap(300, key=1, chunk_size=300)
     assert boot.n_failed == 0 and boot.n_nonconverged == 0
     assert int(boot.replicates.iterations.max()) <= 20
+
+
+def _log_cosh(theta):
+    # in phi = log(theta): log cosh(5 (phi - 1)), minimum 0 at phi = 1. From phi = 1.5 the Newton step
+    # -sinh(10 x) / 10 (x = phi - 1) is capped at max_step = 2 and lands at phi = -0.5, where f is
+    # higher: the full trial fails Armijo and the search halves to phi = 0.5 (equal f, fails) and 1.0
+    return jnp.log(jnp.cosh(5.0 * (jnp.log(theta[0]) - 1.0)))
+
+
+def test_newton_recovers_from_a_failed_full_step():
+    """Newton's pass takes its derivatives at the full step; when that step fails Armijo the step is
+    halved on f alone and the next pass is taken where the search stopped (not at the rejected
+    point). Here the first full step overshoots: the fit must still land on the minimum, single and
+    vmapped, and a wrong point kept after the search would not."""
+    phi0 = jnp.asarray([1.5])
+    res = newton_minimize(_log_cosh, phi0, jnp.asarray([True]), (1,))
+    assert bool(res.converged)
+    np.testing.assert_allclose(np.asarray(res.phi), [1.0], atol=1e-9)
+    assert float(res.objective) < 1e-15
+    assert int(res.iterations) <= 3
+    batch = jax.vmap(lambda p: newton_minimize(_log_cosh, p, jnp.asarray([True]), (1,)))(
+        jnp.asarray([[1.5], [1.02], [0.3]]))
+    assert bool(jnp.all(batch.converged))
+    np.testing.assert_allclose(np.asarray(batch.phi)[:, 0], 1.0, atol=1e-9)
