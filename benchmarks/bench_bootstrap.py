@@ -6,6 +6,12 @@ peers' rates come from a few hundred replicates (statsmodels a few) and are
 scaled to the replicate count of lmm_jax.
 
 Usage: python benchmarks/bench_bootstrap.py [--quick] [--out benchmarks/bootstrap_results.json]
+       [--cases sleepstudy,...] [--peers lme4,glmm,mixedlm,statsmodels] [--n sleepstudy=100000,...]
+       [--chunk-size N] [--no-newton]
+
+On a GPU (``pip install -e ".[cuda]"``) the same script times the CUDA path:
+JAX's default device is the GPU; ``--peers ""`` skips the CPU-only peers.
+Each JSON row records the device it ran on.
 """
 
 from __future__ import annotations
@@ -59,29 +65,39 @@ CASES = {
 }
 
 
-def time_lmm_jax(fit, n: int, repeats: int) -> dict:
+def time_lmm_jax(fit, n: int, repeats: int, chunk_size: int | None = None, newton: bool = True) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        boot = fit.bootstrap(n, key=0)
+        boot = fit.bootstrap(n, key=0, chunk_size=chunk_size)
         compile_s = time.perf_counter() - t0
         warm = []
         for r in range(repeats):
             t0 = time.perf_counter()
-            boot = fit.bootstrap(n, key=r + 1)
+            boot = fit.bootstrap(n, key=r + 1, chunk_size=chunk_size)
             warm.append(time.perf_counter() - t0)
         it = boot.replicates.iterations
-        # the exact-Hessian Newton path (the single fit's optimiser), for comparison
-        fit.bootstrap(n, key=0, method="newton")
-        newton = []
-        for r in range(2):
-            t0 = time.perf_counter()
-            fit.bootstrap(n, key=r + 1, method="newton")
-            newton.append(time.perf_counter() - t0)
-    return dict(first_call_s=compile_s, warm_s=float(np.median(warm)), warm_all_s=warm, n=n,
-                nonconverged=boot.n_nonconverged, failed=boot.n_failed,
-                iterations_median=float(np.median(it)), iterations_max=int(it.max()),
-                newton_warm_s=float(np.median(newton)), newton_warm_all_s=newton)
+        out = dict(first_call_s=compile_s, warm_s=float(np.median(warm)), warm_all_s=warm, n=n,
+                   chunk_size=boot.chunk_size, nonconverged=boot.n_nonconverged, failed=boot.n_failed,
+                   iterations_median=float(np.median(it)), iterations_max=int(it.max()), device=device_name())
+        if newton:
+            # the exact-Hessian Newton path (the single fit's optimiser), for comparison
+            fit.bootstrap(n, key=0, method="newton", chunk_size=chunk_size)
+            times = []
+            for r in range(2):
+                t0 = time.perf_counter()
+                fit.bootstrap(n, key=r + 1, method="newton", chunk_size=chunk_size)
+                times.append(time.perf_counter() - t0)
+            out.update(newton_warm_s=float(np.median(times)), newton_warm_all_s=times)
+    return out
+
+
+def device_name() -> str:
+    """JAX's default device, e.g. 'cpu' or 'gpu: NVIDIA H100 80GB HBM3'."""
+    import jax
+
+    d = jax.devices()[0]
+    return d.platform if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
 
 
 def time_lme4(data: pd.DataFrame, formula: str, factors: list[str], nsim: int) -> float | None:
@@ -150,26 +166,36 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer peer replicates")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "bootstrap_results.json"))
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ",".join(CASES))
+    ap.add_argument("--peers", default="lme4,glmm,mixedlm,statsmodels", help='comma-separated; "" for none')
+    ap.add_argument("--n", default="", help="replicate counts, e.g. sleepstudy=100000 (default: each case's)")
+    ap.add_argument("--chunk-size", type=int, default=None, help="replicates per compiled call (default: lmm_jax's)")
+    ap.add_argument("--no-newton", action="store_true", help="skip the Newton-path comparison")
     args = ap.parse_args()
     peer_reps = 50 if args.quick else 200
+    peers = {p for p in args.peers.split(",") if p}
+    n_of = {k: int(v) for k, v in (kv.split("=") for kv in args.n.split(",") if kv)}
     results = {}
-    for name, c in CASES.items():
+    for name in args.cases.split(","):
+        c = CASES[name]
         data = c["data"]()
         fit = lmm_jax.fit(c["formula"], data)
         response = c["formula"].split("~")[0].strip()
-        row = dict(lmm_jax=time_lmm_jax(fit, c["n"], args.repeats))
+        row = dict(lmm_jax=time_lmm_jax(fit, n_of.get(name, c["n"]), args.repeats, args.chunk_size,
+                                        not args.no_newton))
         print(name, "lmm_jax", row["lmm_jax"], flush=True)
         Y = np.asarray(lmm_jax.simulate(fit, peer_reps + 1, key=99))
-        row["lme4_s_per_rep"] = time_lme4(data, c["formula"], c["factors"], peer_reps)
+        row["lme4_s_per_rep"] = time_lme4(data, c["formula"], c["factors"], peer_reps) if "lme4" in peers else None
         try:
-            row["glmm_s_per_rep"] = time_glmm(data, c["glmm"], response, Y, peer_reps)
+            row["glmm_s_per_rep"] = time_glmm(data, c["glmm"], response, Y, peer_reps) if "glmm" in peers else None
         except Exception as e:                              # peer missing or unable: say so
             row["glmm_s_per_rep"], row["glmm_error"] = None, repr(e)[:200]
         try:
-            row["mixedlm_s_per_rep"] = time_mixedlm(data, c["formula"], max(20, peer_reps // 4))
+            row["mixedlm_s_per_rep"] = (time_mixedlm(data, c["formula"], max(20, peer_reps // 4))
+                                        if "mixedlm" in peers else None)
         except Exception as e:
             row["mixedlm_s_per_rep"], row["mixedlm_error"] = None, repr(e)[:200]
-        if c["statsmodels"] is not None:
+        if c["statsmodels"] is not None and "statsmodels" in peers:
             try:
                 row["statsmodels_s_per_rep"] = time_statsmodels(data, c["statsmodels"], response, Y, 5)
             except Exception as e:

@@ -23,6 +23,11 @@ machine, shared with other jobs, JAX's CPU Cholesky (LAPACK through scipy's
 OpenBLAS) was 4-6x slower with OpenBLAS's default threading fighting XLA's
 own thread pool (1,156 x 1,156: 0.30 s vs 0.05 s).
 
+On a GPU (``pip install -e ".[cuda]"``) lmm_jax runs on it as JAX's default
+device; each row records the device, and the accelerator's peak memory
+(``memory_stats()``) beside the host-side figures. ``--peers "" --no-lme4``
+times lmm_jax alone.
+
 Usage: python benchmarks/bench_scale.py [--cases insteval,slope1m,...] [--reps 3] [--no-lme4] [--json out.json]
 """
 
@@ -141,6 +146,11 @@ def bench_lmm_jax(formula: str, df: pd.DataFrame, reps: int, memory: bool) -> di
         out["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
         tracemalloc.stop()
         out["maxrss_growth_mb"] = _maxrss_mb() - rss0
+    dev = jax.devices()[0]
+    out["device"] = dev.platform if dev.platform == "cpu" else f"{dev.platform}: {dev.device_kind}"
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:               # the accelerator's own high-water mark
+        out["device_peak_mb"] = stats["peak_bytes_in_use"] / 1e6
     sparse = type(model.products.A21).__name__ == "SparseA21"
     out["coupling"] = "sparse" if sparse else ("dense" if model.structure.q_rest else "none")
     if sparse:
