@@ -152,6 +152,25 @@ def test_bootstrap_key_chunking_and_trace_count(ingot_fit):
                            b3.replicates.objective)
 
 
+def test_default_chunks_are_balanced_and_capped():
+    """Every chunk is computed whole, so the default splits n into the fewest equal chunks under the
+    caps: 2,048 replicates on the CPU (XLA:CPU stalled on wider vmaps), none on a GPU; 128 MB of
+    simulated responses everywhere; a multiple of the device count."""
+    from lmm_jax.bootstrap import CHUNK_MAX, CHUNK_MAX_ENTRIES, default_chunk_size
+
+    assert default_chunk_size(500, 180) == 500
+    assert default_chunk_size(10_000, 180) == 2_000                   # 5 x 2,000, not 5 x 2,048
+    assert default_chunk_size(10_000, 180, platform="gpu") == 10_000  # one chunk on a GPU
+    per_chunk = CHUNK_MAX_ENTRIES // 180                              # 93,206 responses of 180 rows
+    assert default_chunk_size(100_000, 180, platform="gpu") == 50_000 < per_chunk
+    assert default_chunk_size(10**6, 10**6, platform="gpu") == CHUNK_MAX_ENTRIES // 10**6
+    assert default_chunk_size(3, 10**9) == 1
+    assert default_chunk_size(10_000, 180, n_dev=3) % 3 == 0
+    for n in (1, 999, 2_049, 10_001, 123_457):
+        c = default_chunk_size(n, 180)
+        assert c <= CHUNK_MAX and -(-n // c) == -(-n // CHUNK_MAX)   # as few chunks as the cap allows
+
+
 def test_bootstrap_replicates_are_refits(ingot_fit):
     """Each replicate equals a one-at-a-time fit of its simulated response
     (warm-started at the fitted theta, as the bootstrap is)."""
