@@ -1,0 +1,60 @@
+"""lmm_jax.cpu_compile: XLA:CPU compiles fusions with its older emitters.
+
+Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
+backends start, which in the test process they long have.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# the compiled (optimised) HLO of a segment sum and a cumulative sum differs between XLA:CPU's two
+# fusion code generators, so it shows whether the flag reached the compiler; and a small fit's deviance
+PROBE = """
+import json, os
+import jax, jax.numpy as jnp
+import lmm_jax
+f = lambda x, i: jax.ops.segment_sum(jnp.sin(x) * x, i, num_segments=10).sum() + jnp.cumsum(x)[-1]
+hlo = jax.jit(f).lower(jnp.ones(1000), jnp.zeros(1000, jnp.int32)).compile().as_text()
+fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+print(json.dumps({"state": lmm_jax.cpu_compile.state(), "flags": os.environ.get("XLA_FLAGS", ""),
+                  "hlo": hlo, "deviance": fit.deviance}))
+"""
+
+
+def _run(code: str, **env) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LMM_JAX_CPU_COMPILE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**base, "JAX_PLATFORMS": "cpu", **env}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_flag_reaches_xla_and_changes_no_fit():
+    on = _run(PROBE)
+    off = _run(PROBE, LMM_JAX_CPU_COMPILE="default")
+    assert on["state"] == {"enabled": True, "reason": ""}
+    assert "xla_cpu_disable_new_fusion_emitters=true" in on["flags"]
+    assert off["state"] == {"enabled": False, "reason": "LMM_JAX_CPU_COMPILE=default"}
+    assert off["flags"] == ""
+    assert on["hlo"] != off["hlo"]                      # a different code generator compiled it
+    assert on["deviance"] == pytest.approx(off["deviance"], rel=1e-12, abs=0)
+
+
+def test_the_users_xla_flags_stand():
+    mine = "--xla_backend_extra_options=xla_cpu_disable_tiled_emitter=true"
+    got = _run(PROBE, XLA_FLAGS=f"--xla_cpu_enable_fast_math=false {mine}")
+    assert got["state"]["enabled"] is False and "left as the user chose" in got["state"]["reason"]
+    assert got["flags"] == f"--xla_cpu_enable_fast_math=false {mine}"
+    other = _run(PROBE, XLA_FLAGS="--xla_cpu_enable_fast_math=false")     # appended to other flags
+    assert other["state"] == {"enabled": True, "reason": ""}
+    assert other["flags"].startswith("--xla_cpu_enable_fast_math=false --xla_backend_extra_options=")
+
+
+def test_left_alone_once_backends_have_started():
+    code = "import jax; jax.devices()\n" + PROBE
+    got = _run(code)
+    assert got["state"] == {"enabled": False, "reason": "JAX's backends had started before lmm_jax was imported"}
+    assert got["flags"] == ""
