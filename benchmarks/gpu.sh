@@ -35,11 +35,8 @@ for part in "$@"; do
       $py benchmarks/bench_bootstrap.py --peers "" --repeats 5 --no-newton \
         --n "sleepstudy=${BOOT_N:-10000},crossed 50x20=1000,Penicillin=1000" \
         --out "$out/bootstrap_gpu.json" 2>&1 | tee "$out/bootstrap.log"
-      $py benchmarks/bench_bootstrap.py --peers "" --repeats 5 --no-newton --cases sleepstudy \
-        --n "sleepstudy=10000" --chunk-size 10000 \
-        --out "$out/bootstrap_gpu_onechunk.json" 2>&1 | tee "$out/bootstrap_onechunk.log"
       $py benchmarks/bench_bootstrap.py --peers "" --repeats 3 --no-newton --cases sleepstudy \
-        --n "sleepstudy=100000" --chunk-size "${BIG_CHUNK:-100000}" \
+        --n "sleepstudy=100000" ${BIG_CHUNK:+--chunk-size $BIG_CHUNK} \
         --out "$out/bootstrap_gpu_100k.json" 2>&1 | tee "$out/bootstrap_100k.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
