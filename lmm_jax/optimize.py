@@ -8,10 +8,11 @@ parameters phi. Each iteration (Nocedal & Wright 2006, secs. 3.1 and 3.4):
    replaced by their absolute values (floored), so d is a descent direction
    even where H is indefinite; d is capped at ``max_step`` in the infinity norm
    (a trust region in all but name);
-3. a backtracking line search on the Armijo condition; where the predicted
-   decrease is below f's rounding level, Armijo compares noise, and the full
-   step is taken if it lowers the Newton decrement (a measure of the
-   gradient, which has no such cancellation);
+3. a backtracking line search on the Armijo condition. Where the predicted
+   decrease is tiny (below ``F_NOISE`` = 1e-7 of |f|), Armijo may compare
+   rounding noise: there the full step is also taken if it lowers the Newton
+   decrement (a measure of the gradient, which has no such cancellation) and
+   raises f by less than that bound;
 4. the boundary rule: a diagonal entry of Lambda whose theta has fallen below
    ``zero_tol`` is set to exactly 0 (made inactive) when that does not raise
    f. In the log parametrisation a zero variance sits at -infinity, which
