@@ -159,7 +159,25 @@ def bench_lmm_jax(formula: str, df: pd.DataFrame, reps: int, memory: bool) -> di
     return out
 
 
-def bench_peer(name: str, formula: str, df: pd.DataFrame, reps: int) -> dict:
+def bench_peer(name: str, formula: str, df: pd.DataFrame, reps: int, timeout: float = 600.0) -> dict:
+    """Time a peer in a child process (spawned: no JAX state is inherited), given up after ``timeout``
+    seconds: lme-python ran for 900 s on InstEval without a result, and a Rust call cannot be
+    interrupted from Python."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        job = pool.apply_async(_bench_peer_here, (name, formula, df, reps, sorted(_GROUP_COLS)))
+        return job.get(timeout)
+    except multiprocessing.TimeoutError:
+        return dict(error=f"no result in {timeout:g} s")
+    finally:
+        pool.terminate()
+
+
+def _bench_peer_here(name: str, formula: str, df: pd.DataFrame, reps: int, groups: list[str]) -> dict:
+    _GROUP_COLS.clear()
+    _GROUP_COLS.update(groups)
     try:
         if name == "glmm":
             import glmm
@@ -275,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=3, help="warm repetitions (median reported)")
     ap.add_argument("--peers", default="glmm,lme-python,mixedlm")
     ap.add_argument("--no-lme4", action="store_true")
+    ap.add_argument("--peer-timeout", type=float, default=600.0, help="seconds before a peer is given up")
     ap.add_argument("--lme4-reps", type=int, default=0, help="warm lme4 repetitions (0: first call only)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", nargs="+", default=None, metavar="JSON",
@@ -298,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["lmm_jax"] = bench_lmm_jax(spec["formula"], df, args.reps, spec["memory"])
         print("  lmm_jax", row["lmm_jax"], flush=True)
         for peer in [p for p in args.peers.split(",") if p]:
-            row[peer] = bench_peer(peer, spec["peers_formula"], df, args.reps)
+            row[peer] = bench_peer(peer, spec["peers_formula"], df, args.reps, args.peer_timeout)
             print(f"  {peer}", row[peer], flush=True)
         if not args.no_lme4:
             row["lme4"] = bench_lme4(spec["formula"], df, GROUPS[case], args.lme4_reps)
