@@ -137,7 +137,7 @@ JET_ORDER = 3   # G and its first three derivatives in theta_1 are formed: the d
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _pair_sum(order: int, theta1: jnp.ndarray, jet: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+def _g_derivative(order: int, theta1: jnp.ndarray, jet: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
     """The ``order``-th theta_1-derivative of ``G = A22 - U(w)``: ``G`` for
     order 0, ``-U(w^(order))`` after (w^(k): k-th derivative of w), looked up
     in ``jet`` (:func:`_scalar_data`).
@@ -151,13 +151,13 @@ def _pair_sum(order: int, theta1: jnp.ndarray, jet: tuple[jnp.ndarray, ...]) -> 
     return jet[order]
 
 
-@_pair_sum.defjvp
-def _pair_sum_jvp(order, primals, tangents):
+@_g_derivative.defjvp
+def _g_derivative_jvp(order, primals, tangents):
     theta1, jet = primals
     if order + 1 >= len(jet):
         raise NotImplementedError(f"derivatives of the deviance beyond order {JET_ORDER} in theta are not "
                                   "available for scalar terms with sparse coupling (likelihood.JET_ORDER)")
-    return jet[order], _pair_sum(order + 1, theta1, jet) * tangents[0]
+    return jet[order], _g_derivative(order + 1, theta1, jet) * tangents[0]
 
 
 def _is_scalar_sparse(dp: DesignProducts, s: Structure) -> bool:
@@ -192,7 +192,7 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     (:func:`_scalar_data`): ``jet`` holds G and its first three derivatives in
     theta_1 (-U at w's derivatives), each formed once per point (XLA drops
     the orders a computation does not use) and read through
-    :func:`_pair_sum`, whose derivative is the next order's entry.
+    :func:`_g_derivative`, whose derivative is the next order's entry.
     """
     qr = s.q_rest
     rows = np.repeat(np.arange(len(s.ms) - 1), s.ms[1:])
@@ -201,14 +201,14 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
 
     def G(theta, data):
         # G = A22 - U(w), formed once per point (_scalar_data)
-        return _pair_sum(0, theta[0], data[3])
+        return _g_derivative(0, theta[0], data[3])
 
     def G_times(theta, data, Z):
         return G(theta, data) @ Z
 
     def U(theta, data, order):
         # U(w'), U(w'') (orders 1, 2), symmetric, formed once per point
-        return -_pair_sum(order, theta[0], data[3])
+        return -_g_derivative(order, theta[0], data[3])
 
     def lam(theta):
         return theta[1:][term_of_row]
@@ -316,12 +316,12 @@ def _scalar_data(dp: DesignProducts, theta: jnp.ndarray, pair_sum: jnp.ndarray, 
 
     ``jet = (G, -U(w'), -U(w''), -U(w'''))``, ``G = A22 - U(w)``, each entry a
     symmetric q_r x q_r matrix and the theta_1-derivative of the one before
-    (:func:`_pair_sum`). ``pair_sum`` is M22's lower triangle of U(w), already
+    (:func:`_g_derivative`). ``pair_sum`` is M22's lower triangle of U(w), already
     formed; the higher orders are sums with the weights' derivatives. Each
     entry is materialised once (``optimization_barrier``): left to fusion,
     XLA recomputed ``A22 - (T + T' - diag T)``, a strided transpose, inside
     each of its five consumers (15 ms each per InstEval pass). The jet is a
-    constant to autodiff; the rules' derivatives come from :func:`_pair_sum`.
+    constant to autodiff; the rules' derivatives come from :func:`_g_derivative`.
     """
     a11 = dp.A11[:, 0, 0]
     t1 = lax.stop_gradient(theta[0])
