@@ -405,7 +405,9 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         start: starting theta for every fit; default: each response's own
             MIVQUE(0) moment estimates (:mod:`lmm_jax.start`), the start of
             :meth:`LMM.fit`, so each column equals its own fit.
-        max_iter: iteration limit.
+        max_iter: iterations per fit before it is reported unconverged;
+            a fit continued in the compaction round (:func:`fit_products`)
+            may take up to ``COMPACT_ITER`` (6 Newton, 12 BFGS) more.
         method: ``"bfgs"`` (default: each fit starts from the exact Hessian
             at ``start`` and updates it by BFGS; 5-8x faster per batch) or
             ``"newton"`` (the exact Hessian every iteration, the same
@@ -450,7 +452,9 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
     Args:
         specs: (formula, data) pairs, or :class:`~lmm_jax.model.LMM` objects.
         reml: REML (default) or ML.
-        max_iter: iteration limit.
+        max_iter: iterations per fit before it is reported unconverged;
+            a fit continued in the compaction round (:func:`fit_products`)
+            may take up to ``COMPACT_ITER`` (6 Newton, 12 BFGS) more.
         method: ``"bfgs"`` or ``"newton"``, as for :func:`fit_batch`.
 
     Returns:
