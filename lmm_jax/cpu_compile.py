@@ -48,9 +48,10 @@ def enable() -> dict[str, object]:
     """
     global _state
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_extra_options" in flags:
-        _state = {"enabled": FLAG in flags, "reason": "XLA_FLAGS sets xla_backend_extra_options: left as the user "
-                                                      "chose" if FLAG not in flags else ""}
+    if FLAG in flags:
+        _state = {"enabled": True, "reason": ""}
+    elif "xla_backend_extra_options" in flags:
+        _state = {"enabled": False, "reason": "XLA_FLAGS sets xla_backend_extra_options: left as the user chose"}
     elif _backends_started():
         _state = {"enabled": False, "reason": "JAX's backends had started before lmm_jax was imported"}
     else:

@@ -203,11 +203,9 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         # G = A22 - U(w), formed once per point (_scalar_data)
         return _g_derivative(0, theta[0], data[3])
 
-    def G_times(theta, data, Z):
-        return G(theta, data) @ Z
-
     def U(theta, data, order):
-        # U(w'), U(w'') (orders 1, 2), symmetric, formed once per point
+        # U(w^(order)) for order >= 1 (U(w) itself is A22 - G), symmetric, formed once per point
+        assert order >= 1, order
         return -_g_derivative(order, theta[0], data[3])
 
     def lam(theta):
@@ -287,9 +285,9 @@ def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
         la = lam(theta)[:, None]
         E = jnp.asarray(E_np, dtype=theta.dtype)
         X1, Y1 = la * X, la * Y
+        G_ = G(theta, data)
         k1 = -(X1.T @ (U(theta, data, 1) @ Y1))
-        kr = (jnp.einsum("ti,ia,ib->tab", E, X, G_times(theta, data, la * Y))
-              + jnp.einsum("ti,ia,ib->tab", E, G_times(theta, data, la * X), Y))
+        kr = jnp.einsum("ti,ia,ib->tab", E, X, G_ @ Y1) + jnp.einsum("ti,ia,ib->tab", E, G_ @ X1, Y)
         return jnp.concatenate([k1[None], kr], axis=0)
 
     def second_bilinear(theta, data, X, Y):
