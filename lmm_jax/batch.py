@@ -10,7 +10,7 @@ faster on CPU than a batched scatter), else the segment sums of
 :func:`lmm_jax.model.fit_theta` under ``jax.vmap``; under vmap its
 ``lax.while_loop`` runs until every replicate has stopped.
 
-Designs that differ only in their data (same :class:`~lmm_jax.crossprod.Structure`)
+Designs whose padded products have one shape (:func:`~lmm_jax.crossprod.pad_products`)
 share one compilation: :func:`fit_many` stacks their products and vmaps over
 design and response together, one compiled call per shape bucket.
 """
@@ -32,7 +32,7 @@ from .likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from .model import SINGULAR_TOL, fit_theta
 from .optimize import bfgs_minimize, inverse_hessian_start
 from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
-from .start import MomentEquations, moment_equations_of, moment_theta
+from .start import MomentEquations, moment_equations_of, moment_theta, pad_moment_equations
 
 if TYPE_CHECKING:
     from .design import Design
@@ -88,6 +88,10 @@ STRAGGLER_FRACTION = 64  # stragglers refitted per round: 1/64 of the batch (at 
 BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-12)
 AXIS = "fit"             # name of the vmapped fit axis (the BFGS fits' batch-wide branches use it)
 METHODS = ("bfgs", "newton")
+# Batches up to this size run as one vmapped loop of max_iter iterations, without the compaction stages:
+# each stage is another compiled copy of the optimiser (fit_many of 50 sleepstudy-sized datasets: XLA
+# compile 6.5 s staged), while a small batch loses little to its slowest member.
+UNSTAGED_MAX_BATCH = 256
 
 
 def _take(tree, idx):
@@ -161,7 +165,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
     """
     method = check_method(method)
     B = rps.yy.shape[0]
-    first = min(max_iter, FIRST_PASS_ITER[method])
+    first = min(max_iter, FIRST_PASS_ITER[method]) if B > UNSTAGED_MAX_BATCH else max_iter
 
     if method == "newton":
         def fit_from(dp1, rp1, phi_s, act_s, hinv_s, iters):
@@ -219,7 +223,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     def estimates(dp1, rp1, theta):
         F = factorize(theta, dp1, rp1, s)
-        return fixed_effects(F), sigma_hat(F, s, reml)
+        return fixed_effects(F), sigma_hat(F, dp1, reml)
 
     beta, sigma = jax.vmap(estimates, in_axes=(design_axis, 0, 0))(dp, rps, opt.theta)
     return dict(theta=opt.theta, beta=beta, sigma=sigma, objective=opt.objective, converged=opt.converged,
@@ -421,8 +425,8 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     if Y.ndim == 1:
         Y = Y[:, None]
     s = model.structure
-    if Y.ndim != 2 or Y.shape[0] != s.n:
-        raise ValueError(f"Y must be (n_obs, B) = ({s.n}, B) for this model, got shape {Y.shape}; pass one "
+    if Y.ndim != 2 or Y.shape[0] != model.design.n:
+        raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0 = (None, None) if start is None else _start(s, start)
     G = _response_map_of(model)
@@ -444,10 +448,12 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
              max_iter: int = 200, method: str = "bfgs") -> list[BatchResult]:
     """Fit many (formula, data) pairs, one compiled vmapped call per shape.
 
-    Models are grouped by their :class:`~lmm_jax.crossprod.Structure` (terms'
-    columns and levels, n, p); each group's design and response products are
-    stacked and fitted together, so a power analysis over a few numbers of
-    subjects compiles once per number of subjects, not once per dataset.
+    Models are grouped by the structure of their padded products
+    (:func:`~lmm_jax.crossprod.pad_products`: terms' columns, levels rounded
+    up to size buckets, p; the number of observations is a runtime value);
+    each group's design and response products are stacked and fitted
+    together, so a power analysis over a few numbers of subjects compiles
+    once per size bucket, not once per dataset.
 
     Args:
         specs: (formula, data) pairs, or :class:`~lmm_jax.model.LMM` objects.
@@ -464,17 +470,27 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
     from .model import LMM
 
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
-    groups: dict[Structure, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
-        groups.setdefault(m.structure, []).append(i)
+        # same padded structure and the same pytree of products (a sparse coupling block has its own shapes)
+        leaves, tree = jax.tree_util.tree_flatten(m.padded.products)
+        key = (m.padded.structure, tree, tuple(np.shape(a) for a in leaves))
+        groups.setdefault(key, []).append(i)
     out: list[BatchResult | None] = [None] * len(models)
-    for s, idx in groups.items():
-        dps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].products for i in idx])
-        rps = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[models[i].response for i in idx])
+    for (s, _, _), idx in groups.items():
+        dps = _stack([models[i].padded.products for i in idx])
+        rps = _stack([models[i].padded.response for i in idx])
         eqs = [moment_equations_of(models[i]) for i in idx]
-        eqs = None if any(e is None for e in eqs) else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *eqs)
+        eqs = (None if any(e is None for e in eqs) else
+               _stack([pad_moment_equations(e, models[i].structure, s) for e, i in zip(eqs, idx)]))
         res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}
         for row, i in enumerate(idx):
             out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, models[i].design, bool(reml))
     return out  # type: ignore[return-value]
+
+
+def _stack(trees: list) -> Any:
+    """Stack pytrees of arrays along a new leading axis, on the host (no
+    device computation to compile per group size)."""
+    return jax.tree_util.tree_map(lambda *a: jax.device_put(np.stack([np.asarray(x) for x in a])), *trees)

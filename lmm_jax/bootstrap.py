@@ -107,7 +107,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     s = model.structure
     key = as_key(key)
     n_dev = jax.device_count()
-    chunk = (default_chunk_size(n, s.n, n_dev, jax.default_backend()) if chunk_size is None
+    chunk = (default_chunk_size(n, model.design.n, n_dev, jax.default_backend()) if chunk_size is None
              else int(chunk_size))
     if chunk < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")

@@ -41,18 +41,20 @@ CHUNK_ROWS = 1 << 18           # rows per chunk of the O(n) bincounts
 
 
 class Structure(NamedTuple):
-    """Static shape information of a model (hashable; closed over by jit).
+    """Static shapes of a model's cross-products (hashable; the key jit
+    compiles by). The number of observations is not among them: it is the
+    runtime scalar ``DesignProducts.nobs``, so datasets that differ only in
+    n share compiled code (and, padded by :func:`pad_products`, datasets
+    whose levels and columns fall in the same size buckets too).
 
     Attributes:
         ks: columns per term (largest-level term first).
-        ms: levels per term.
-        n: observations.
-        p: fixed-effects columns.
+        ms: levels per term (padded levels included).
+        p: fixed-effects columns (padded columns included).
     """
 
     ks: tuple[int, ...]
     ms: tuple[int, ...]
-    n: int
     p: int
 
     @property
@@ -70,7 +72,9 @@ class Structure(NamedTuple):
 
 
 class DesignProducts(NamedTuple):
-    """Cross-products that do not involve y (see module docstring)."""
+    """Cross-products that do not involve y (see module docstring), and the
+    two counts the criteria need: ``nobs`` (n) and ``rank`` (the estimated
+    fixed effects, REML's p), runtime scalars rather than shapes."""
 
     A11: jnp.ndarray
     A21: "jnp.ndarray | SparseA21"
@@ -78,6 +82,8 @@ class DesignProducts(NamedTuple):
     Z1X: jnp.ndarray
     ZrX: jnp.ndarray
     XtX: jnp.ndarray
+    nobs: jnp.ndarray
+    rank: jnp.ndarray
 
 
 class ResponseProducts(NamedTuple):
@@ -99,12 +105,12 @@ class DesignArrays(NamedTuple):
 
 
 def structure_of(design: Design) -> Structure:
-    return Structure(ks=design.ks, ms=design.ms, n=design.n, p=design.p)
+    return Structure(ks=design.ks, ms=design.ms, p=design.p)
 
 
 def design_arrays(design: Design) -> DesignArrays:
-    return DesignArrays(X=jnp.asarray(design.X), codes=tuple(jnp.asarray(t.codes) for t in design.terms),
-                        Z=tuple(jnp.asarray(t.Z) for t in design.terms))
+    return DesignArrays(X=jax.device_put(design.X), codes=tuple(jax.device_put(t.codes) for t in design.terms),
+                        Z=tuple(jax.device_put(t.Z) for t in design.terms))
 
 
 def _rest_terms(design: Design) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
@@ -189,11 +195,11 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
         for b in range(a + 1, k1):
             A11[:, b, a] = A11[:, a, b]
     if qr == 0:
-        A21 = jnp.zeros((0, m1, k1))
+        A21 = jax.device_put(np.zeros((0, m1, k1)))
     elif sparse or sparse is None:
         A21 = sparse_coupling(rest, c1, t1.Z, m1, qr, chunk_rows)
         if sparse is None and not use_sparse_coupling(structure_of(design), n_pairs(A21)):
-            A21 = jnp.asarray(dense_coupling(A21, qr, m1))
+            A21 = jax.device_put(dense_coupling(A21, qr, m1))
     else:
         A21 = np.zeros((qr, m1, k1))
         for codes, Z, o, m in rest:
@@ -203,9 +209,10 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
                     for a in range(k1):
                         A21[..., a] += np.bincount(flat, weights=Z[sl, c] * t1.Z[sl, a],
                                                    minlength=qr * m1).reshape(qr, m1)
-        A21 = jnp.asarray(A21)
-    return DesignProducts(A11=jnp.asarray(A11), A21=A21, A22=jnp.asarray(A22),
-                          Z1X=jnp.asarray(Z1X), ZrX=jnp.asarray(ZrX), XtX=jnp.asarray(X.T @ X))
+        A21 = jax.device_put(A21)
+    return DesignProducts(A11=jax.device_put(A11), A21=A21, A22=jax.device_put(A22),
+                          Z1X=jax.device_put(Z1X), ZrX=jax.device_put(ZrX), XtX=jax.device_put(X.T @ X),
+                          nobs=jax.device_put(np.float64(n)), rank=jax.device_put(np.float64(p)))
 
 
 def response_products(y: jnp.ndarray, arrays: DesignArrays, structure: Structure) -> ResponseProducts:
@@ -216,3 +223,113 @@ def response_products(y: jnp.ndarray, arrays: DesignArrays, structure: Structure
              for Z, c, m, k in zip(arrays.Z[1:], arrays.codes[1:], ms[1:], ks[1:])]
     Zry = jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype=y.dtype)
     return ResponseProducts(Z1y=Z1y, Zry=Zry, Xy=arrays.X.T @ y, yy=y @ y)
+
+
+def response_products_host(y: np.ndarray, design: Design) -> ResponseProducts:
+    """:func:`response_products` of one response, in numpy (bincounts): what
+    a model forms once when it is built, with no device computation to
+    compile for its sizes."""
+    y = np.asarray(y, dtype=float)
+    t1 = design.terms[0]
+    Z1y = np.stack([np.bincount(t1.codes, weights=t1.Z[:, a] * y, minlength=t1.m) for a in range(t1.k)], axis=-1)
+    parts = [np.stack([np.bincount(t.codes, weights=t.Z[:, a] * y, minlength=t.m) for a in range(t.k)],
+                      axis=-1).reshape(-1) for t in design.terms[1:]]
+    Zry = np.concatenate(parts) if parts else np.zeros(0)
+    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=jax.device_put(design.X.T @ y),
+                            yy=jax.device_put(np.float64(y @ y)))
+
+
+# Size buckets of the padded levels (pad_products): up to FINE_BUCKET_FROM a count is rounded up to a
+# power of two (at least LEVEL_BUCKET_MIN), above it to the next multiple of an eighth of its octave (at
+# most 12.5% more, where the remaining terms' dense block costs q_r^3).
+LEVEL_BUCKET_MIN = 32
+FINE_BUCKET_FROM = 256
+# A sparse coupling block whose padded dense form has at most this many entries (q_r m_1 k_1) is padded
+# densely: small crossed designs then share compiled code across sizes (a dense update of 64k entries
+# costs microseconds), where the sparse form's pair count would be a shape of every dataset's own.
+DENSE_PAD_MAX_ENTRIES = 1 << 16
+
+
+def size_bucket(x: int, minimum: int) -> int:
+    """The padded size of a dimension of ``x`` (0 stays 0: an absent block)."""
+    if x <= 0:
+        return 0
+    if x <= minimum:
+        return minimum
+    bits = (x - 1).bit_length()
+    if x <= FINE_BUCKET_FROM:
+        return 1 << bits
+    step = 1 << (bits - 4)       # an eighth of the octave (2^(bits-1), 2^bits] that holds x
+    return -(-x // step) * step
+
+
+class Padded(NamedTuple):
+    """A model's products padded to size buckets, and their structure: what
+    the compiled kernels of a single fit take (:func:`pad_products`)."""
+
+    products: DesignProducts
+    response: ResponseProducts
+    structure: Structure
+
+
+def _rest_rows(s: Structure, padded: Structure) -> np.ndarray:
+    """Positions of the remaining terms' rows of Z_r in the padded layout
+    (each term's padded levels follow its own)."""
+    out = [o_new + np.arange(m * k) for k, m, o_new in zip(s.ks[1:], s.ms[1:], padded.rest_offsets)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> ResponseProducts:
+    """Response products in the padded layout of :func:`pad_products`
+    (zeros for the padded levels and columns)."""
+    Z1y = np.zeros((padded.ms[0], padded.ks[0]))
+    Z1y[:s.ms[0]] = np.asarray(rp.Z1y)
+    Zry = np.zeros(padded.q_rest)
+    Zry[_rest_rows(s, padded)] = np.asarray(rp.Zry)
+    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=rp.Xy, yy=rp.yy)
+
+
+def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padded:
+    """Pad the products to size buckets (:func:`size_bucket`), so that every
+    dataset whose levels and columns fall in the same buckets runs the same
+    compiled code (and hits the persistent cache across processes).
+
+    The padding is exactly neutral: a padded level has a zero block of Z'Z
+    and zero cross-products, so its diagonal block of the penalised system
+    is ``Lambda'0 Lambda + I = I``, its Cholesky factor I, its
+    log-determinant 0 and its mode 0.
+
+    Fixed-effects columns are not padded: the (p+1)-square factor of
+    ``[X y]`` is unrolled (:func:`~lmm_jax.linalg.batched_cholesky`), and
+    under the exact Hessian its compile time grows steeply with p (sleepstudy
+    padded from p = 2 to 4 doubled the fit's compile time), while p is
+    usually fixed by the formula.
+
+    A sparse coupling block (:class:`~lmm_jax.sparse.SparseA21`) is indexed
+    by the exact sizes and its pair count is a shape of its own: it is
+    padded as a dense block when that is small (at most
+    :data:`DENSE_PAD_MAX_ENTRIES` entries), and otherwise (large crossed
+    designs such as InstEval) the products are returned unpadded.
+    """
+    padded = s._replace(ms=tuple(size_bucket(m, LEVEL_BUCKET_MIN) for m in s.ms))
+    if isinstance(dp.A21, SparseA21):
+        if padded.q_rest * padded.ms[0] * padded.ks[0] > DENSE_PAD_MAX_ENTRIES:
+            return Padded(dp, rp, s)
+        dp = dp._replace(A21=dense_coupling(dp.A21, s.q_rest, s.ms[0]))
+    if padded == s:
+        return Padded(dp, rp, s)
+    m1, k1 = s.ms[0], s.ks[0]
+    rows = _rest_rows(s, padded)
+    A11 = np.zeros((padded.ms[0], k1, k1))
+    A11[:m1] = np.asarray(dp.A11)
+    Z1X = np.zeros((padded.ms[0], k1, s.p))
+    Z1X[:m1] = np.asarray(dp.Z1X)
+    A21 = np.zeros((padded.q_rest, padded.ms[0], k1))
+    A21[rows[:, None], np.arange(m1)[None, :]] = np.asarray(dp.A21)
+    A22 = np.zeros((padded.q_rest, padded.q_rest))
+    A22[np.ix_(rows, rows)] = np.asarray(dp.A22)
+    ZrX = np.zeros((padded.q_rest, s.p))
+    ZrX[rows] = np.asarray(dp.ZrX)
+    out = dp._replace(A11=jax.device_put(A11), A21=jax.device_put(A21), A22=jax.device_put(A22),
+                      Z1X=jax.device_put(Z1X), ZrX=jax.device_put(ZrX))
+    return Padded(out, pad_response(rp, s, padded), padded)

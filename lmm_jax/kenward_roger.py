@@ -135,7 +135,7 @@ def kenward_roger_adjustment(theta: np.ndarray, sigma: float, dp: DesignProducts
         The :class:`KRAdjustment` (adjusted and unadjusted covariance of beta-hat, P_r and W).
     """
     ZtZ, ZtX, XtX = dense_products(dp, s)
-    q, n = ZtZ.shape[0], s.n
+    q, n = ZtZ.shape[0], float(dp.nobs)
     Lam = lambda_dense(theta, s)
     ZW = ZtZ @ Lam                      # Z'W,  W = Z Lambda
     XW = ZtX.T @ Lam                    # X'W

@@ -474,10 +474,11 @@ def profiled_deviance(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
         reml: REML criterion if True, ML deviance otherwise.
     """
     ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
+    n = dp.nobs
     if reml:
-        nu = s.n - s.p
+        nu = n - dp.rank
         return ldz + ldx + nu * (1.0 + LOG_2PI + jnp.log(rss / nu))
-    return ldz + s.n * (1.0 + LOG_2PI + jnp.log(rss / s.n))
+    return ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n))
 
 
 def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts,
@@ -492,9 +493,9 @@ def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts
     """
     ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     s2 = sigma ** 2
-    dev = ldz + rss / s2 + s.n * (LOG_2PI + jnp.log(s2))
+    dev = ldz + rss / s2 + dp.nobs * (LOG_2PI + jnp.log(s2))
     if reml:
-        dev = dev + ldx - s.p * (LOG_2PI + jnp.log(s2))
+        dev = dev + ldx - dp.rank * (LOG_2PI + jnp.log(s2))
     return dev
 
 
@@ -504,10 +505,10 @@ def fixed_effects(F: Factor) -> jnp.ndarray:
     return batched_backward_solve(F.L33[:p, :p], F.L33[p, :p, None])[:, 0]
 
 
-def sigma_hat(F: Factor, s: Structure, reml: bool) -> jnp.ndarray:
+def sigma_hat(F: Factor, dp: DesignProducts, reml: bool) -> jnp.ndarray:
     """Residual SD at the conditional optimum: sqrt(pwrss / (n - p)) for
-    REML, sqrt(pwrss / n) for ML."""
-    return jnp.sqrt(pwrss(F) / (s.n - s.p if reml else s.n))
+    REML, sqrt(pwrss / n) for ML (n and p: ``dp.nobs``, ``dp.rank``)."""
+    return jnp.sqrt(pwrss(F) / (dp.nobs - dp.rank if reml else dp.nobs))
 
 
 def unscaled_vcov_beta(F: Factor) -> jnp.ndarray:

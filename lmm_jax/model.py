@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_memory
-from .crossprod import (DesignProducts, ResponseProducts, Structure, design_arrays, design_products,
-                        response_products, structure_of)
+from .crossprod import (DesignProducts, Padded, ResponseProducts, Structure, design_arrays, design_products,
+                        pad_products, response_products, response_products_host, structure_of)
 from .design import Design, build_design
 from .diagnostics import diagnose_newton
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
@@ -42,14 +42,38 @@ def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, activ
                            max_iter=max_iter)
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
-def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
-    """beta, sigma, unscaled vcov(beta), conditional modes b and the
-    deviance at a given theta."""
+def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     F = factorize(theta, dp, rp, s)
     beta = fixed_effects(F)
-    return dict(beta=beta, sigma=sigma_hat(F, s, reml), unscaled_vcov=unscaled_vcov_beta(F),
+    return dict(beta=beta, sigma=sigma_hat(F, dp, reml), unscaled_vcov=unscaled_vcov_beta(F),
                 b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
+
+
+@partial(jax.jit, static_argnames=("s", "reml"))
+def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
+    """beta, sigma, unscaled vcov(beta), conditional modes b and the
+    deviance at a given theta (in the products' layout: padded products
+    give padded beta and b, see :func:`unpad_estimates`)."""
+    return _estimates(theta, dp, rp, s, reml)
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
+                     s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
+    """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
+    one function: a single fit's one compilation and one dispatch."""
+    opt = newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks, max_iter=max_iter)
+    return opt, _estimates(opt.theta, dp, rp, s, reml)
+
+
+def unpad_estimates(est: dict, design: Design) -> dict:
+    """:func:`estimates_at` output as numpy arrays in the model's own sizes
+    (padded fixed effects and levels removed, :func:`~lmm_jax.crossprod.pad_products`)."""
+    p = design.p
+    return dict(beta=np.asarray(est["beta"])[:p], sigma=float(est["sigma"]),
+                unscaled_vcov=np.asarray(est["unscaled_vcov"])[:p, :p],
+                b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)),
+                deviance=float(est["deviance"]))
 
 
 @partial(jax.jit, static_argnames=("s",))
@@ -83,7 +107,12 @@ class LMM:
     Attributes:
         formula: the formula text.
         design: the evaluated :class:`~lmm_jax.design.Design`.
-        structure: static shapes (terms' columns and levels, n, p).
+        structure: static shapes (terms' columns and levels, p).
+        products, response: the cross-products of the design and of y.
+        padded: the same, padded to size buckets
+            (:func:`~lmm_jax.crossprod.pad_products`): what the compiled
+            fit and its inference run on, so models of one structure share
+            compiled code whatever their sizes.
 
     Example:
         >>> import lmm_jax
@@ -98,8 +127,8 @@ class LMM:
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
         self.arrays = design_arrays(self.design)
-        self.response: ResponseProducts = response_products(jnp.asarray(self.design.y), self.arrays,
-                                                            self.structure)
+        self.response: ResponseProducts = response_products_host(self.design.y, self.design)
+        self.padded: Padded = pad_products(self.products, self.response, self.structure)
 
     def __repr__(self) -> str:
         d = self.design
@@ -146,9 +175,11 @@ class LMM:
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
         phi0, active0 = phi_from_theta(theta0, ks)
-        opt = fit_theta(self.products, self.response, jnp.asarray(phi0), jnp.asarray(active0), self.structure,
-                        bool(reml), max_iter)
-        result = LMMResult.from_theta(self, opt.theta, reml=bool(reml), optimizer=opt)
+        pad = self.padded
+        opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml), max_iter)
+        opt = jax.tree_util.tree_map(np.asarray, opt)
+        result = LMMResult.from_estimates(self, opt.theta, unpad_estimates(est, self.design), reml=bool(reml),
+                                          optimizer=opt)
         diag = diagnose_newton(opt, self.structure.ks)
         result = dataclasses.replace(result, diagnostics=diag)
         problems = []

@@ -58,6 +58,19 @@ def lambdas(theta: jnp.ndarray, ks: tuple[int, ...]) -> tuple[jnp.ndarray, ...]:
     return tuple(out)
 
 
+def lambdas_host(theta: np.ndarray, ks: tuple[int, ...]) -> list[np.ndarray]:
+    """:func:`lambdas` in numpy, for host-side tables (no device work)."""
+    theta = np.asarray(theta, dtype=float)
+    out, start = [], 0
+    for k in ks:
+        size = k * (k + 1) // 2
+        L = np.zeros((k, k))
+        L[lower_tri_indices(k)] = theta[start:start + size]
+        out.append(L)
+        start += size
+    return out
+
+
 def theta_from_phi(phi: jnp.ndarray, ks: tuple[int, ...], active: jnp.ndarray | None = None) -> jnp.ndarray:
     """theta = exp(phi) on the diagonal entries, phi elsewhere; diagonal
     entries with ``active`` False are exactly 0."""

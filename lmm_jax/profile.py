@@ -194,8 +194,9 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     # (every branch stays finite, also where it is not selected: jnp.where passes 0 * its gradient)
     norm = jnp.where(is_sd & jnp.any(row_mask[con.row]), jnp.sqrt(jnp.maximum(jnp.sum(vals ** 2), 1e-300)), 1.0)
     sigma2 = (jnp.where(is_sd, con.c, 1.0) / norm) ** 2
-    dev_sigma = ldz + rss / sigma2 + s.n * (LOG_2PI + jnp.log(sigma2))
-    dev_profiled = ldz + s.n * (1.0 + LOG_2PI + jnp.log(rss / s.n))
+    n = dp.nobs
+    dev_sigma = ldz + rss / sigma2 + n * (LOG_2PI + jnp.log(sigma2))
+    dev_profiled = ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n))
     return jnp.where(is_sd, dev_sigma, dev_profiled)
 
 

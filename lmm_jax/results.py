@@ -19,8 +19,8 @@ from scipy import stats
 
 from . import code_memory
 from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
-                    varpar_hessian)
-from .parametrization import diagonal_mask, lambdas, lower_tri_indices
+                    unpad_estimates, varpar_hessian)
+from .parametrization import diagonal_mask, lambdas_host, lower_tri_indices
 from .satterthwaite import satterthwaite_table, varcomp_covariance, varpar_covariance
 
 if TYPE_CHECKING:
@@ -64,16 +64,21 @@ class LMMResult:
     @classmethod
     def from_theta(cls, model: "LMM", theta: Any, reml: bool, optimizer: "NewtonResult | None" = None) -> "LMMResult":
         """Build the result at a given theta (the optimum, or any value)."""
-        theta = jnp.asarray(theta, dtype=jnp.float64)
-        est = estimates_at(theta, model.products, model.response, model.structure, reml)
+        pad = model.padded
+        est = estimates_at(np.asarray(theta, dtype=np.float64), pad.products, pad.response, pad.structure, reml)
+        return cls.from_estimates(model, theta, unpad_estimates(est, model.design), reml, optimizer)
+
+    @classmethod
+    def from_estimates(cls, model: "LMM", theta: Any, est: dict, reml: bool,
+                       optimizer: "NewtonResult | None" = None) -> "LMMResult":
+        """Build the result from :func:`~lmm_jax.model.unpad_estimates` at theta."""
         if optimizer is None:
             conv, it, gn, dec = True, 0, float("nan"), float("nan")
         else:
             conv, it = bool(optimizer.converged), int(optimizer.iterations)
             gn, dec = float(optimizer.gradient_norm), float(optimizer.decrement)
-        return cls(model=model, reml=reml, theta=np.asarray(theta), beta=np.asarray(est["beta"]),
-                   sigma=float(est["sigma"]), objective=float(est["deviance"]),
-                   unscaled_vcov=np.asarray(est["unscaled_vcov"]), b=tuple(np.asarray(x) for x in est["b"]),
+        return cls(model=model, reml=reml, theta=np.asarray(theta, dtype=np.float64), beta=est["beta"],
+                   sigma=est["sigma"], objective=est["deviance"], unscaled_vcov=est["unscaled_vcov"], b=est["b"],
                    converged=conv, iterations=it, gradient_norm=gn, decrement=dec)
 
     # -- basic quantities ----------------------------------------------------
@@ -132,8 +137,8 @@ class LMMResult:
         this is lme4's ``devcomp$cmp["dev"]`` (the ML deviance at the REML theta)."""
         if not self.reml:
             return self.objective
-        m = self.model
-        return float(deviance_at(jnp.asarray(self.theta), m.products, m.response, m.structure, False))
+        pad = self.model.padded
+        return float(deviance_at(self.theta, pad.products, pad.response, pad.structure, False))
 
     @property
     def aic(self) -> float:
@@ -156,17 +161,17 @@ class LMMResult:
     @cached_property
     def covariances(self) -> list[np.ndarray]:
         """Per term: the k x k covariance sigma^2 Lambda_t Lambda_t'."""
-        return [self.sigma ** 2 * np.asarray(L @ L.T) for L in lambdas(jnp.asarray(self.theta), self.model.structure.ks)]
+        return [self.sigma ** 2 * (L @ L.T) for L in lambdas_host(self.theta, self.model.structure.ks)]
 
     @cached_property
     def varpar_cov(self) -> np.ndarray:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
         code_memory.check()
-        m = self.model
-        vp = jnp.concatenate([jnp.asarray(self.theta), jnp.asarray([self.sigma])])
-        H = varpar_hessian(vp, m.products, m.response, m.structure, self.reml)
-        return np.asarray(varpar_covariance(H))
+        pad = self.model.padded
+        vp = np.concatenate([self.theta, [self.sigma]])
+        H = varpar_hessian(vp, pad.products, pad.response, pad.structure, self.reml)
+        return varpar_covariance(np.asarray(H))
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
@@ -239,9 +244,10 @@ class LMMResult:
     def ranef_sd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the random effects (lme4's ``condsd``)."""
         code_memory.check()
-        m = self.model
-        cov = conditional_covariances_at(jnp.asarray(self.theta), m.products, m.response, m.structure)
-        sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c), axis1=1, axis2=2)) for c in cov]
+        pad = self.model.padded
+        cov = conditional_covariances_at(self.theta, pad.products, pad.response, pad.structure)
+        sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c)[:t.m], axis1=1, axis2=2))
+               for c, t in zip(cov, self.design.terms)]
         return self._ranef_tables(sds)
 
     def _ranef_tables(self, values) -> dict[str, pd.DataFrame]:
@@ -267,10 +273,10 @@ class LMMResult:
     # -- inference -------------------------------------------------------------
     @cached_property
     def _satterthwaite(self) -> pd.DataFrame:
-        m = self.model
+        pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
-        return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, m.products, m.response,
-                                   m.structure, self.reml, list(self.design.fixef_names))
+        return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, pad.products, pad.response,
+                                   pad.structure, self.reml, list(self.design.fixef_names))
 
     @property
     def coef_table(self) -> pd.DataFrame:

@@ -26,33 +26,57 @@ from scipy import stats
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
 from .likelihood import factorize, unscaled_vcov_beta
-from .parametrization import lambdas, lower_tri_indices
+from .parametrization import lambdas_host, lower_tri_indices
 
 
-def varpar_covariance(H: jnp.ndarray) -> jnp.ndarray:
+def varpar_covariance(H: np.ndarray) -> np.ndarray:
     """``2 H^{-1}``: asymptotic covariance of (theta, sigma)."""
+    H = np.asarray(H)
     H = 0.5 * (H + H.T)
-    return 2.0 * jnp.linalg.pinv(H, hermitian=True)
+    return 2.0 * np.linalg.pinv(H, hermitian=True)
 
 
-def varcomp_of(varpar: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
+def varcomp_of(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     """(theta, sigma) -> variance/covariance components, then sigma^2."""
+    varpar = np.asarray(varpar, dtype=float)
     theta, sigma = varpar[:-1], varpar[-1]
     out = []
-    for lam, k in zip(lambdas(theta, ks), ks):
+    for lam, k in zip(lambdas_host(theta, ks), ks):
         S = sigma ** 2 * lam @ lam.T
         r, c = lower_tri_indices(k)
         out.append(S[r, c])
-    out.append(jnp.atleast_1d(sigma ** 2))
-    return jnp.concatenate(out)
+    out.append(np.atleast_1d(sigma ** 2))
+    return np.concatenate(out)
+
+
+def varcomp_jacobian(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """d varcomp / d varpar, in closed form. Per term, with ``S = sigma^2
+    Lambda Lambda'``: ``dS/dLambda_ab = sigma^2 (E_ab Lambda' + Lambda E_ba)``
+    and ``dS/dsigma = 2 S / sigma``; the residual variance's row is
+    ``(0, ..., 0, 2 sigma)``."""
+    varpar = np.asarray(varpar, dtype=float)
+    theta, sigma = varpar[:-1], varpar[-1]
+    J = np.zeros((varpar.size, varpar.size))
+    start = 0
+    for lam, k in zip(lambdas_host(theta, ks), ks):
+        r, c = lower_tri_indices(k)
+        size = len(r)
+        S = sigma ** 2 * lam @ lam.T
+        for j, (a, b) in enumerate(zip(r, c)):
+            dS = np.zeros((k, k))
+            dS[a, :] += lam[:, b]              # E_ab Lambda'
+            dS[:, a] += lam[:, b]              # Lambda E_ba
+            J[start:start + size, start + j] = sigma ** 2 * dS[r, c]
+        J[start:start + size, -1] = 2.0 * S[r, c] / sigma if sigma != 0 else 0.0
+        start += size
+    J[-1, -1] = 2.0 * sigma
+    return J
 
 
 def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Variance components and their delta-method covariance ``J A J'``."""
-    vp = jnp.asarray(varpar)
-    v = varcomp_of(vp, ks)
-    J = jax.jacfwd(varcomp_of)(vp, ks)
-    return np.asarray(v), np.asarray(J @ jnp.asarray(A) @ J.T)
+    J = varcomp_jacobian(varpar, ks)
+    return varcomp_of(varpar, ks), J @ np.asarray(A) @ J.T
 
 
 @partial(jax.jit, static_argnames=("s",))
@@ -78,8 +102,9 @@ def satterthwaite_table(L: np.ndarray, beta: np.ndarray, varpar: np.ndarray, A: 
                         rp: ResponseProducts, s: Structure, reml: bool, names: list[str]) -> pd.DataFrame:
     """t-tests of the contrasts L beta with Satterthwaite df (lmerTest's
     ``contest1D``): columns ``estimate, std_error, df, t, p``."""
-    C, dC = vcov_beta_jacobian(jnp.asarray(varpar), dp, rp, s)
-    var, df = satterthwaite_df(L, np.asarray(C), np.asarray(dC), np.asarray(A))
+    p = len(beta)
+    C, dC = vcov_beta_jacobian(np.asarray(varpar, dtype=float), dp, rp, s)
+    var, df = satterthwaite_df(L, np.asarray(C)[:p, :p], np.asarray(dC)[:p, :p], np.asarray(A))
     est = np.atleast_2d(L) @ beta
     se = np.sqrt(var)
     t = est / se

@@ -103,7 +103,7 @@ def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Struct
         u = jax.random.normal(kt, (m, k), dtype=y.dtype)
         b = params.sigma * (u @ lam.T)                     # rows b_j = sigma Lambda_t u_j
         y = y + jnp.sum(Z * b[codes], axis=1)
-    return y + params.sigma * jax.random.normal(keys[-1], (s.n,), dtype=y.dtype)
+    return y + params.sigma * jax.random.normal(keys[-1], y.shape, dtype=y.dtype)
 
 
 def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:

@@ -144,11 +144,11 @@ def sparse_coupling(rest: list[tuple[np.ndarray, np.ndarray, int, int]], codes1:
     pair_a, pair_b, pair_level, pair_dest = _upper_pairs(level, row, q_r)
     flat = np.concatenate([b.reshape(-1, k1) for b in blocks])
     pair_product = np.einsum("pa,pa->p", flat[pair_a], flat[pair_b])
-    index = CouplingIndex(row=jnp.asarray(row.astype(np.int32)), level=jnp.asarray(level.astype(np.int32)),
-                          pair_a=jnp.asarray(pair_a), pair_b=jnp.asarray(pair_b),
-                          pair_level=jnp.asarray(pair_level), pair_dest=jnp.asarray(pair_dest),
-                          pair_product=jnp.asarray(pair_product))
-    return SparseA21(blocks=tuple(jnp.asarray(b) for b in blocks), index=index)
+    index = CouplingIndex(row=jax.device_put(row.astype(np.int32)), level=jax.device_put(level.astype(np.int32)),
+                          pair_a=jax.device_put(pair_a), pair_b=jax.device_put(pair_b),
+                          pair_level=jax.device_put(pair_level), pair_dest=jax.device_put(pair_dest),
+                          pair_product=jax.device_put(pair_product))
+    return SparseA21(blocks=tuple(jax.device_put(b) for b in blocks), index=index)
 
 
 def dense_coupling(A21: SparseA21, q_r: int, m1: int) -> np.ndarray:

@@ -149,7 +149,8 @@ def moment_equations(design: "Design") -> MomentEquations | None:
         return None
     if not np.all(np.isfinite(S_inv)):
         return None
-    return MomentEquations(S_inv=jnp.asarray(S_inv), BK=tuple(jnp.asarray(B @ K) for B in Bs), K=jnp.asarray(K))
+    return MomentEquations(S_inv=jax.device_put(S_inv), BK=tuple(jax.device_put(B @ K) for B in Bs),
+                           K=jax.device_put(K))
 
 
 def _term_products(rp: "ResponseProducts", s: "Structure") -> list[jnp.ndarray]:
@@ -206,13 +207,30 @@ def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") ->
     return jnp.where(sigma2 > 0, theta, jnp.asarray(theta_start(s.ks), dtype=theta.dtype))
 
 
+def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure") -> MomentEquations:
+    """``eq`` in the padded layout of :func:`lmm_jax.crossprod.pad_products`:
+    zero rows of ``B_t K`` for the padded levels, so the moment estimates
+    are unchanged."""
+    if padded == s:
+        return eq
+    BK = []
+    for B, m, M in zip(eq.BK, s.ms, padded.ms):
+        out = np.zeros((M,) + B.shape[1:])
+        out[:m] = np.asarray(B)
+        BK.append(jax.device_put(out))
+    return eq._replace(BK=tuple(BK))
+
+
 def default_start(model) -> np.ndarray:
     """The fit's starting theta: :func:`moment_theta` of the model's own
-    response, or lme4's identity when the moment equations are singular."""
+    response (on its padded products, as the fit), or lme4's identity when
+    the moment equations are singular."""
     eq = moment_equations_of(model)
     if eq is None:
         return theta_start(model.structure.ks)
-    return np.asarray(moment_theta(eq, model.response, model.structure))
+    pad = model.padded
+    eq = pad_moment_equations(eq, model.structure, pad.structure)
+    return np.asarray(moment_theta(eq, pad.response, pad.structure))
 
 
 def moment_equations_of(model) -> MomentEquations | None:

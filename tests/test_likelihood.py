@@ -204,7 +204,7 @@ def test_batched_objective_calls_no_lapack(formula, data):
     dense blocks are small must compile to no LAPACK custom call at all."""
     m = lmm_jax.LMM(formula, lmm_jax.datasets.load(data))
     s = m.structure
-    Y = jnp.asarray(np.random.default_rng(0).normal(size=(s.n, 8))) + jnp.asarray(m.design.y)[:, None]
+    Y = jnp.asarray(np.random.default_rng(0).normal(size=(m.design.n, 8))) + jnp.asarray(m.design.y)[:, None]
     rps = jax.vmap(m.response_products, in_axes=1)(Y)
     theta = jnp.asarray(lmm_jax.parametrization.theta_start(s.ks)) * 0.7
 
