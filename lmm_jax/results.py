@@ -15,13 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import code_memory
 from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                     varpar_hessian)
 from .parametrization import diagonal_mask, lambdas, lower_tri_indices
-from .satterthwaite import satterthwaite_table, varcomp_covariance, varpar_covariance
 
 if TYPE_CHECKING:
     from .model import LMM
@@ -163,6 +161,8 @@ class LMMResult:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
         code_memory.check()
+        from .satterthwaite import varpar_covariance
+
         m = self.model
         vp = jnp.concatenate([jnp.asarray(self.theta), jnp.asarray([self.sigma])])
         H = varpar_hessian(vp, m.products, m.response, m.structure, self.reml)
@@ -170,6 +170,8 @@ class LMMResult:
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
+        from .satterthwaite import varcomp_covariance
+
         vp = np.concatenate([self.theta, [self.sigma]])
         return varcomp_covariance(vp, self.varpar_cov, self.model.structure.ks)
 
@@ -267,6 +269,8 @@ class LMMResult:
     # -- inference -------------------------------------------------------------
     @cached_property
     def _satterthwaite(self) -> pd.DataFrame:
+        from .satterthwaite import satterthwaite_table
+
         m = self.model
         vp = np.concatenate([self.theta, [self.sigma]])
         return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, m.products, m.response,
