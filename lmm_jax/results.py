@@ -11,17 +11,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import code_memory
 from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                     unpad_estimates, varpar_hessian)
 from .parametrization import diagonal_mask, lambdas_host, lower_tri_indices
-from .satterthwaite import satterthwaite_table, varcomp_covariance, varpar_covariance
 
 if TYPE_CHECKING:
     from .model import LMM
@@ -168,6 +164,8 @@ class LMMResult:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
         code_memory.check()
+        from .satterthwaite import varpar_covariance
+
         pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
         H = varpar_hessian(vp, pad.products, pad.response, pad.structure, self.reml)
@@ -175,6 +173,8 @@ class LMMResult:
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
+        from .satterthwaite import varcomp_covariance
+
         vp = np.concatenate([self.theta, [self.sigma]])
         return varcomp_covariance(vp, self.varpar_cov, self.model.structure.ks)
 
@@ -273,6 +273,8 @@ class LMMResult:
     # -- inference -------------------------------------------------------------
     @cached_property
     def _satterthwaite(self) -> pd.DataFrame:
+        from .satterthwaite import satterthwaite_table
+
         pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
         return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, pad.products, pad.response,

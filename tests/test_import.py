@@ -1,0 +1,112 @@
+"""``import lmm_jax`` loads JAX and lmm_jax's settings only; the rest of the
+package and its heavy dependencies (formulaic, pandas, scipy, matplotlib,
+tqdm) load when a name that needs them is first used.
+
+Each case runs in a fresh Python process: the test process has long imported
+everything.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lmm_jax
+
+HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
+# what `import lmm_jax` itself runs: the settings applied before JAX's backends start, and the errors
+LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.code_memory", "lmm_jax.compilation_cache", "lmm_jax.cpu_compile",
+                    "lmm_jax.cpu_memory", "lmm_jax.errors"]
+
+
+def _run(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter that imports this lmm_jax; return its last line of JSON."""
+    root = str(Path(lmm_jax.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(got.pop("file")).resolve() == Path(lmm_jax.__file__).resolve()
+    return got
+
+
+LOADED = "[m for m in sys.modules if m.startswith('lmm_jax')], [m for m in {heavy} if m in sys.modules]"
+
+
+def test_import_loads_no_heavy_dependencies():
+    got = _run(f"""
+import json, sys
+import lmm_jax
+import jax
+from jax._src import xla_bridge
+own, heavy = {LOADED.format(heavy=HEAVY)}
+print(json.dumps({{"file": lmm_jax.__file__, "own": sorted(own), "heavy": heavy,
+                  "x64": jax.config.read("jax_enable_x64"),
+                  "backends": xla_bridge.backends_are_initialized()}}))
+""")
+    assert got["heavy"] == []
+    assert got["own"] == LOADED_ON_IMPORT
+    assert got["x64"] is True
+    assert got["backends"] is False
+
+
+def test_every_public_name_resolves():
+    got = _run("""
+import inspect, json
+import lmm_jax
+names = {n: type(getattr(lmm_jax, n)).__name__ for n in lmm_jax.__all__}
+star = {}
+exec("from lmm_jax import *", star)
+print(json.dumps({"file": lmm_jax.__file__, "names": names, "star": sorted(n for n in star if n != "__builtins__"),
+                  "dir": sorted(set(lmm_jax.__all__) - set(dir(lmm_jax))),
+                  "load": lmm_jax.datasets.load("sleepstudy").shape,
+                  "submodule": inspect.ismodule(lmm_jax.design)}))
+""")
+    assert sorted(got["names"]) == sorted(lmm_jax.__all__)
+    assert got["names"]["datasets"] == "module"
+    assert got["names"]["fit"] == got["names"]["anova"] == got["names"]["simulate"] == "function"
+    assert got["names"]["LMM"] == got["names"]["LMMResult"] == "type"
+    assert got["star"] == sorted(lmm_jax.__all__)
+    assert got["dir"] == []
+    assert got["load"] == [180, 3]
+    assert got["submodule"] is True
+
+
+def test_functions_named_like_their_module_stay_functions():
+    # lmm_jax.anova and lmm_jax.simulate are functions even when lmm_jax's own code imports their modules first
+    got = _run("""
+import json, sys
+import lmm_jax
+from lmm_jax.anova import anova_table
+from lmm_jax.bootstrap import BootstrapResult
+print(json.dumps({"file": lmm_jax.__file__,
+                  "anova": lmm_jax.anova is sys.modules["lmm_jax.anova"].anova,
+                  "simulate": lmm_jax.simulate is sys.modules["lmm_jax.simulate"].simulate}))
+""")
+    assert got == {"anova": True, "simulate": True}
+
+
+def test_a_fit_loads_what_it_uses_and_its_inference_loads_on_first_use():
+    got = _run(f"""
+import json, sys
+import lmm_jax
+fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+after_fit = {LOADED.format(heavy=HEAVY)}
+summary = fit.summary()
+anova = lmm_jax.anova(fit)
+wald = fit.confint(method="wald")
+after_summary = {LOADED.format(heavy=HEAVY)}
+print(json.dumps({{"file": lmm_jax.__file__, "after_fit": after_fit, "after_summary": after_summary,
+                  "summary": summary, "anova_rows": list(anova.index), "wald_rows": len(wald)}}))
+""")
+    own, heavy = got["after_fit"]
+    assert {"formulaic", "pandas"} <= set(heavy)
+    assert not {"scipy.stats", "scipy.optimize", "matplotlib", "tqdm"} & set(heavy)
+    assert not {"lmm_jax.inference", "lmm_jax.satterthwaite", "lmm_jax.anova", "lmm_jax.plotting"} & set(own)
+    own, heavy = got["after_summary"]
+    assert {"scipy.stats", "lmm_jax.satterthwaite", "lmm_jax.inference", "lmm_jax.anova"} <= set(heavy) | set(own)
+    assert "REML criterion at convergence: 1743.6283" in got["summary"]
+    assert got["anova_rows"] == ["Days"]
+    assert got["wald_rows"] == 6
