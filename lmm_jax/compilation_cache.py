@@ -61,3 +61,8 @@ def enable_by_default() -> Path | None:
     if jax.config.jax_compilation_cache_dir:
         return Path(jax.config.jax_compilation_cache_dir)
     return enable_compilation_cache()
+
+
+def enabled() -> bool:
+    """Whether a persistent cache directory is in use (lmm_jax's or one the user configured)."""
+    return bool(jax.config.jax_compilation_cache_dir)

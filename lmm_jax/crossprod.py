@@ -27,6 +27,7 @@ import numpy as np
 
 from .design import Design
 from .errors import DataError
+from .kernel import serializable
 from .sparse import SparseA21, dense_coupling, n_pairs, sparse_coupling
 
 MAX_DENSE_COUPLING = 1 << 24   # dense A21 (q_r m_1 k_1 entries) above this: always stored sparse
@@ -71,6 +72,7 @@ class Structure(NamedTuple):
         return tuple(out)
 
 
+@serializable
 class DesignProducts(NamedTuple):
     """Cross-products that do not involve y (see module docstring), and the
     two counts the criteria need: ``nobs`` (n) and ``rank`` (the estimated
@@ -86,6 +88,7 @@ class DesignProducts(NamedTuple):
     rank: jnp.ndarray
 
 
+@serializable
 class ResponseProducts(NamedTuple):
     """Cross-products that involve y: Z_1'y (m_1, k_1), Z_r'y (q_r,), X'y (p,), y'y."""
 

@@ -26,6 +26,7 @@ from .diagnostics import diagnose_newton
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
 from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
                          profiled_deviance, sigma_hat, unscaled_vcov_beta)
+from .kernel import kernel
 from .optimize import NewtonResult, newton_minimize
 from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi
 from .start import default_start
@@ -49,7 +50,7 @@ def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: 
                 b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"))
 def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     """beta, sigma, unscaled vcov(beta), conditional modes b and the
     deviance at a given theta (in the products' layout: padded products
@@ -57,7 +58,7 @@ def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s
     return _estimates(theta, dp, rp, s, reml)
 
 
-@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+@kernel(static_argnames=("s", "reml", "max_iter"))
 def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
                      s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
     """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
@@ -76,20 +77,20 @@ def unpad_estimates(est: dict, design: Design) -> dict:
                 deviance=float(est["deviance"]))
 
 
-@partial(jax.jit, static_argnames=("s",))
+@kernel(static_argnames=("s",))
 def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
     """Per-term (m_t, k_t, k_t) blocks of Var(b | y) / sigma^2 at theta, compiled
     as one function (op-by-op dispatch cost seconds on crossed designs)."""
     return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"))
 def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
     """The profiled ML deviance or REML criterion at theta, compiled."""
     return profiled_deviance(theta, dp, rp, s, reml)
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"))
 def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
                    reml: bool) -> jnp.ndarray:
     """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .kernel import serializable
 from .parametrization import diagonal_mask, theta_from_phi
 
 
@@ -63,6 +64,7 @@ F_ROUNDING = 1e-12
 F_NOISE = 1e-7
 
 
+@serializable
 class NewtonResult(NamedTuple):
     """What the optimiser returns (arrays, so it can be vmapped).
 

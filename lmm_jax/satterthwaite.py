@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from .crossprod import DesignProducts, ResponseProducts, Structure
+from .kernel import kernel
 from .likelihood import factorize, unscaled_vcov_beta
 from .parametrization import lambdas_host, lower_tri_indices
 
@@ -79,7 +80,7 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
     return varcomp_of(varpar, ks), J @ np.asarray(A) @ J.T
 
 
-@partial(jax.jit, static_argnames=("s",))
+@kernel(static_argnames=("s",))
 def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
     """C(varpar) = sigma^2 (L_X L_X')^{-1} and its Jacobian (p, p, len(varpar))."""
     def C(vp):

@@ -36,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .kernel import serializable
 
+
+@serializable
 class CouplingIndex(NamedTuple):
     """Where the nonzero rows of A21 (and L21) sit, and the pairs of (2).
 
@@ -62,6 +65,7 @@ class CouplingIndex(NamedTuple):
     pair_product: jnp.ndarray
 
 
+@serializable
 class SparseA21(NamedTuple):
     """``A21 = Z_r'Z_1`` by nonzero blocks.
 

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .kernel import kernel, serializable
 from .linalg import batched_cholesky
 from .parametrization import lower_tri_indices, theta_start
 
@@ -63,6 +64,7 @@ THETA_MAX = 100.0
 CORR_MAX = 0.9
 
 
+@serializable
 class MomentEquations(NamedTuple):
     """The design's part of MIVQUE(0) (arrays, so it can enter a compiled call).
 
@@ -174,7 +176,7 @@ def moment_estimates(eq: MomentEquations, rp: "ResponseProducts", s: "Structure"
     return eq.S_inv @ jnp.stack(q)
 
 
-@partial(jax.jit, static_argnames=("s",))
+@kernel(static_argnames=("s",))
 def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") -> jnp.ndarray:
     """A starting theta from the moment estimates (module docstring): lme4's
     identity where the residual variance estimate is not positive."""

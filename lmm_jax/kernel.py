@@ -1,0 +1,161 @@
+"""Compiled kernels whose traced and lowered form is kept on disk.
+
+A fresh process that fits a model pays three things before its first
+result: tracing the kernel's Python into a jaxpr, lowering it to StableHLO,
+and compiling it with XLA. JAX's persistent compilation cache
+(:mod:`lmm_jax.compilation_cache`) saves the last; :class:`Kernel` saves the
+first two. The first time a kernel runs for a given structure and set of
+argument shapes, it is exported with :func:`jax.export.export` and the
+serialized module is written next to the compilation cache; a later process
+deserializes it and calls it (``Exported.call``), which traces a single
+call primitive instead of the Newton loop, and whose compilation then hits
+the persistent cache.
+
+Entries are keyed by the kernel's name, its static arguments, the argument
+shapes and dtypes, the JAX version, the backend and a digest of lmm_jax's
+own source, so a change of any of them writes a new entry instead of running
+a stale one. An unreadable or corrupt entry is ignored and rewritten; a
+kernel that cannot be exported runs as a plain ``jax.jit`` function. Inside
+another trace (``vmap``, ``grad`` or a user's ``jit``) a kernel is its plain
+``jax.jit`` function.
+
+Where: ``<cache dir>/export`` (the compilation cache's directory, see
+:func:`lmm_jax.compilation_cache.default_cache_dir`); nothing is kept when
+the cache is off (``LMM_JAX_COMPILATION_CACHE=0``) or not writable.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from . import compilation_cache
+
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest() -> str:
+    """A digest of lmm_jax's Python source: part of every entry's key."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        h = hashlib.sha256()
+        root = Path(__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()[:16]
+    return _SOURCE_DIGEST
+
+
+def export_dir() -> Path | None:
+    """Where exported kernels are kept, or None when the cache is off."""
+    if not compilation_cache.enabled():
+        return None
+    base = jax.config.jax_compilation_cache_dir or str(compilation_cache.default_cache_dir())
+    return Path(base) / "export"
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+class Kernel:
+    """``jax.jit(fun, static_argnames=...)`` whose lowered form is cached on
+    disk (module docstring). Called like the function it wraps."""
+
+    def __init__(self, fun: Callable, static_argnames: tuple[str, ...]):
+        self.fun = fun
+        self.static_argnames = tuple(static_argnames)
+        self.jitted = jax.jit(fun, static_argnames=self.static_argnames)
+        self.signature = inspect.signature(fun)
+        self._calls: dict[tuple, Callable] = {}
+        functools.update_wrapper(self, fun)
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        statics = tuple((k, bound.arguments[k]) for k in self.static_argnames)
+        dynamic = [v for k, v in bound.arguments.items() if k not in self.static_argnames]
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        if any(_is_tracer(x) for x in leaves):
+            return self.jitted(*args, **kwargs)
+        avals = tuple((np.shape(x), (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
+        key = (statics, tree, avals)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._build(statics, dynamic, key)
+        return call(*dynamic)
+
+    def _build(self, statics: tuple, dynamic: list, key: tuple) -> Callable:
+        """A function of the dynamic arguments: the exported kernel (loaded
+        or exported now), or the plain jitted one when export is off or fails."""
+        fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
+        folder = export_dir()
+        if folder is None:
+            return fixed
+        digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
+                                      jax.default_backend(), source_digest())).encode()).hexdigest()[:32]
+        path = folder / f"{self.fun.__name__}-{digest}.bin"
+        exported = _load(path)
+        if exported is None:
+            try:
+                exported = jax.export.export(fixed)(*dynamic)
+            except Exception:                      # a kernel JAX cannot export still runs, as plain jit
+                return fixed
+            _store(path, exported)
+        return jax.jit(exported.call)
+
+
+def _load(path: Path):
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        return jax.export.deserialize(bytearray(data))
+    except Exception:                              # corrupt or from another serialization version: rebuild
+        return None
+
+
+def _store(path: Path, exported) -> None:
+    """Write atomically (a temporary file renamed into place); a failure to
+    write only means the next process exports again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(exported.serialize())
+        os.replace(tmp, path)
+    except Exception:
+        try:
+            os.unlink(tmp)  # type: ignore[possibly-undefined]
+        except Exception:
+            pass
+
+
+def serializable(cls: type) -> type:
+    """Class decorator for a NamedTuple that enters or leaves a kernel: its
+    pytree nodes can then be written into an exported module
+    (``jax.export.register_namedtuple_serialization``)."""
+    try:
+        jax.export.register_namedtuple_serialization(cls, serialized_name=f"lmm_jax.{cls.__qualname__}")
+    except ValueError:                             # registered already (a module imported twice)
+        pass
+    return cls
+
+
+def kernel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Kernel]:
+    """Decorator: ``@kernel(static_argnames=("s", "reml"))`` in place of
+    ``@partial(jax.jit, static_argnames=...)`` (see :class:`Kernel`)."""
+    return lambda fun: Kernel(fun, static_argnames)
