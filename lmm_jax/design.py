@@ -13,6 +13,7 @@ one the blocked Cholesky in :mod:`lmm_jax.likelihood` wants).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -322,6 +323,13 @@ def _independent_columns(X: np.ndarray, chunk_rows: int = 1 << 16) -> list[int]:
     return [j for j in range(p) if scale[j] > 0 and diag[j] > _RANK_TOL * scale[j]]
 
 
+@functools.lru_cache(maxsize=256)
+def _formulaic(text: str) -> Formula:
+    """formulaic's parsed formula for a formula text, parsed once per text
+    (a Formula is immutable; parsing costs more than a small model matrix)."""
+    return Formula(text)
+
+
 def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     """Evaluate a formula on data.
 
@@ -378,7 +386,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(quote_names(pf.fixed_formula, columns), df_used, na_action="ignore")
+        mm = model_matrix(_formulaic(quote_names(pf.fixed_formula, columns)), df_used, na_action="ignore")
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
                            pf.fixed, pf.text.find(pf.fixed)) from None
@@ -425,7 +433,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
         try:
-            Zm = model_matrix(quote_names(term.expr, columns), df_used, na_action="ignore")
+            Zm = model_matrix(_formulaic(quote_names(term.expr, columns)), df_used, na_action="ignore")
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
                                term.expr, pf.text.find(term.expr)) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Callable, Literal
 
 import jax
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_memory
-from .crossprod import (DesignProducts, Padded, ResponseProducts, Structure, design_arrays, design_products,
+from .crossprod import (DesignArrays, DesignProducts, Padded, ResponseProducts, Structure, design_arrays, design_products,
                         pad_products, response_products, response_products_host, structure_of)
 from .design import Design, build_design
 from .diagnostics import diagnose_newton
@@ -127,7 +127,6 @@ class LMM:
         self.design: Design = build_design(formula, data)
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
-        self.arrays = design_arrays(self.design)
         self.response: ResponseProducts = response_products_host(self.design.y, self.design)
         self.padded: Padded = pad_products(self.products, self.response, self.structure)
 
@@ -135,6 +134,12 @@ class LMM:
         d = self.design
         groups = ", ".join(f"{t.group}: {t.m}" for t in d.terms)
         return f"LMM({self.formula!r}; n={d.n}, p={d.p}, groups {groups})"
+
+    @cached_property
+    def arrays(self) -> DesignArrays:
+        """X, each term's level codes and Z on the device: what functions of a
+        response need (simulation, batches of responses); formed on first use."""
+        return design_arrays(self.design)
 
     @property
     def n_theta(self) -> int:

@@ -56,17 +56,14 @@ def format_summary(fit: "LMMResult") -> str:
     lines.append("Random effects:")
     vc = fit.varcorr
     rows = [["Groups", "Name", "Variance", "Std.Dev.", "Corr"]]
+    records = list(zip(vc.grp, vc.var1, vc.var2, vc.vcov, vc.sdcor))     # plain tuples: no frame filtering
     for grp in dict.fromkeys(vc.grp):
-        sub = vc[vc.grp == grp]
-        var = sub[sub.var2 == ""]
-        cov = sub[sub.var2 != ""]
-        names = list(var.var1)
-        for i, (_, row) in enumerate(var.iterrows()):
-            cors = []
-            for j in range(i):
-                c = cov[(cov.var1 == names[j]) & (cov.var2 == names[i])]
-                cors.append(f"{c.sdcor.iloc[0]:.2f}" if len(c) else "")
-            rows.append([grp if i == 0 else "", row.var1, f"{row.vcov:.4g}", f"{row.sdcor:.4g}", " ".join(cors)])
+        var = [r for r in records if r[0] == grp and r[2] == ""]
+        cor = {(r[1], r[2]): r[4] for r in records if r[0] == grp and r[2] != ""}
+        names = [r[1] for r in var]
+        for i, (_, var1, _, vcov, sd) in enumerate(var):
+            cors = [f"{cor[(names[j], names[i])]:.2f}" if (names[j], names[i]) in cor else "" for j in range(i)]
+            rows.append([grp if i == 0 else "", var1, f"{vcov:.4g}", f"{sd:.4g}", " ".join(cors)])
     lines += [" " + s for s in _table(rows, ["l", "l", "r", "r", "l"])]
     groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
@@ -74,9 +71,8 @@ def format_summary(fit: "LMMResult") -> str:
     ct = fit.coef_table
     lines.append("Fixed effects:")
     rows = [["", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", ""]]
-    for name, row in ct.iterrows():
-        rows.append([str(name), f"{row.estimate:.4g}", f"{row.std_error:.4g}", f"{row.df:.2f}", f"{row.t:.3f}",
-                     _fmt_p(row.p), _stars(row.p)])
+    for name, est, se, df, t, p in zip(ct.index, ct.estimate, ct.std_error, ct.df, ct.t, ct.p):
+        rows.append([str(name), f"{est:.4g}", f"{se:.4g}", f"{df:.2f}", f"{t:.3f}", _fmt_p(p), _stars(p)])
     lines += _table(rows, ["l", "r", "r", "r", "r", "r", "l"])
     lines.append("---")
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
