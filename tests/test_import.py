@@ -95,16 +95,20 @@ import lmm_jax
 fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
 after_fit = {LOADED.format(heavy=HEAVY)}
 summary = fit.summary()
+after_text = {LOADED.format(heavy=HEAVY)}
 anova = lmm_jax.anova(fit)
 wald = fit.confint(method="wald")
 after_summary = {LOADED.format(heavy=HEAVY)}
-print(json.dumps({{"file": lmm_jax.__file__, "after_fit": after_fit, "after_summary": after_summary,
+print(json.dumps({{"file": lmm_jax.__file__, "after_fit": after_fit, "after_text": after_text,
+                  "after_summary": after_summary,
                   "summary": summary, "anova_rows": list(anova.index), "wald_rows": len(wald)}}))
 """)
     own, heavy = got["after_fit"]
     assert {"formulaic", "pandas"} <= set(heavy)
     assert not {"scipy.stats", "scipy.optimize", "matplotlib", "tqdm"} & set(heavy)
     assert not {"lmm_jax.inference", "lmm_jax.satterthwaite", "lmm_jax.anova", "lmm_jax.plotting"} & set(own)
+    own, heavy = got["after_text"]          # summary(): Satterthwaite's t tests take scipy.special, not scipy.stats
+    assert "lmm_jax.satterthwaite" in own and not {"scipy.stats", "scipy.optimize"} & set(heavy)
     own, heavy = got["after_summary"]
     assert {"scipy.stats", "lmm_jax.satterthwaite", "lmm_jax.inference", "lmm_jax.anova"} <= set(heavy) | set(own)
     assert "REML criterion at convergence: 1743.6283" in got["summary"]
