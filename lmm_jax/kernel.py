@@ -31,6 +31,8 @@ import hashlib
 import inspect
 import os
 import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,52 +71,91 @@ def _is_tracer(x: Any) -> bool:
 
 class Kernel:
     """``jax.jit(fun, static_argnames=...)`` whose lowered form is cached on
-    disk (module docstring). Called like the function it wraps."""
+    disk (module docstring). Called like the function it wraps;
+    :meth:`prepare` compiles it ahead of a call, on a background thread."""
 
     def __init__(self, fun: Callable, static_argnames: tuple[str, ...]):
         self.fun = fun
         self.static_argnames = tuple(static_argnames)
         self.jitted = jax.jit(fun, static_argnames=self.static_argnames)
         self.signature = inspect.signature(fun)
-        self._calls: dict[tuple, Callable] = {}
+        self._calls: dict[tuple, Future] = {}
+        self._lock = threading.Lock()
         functools.update_wrapper(self, fun)
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
+        key, statics, dynamic = self._key(args, kwargs)
+        if key is None:
+            return self.jitted(*args, **kwargs)
+        return self._compiled(key, statics, dynamic)(*dynamic)
+
+    def prepare(self, *args, **kwargs) -> None:
+        """Compile this kernel for these arguments (arrays, or
+        ``jax.ShapeDtypeStruct`` for the ones whose values are not known
+        yet) on a background thread: XLA compiles without holding Python's
+        lock, so a fit's Newton loop and its summary's kernels compile side
+        by side. A later call with arguments of the same shapes waits for it
+        and runs it; an error surfaces there."""
+        key, statics, dynamic = self._key(args, kwargs)
+        if key is None or key in self._calls:
+            return
+        threading.Thread(target=self._compiled, args=(key, statics, dynamic), daemon=True,
+                         name=f"lmm_jax-prepare-{self.fun.__name__}").start()
+
+    def _key(self, args: tuple, kwargs: dict) -> tuple:
+        """(key, static arguments, dynamic arguments); key None inside a trace."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         statics = tuple((k, bound.arguments[k]) for k in self.static_argnames)
         dynamic = [v for k, v in bound.arguments.items() if k not in self.static_argnames]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         if any(_is_tracer(x) for x in leaves):
-            return self.jitted(*args, **kwargs)
-        avals = tuple((np.shape(x), (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
-        key = (statics, tree, avals)
-        call = self._calls.get(key)
-        if call is None:
-            call = self._calls[key] = self._build(statics, dynamic, key)
-        return call(*dynamic)
+            return None, statics, dynamic
+        avals = tuple((tuple(np.shape(x) if not hasattr(x, "shape") else x.shape),
+                       (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
+        return (statics, tree, avals), statics, dynamic
+
+    def _compiled(self, key: tuple, statics: tuple, dynamic: list) -> Callable:
+        """The compiled call for ``key``, built once (by whichever thread asks first)."""
+        with self._lock:
+            future = self._calls.get(key)
+            owner = future is None
+            if owner:
+                future = self._calls[key] = Future()
+        if owner:
+            try:
+                future.set_result(self._build(statics, dynamic, key))
+            except BaseException as e:            # noqa: BLE001 - handed to the caller; the next call retries
+                with self._lock:
+                    self._calls.pop(key, None)
+                future.set_exception(e)
+        return future.result()
 
     def _build(self, statics: tuple, dynamic: list, key: tuple) -> Callable:
-        """A function of the dynamic arguments: the exported kernel (loaded
-        or exported now), or the plain jitted one when export is off or fails."""
+        """The compiled function of the dynamic arguments: the exported kernel
+        (loaded, or exported now), or the plain jitted one when export is off
+        or fails."""
         fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
+        target = fixed
         folder = export_dir()
-        if folder is None:
-            return fixed
-        digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
-                                      jax.default_backend(), source_digest())).encode()).hexdigest()[:32]
-        path = folder / f"{self.fun.__name__}-{digest}.bin"
-        exported = _load(path)
-        if exported is None:
-            try:
-                exported = jax.export.export(fixed)(*dynamic)
-            except Exception:                      # a kernel JAX cannot export still runs, as plain jit
-                return fixed
-            _store(path, exported)
-        return jax.jit(exported.call)
+        if folder is not None:
+            digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
+                                          jax.default_backend(), source_digest())).encode()).hexdigest()[:32]
+            path = folder / f"{self.fun.__name__}-{digest}.bin"
+            exported = _load(path)
+            if exported is None:
+                try:
+                    exported = jax.export.export(fixed)(*dynamic)
+                except Exception:                  # a kernel JAX cannot export still runs, as plain jit
+                    exported = None
+                else:
+                    _store(path, exported)
+            if exported is not None:
+                target = jax.jit(exported.call)
+        return target.lower(*dynamic).compile()
 
 
 def _load(path: Path):

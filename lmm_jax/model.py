@@ -10,6 +10,7 @@ the very same function over simulated responses.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from functools import cached_property, partial
 from typing import Any, Callable, Literal
@@ -29,9 +30,12 @@ from .likelihood import (conditional_covariances, conditional_modes, deviance_at
 from .kernel import kernel
 from .optimize import NewtonResult, newton_minimize
 from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi
+from .satterthwaite import vcov_beta_jacobian
 from .start import default_start
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+# More than one core for this process: a fit compiles its summary's kernels on a second thread
+SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
@@ -182,6 +186,11 @@ class LMM:
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
         phi0, active0 = phi_from_theta(theta0, ks)
         pad = self.padded
+        if SPARE_CORES:
+            # summary()'s kernels compile beside the Newton loop (their shapes are known before the optimum)
+            vp = jax.ShapeDtypeStruct((self.n_theta + 1,), np.float64)
+            varpar_hessian.prepare(vp, pad.products, pad.response, pad.structure, bool(reml))
+            vcov_beta_jacobian.prepare(vp, pad.products, pad.response, pad.structure)
         opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml), max_iter)
         opt = jax.tree_util.tree_map(np.asarray, opt)
         result = LMMResult.from_estimates(self, opt.theta, unpad_estimates(est, self.design), reml=bool(reml),

@@ -82,3 +82,25 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function():
     np.testing.assert_allclose(np.asarray(batched), one_by_one, rtol=1e-12)
     g = jax.grad(lambda th: deviance_at(th, pad.products, pad.response, pad.structure, True))(thetas[0])
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it():
+    from lmm_jax.kernel import kernel
+
+    builds = []
+
+    @kernel(static_argnames=("scale",))
+    def scaled_sum(x, y, scale):
+        builds.append(x.shape)                      # runs once per trace
+        return scale * jnp.sum(x * y)
+
+    x, y = np.arange(5.0), np.ones(5)
+    scaled_sum.prepare(jax.ShapeDtypeStruct((5,), np.float64), y, scale=2.0)
+    assert float(scaled_sum(x, y, scale=2.0)) == 20.0
+    assert float(scaled_sum(x + 1, y, scale=2.0)) == 30.0
+    assert len(builds) == 1                         # the prepared build served both calls
+    assert float(scaled_sum(x, y, scale=3.0)) == 30.0 and len(builds) == 2   # another static: another build
+    with np.testing.assert_raises(TypeError):       # a bad call raises at the call, and is not cached
+        scaled_sum(x, np.ones(4), scale=2.0)
+    with np.testing.assert_raises(TypeError):
+        scaled_sum(x, np.ones(4), scale=2.0)
