@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 
+from . import kernel
 from .errors import CompiledCodeWarning
 
 # Backend compilations between two looks at /proc/self/maps (a look costs ~20-50 ms near the cap,
@@ -104,6 +105,7 @@ def clear_caches() -> None:
     collect, which unmaps their code. Fitted results stay valid; the next call
     of any jitted function compiles again (or loads from the persistent cache)."""
     global _compiles_since_check, _pending
+    kernel.clear_all()
     jax.clear_caches()
     gc.collect()
     _compiles_since_check = 0

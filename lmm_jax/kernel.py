@@ -32,6 +32,7 @@ import inspect
 import os
 import tempfile
 import threading
+import weakref
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,13 @@ import numpy as np
 from . import compilation_cache
 
 _SOURCE_DIGEST: str | None = None
+_KERNELS: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
+
+
+def clear_all() -> None:
+    """:meth:`Kernel.clear` for every kernel (part of :func:`lmm_jax.clear_caches`)."""
+    for k in list(_KERNELS):
+        k.clear()
 
 
 def source_digest() -> str:
@@ -82,6 +90,13 @@ class Kernel:
         self._calls: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         functools.update_wrapper(self, fun)
+        _KERNELS.add(self)
+
+    def clear(self) -> None:
+        """Drop the compiled calls this kernel holds (their code is unmapped
+        once nothing else refers to them); the next call builds again."""
+        with self._lock:
+            self._calls.clear()
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
