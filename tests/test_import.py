@@ -17,7 +17,7 @@ import lmm_jax
 HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
 # what `import lmm_jax` itself runs: the settings applied before JAX's backends start, and the errors
 LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.code_memory", "lmm_jax.compilation_cache", "lmm_jax.cpu_compile",
-                    "lmm_jax.cpu_memory", "lmm_jax.errors"]
+                    "lmm_jax.cpu_memory", "lmm_jax.cpu_threads", "lmm_jax.errors"]
 
 
 def _run(code: str) -> dict:
