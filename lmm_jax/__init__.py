@@ -24,6 +24,10 @@ from .cpu_compile import enable_by_default as _fast_cpu_compile  # noqa: E402
 
 _fast_cpu_compile()  # XLA:CPU's older fusion emitters (compile ~40% faster); LMM_JAX_CPU_COMPILE=default turns it off
 
+from .cpu_threads import enable_by_default as _cpu_threads  # noqa: E402
+
+_cpu_threads()  # single-threaded LAPACK (OpenBLAS spins on busy machines); LMM_JAX_CPU_THREADS=N caps XLA's pool
+
 from .compilation_cache import enable_by_default as _enable_compilation_cache  # noqa: E402
 
 _enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM_JAX_COMPILATION_CACHE=0 turns it off

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_memory
-from .crossprod import (DesignArrays, DesignProducts, Padded, ResponseProducts, Structure, design_arrays, design_products,
-                        pad_products, response_products, response_products_host, structure_of)
+from . import code_memory, cpu_threads
+from .crossprod import (DesignArrays, DesignProducts, Padded, ResponseProducts, Structure, design_arrays,
+                        design_products, pad_products, response_products, response_products_host, structure_of)
 from .design import Design, build_design
 from .diagnostics import diagnose_newton
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
@@ -133,6 +133,7 @@ class LMM:
         self.products: DesignProducts = design_products(self.design)
         self.response: ResponseProducts = response_products_host(self.design.y, self.design)
         self.padded: Padded = pad_products(self.products, self.response, self.structure)
+        cpu_threads.check()  # scipy's LAPACK has loaded with the design: single-threaded (cpu_threads.py)
 
     def __repr__(self) -> str:
         d = self.design
@@ -178,6 +179,7 @@ class LMM:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
         code_memory.check()
+        cpu_threads.check()
         from .results import LMMResult
 
         ks = self.structure.ks

@@ -18,7 +18,7 @@ HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg",
 # what `import lmm_jax` itself runs: the settings applied before JAX's backends start, the errors, and the
 # kernels' registry that clear_caches() empties
 LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.code_memory", "lmm_jax.compilation_cache", "lmm_jax.cpu_compile",
-                    "lmm_jax.cpu_memory", "lmm_jax.errors", "lmm_jax.kernel"]
+                    "lmm_jax.cpu_memory", "lmm_jax.cpu_threads", "lmm_jax.errors", "lmm_jax.kernel"]
 
 
 def _run(code: str) -> dict:
