@@ -113,12 +113,20 @@ class Kernel:
         yet) on a background thread: XLA compiles without holding Python's
         lock, so a fit's Newton loop and its summary's kernels compile side
         by side. A later call with arguments of the same shapes waits for it
-        and runs it; an error surfaces there."""
+        and runs it; an error surfaces there. The thread is not a daemon: a
+        process that exits while it compiles waits for it (ending a thread
+        inside XLA's compiler at exit aborts the process)."""
         key, statics, dynamic = self._key(args, kwargs)
         if key is None or key in self._calls:
             return
-        threading.Thread(target=self._compiled, args=(key, statics, dynamic), daemon=True,
+        threading.Thread(target=self._prepared, args=(key, statics, dynamic),
                          name=f"lmm_jax-prepare-{self.fun.__name__}").start()
+
+    def _prepared(self, key: tuple, statics: tuple, dynamic: list) -> None:
+        try:
+            self._compiled(key, statics, dynamic)
+        except BaseException:                     # noqa: BLE001 - raised again by the call that needs it
+            pass
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
         """(key, static arguments, dynamic arguments); key None inside a trace."""
