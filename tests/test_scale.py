@@ -250,6 +250,7 @@ def _derivatives(theta, phi, active, dp, rp, s, reml):
             jax.vmap(jax.hessian(f))(jnp.stack([theta, theta * 1.1])))
 
 
+@pytest.mark.xdist_group("scalar_fast_path")      # one worker compiles _derivatives once for all four points
 @pytest.mark.parametrize("theta", [(0.8, 0.6, 0.4), (1.3, 0.004, 0.7), (0.9, 0.0, 0.5), (0.02, 1.1, 0.0)],
                          ids=["interior", "small_theta", "zero_theta", "zero_last"])
 def test_scalar_fast_path_matches_generic_path(theta):
