@@ -167,62 +167,49 @@ cat(sprintf('\n{"import_s": %.4f, "data_s": %.4f, "fit_s": %.4f, "summary_s": %.
     t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, REMLcrit(m), nrow(d)))
 """
 
-LMM_JAX_WARM = """
+# the warm children (measurement 5): HEAD + what each times + TAIL
+WARM_HEAD = """
 import time, json, sys, statistics, warnings
 warnings.simplefilter("ignore")
 cfg = json.loads(sys.argv[1])
-import lmm_jax
-data = lmm_jax.datasets.load("sleepstudy")
 def timed(f, reps):
     f()
     ts = []
     for _ in range(reps):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     return statistics.median(ts), min(ts)
-fs, fs_min = timed(lambda: lmm_jax.fit(cfg["formula"], data).summary(), cfg["reps"])
-f, f_min = timed(lambda: lmm_jax.fit(cfg["formula"], data), cfg["reps"])
+"""
+WARM_TAIL = """
 print(json.dumps(dict(fit_summary_s=fs, fit_summary_min_s=fs_min, fit_s=f, fit_min_s=f_min, reps=cfg["reps"])))
 """
 
-GLMM_WARM = """
-import time, json, sys, statistics, io, contextlib, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
+LMM_JAX_WARM = WARM_HEAD + """
+import lmm_jax
+data = lmm_jax.datasets.load("sleepstudy")
+fs, fs_min = timed(lambda: lmm_jax.fit(cfg["formula"], data).summary(), cfg["reps"])
+f, f_min = timed(lambda: lmm_jax.fit(cfg["formula"], data), cfg["reps"])
+""" + WARM_TAIL
+
+GLMM_WARM = WARM_HEAD + """
+import io, contextlib
 import glmm
 import pandas as pd
 data = pd.read_csv(cfg["csv"], dtype={"Subject": str})
-def timed(f, reps):
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts), min(ts)
 def fit_summary():
     with contextlib.redirect_stdout(io.StringIO()):   # glmm's summary() prints as well as returning the text
         return glmm.fit(data, cfg["formula"], reml=True).summary()
 fs, fs_min = timed(fit_summary, cfg["reps"])
 f, f_min = timed(lambda: glmm.fit(data, cfg["formula"], reml=True), cfg["reps"])
-print(json.dumps(dict(fit_summary_s=fs, fit_summary_min_s=fs_min, fit_s=f, fit_min_s=f_min, reps=cfg["reps"])))
-"""
+""" + WARM_TAIL
 
-STATSMODELS_WARM = """
-import time, json, sys, statistics, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
+STATSMODELS_WARM = WARM_HEAD + """
 import statsmodels.formula.api as smf
 import pandas as pd
 data = pd.read_csv(cfg["csv"], dtype={"Subject": str})
-def timed(f, reps):
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts), min(ts)
 fit = lambda: smf.mixedlm("Reaction ~ Days", data, groups="Subject", re_formula="~Days").fit(reml=True)
 fs, fs_min = timed(lambda: str(fit().summary()), cfg["reps"])
 f, f_min = timed(fit, cfg["reps"])
-print(json.dumps(dict(fit_summary_s=fs, fit_summary_min_s=fs_min, fit_s=f, fit_min_s=f_min, reps=cfg["reps"])))
-"""
+""" + WARM_TAIL
 
 R_WARM = r"""
 suppressPackageStartupMessages({ library(lme4); library(lmerTest) })
