@@ -84,8 +84,11 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it():
+def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monkeypatch):
+    from lmm_jax import kernel as kernel_module
     from lmm_jax.kernel import kernel
+
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)   # an empty store: the first build traces
 
     builds = []
 
