@@ -75,7 +75,10 @@ def derivatives(theta, sigma, dp, rp, s):
     return f(theta), jax.grad(f)(theta), jax.hessian(f)(theta), H_vp, profiled_deviance(theta, dp, rp, s, False)
 
 
-def test_padded_criterion_gradient_and_hessian_equal_exact(model):
+@pytest.mark.parametrize("name", ["slope", "two_slopes"])   # first-term and remaining-term padding; the
+def test_padded_criterion_gradient_and_hessian_equal_exact(name):  # crossed layout's: the sparse test below
+    formula, data = MODELS[name]
+    model = lmm_jax.LMM(formula, load(data))
     s, pad = model.structure, model.padded
     rng = np.random.default_rng(0)
     diag = np.concatenate([lower_tri_indices(k)[0] == lower_tri_indices(k)[1] for k in s.ks])
