@@ -79,7 +79,14 @@ print(json.dumps({{"import_s": time.perf_counter() - t0}}))
 """
 
 # data selection shared by the lmm_jax, glmm and statsmodels children (pandas frame `base` -> frame)
-PY_SUBSET = """
+# what every child that reads its settings starts with: cfg is the JSON of its first argument
+CHILD_HEAD = """
+import time, json, sys, warnings
+warnings.simplefilter("ignore")
+cfg = json.loads(sys.argv[1])
+"""
+
+PY_SUBSET = CHILD_HEAD + """
 def subset(base, n_subjects, n_days):
     keep = sorted(base["Subject"].unique())[:n_subjects]
     return base[base["Subject"].isin(keep) & (base["Days"] < n_days)].reset_index(drop=True)
@@ -97,9 +104,6 @@ def many(base, n, shapes):
 """
 
 LMM_JAX_FRESH = PY_SUBSET + """
-import time, json, sys, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 import lmm_jax
 t1 = time.perf_counter()
@@ -128,9 +132,6 @@ print(json.dumps(dict(import_s=t1 - t0, data_s=t2 - t1, fit_s=t3 - t2, summary_s
 """
 
 GLMM_FRESH = PY_SUBSET + """
-import time, json, sys, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 import glmm
 t1 = time.perf_counter()
@@ -168,10 +169,8 @@ cat(sprintf('\n{"import_s": %.4f, "data_s": %.4f, "fit_s": %.4f, "summary_s": %.
 """
 
 # the warm children (measurement 5): HEAD + what each times + TAIL
-WARM_HEAD = """
-import time, json, sys, statistics, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
+WARM_HEAD = CHILD_HEAD + """
+import statistics
 def timed(f, reps):
     f()
     ts = []
@@ -226,9 +225,6 @@ cat(sprintf('{"fit_summary_s": %.5f, "fit_summary_min_s": %.5f, "fit_s": %.5f, "
 """
 
 LMM_JAX_MANY = PY_MANY + """
-import time, json, sys, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 import lmm_jax
 t1 = time.perf_counter()
@@ -245,9 +241,6 @@ print(json.dumps(dict(import_s=t1 - t0, data_s=t2 - t1, fit_many_s=t3 - t2, tota
 """
 
 STATSMODELS_MANY = PY_MANY + """
-import time, json, sys, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 import statsmodels.formula.api as smf
 t1 = time.perf_counter()
@@ -261,9 +254,6 @@ print(json.dumps(dict(import_s=t1 - t0, data_s=t2 - t1, loop_s=t3 - t2, total_s=
 """
 
 GLMM_MANY = PY_MANY + """
-import time, json, sys, warnings
-warnings.simplefilter("ignore")
-cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 import glmm
 t1 = time.perf_counter()

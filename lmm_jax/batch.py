@@ -32,7 +32,7 @@ from .likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from .model import SINGULAR_TOL, fit_theta
 from .optimize import bfgs_minimize, inverse_hessian_start
 from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
-from .start import MomentEquations, moment_equations_of, moment_theta, pad_moment_equations
+from .start import MomentEquations, moment_equations_of, moment_theta
 
 if TYPE_CHECKING:
     from .design import Design
@@ -480,9 +480,8 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
     for (s, _, _), idx in groups.items():
         dps = _stack([models[i].padded.products for i in idx])
         rps = _stack([models[i].padded.response for i in idx])
-        eqs = [moment_equations_of(models[i]) for i in idx]
-        eqs = (None if any(e is None for e in eqs) else
-               _stack([pad_moment_equations(e, models[i].structure, s) for e, i in zip(eqs, idx)]))
+        eqs = [moment_equations_of(models[i], padded=True) for i in idx]
+        eqs = None if any(e is None for e in eqs) else _stack(eqs)
         res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}
         for row, i in enumerate(idx):

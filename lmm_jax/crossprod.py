@@ -46,12 +46,12 @@ class Structure(NamedTuple):
     compiles by). The number of observations is not among them: it is the
     runtime scalar ``DesignProducts.nobs``, so datasets that differ only in
     n share compiled code (and, padded by :func:`pad_products`, datasets
-    whose levels and columns fall in the same size buckets too).
+    whose levels fall in the same size buckets too).
 
     Attributes:
         ks: columns per term (largest-level term first).
         ms: levels per term (padded levels included).
-        p: fixed-effects columns (padded columns included).
+        p: fixed-effects columns.
     """
 
     ks: tuple[int, ...]
@@ -233,13 +233,10 @@ def response_products_host(y: np.ndarray, design: Design) -> ResponseProducts:
     a model forms once when it is built, with no device computation to
     compile for its sizes."""
     y = np.asarray(y, dtype=float)
-    t1 = design.terms[0]
-    Z1y = np.stack([np.bincount(t1.codes, weights=t1.Z[:, a] * y, minlength=t1.m) for a in range(t1.k)], axis=-1)
-    parts = [np.stack([np.bincount(t.codes, weights=t.Z[:, a] * y, minlength=t.m) for a in range(t.k)],
-                      axis=-1).reshape(-1) for t in design.terms[1:]]
-    Zry = np.concatenate(parts) if parts else np.zeros(0)
-    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=jax.device_put(design.X.T @ y),
-                            yy=jax.device_put(np.float64(y @ y)))
+    Zty = [np.stack([np.bincount(t.codes, weights=t.Z[:, a] * y, minlength=t.m) for a in range(t.k)], axis=-1)
+           for t in design.terms]                                            # Z_t'y, (m_t, k_t) per term
+    Zry = np.concatenate([z.reshape(-1) for z in Zty[1:]]) if len(Zty) > 1 else np.zeros(0)
+    return jax.device_put(ResponseProducts(Z1y=Zty[0], Zry=Zry, Xy=design.X.T @ y, yy=np.float64(y @ y)))
 
 
 # Size buckets of the padded levels (pad_products): up to FINE_BUCKET_FROM a count is rounded up to a
@@ -284,7 +281,7 @@ def _rest_rows(s: Structure, padded: Structure) -> np.ndarray:
 
 def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> ResponseProducts:
     """Response products in the padded layout of :func:`pad_products`
-    (zeros for the padded levels and columns)."""
+    (zeros for the padded levels)."""
     Z1y = np.zeros((padded.ms[0], padded.ks[0]))
     Z1y[:s.ms[0]] = np.asarray(rp.Z1y)
     Zry = np.zeros(padded.q_rest)
@@ -294,7 +291,7 @@ def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> Respo
 
 def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padded:
     """Pad the products to size buckets (:func:`size_bucket`), so that every
-    dataset whose levels and columns fall in the same buckets runs the same
+    dataset whose levels fall in the same buckets runs the same
     compiled code (and hits the persistent cache across processes).
 
     The padding is exactly neutral: a padded level has a zero block of Z'Z

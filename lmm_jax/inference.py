@@ -67,10 +67,10 @@ def normalize_ddf(ddf: str) -> str:
 def vcov_jacobian(result: "LMMResult") -> tuple[np.ndarray, np.ndarray]:
     """C = vcov(beta) and its exact Jacobian dC/d(theta, sigma), (p, p, n_varpar)."""
     def make():
-        pad, p = result.model.padded, result.design.p
+        pad = result.model.padded
         vp = np.concatenate([result.theta, [result.sigma]])
         C, dC = vcov_beta_jacobian(vp, pad.products, pad.response, pad.structure)
-        return np.asarray(C)[:p, :p], np.asarray(dC)[:p, :p]
+        return np.asarray(C), np.asarray(dC)
     return _cached(result, "vcov_jacobian", make)
 
 

@@ -26,6 +26,7 @@ the cache is off (``LMM_JAX_COMPILATION_CACHE=0``) or not writable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -69,8 +70,7 @@ def export_dir() -> Path | None:
     """Where exported kernels are kept, or None when the cache is off."""
     if not compilation_cache.enabled():
         return None
-    base = jax.config.jax_compilation_cache_dir or str(compilation_cache.default_cache_dir())
-    return Path(base) / "export"
+    return Path(jax.config.jax_compilation_cache_dir) / "export"
 
 
 def _is_tracer(x: Any) -> bool:
@@ -137,7 +137,7 @@ class Kernel:
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         if any(_is_tracer(x) for x in leaves):
             return None, statics, dynamic
-        avals = tuple((tuple(np.shape(x) if not hasattr(x, "shape") else x.shape),
+        avals = tuple((tuple(x.shape) if hasattr(x, "shape") else np.shape(x),
                        (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
         return (statics, tree, avals), statics, dynamic
 
@@ -196,16 +196,18 @@ def _store(path: Path, exported) -> None:
     """Write atomically (a temporary file renamed into place); a failure to
     write only means the next process exports again."""
     try:
+        data = exported.serialize()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except Exception:                              # not serializable here, or no writable folder
+        return
+    try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(exported.serialize())
+            fh.write(data)
         os.replace(tmp, path)
-    except Exception:
-        try:
-            os.unlink(tmp)  # type: ignore[possibly-undefined]
-        except Exception:
-            pass
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def serializable(cls: type) -> type:

@@ -58,7 +58,7 @@ def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: 
 def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     """beta, sigma, unscaled vcov(beta), conditional modes b and the
     deviance at a given theta (in the products' layout: padded products
-    give padded beta and b, see :func:`unpad_estimates`)."""
+    give the padded levels' modes too, see :func:`unpad_estimates`)."""
     return _estimates(theta, dp, rp, s, reml)
 
 
@@ -67,18 +67,15 @@ def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray
                      s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
     """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
     one function: a single fit's one compilation and one dispatch."""
-    opt = newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks, max_iter=max_iter)
+    opt = fit_theta(dp, rp, phi0, active0, s, reml, max_iter)
     return opt, _estimates(opt.theta, dp, rp, s, reml)
 
 
 def unpad_estimates(est: dict, design: Design) -> dict:
     """:func:`estimates_at` output as numpy arrays in the model's own sizes
-    (padded fixed effects and levels removed, :func:`~lmm_jax.crossprod.pad_products`)."""
-    p = design.p
-    return dict(beta=np.asarray(est["beta"])[:p], sigma=float(est["sigma"]),
-                unscaled_vcov=np.asarray(est["unscaled_vcov"])[:p, :p],
-                b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)),
-                deviance=float(est["deviance"]))
+    (the padded levels' modes removed, :func:`~lmm_jax.crossprod.pad_products`)."""
+    return dict(beta=np.asarray(est["beta"]), sigma=float(est["sigma"]), unscaled_vcov=np.asarray(est["unscaled_vcov"]),
+                b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)), deviance=float(est["deviance"]))
 
 
 @kernel(static_argnames=("s",))

@@ -169,7 +169,7 @@ class LMMResult:
         pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
         H = varpar_hessian(vp, pad.products, pad.response, pad.structure, self.reml)
-        return varpar_covariance(np.asarray(H))
+        return varpar_covariance(H)
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,6 @@ sec. 3), with exact derivatives where lmerTest uses numDeriv:
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +51,7 @@ def varcomp_of(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
 def varcomp_jacobian(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     """d varcomp / d varpar, in closed form. Per term, with ``S = sigma^2
     Lambda Lambda'``: ``dS/dLambda_ab = sigma^2 (E_ab Lambda' + Lambda E_ba)``
-    and ``dS/dsigma = 2 S / sigma``; the residual variance's row is
+    and ``dS/dsigma = 2 sigma Lambda Lambda'``; the residual variance's row is
     ``(0, ..., 0, 2 sigma)``."""
     varpar = np.asarray(varpar, dtype=float)
     theta, sigma = varpar[:-1], varpar[-1]
@@ -62,13 +60,12 @@ def varcomp_jacobian(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     for lam, k in zip(lambdas_host(theta, ks), ks):
         r, c = lower_tri_indices(k)
         size = len(r)
-        S = sigma ** 2 * lam @ lam.T
         for j, (a, b) in enumerate(zip(r, c)):
             dS = np.zeros((k, k))
             dS[a, :] += lam[:, b]              # E_ab Lambda'
             dS[:, a] += lam[:, b]              # Lambda E_ba
             J[start:start + size, start + j] = sigma ** 2 * dS[r, c]
-        J[start:start + size, -1] = 2.0 * S[r, c] / sigma if sigma != 0 else 0.0
+        J[start:start + size, -1] = 2.0 * sigma * (lam @ lam.T)[r, c]
         start += size
     J[-1, -1] = 2.0 * sigma
     return J
@@ -103,9 +100,8 @@ def satterthwaite_table(L: np.ndarray, beta: np.ndarray, varpar: np.ndarray, A: 
                         rp: ResponseProducts, s: Structure, reml: bool, names: list[str]) -> pd.DataFrame:
     """t-tests of the contrasts L beta with Satterthwaite df (lmerTest's
     ``contest1D``): columns ``estimate, std_error, df, t, p``."""
-    p = len(beta)
     C, dC = vcov_beta_jacobian(np.asarray(varpar, dtype=float), dp, rp, s)
-    var, df = satterthwaite_df(L, np.asarray(C)[:p, :p], np.asarray(dC)[:p, :p], np.asarray(A))
+    var, df = satterthwaite_df(L, np.asarray(C), np.asarray(dC), np.asarray(A))
     est = np.atleast_2d(L) @ beta
     se = np.sqrt(var)
     t = est / se
