@@ -28,8 +28,8 @@ import jax
 import numpy as np
 
 import lmm_jax
-from lmm_jax.model import fit_theta
-from lmm_jax.parametrization import phi_from_theta, theta_start
+from lmm_jax.core.estimates import fit_theta
+from lmm_jax.core.parametrization import phi_from_theta, theta_start
 
 CASES = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy",

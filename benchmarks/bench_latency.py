@@ -279,7 +279,7 @@ def v(name):
 print(json.dumps(dict(python=sys.version.split()[0], jax=jax.__version__, jaxlib=jaxlib.__version__,
                       numpy=numpy.__version__, lmm_jax=v("lmm_jax"), lmm_jax_path=lmm_jax.__file__,
                       glmm=v("glmm"), statsmodels=v("statsmodels"), pandas=v("pandas"),
-                      device=str(jax.devices()[0]), cpu_compile=lmm_jax.cpu_compile.state())))
+                      device=str(jax.devices()[0]), cpu_compile=lmm_jax.runtime.cpu_compile.state())))
 """
 
 R_INFO = r"""

@@ -154,7 +154,7 @@ def bench_lmm_jax(formula: str, df: pd.DataFrame, reps: int, memory: bool) -> di
     sparse = type(model.products.A21).__name__ == "SparseA21"
     out["coupling"] = "sparse" if sparse else ("dense" if model.structure.q_rest else "none")
     if sparse:
-        from lmm_jax.sparse import n_pairs
+        from lmm_jax.core.sparse import n_pairs
         out["pairs"] = n_pairs(model.products.A21)
     return out
 

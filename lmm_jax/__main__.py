@@ -1,8 +1,8 @@
-"""``python -m lmm_jax``: the ``lmm-jax`` command line (see :mod:`lmm_jax.cli`)."""
+"""``python -m lmm_jax``: the ``lmm-jax`` command line (see :mod:`lmm_jax.report.cli`)."""
 
 import sys
 
-from .cli import main
+from .report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,11 @@ class DataError(LMMError, ValueError):
     non-numeric response, too few levels, ...)."""
 
 
+class InferenceError(LMMError, ValueError):
+    """A test or interval that cannot be computed as asked (bad ``ddf``,
+    a contrast of the wrong shape, Kenward-Roger on an ML fit, ...)."""
+
+
 class ConvergenceError(LMMError, RuntimeError):
     """The fit did not converge and the caller asked to raise
     (``LMM.fit(throw=True)``) instead of warning."""
@@ -66,4 +71,4 @@ class RankDeficiencyWarning(UserWarning):
 class CompiledCodeWarning(UserWarning):
     """lmm_jax emptied JAX's in-memory compilation caches to keep the process
     under its memory-mapping limit (``vm.max_map_count``); models fitted
-    afterwards compile again. See :mod:`lmm_jax.code_memory`."""
+    afterwards compile again. See :mod:`lmm_jax.runtime.code_memory`."""

@@ -12,90 +12,33 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from functools import cached_property, partial
-from typing import Any, Callable, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_memory, cpu_threads
-from .crossprod import (DesignArrays, DesignProducts, Padded, ResponseProducts, Structure, design_arrays,
-                        design_products, pad_products, response_products, response_products_host, structure_of)
-from .design import Design, build_design
-from .diagnostics import diagnose_newton
+from .build.crossprod import (design_arrays, design_products, pad_products, response_products, response_products_host,
+                              structure_of)
+from .build.design import Design, build_design
+from .core.diagnostics import diagnose_newton
+from .core.estimates import fit_and_estimate, unpad_estimates, varpar_hessian
+from .core.likelihood import profiled_deviance
+from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
+from .core.start import default_start
+from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
-from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
-                         profiled_deviance, sigma_hat, unscaled_vcov_beta)
-from .kernel import kernel
-from .optimize import NewtonResult, newton_minimize
-from .parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi
-from .satterthwaite import vcov_beta_jacobian
-from .start import default_start
+from .inference.satterthwaite import vcov_beta_jacobian
+from .runtime import code_memory, cpu_threads
 
-SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+from .results import LMMResult
+
+if TYPE_CHECKING:
+    from .batched.batch import BatchResult
+
 # More than one core for this process: a fit compiles its summary's kernels on a second thread
 SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
-
-
-@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
-def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray, s: Structure,
-              reml: bool, max_iter: int = 200) -> NewtonResult:
-    """Minimise the profiled deviance over theta (jit-compiled once per
-    structure; vmap over ``rp`` for many responses on one design)."""
-    return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
-                           max_iter=max_iter)
-
-
-def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
-    F = factorize(theta, dp, rp, s)
-    beta = fixed_effects(F)
-    return dict(beta=beta, sigma=sigma_hat(F, dp, reml), unscaled_vcov=unscaled_vcov_beta(F),
-                b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
-
-
-@kernel(static_argnames=("s", "reml"))
-def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
-    """beta, sigma, unscaled vcov(beta), conditional modes b and the
-    deviance at a given theta (in the products' layout: padded products
-    give the padded levels' modes too, see :func:`unpad_estimates`)."""
-    return _estimates(theta, dp, rp, s, reml)
-
-
-@kernel(static_argnames=("s", "reml", "max_iter"))
-def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
-                     s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
-    """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
-    one function: a single fit's one compilation and one dispatch."""
-    opt = fit_theta(dp, rp, phi0, active0, s, reml, max_iter)
-    return opt, _estimates(opt.theta, dp, rp, s, reml)
-
-
-def unpad_estimates(est: dict, design: Design) -> dict:
-    """:func:`estimates_at` output as numpy arrays in the model's own sizes
-    (the padded levels' modes removed, :func:`~lmm_jax.crossprod.pad_products`)."""
-    return dict(beta=np.asarray(est["beta"]), sigma=float(est["sigma"]), unscaled_vcov=np.asarray(est["unscaled_vcov"]),
-                b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)), deviance=float(est["deviance"]))
-
-
-@kernel(static_argnames=("s",))
-def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
-    """Per-term (m_t, k_t, k_t) blocks of Var(b | y) / sigma^2 at theta, compiled
-    as one function (op-by-op dispatch cost seconds on crossed designs)."""
-    return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
-
-
-@kernel(static_argnames=("s", "reml"))
-def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
-    """The profiled ML deviance or REML criterion at theta, compiled."""
-    return profiled_deviance(theta, dp, rp, s, reml)
-
-
-@kernel(static_argnames=("s", "reml"))
-def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
-                   reml: bool) -> jnp.ndarray:
-    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""
-    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
 
 
 class LMM:
@@ -108,11 +51,11 @@ class LMM:
 
     Attributes:
         formula: the formula text.
-        design: the evaluated :class:`~lmm_jax.design.Design`.
+        design: the evaluated :class:`~lmm_jax.build.design.Design`.
         structure: static shapes (terms' columns and levels, p).
         products, response: the cross-products of the design and of y.
         padded: the same, padded to size buckets
-            (:func:`~lmm_jax.crossprod.pad_products`): what the compiled
+            (:func:`~lmm_jax.build.crossprod.pad_products`): what the compiled
             fit and its inference run on, so models of one structure share
             compiled code whatever their sizes.
 
@@ -149,8 +92,8 @@ class LMM:
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
         """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
-        call; see :func:`lmm_jax.batch.fit_batch` (returns a ``BatchResult``)."""
-        from .batch import fit_batch
+        call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
+        from .batched.batch import fit_batch
 
         return fit_batch(self, Y, reml=reml, **kwargs)
 
@@ -165,7 +108,7 @@ class LMM:
         Args:
             reml: REML criterion if True, maximum likelihood otherwise.
             start: starting theta (lme4's layout). Default: the MIVQUE(0)
-                moment estimates (:mod:`lmm_jax.start`: fewer Newton steps,
+                moment estimates (:mod:`lmm_jax.core.start`: fewer Newton steps,
                 the same optimum); lme4's identity is
                 ``lmm_jax.parametrization.theta_start(model.structure.ks)``.
             max_iter: Newton iteration limit.
@@ -177,8 +120,6 @@ class LMM:
         """
         code_memory.check()
         cpu_threads.check()
-        from .results import LMMResult
-
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
@@ -247,7 +188,28 @@ def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
-def is_singular(theta: np.ndarray, ks: tuple[int, ...], tol: float = SINGULAR_TOL) -> bool:
-    """lme4's ``isSingular``: a diagonal entry of some Lambda_t below tol."""
-    diag = diagonal_mask(ks)
-    return bool(np.any(np.abs(np.asarray(theta)[diag]) < tol))
+def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = True, *, max_iter: int = 200,
+             method: str = "bfgs") -> "list[BatchResult]":
+    """Fit many (formula, data) pairs, one compiled vmapped call per shape.
+
+    Models whose padded products share a structure (terms' columns, levels
+    rounded up to size buckets, p; the number of observations is a runtime
+    value) are stacked and fitted together, so a power analysis over a few
+    numbers of subjects compiles once per size bucket, not once per dataset
+    (:func:`lmm_jax.batched.batch.fit_models`).
+
+    Args:
+        specs: (formula, data) pairs, or :class:`LMM` objects.
+        reml: REML (default) or ML.
+        max_iter: iterations per fit before it is reported unconverged.
+        method: ``"bfgs"`` or ``"newton"``, as for :meth:`LMM.fit_batch`.
+
+    Returns:
+        One single-fit :class:`~lmm_jax.batched.batch.BatchResult` per spec,
+        in the input order (``pd.concat([r.table for r in out])`` gives one
+        table).
+    """
+    from .batched.batch import fit_models
+
+    models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
+    return fit_models(models, reml, max_iter=max_iter, method=method)

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import code_memory
-from .model import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
-                    unpad_estimates, varpar_hessian)
-from .parametrization import diagonal_mask, lambdas_host, lower_tri_indices
+from .runtime import code_memory
+from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
+                             unpad_estimates, varpar_hessian)
+from .core.parametrization import diagonal_mask, lambdas_host, lower_tri_indices
 
 if TYPE_CHECKING:
     from .model import LMM
-    from .optimize import NewtonResult
+    from .core.optimize import NewtonResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +39,7 @@ class LMMResult:
         iterations: Newton iterations.
         gradient_norm: infinity norm of the final gradient (in phi).
         diagnostics: lme4-style gradient and Hessian checks at the optimum
-            (:class:`~lmm_jax.diagnostics.ConvergenceDiagnostics`; None for a
+            (:class:`~lmm_jax.core.diagnostics.ConvergenceDiagnostics`; None for a
             result built at a given theta).
     """
 
@@ -67,7 +67,7 @@ class LMMResult:
     @classmethod
     def from_estimates(cls, model: "LMM", theta: Any, est: dict, reml: bool,
                        optimizer: "NewtonResult | None" = None) -> "LMMResult":
-        """Build the result from :func:`~lmm_jax.model.unpad_estimates` at theta."""
+        """Build the result from :func:`~lmm_jax.core.estimates.unpad_estimates` at theta."""
         if optimizer is None:
             conv, it, gn, dec = True, 0, float("nan"), float("nan")
         else:
@@ -164,7 +164,7 @@ class LMMResult:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
         code_memory.check()
-        from .satterthwaite import varpar_covariance
+        from .inference.satterthwaite import varpar_covariance
 
         pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
@@ -173,7 +173,7 @@ class LMMResult:
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
-        from .satterthwaite import varcomp_covariance
+        from .inference.satterthwaite import varcomp_covariance
 
         vp = np.concatenate([self.theta, [self.sigma]])
         return varcomp_covariance(vp, self.varpar_cov, self.model.structure.ks)
@@ -273,7 +273,7 @@ class LMMResult:
     # -- inference -------------------------------------------------------------
     @cached_property
     def _satterthwaite(self) -> pd.DataFrame:
-        from .satterthwaite import satterthwaite_table
+        from .inference.satterthwaite import satterthwaite_table
 
         pad = self.model.padded
         vp = np.concatenate([self.theta, [self.sigma]])
@@ -290,9 +290,9 @@ class LMMResult:
     def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
         """Fixed effects with t tests and intervals: ``estimate, std_error, df,
         t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
-        ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference`)."""
+        ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference.tests`)."""
         code_memory.check()
-        from .inference import coefs
+        from .inference.tests import coefs
 
         return coefs(self, ddf, level)
 
@@ -300,14 +300,14 @@ class LMMResult:
                  joint: bool | None = None) -> pd.DataFrame:
         """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
         code_memory.check()
-        from .inference import contrast
+        from .inference.tests import contrast
 
         return contrast(self, L, ddf, level, joint)
 
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
         code_memory.check()
-        from .anova import anova_table
+        from .inference.anova import anova_table
 
         return anova_table(self, ddf)
 
@@ -315,7 +315,7 @@ class LMMResult:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
         code_memory.check()
-        from .inference import confint
+        from .inference.tests import confint
 
         return confint(self, method, level, **kwargs)
 
@@ -323,7 +323,7 @@ class LMMResult:
         """Variance components with Hessian SEs and Wald intervals (variance,
         SD and Fisher-z correlation scales)."""
         code_memory.check()
-        from .inference import varcorr_table
+        from .inference.tests import varcorr_table
 
         return varcorr_table(self, level)
 
@@ -331,7 +331,7 @@ class LMMResult:
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
         code_memory.check()
-        from .predict import predict
+        from .inference.predict import predict
 
         return predict(self, newdata, re_form, allow_new_levels, se_fit)
 
@@ -351,11 +351,11 @@ class LMMResult:
             (exact Hessian every iteration, as :meth:`LMM.fit`; slower).
 
         Returns:
-            A :class:`~lmm_jax.bootstrap.BootstrapResult` (``.table``,
+            A :class:`~lmm_jax.batched.bootstrap.BootstrapResult` (``.table``,
             ``.confint(level, method)``).
         """
         code_memory.check()
-        from .bootstrap import run_bootstrap
+        from .batched.bootstrap import run_bootstrap
 
         return run_bootstrap(self, n, key, chunk_size=chunk_size, progress=progress, params=params,
                              max_iter=max_iter, method=method)
@@ -364,7 +364,7 @@ class LMMResult:
     def summary(self) -> str:
         """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
         code_memory.check()
-        from .summary import format_summary
+        from .report.summary import format_summary
 
         return format_summary(self)
 

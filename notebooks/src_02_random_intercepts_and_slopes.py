@@ -19,7 +19,7 @@ from scipy import stats
 
 import lmm_jax
 from lmm_jax import plotting
-from lmm_jax.anova import likelihood_ratio_table
+from lmm_jax.inference.anova import likelihood_ratio_table
 
 def simulate_classrooms(n_class, n_per_class, intercepts, slope=0.13, slope_sd=0.0, sigma=0.93, seed=0):
     # score = intercept_j + (slope + u_j) * edu + e; edu: parents' education, 0..10 years

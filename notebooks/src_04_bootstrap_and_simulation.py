@@ -29,7 +29,7 @@ from scipy import stats
 
 import lmm_jax
 from lmm_jax import plotting
-from lmm_jax.model import estimates_at
+from lmm_jax.core.estimates import estimates_at
 
 N_BOOT = 10_000        # bootstrap replicates
 N_POWER = 100          # simulated data sets per effect size

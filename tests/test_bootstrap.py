@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.batch import _fit_stacked
-from lmm_jax.bootstrap import _bootstrap_chunk
+from lmm_jax.batched.batch import _fit_stacked
+from lmm_jax.batched.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
 from conftest import load_data, load_reference
@@ -157,7 +157,7 @@ def test_default_chunks_are_balanced_and_capped():
     """Every chunk is computed whole, so the default splits n into the fewest equal chunks under the
     caps: 2,048 replicates on the CPU (XLA:CPU stalled on wider vmaps), none on a GPU; 128 MB of
     simulated responses everywhere; a multiple of the device count."""
-    from lmm_jax.bootstrap import CHUNK_MAX, CHUNK_MAX_ENTRIES, default_chunk_size
+    from lmm_jax.batched.bootstrap import CHUNK_MAX, CHUNK_MAX_ENTRIES, default_chunk_size
 
     assert default_chunk_size(500, 180) == 500
     assert default_chunk_size(10_000, 180) == 2_000                   # 5 x 2,000, not 5 x 2,048

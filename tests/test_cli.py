@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.cli import main
+from lmm_jax.report.cli import main
 from tests.conftest import load_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::lmm_jax.SingularFitWarning")

@@ -12,7 +12,7 @@ import pytest
 
 import lmm_jax
 import lmm_jax.results  # noqa: F401  (a fit's modules, and the shared libraries they map, load before a baseline)
-from lmm_jax import code_memory
+from lmm_jax.runtime import code_memory
 
 from conftest import load_data
 

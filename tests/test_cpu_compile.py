@@ -1,4 +1,4 @@
-"""lmm_jax.cpu_compile: XLA:CPU compiles fusions with its older emitters.
+"""lmm_jax.runtime.cpu_compile: XLA:CPU compiles fusions with its older emitters.
 
 Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
 backends start, which in the test process they long have.
@@ -20,7 +20,7 @@ import lmm_jax
 f = lambda x, i: jax.ops.segment_sum(jnp.sin(x) * x, i, num_segments=10).sum() + jnp.cumsum(x)[-1]
 hlo = jax.jit(f).lower(jnp.ones(1000), jnp.zeros(1000, jnp.int32)).compile().as_text()
 fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
-print(json.dumps({"state": lmm_jax.cpu_compile.state(), "flags": os.environ.get("XLA_FLAGS", ""),
+print(json.dumps({"state": lmm_jax.runtime.cpu_compile.state(), "flags": os.environ.get("XLA_FLAGS", ""),
                   "hlo": hlo, "deviance": fit.deviance}))
 """
 

@@ -1,4 +1,4 @@
-"""lmm_jax.cpu_memory: XLA's per-call scratch stays resident (no page faults per refit).
+"""lmm_jax.runtime.cpu_memory: XLA's per-call scratch stays resident (no page faults per refit).
 
 Each case runs in a fresh Python process: the settings apply only before
 JAX's backends start, which in the test process they long have.
@@ -29,7 +29,7 @@ model.fit()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 fits = [model.fit() for _ in range(3)]
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-print(json.dumps({"state": lmm_jax.cpu_memory.state(), "faults": faults, "deviance": fits[-1].deviance}))
+print(json.dumps({"state": lmm_jax.runtime.cpu_memory.state(), "faults": faults, "deviance": fits[-1].deviance}))
 """
 
 
@@ -50,7 +50,7 @@ def test_refits_reuse_their_scratch_and_give_the_same_fit():
 
 def test_left_alone_once_backends_have_started():
     code = ("import json, jax; jax.numpy.ones(1); import lmm_jax; "
-            "print(json.dumps({'state': lmm_jax.cpu_memory.state(), "
+            "print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), "
             "'async': jax.config.read('jax_cpu_enable_async_dispatch')}))")
     got = _run(code)
     assert got["state"]["enabled"] is False and "started" in got["state"]["reason"]
@@ -58,7 +58,7 @@ def test_left_alone_once_backends_have_started():
 
 
 def test_an_explicit_jax_dispatch_setting_wins():
-    code = ("import json, lmm_jax, jax; print(json.dumps({'state': lmm_jax.cpu_memory.state(), "
+    code = ("import json, lmm_jax, jax; print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), "
             "'async': jax.config.read('jax_cpu_enable_async_dispatch')}))")
     got = _run(code, JAX_CPU_ENABLE_ASYNC_DISPATCH="1")
     assert got["state"]["enabled"] is False and "JAX_CPU_ENABLE_ASYNC_DISPATCH" in got["state"]["reason"]

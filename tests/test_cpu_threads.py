@@ -1,4 +1,4 @@
-"""lmm_jax.cpu_threads: single-threaded LAPACK, and XLA's pool capped by LMM_JAX_CPU_THREADS.
+"""lmm_jax.runtime.cpu_threads: single-threaded LAPACK, and XLA's pool capped by LMM_JAX_CPU_THREADS.
 
 Each case runs in a fresh Python process: XLA sizes its pool when JAX's
 backends start, and OpenBLAS reads its environment when it loads, both long
@@ -26,9 +26,9 @@ y = 0.8 * rng.normal(size=500)[a] + 0.5 * rng.normal(size=200)[b] + rng.normal(s
 fit = lmm_jax.LMM("y ~ 1 + (1|A) + (1|B)", pd.DataFrame({"y": y, "A": a, "B": b})).fit()
 tasks = os.listdir("/proc/self/task")
 pool = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "tf_XLAEigen" for t in tasks)
-lapack = [p for p in lmm_jax.cpu_threads._loaded_openblas() if hasattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads")]
+lapack = [p for p in lmm_jax.runtime.cpu_threads._loaded_openblas() if hasattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads")]
 blas = ctypes.CDLL(lapack[0]).scipy_openblas_get_num_threads() if lapack else None
-print(json.dumps({"state": lmm_jax.cpu_threads.state(), "pjrt_nproc": os.environ.get("PJRT_NPROC"),
+print(json.dumps({"state": lmm_jax.runtime.cpu_threads.state(), "pjrt_nproc": os.environ.get("PJRT_NPROC"),
                   "pool": pool, "blas": blas, "cpus": len(os.sched_getaffinity(0)), "deviance": fit.deviance}))
 """
 

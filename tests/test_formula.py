@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.formula import RandomTerm, parse_formula
+from lmm_jax.build.formula import RandomTerm, parse_formula
 
 
 @pytest.mark.parametrize("formula, fixed, terms", [

@@ -17,8 +17,9 @@ import lmm_jax
 HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
 # what `import lmm_jax` itself runs: the settings applied before JAX's backends start, the errors, and the
 # kernels' registry that clear_caches() empties
-LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.code_memory", "lmm_jax.compilation_cache", "lmm_jax.cpu_compile",
-                    "lmm_jax.cpu_memory", "lmm_jax.cpu_threads", "lmm_jax.errors", "lmm_jax.kernel"]
+LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.errors", "lmm_jax.runtime", "lmm_jax.runtime.code_memory",
+                    "lmm_jax.runtime.compilation_cache", "lmm_jax.runtime.cpu_compile", "lmm_jax.runtime.cpu_memory",
+                    "lmm_jax.runtime.cpu_threads", "lmm_jax.runtime.kernel"]
 
 
 def _run(code: str) -> dict:
@@ -63,7 +64,7 @@ exec("from lmm_jax import *", star)
 print(json.dumps({"file": lmm_jax.__file__, "names": names, "star": sorted(n for n in star if n != "__builtins__"),
                   "dir": sorted(set(lmm_jax.__all__) - set(dir(lmm_jax))),
                   "load": lmm_jax.datasets.load("sleepstudy").shape,
-                  "submodule": inspect.ismodule(lmm_jax.design)}))
+                  "submodule": inspect.ismodule(lmm_jax.build.design)}))
 """)
     assert sorted(got["names"]) == sorted(lmm_jax.__all__)
     assert got["names"]["datasets"] == "module"
@@ -80,11 +81,11 @@ def test_functions_named_like_their_module_stay_functions():
     got = _run("""
 import json, sys
 import lmm_jax
-from lmm_jax.anova import anova_table
-from lmm_jax.bootstrap import BootstrapResult
+from lmm_jax.inference.anova import anova_table
+from lmm_jax.batched.bootstrap import BootstrapResult
 print(json.dumps({"file": lmm_jax.__file__,
-                  "anova": lmm_jax.anova is sys.modules["lmm_jax.anova"].anova,
-                  "simulate": lmm_jax.simulate is sys.modules["lmm_jax.simulate"].simulate}))
+                  "anova": lmm_jax.anova is sys.modules["lmm_jax.inference.anova"].anova,
+                  "simulate": lmm_jax.simulate is sys.modules["lmm_jax.batched.simulate"].simulate}))
 """)
     assert got == {"anova": True, "simulate": True}
 
@@ -107,12 +108,13 @@ print(json.dumps({{"file": lmm_jax.__file__, "after_fit": after_fit, "after_text
     own, heavy = got["after_fit"]
     assert {"formulaic", "pandas"} <= set(heavy)
     assert not {"scipy.stats", "scipy.optimize", "matplotlib", "tqdm"} & set(heavy)
-    # lmm_jax.satterthwaite comes with the fit, which compiles its kernel ahead of summary()
-    assert not {"lmm_jax.inference", "lmm_jax.anova", "lmm_jax.plotting"} & set(own)
+    # lmm_jax.inference.satterthwaite comes with the fit, which compiles its kernel ahead of summary()
+    assert not {"lmm_jax.inference.tests", "lmm_jax.inference.anova", "lmm_jax.report.plotting"} & set(own)
     own, heavy = got["after_text"]          # summary(): Satterthwaite's t tests take scipy.special, not scipy.stats
-    assert "lmm_jax.satterthwaite" in own and not {"scipy.stats", "scipy.optimize"} & set(heavy)
+    assert "lmm_jax.inference.satterthwaite" in own and not {"scipy.stats", "scipy.optimize"} & set(heavy)
     own, heavy = got["after_summary"]
-    assert {"scipy.stats", "lmm_jax.satterthwaite", "lmm_jax.inference", "lmm_jax.anova"} <= set(heavy) | set(own)
+    assert {"scipy.stats", "lmm_jax.inference.satterthwaite", "lmm_jax.inference.tests",
+            "lmm_jax.inference.anova"} <= set(heavy) | set(own)
     assert "REML criterion at convergence: 1743.6283" in got["summary"]
     assert got["anova_rows"] == ["Days"]
     assert got["wald_rows"] == 6

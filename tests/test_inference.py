@@ -17,10 +17,10 @@ import pytest
 from scipy import stats
 
 import lmm_jax
-from lmm_jax.inference import InferenceError
-from lmm_jax.kenward_roger import dense_products, kenward_roger_adjustment
-from lmm_jax.parametrization import lambdas, lower_tri_indices
-from lmm_jax.profile import profile_zeta
+from lmm_jax.errors import InferenceError
+from lmm_jax.inference.kenward_roger import dense_products, kenward_roger_adjustment
+from lmm_jax.core.parametrization import lambdas, lower_tri_indices
+from lmm_jax.inference.profile import profile_zeta
 
 from conftest import REF_DIR, load_data, load_reference, rel_err
 
@@ -121,7 +121,7 @@ def test_dense_products_match_design(fits):
 
 def test_dense_products_from_sparse_coupling(fits):
     """KR's dense Z'Z from a sparse A21 (crossed factors) equals the one from the dense A21."""
-    from lmm_jax.crossprod import design_products
+    from lmm_jax.build.crossprod import design_products
 
     fit = fits("penicillin_crossed")
     d, s = fit.design, fit.model.structure
@@ -233,14 +233,14 @@ def test_lrt_ml_fits_no_refit(fits, extra_fits):
     want = np.array([[np.nan if v is None else v for v in col] for col in ref["table"]["values"]], dtype=float).T
     assert np.allclose(table.to_numpy(), want, rtol=1e-6, equal_nan=True)
     assert table.attrs["note"] == ""
-    from lmm_jax.anova import likelihood_ratio_table
+    from lmm_jax.inference.anova import likelihood_ratio_table
 
     with pytest.raises(InferenceError, match="at least two"):
         likelihood_ratio_table(m2)
 
 
 def test_lrt_rejects_different_data(fits):
-    from lmm_jax.anova import likelihood_ratio_table
+    from lmm_jax.inference.anova import likelihood_ratio_table
 
     a = fits("sleepstudy_intercept")
     b = fits("cake_factors")

@@ -1,4 +1,4 @@
-"""Kernels kept on disk in exported form (lmm_jax/kernel.py).
+"""Kernels kept on disk in exported form (lmm_jax/runtime/kernel.py).
 
 Each check runs fits in fresh processes sharing one cache directory: the
 first exports the kernels, the second runs them without tracing their
@@ -18,16 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 
 import lmm_jax
-from lmm_jax.kernel import Kernel
-from lmm_jax.model import deviance_at
+from lmm_jax.runtime.kernel import Kernel
+from lmm_jax.core.estimates import deviance_at
 
 FIT_SCRIPT = textwrap.dedent("""
     import json, sys
     import lmm_jax
-    from lmm_jax import kernel, model, satterthwaite, start
+    from lmm_jax.core import estimates, start
+    from lmm_jax.inference import satterthwaite
+    from lmm_jax.runtime import kernel
 
     traced = []
-    kernels = [k for mod in (model, satterthwaite, start) for k in vars(mod).values() if isinstance(k, kernel.Kernel)]
+    kernels = [k for mod in (estimates, satterthwaite, start) for k in vars(mod).values() if isinstance(k, kernel.Kernel)]
     for k in kernels:
         k.fun = (lambda f: lambda *a, **kw: (traced.append(f.__name__), f(*a, **kw))[1])(k.fun)
     d = lmm_jax.datasets.load("sleepstudy")
@@ -85,8 +87,8 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function():
 
 
 def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monkeypatch):
-    from lmm_jax import kernel as kernel_module
-    from lmm_jax.kernel import kernel
+    from lmm_jax.runtime import kernel as kernel_module
+    from lmm_jax.runtime.kernel import kernel
 
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)   # an empty store: the first build traces
 

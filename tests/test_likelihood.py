@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.likelihood import deviance_at_sigma, factorize, profiled_deviance
-from lmm_jax.parametrization import lambdas, n_theta, phi_from_theta, theta_from_phi
+from lmm_jax.core.likelihood import deviance_at_sigma, factorize, profiled_deviance
+from lmm_jax.core.parametrization import lambdas, n_theta, phi_from_theta, theta_from_phi
 
 MODELS = {
     "slope": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
@@ -121,7 +121,7 @@ def _unique_groups(terms):
 
 
 def _cond_cov(model, theta):
-    from lmm_jax.likelihood import conditional_covariances
+    from lmm_jax.core.likelihood import conditional_covariances
     th = jnp.asarray(theta)
     return conditional_covariances(th, factorize(th, model.products, model.response, model.structure),
                                    model.structure)
@@ -162,7 +162,7 @@ def test_deviance_at_sigma_is_minimised_at_profiled_sigma(model):
         assert abs(float(dsig(jnp.asarray(fit.sigma)))) < 1e-6 * abs(float(prof))
 
 
-# -- small dense kernels: jnp loops instead of LAPACK (lmm_jax/linalg.py) -------------------------
+# -- small dense kernels: jnp loops instead of LAPACK (lmm_jax/core/linalg.py) -------------------------
 @pytest.mark.parametrize("k", [3, 7, 20, 64])
 def test_small_cholesky_and_solves_match_lapack(k):
     """The unrolled (k <= 6) and fori_loop (k <= 64) kernels against LAPACK:
@@ -171,7 +171,7 @@ def test_small_cholesky_and_solves_match_lapack(k):
     along every symmetric dM, which is all the likelihood produces, they agree)."""
     from jax.scipy.linalg import solve_triangular
 
-    from lmm_jax.linalg import batched_backward_solve, batched_cholesky, batched_forward_solve
+    from lmm_jax.core.linalg import batched_backward_solve, batched_cholesky, batched_forward_solve
 
     rng = np.random.default_rng(k)
     A = rng.normal(size=(4, k, k))
@@ -206,7 +206,7 @@ def test_batched_objective_calls_no_lapack(formula, data):
     s = m.structure
     Y = jnp.asarray(np.random.default_rng(0).normal(size=(m.design.n, 8))) + jnp.asarray(m.design.y)[:, None]
     rps = jax.vmap(m.response_products, in_axes=1)(Y)
-    theta = jnp.asarray(lmm_jax.parametrization.theta_start(s.ks)) * 0.7
+    theta = jnp.asarray(lmm_jax.core.parametrization.theta_start(s.ks)) * 0.7
 
     def f(rp):
         return jax.value_and_grad(lambda th: profiled_deviance(th, m.products, rp, s, True))(theta)

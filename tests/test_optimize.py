@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.likelihood import profiled_deviance
-from lmm_jax.optimize import bfgs_minimize, newton_minimize
-from lmm_jax.parametrization import phi_from_theta, theta_start
+from lmm_jax.core.likelihood import profiled_deviance
+from lmm_jax.core.optimize import bfgs_minimize, newton_minimize
+from lmm_jax.core.parametrization import phi_from_theta, theta_start
 
 from conftest import load_data
 

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 import lmm_jax
-from lmm_jax.crossprod import LEVEL_BUCKET_MIN, pad_products, size_bucket
-from lmm_jax.likelihood import deviance_at_sigma, profiled_deviance
-from lmm_jax.model import estimates_at, fit_theta, unpad_estimates
-from lmm_jax.parametrization import lambdas, lower_tri_indices, phi_from_theta, theta_start
-from lmm_jax.satterthwaite import varcomp_jacobian, varcomp_of
+from lmm_jax.build.crossprod import LEVEL_BUCKET_MIN, pad_products, size_bucket
+from lmm_jax.core.likelihood import deviance_at_sigma, profiled_deviance
+from lmm_jax.core.estimates import estimates_at, fit_theta, unpad_estimates
+from lmm_jax.core.parametrization import lambdas, lower_tri_indices, phi_from_theta, theta_start
+from lmm_jax.inference.satterthwaite import varcomp_jacobian, varcomp_of
 
 MODELS = {
     "slope": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
@@ -115,8 +115,8 @@ def test_padded_fit_equals_exact_fit(name):
 
 
 def test_small_sparse_coupling_is_padded_densely_and_large_is_kept():
-    from lmm_jax.crossprod import design_products, response_products_host
-    from lmm_jax.sparse import SparseA21
+    from lmm_jax.build.crossprod import design_products, response_products_host
+    from lmm_jax.core.sparse import SparseA21
 
     m = lmm_jax.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", lmm_jax.datasets.load("Penicillin"))
     dp = design_products(m.design, sparse=True)
@@ -131,7 +131,7 @@ def test_small_sparse_coupling_is_padded_densely_and_large_is_kept():
 
 
 def test_host_response_products_equal_the_jax_ones(model):
-    from lmm_jax.crossprod import response_products
+    from lmm_jax.build.crossprod import response_products
 
     ref = response_products(jnp.asarray(model.design.y), model.arrays, model.structure)
     for a, b in zip(model.response, ref):

@@ -162,7 +162,7 @@ def test_bootstrap_histograms_mark_estimate_and_interval(sleep, tmp_path):
 
 
 def test_profile_traces_cross_z_at_the_profile_interval(sleep, tmp_path):
-    from lmm_jax.profile import profile_confint
+    from lmm_jax.inference.profile import profile_confint
     fig = plotting.profile(sleep, which=["sd_Days|Subject", "sigma", "Days"], points=9)
     _render(fig, tmp_path / "profile.png")
     ci = profile_confint(sleep, which=["sd_Days|Subject", "sigma", "Days"])

@@ -15,12 +15,11 @@ import pytest
 
 import lmm_jax
 from conftest import load_data, load_reference, rel_err
-from lmm_jax.crossprod import design_products
+from lmm_jax.build.crossprod import design_products
 from lmm_jax.errors import DataError
-from lmm_jax.likelihood import (conditional_covariances, deviance_at_sigma, factorize, profiled_deviance,
-                                spherical_modes)
-from lmm_jax.parametrization import n_theta, phi_from_theta, theta_from_phi
-from lmm_jax.sparse import SparseA21, SparseL21, dense_coupling, n_pairs
+from lmm_jax.core.likelihood import conditional_covariances, deviance_at_sigma, factorize, profiled_deviance, spherical_modes
+from lmm_jax.core.parametrization import n_theta, phi_from_theta, theta_from_phi
+from lmm_jax.core.sparse import SparseA21, SparseL21, dense_coupling, n_pairs
 
 
 def _crossed(n: int, m_g: int, m_h: int, seed: int, per_g: int) -> pd.DataFrame:
@@ -58,7 +57,7 @@ def pair(request):
 def _theta(model, seed: int) -> jnp.ndarray:
     rng = np.random.default_rng(seed)
     ks = model.structure.ks
-    phi = phi_from_theta(np.asarray(lmm_jax.parametrization.theta_start(ks)), ks)[0]
+    phi = phi_from_theta(np.asarray(lmm_jax.core.parametrization.theta_start(ks)), ks)[0]
     return theta_from_phi(jnp.asarray(phi + 0.6 * rng.normal(size=n_theta(ks))), ks)
 
 
@@ -146,7 +145,7 @@ def test_design_of_many_rows_peaks_under_three_times_the_data():
                          "g": rng.integers(0, 2_000, n)})
     size = data.memory_usage(index=False).sum()
     tracemalloc.start()
-    design = lmm_jax.design.build_design("y ~ x1 + x2 + (x1 | g)", data)
+    design = lmm_jax.build.design.build_design("y ~ x1 + x2 + (x1 | g)", data)
     dp = design_products(design)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -160,7 +159,7 @@ def test_design_of_many_rows_peaks_under_three_times_the_data():
     np.array(["b", "a", "c", "a"] * 40, dtype=object),
 ])
 def test_level_codes_by_blocks_equal_pandas_categories(values):
-    from lmm_jax.design import _level_codes
+    from lmm_jax.build.design import _level_codes
     s = pd.Series(values)
     cat = s.astype("category")
     labels, codes = _level_codes(s, chunk_rows=7)
@@ -170,7 +169,7 @@ def test_level_codes_by_blocks_equal_pandas_categories(values):
 
 
 def test_rank_by_row_blocks_finds_the_same_columns():
-    from lmm_jax.design import _independent_columns
+    from lmm_jax.build.design import _independent_columns
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=1000), rng.normal(size=1000)
     X = np.column_stack([np.ones(1000), a, 2 * a - 1, b, np.zeros(1000), a + b])
@@ -181,7 +180,7 @@ def test_rank_by_row_blocks_finds_the_same_columns():
 def test_sparse_products_never_allocate_the_dense_coupling_block():
     """A 12,000 x 4,000-level crossed design: dense A21 would be 384 MB."""
     data = _crossed(40_000, 12_000, 4_000, 5, 3)
-    design = lmm_jax.design.build_design("y ~ x + (1 | g) + (1 | h)", data)
+    design = lmm_jax.build.design.build_design("y ~ x + (1 | g) + (1 | h)", data)
     assert design.ms[0] > 11_000 and design.ms[1] > 3_900
     tracemalloc.start()
     dp = design_products(design)
@@ -193,7 +192,7 @@ def test_sparse_products_never_allocate_the_dense_coupling_block():
 
 
 def test_too_many_remaining_columns_is_a_data_error(monkeypatch):
-    import lmm_jax.crossprod as cp
+    import lmm_jax.build.crossprod as cp
     model = lmm_jax.LMM(CASES["penicillin"][0], CASES["penicillin"][1]())
     monkeypatch.setattr(cp, "MAX_DENSE_REST", 5)
     with pytest.raises(DataError, match="at most 5"):

@@ -1,4 +1,4 @@
-"""MIVQUE(0) starting values (lmm_jax/start.py): the sparse moment equations
+"""MIVQUE(0) starting values (lmm_jax/core/start.py): the sparse moment equations
 against the dense formula, the balanced-data identity with REML, and the
 same optimum as lme4's theta = 1 start."""
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 import lmm_jax
-from lmm_jax.parametrization import theta_start
-from lmm_jax.start import THETA_MIN, default_start, moment_equations, moment_estimates
+from lmm_jax.core.parametrization import theta_start
+from lmm_jax.core.start import THETA_MIN, default_start, moment_equations, moment_estimates
 
 
 def unbalanced_crossed(seed=3):

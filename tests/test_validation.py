@@ -26,7 +26,7 @@ import pytest
 import lmm_jax
 from lmm_jax import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, LMMError,
                      RankDeficiencyWarning, SingularFitWarning)
-from lmm_jax.diagnostics import assess
+from lmm_jax.core.diagnostics import assess
 from lmm_jax.errors import ScalingWarning
 
 ROBUST = Path(__file__).parent / "reference" / "robust"
@@ -413,10 +413,10 @@ def test_diagnostics_from_newton_equal_autodiff_in_theta():
     slow one (autodiff of the objective in theta), for a 2x2 term."""
     import jax.numpy as jnp
 
-    from lmm_jax.diagnostics import check_convergence, theta_derivatives, theta_derivatives_from_phi
-    from lmm_jax.model import fit_theta
-    from lmm_jax.parametrization import phi_from_theta
-    from lmm_jax.start import default_start
+    from lmm_jax.core.diagnostics import check_convergence, theta_derivatives, theta_derivatives_from_phi
+    from lmm_jax.core.estimates import fit_theta
+    from lmm_jax.core.parametrization import phi_from_theta
+    from lmm_jax.core.start import default_start
 
     ref, fit = robust_fit("balanced")
     m = fit.model

@@ -3,7 +3,7 @@
 A fresh process that fits a model pays three things before its first
 result: tracing the kernel's Python into a jaxpr, lowering it to StableHLO,
 and compiling it with XLA. JAX's persistent compilation cache
-(:mod:`lmm_jax.compilation_cache`) saves the last; :class:`Kernel` saves the
+(:mod:`lmm_jax.runtime.compilation_cache`) saves the last; :class:`Kernel` saves the
 first two. The first time a kernel runs for a given structure and set of
 argument shapes, it is exported with :func:`jax.export.export` and the
 serialized module is written next to the compilation cache; a later process
@@ -20,7 +20,7 @@ another trace (``vmap``, ``grad`` or a user's ``jit``) a kernel is its plain
 ``jax.jit`` function.
 
 Where: ``<cache dir>/export`` (the compilation cache's directory, see
-:func:`lmm_jax.compilation_cache.default_cache_dir`); nothing is kept when
+:func:`lmm_jax.runtime.compilation_cache.default_cache_dir`); nothing is kept when
 the cache is off (``LMM_JAX_COMPILATION_CACHE=0``) or not writable.
 """
 

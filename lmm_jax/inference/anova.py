@@ -13,7 +13,7 @@ strictly more variables) its columns of L are replaced by their residuals on
 the containing terms' columns (highest order first); each term's hypothesis is
 the transpose of its columns of L restricted to the rows named like X's
 columns. Models with at most one term use the type I (Doolittle) contrasts,
-as lmerTest does. The F tests are :func:`lmm_jax.inference.f_test`.
+as lmerTest does. The F tests are :func:`lmm_jax.inference.tests.f_test`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import pandas as pd
 from formulaic import model_matrix
 from scipy import stats
 
-from .design import r_name
-from .inference import F_COLUMNS, InferenceError, f_test, normalize_ddf
+from ..build.design import r_name
+from ..errors import InferenceError
+from .tests import F_COLUMNS, f_test, normalize_ddf
 
 if TYPE_CHECKING:
-    from .results import LMMResult
+    from ..results import LMMResult
 
 
 def zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:

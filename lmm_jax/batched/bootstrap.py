@@ -1,12 +1,12 @@
 """Parametric bootstrap: thousands of refits in one compiled call.
 
 lme4's ``bootMer`` and MixedModels.jl's ``parametricbootstrap``: simulate
-responses at the fitted parameters (:mod:`lmm_jax.simulate`), refit each, and
+responses at the fitted parameters (:mod:`lmm_jax.batched.simulate`), refit each, and
 summarise the replicates. Here one jit-compiled function per chunk of
 replicates does all three: draw the responses, form their cross-products
 (only the y-parts; Z'Z, Z'X, X'X are the fitted model's), and run
-:func:`lmm_jax.optimize.bfgs_minimize` under ``jax.vmap``, each replicate
-started from its own MIVQUE(0) moment estimates (:mod:`lmm_jax.start`; for a
+:func:`lmm_jax.core.optimize.bfgs_minimize` under ``jax.vmap``, each replicate
+started from its own MIVQUE(0) moment estimates (:mod:`lmm_jax.core.start`; for a
 balanced design such as sleepstudy, its REML optimum unless that is on the
 boundary) with the fitted model's inverse Hessian. Chunks bound the memory;
 every chunk has the same shape, so
@@ -36,13 +36,13 @@ import pandas as pd
 
 from .batch import (BatchResult, _as_batch_result, _response_map_of, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
-from .errors import ConvergenceWarning
-from .parametrization import phi_from_theta
+from ..errors import ConvergenceWarning
+from ..core.parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
-from .start import moment_equations_of
+from ..core.start import moment_equations_of
 
 if TYPE_CHECKING:
-    from .results import LMMResult
+    from ..results import LMMResult
 
 CHUNK_MAX_ENTRIES = 1 << 24   # default chunk: at most this many simulated y values (128 MB) per chunk
 # on the CPU: larger vmapped chunks stalled XLA:CPU here (threads idle in futex waits at 10,000). A GPU
@@ -150,7 +150,7 @@ class BootstrapResult:
 
     Attributes:
         fit: the :class:`~lmm_jax.results.LMMResult` bootstrapped.
-        replicates: the refits, a :class:`~lmm_jax.batch.BatchResult`.
+        replicates: the refits, a :class:`~lmm_jax.batched.batch.BatchResult`.
         params: the parameters the responses were simulated at.
         chunk_size: replicates per compiled call.
     """

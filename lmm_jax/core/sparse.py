@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernel import serializable
+from ..runtime.kernel import serializable
 
 
 @serializable

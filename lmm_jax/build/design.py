@@ -7,7 +7,7 @@ every row and the term's columns of Z (``Z_t`` is never formed as an n x q
 matrix: row i of term t holds ``Z_t[i]`` in block ``codes_t[i]``).
 
 Terms are ordered by number of levels, largest first (lme4's order, and the
-one the blocked Cholesky in :mod:`lmm_jax.likelihood` wants).
+one the blocked Cholesky in :mod:`lmm_jax.core.likelihood` wants).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
 
-from .errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
+from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
 from .formula import ParsedFormula, RandomTerm, parse_formula
 
 _RANK_TOL = 1e-7  # lme4's rankMatrix / qr tolerance

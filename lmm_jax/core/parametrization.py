@@ -8,7 +8,7 @@ triangles column by column, term by term (lme4's ``getME(fit, "theta")``).
 The optimiser works on ``phi``: the same vector with each diagonal entry
 replaced by its logarithm, so phi is unconstrained. A diagonal entry that
 reaches the boundary (a zero variance, or a correlation of +-1) is held at
-exactly 0 through the ``active`` mask (see :mod:`lmm_jax.optimize`).
+exactly 0 through the ``active`` mask (see :mod:`lmm_jax.core.optimize`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .results import LMMResult
+    from ..results import LMMResult
 
 
 def _fmt_p(p: float) -> str:

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-from .design import as_frame
-from .errors import DataError, FormulaError
-from .formula import parse_formula
+from ..build.design import as_frame
+from ..errors import DataError, FormulaError
+from ..build.formula import parse_formula
 
 if TYPE_CHECKING:
-    from .design import TermDesign
-    from .results import LMMResult
+    from ..build.design import TermDesign
+    from ..results import LMMResult
 
 _SPLIT = re.compile(r"^(.*)\[(\d+)\]$")   # a column of a split (||) term: "expr[c]"
 

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .crossprod import DesignArrays, Structure
-from .parametrization import lambdas, n_theta
+from ..core.types import DesignArrays, Structure
+from ..core.parametrization import lambdas, n_theta
 
 if TYPE_CHECKING:
-    from .model import LMM
-    from .results import LMMResult
+    from ..model import LMM
+    from ..results import LMMResult
 
 
 class Params(NamedTuple):
@@ -62,12 +62,10 @@ def replicate_keys(key: jax.Array, start: int | jnp.ndarray, size: int) -> jax.A
 
 def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> tuple["LMM", Params]:
     """The model and the parameters to simulate at (given, or the fit's)."""
-    from .model import LMM
-
-    if isinstance(model_or_result, LMM):
-        model, fitted = model_or_result, None
-    elif hasattr(model_or_result, "model") and hasattr(model_or_result, "theta"):
+    if hasattr(model_or_result, "model") and hasattr(model_or_result, "theta"):
         model, fitted = model_or_result.model, model_or_result
+    elif hasattr(model_or_result, "design") and hasattr(model_or_result, "structure"):
+        model, fitted = model_or_result, None
     else:
         raise TypeError(f"expected an LMM or an LMMResult, got {type(model_or_result).__name__}")
     s = model.structure

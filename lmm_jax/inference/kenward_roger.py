@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg as sla
 
-from .crossprod import DesignProducts, Structure
-from .parametrization import lambdas, lower_tri_indices
-from .sparse import SparseA21
+from ..core.types import DesignProducts, Structure
+from ..core.parametrization import lambdas, lower_tri_indices
+from ..core.sparse import SparseA21
 
 
 @dataclass(frozen=True)

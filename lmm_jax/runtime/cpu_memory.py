@@ -4,7 +4,7 @@ Why. XLA's CPU runtime gives every execution of a compiled function one
 temporary buffer, allocated with ``posix_memalign`` before the call and freed
 after it: for InstEval's Newton fit 700 MB at stop 11 (the exact Hessian of
 a 1,156-column Schur block, its pair sums and the line search; 247 MB since
-the pair-sum jet of :mod:`lmm_jax.likelihood`), about 1.8 GB for the crossed
+the pair-sum jet of :mod:`lmm_jax.core.likelihood`), about 1.8 GB for the crossed
 200,000-row design (460,000 faults of 4 kB per fit). glibc serves every request above 32 MB (its largest mmap
 threshold) with a fresh ``mmap`` and returns it with ``munmap``, so each call
 page-faults its whole scratch space again: 176,000 minor faults per InstEval

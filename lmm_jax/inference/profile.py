@@ -44,14 +44,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .crossprod import DesignProducts, ResponseProducts, Structure
-from .likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
-from .linalg import batched_cholesky
-from .optimize import newton_minimize
-from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta
+from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
+from ..core.linalg import batched_cholesky
+from ..core.optimize import newton_minimize
+from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta
+from ..core.types import DesignProducts, ResponseProducts, Structure
+from ..errors import InferenceError, SingularFitWarning
 
 if TYPE_CHECKING:
-    from .results import LMMResult
+    from ..results import LMMResult
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,6 @@ def _ml_fit(result: "LMMResult") -> "LMMResult":
     warning was already given for the fit itself)."""
     if not result.reml:
         return result
-    from .errors import SingularFitWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingularFitWarning)
@@ -204,7 +204,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
 def solve_constrained(cons: Constraint, row_idx, row_mask, phi0, active0, dp: DesignProducts,
                       rp: ResponseProducts, s: Structure):
     """Minimum ML deviance of a batch of constrained problems: one compiled
-    Newton solve (:func:`lmm_jax.optimize.newton_minimize`) vmapped over the
+    Newton solve (:func:`lmm_jax.core.optimize.newton_minimize`) vmapped over the
     batch (``cons`` and the starting points ``phi0`` carry the batch axis).
 
     Returns:
@@ -420,7 +420,6 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
         (``not_converged``; in flat directions the objective is still accurate
         to ~1e-9, which is what zeta needs).
     """
-    from .inference import InferenceError
 
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
@@ -455,7 +454,6 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
 def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataFrame:
     """zeta (lme4's ``as.data.frame(profile(fit))$.zeta``) and the ML deviance
     of one parameter at the given values, solved as one vmapped batch."""
-    from .inference import InferenceError
 
     fit = _ml_fit(result)
     params = {p.name: p for p in parameters(fit)}

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .kernel import serializable
+from ..runtime.kernel import serializable
 from .parametrization import diagonal_mask, theta_from_phi
 
 
@@ -79,7 +79,7 @@ class NewtonResult(NamedTuple):
         converged: the decrement criterion was met before ``max_iter``.
         gradient: gradient of f in phi at the optimum (0 for inactive entries).
         hessian: Hessian of f in phi at the optimum (identity rows/columns
-            for inactive entries); :mod:`lmm_jax.diagnostics` maps both to theta.
+            for inactive entries); :mod:`lmm_jax.core.diagnostics` maps both to theta.
             From :func:`bfgs_minimize`: None (see ``inverse_hessian``).
         inverse_hessian: :func:`bfgs_minimize`'s approximation of the inverse
             Hessian at the optimum (a warm start for continuing); None from

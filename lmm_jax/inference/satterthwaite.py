@@ -4,7 +4,7 @@ Following lmerTest (Kuznetsova, Brockhoff & Christensen 2017, JSS 82(13),
 sec. 3), with exact derivatives where lmerTest uses numDeriv:
 
 * varpar = (theta, sigma); its asymptotic covariance is ``A = 2 H^{-1}``,
-  H the Hessian of ``devfun_vp`` (:func:`lmm_jax.likelihood.deviance_at_sigma`).
+  H the Hessian of ``devfun_vp`` (:func:`lmm_jax.core.likelihood.deviance_at_sigma`).
 * For a contrast l, with ``C(varpar) = sigma^2 (L_X L_X')^{-1}`` the
   covariance of beta-hat and ``g = d(l'Cl)/d varpar``,
 
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtr
 
-from .crossprod import DesignProducts, ResponseProducts, Structure
-from .kernel import kernel
-from .likelihood import factorize, unscaled_vcov_beta
-from .parametrization import lambdas_host, lower_tri_indices
+from ..core.types import DesignProducts, ResponseProducts, Structure
+from ..runtime.kernel import kernel
+from ..core.likelihood import factorize, unscaled_vcov_beta
+from ..core.parametrization import lambdas_host, lower_tri_indices
 
 
 def varpar_covariance(H: np.ndarray) -> np.ndarray:

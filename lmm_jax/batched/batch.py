@@ -6,11 +6,11 @@ Across responses on one design only the y-parts of the cross-products
 batch ``Y`` (n x B) they are one matrix product ``G Y`` with the fixed sparse
 pattern ``G = [Z_1 Z_r X]'`` held dense when it is small (a GEMM is far
 faster on CPU than a batched scatter), else the segment sums of
-:func:`~lmm_jax.crossprod.response_products` under ``vmap``. The optimiser is
-:func:`lmm_jax.model.fit_theta` under ``jax.vmap``; under vmap its
+:func:`~lmm_jax.build.crossprod.response_products` under ``vmap``. The optimiser is
+:func:`lmm_jax.core.estimates.fit_theta` under ``jax.vmap``; under vmap its
 ``lax.while_loop`` runs until every replicate has stopped.
 
-Designs whose padded products have one shape (:func:`~lmm_jax.crossprod.pad_products`)
+Designs whose padded products have one shape (:func:`~lmm_jax.build.crossprod.pad_products`)
 share one compilation: :func:`fit_many` stacks their products and vmaps over
 design and response together, one compiled call per shape bucket.
 """
@@ -27,16 +27,17 @@ import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
 
-from .crossprod import DesignArrays, DesignProducts, ResponseProducts, Structure, response_products
-from .likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
-from .model import SINGULAR_TOL, fit_theta
-from .optimize import bfgs_minimize, inverse_hessian_start
-from .parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
-from .start import MomentEquations, moment_equations_of, moment_theta
+from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
+from ..build.crossprod import response_products
+from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
+from ..core.estimates import SINGULAR_TOL, fit_theta
+from ..core.optimize import bfgs_minimize, inverse_hessian_start
+from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
+from ..core.start import MomentEquations, moment_equations_of, moment_theta
 
 if TYPE_CHECKING:
-    from .design import Design
-    from .model import LMM
+    from ..build.design import Design
+    from ..model import LMM
 
 DENSE_MAX_ENTRIES = 1 << 24  # use the dense map G (q1 + qr + p) x n up to 16M entries (128 MB)
 
@@ -110,7 +111,7 @@ def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.nd
                           s: Structure, reml: bool) -> jnp.ndarray:
     """A BFGS start shared by a batch: the inverse of the exact Hessian (in
     phi) of one response's objective at ``phi0``, eigenvalues floored
-    (:func:`~lmm_jax.optimize.inverse_hessian_start`). For a bootstrap, the
+    (:func:`~lmm_jax.core.optimize.inverse_hessian_start`). For a bootstrap, the
     fitted response at the fitted theta: every replicate's Hessian is close."""
     def f(phi):
         return profiled_deviance(theta_from_phi(phi, s.ks, active0), dp, rp, s, reml)
@@ -123,7 +124,7 @@ def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.nd
 def moment_starts(eq: "MomentEquations | None", rps: ResponseProducts, s: Structure,
                   design_axis: int | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Starts (phi, active) for :func:`fit_products`: each response's MIVQUE(0)
-    theta, shape (B, n_theta) (:func:`lmm_jax.start.moment_theta`, as
+    theta, shape (B, n_theta) (:func:`lmm_jax.core.start.moment_theta`, as
     :meth:`LMM.fit` starts), or lme4's identity, one for all, when ``eq`` is None."""
     if eq is None:
         phi, active = phi_from_theta(theta_start(s.ks), s.ks)
@@ -140,9 +141,9 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
     """Fit every response in ``rps`` (leading batch axis); the design
     products are shared (``design_axis=None``) or batched too (``0``).
 
-    ``method="bfgs"`` (:func:`~lmm_jax.optimize.bfgs_minimize`) starts from
+    ``method="bfgs"`` (:func:`~lmm_jax.core.optimize.bfgs_minimize`) starts from
     ``hinv0`` (shared by the batch; None: each fit's exact Hessian at
-    ``phi0``), ``"newton"`` is :func:`lmm_jax.model.fit_theta` (exact Hessian
+    ``phi0``), ``"newton"`` is :func:`lmm_jax.core.estimates.fit_theta` (exact Hessian
     every iteration, as a single fit). ``phi0`` and ``active0`` are one start
     for the batch (1-d) or one per fit (2-d, e.g. each response's moment
     start, :func:`moment_starts`).
@@ -407,7 +408,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
             (after its missing-value drops); a 1-d array is one response.
         reml: REML (default) or ML.
         start: starting theta for every fit; default: each response's own
-            MIVQUE(0) moment estimates (:mod:`lmm_jax.start`), the start of
+            MIVQUE(0) moment estimates (:mod:`lmm_jax.core.start`), the start of
             :meth:`LMM.fit`, so each column equals its own fit.
         max_iter: iterations per fit before it is reported unconverged;
             a fit continued in the compaction round (:func:`fit_products`)
@@ -444,19 +445,20 @@ def _response_map_of(model: "LMM") -> jnp.ndarray | None:
     return cache["G"]
 
 
-def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = True, *,
-             max_iter: int = 200, method: str = "bfgs") -> list[BatchResult]:
-    """Fit many (formula, data) pairs, one compiled vmapped call per shape.
+def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 200,
+               method: str = "bfgs") -> list[BatchResult]:
+    """Fit many models, one compiled vmapped call per padded structure
+    (:func:`lmm_jax.fit_many` builds the models from (formula, data) pairs).
 
     Models are grouped by the structure of their padded products
-    (:func:`~lmm_jax.crossprod.pad_products`: terms' columns, levels rounded
-    up to size buckets, p; the number of observations is a runtime value);
-    each group's design and response products are stacked and fitted
-    together, so a power analysis over a few numbers of subjects compiles
-    once per size bucket, not once per dataset.
+    (:func:`~lmm_jax.build.crossprod.pad_products`: terms' columns, levels
+    rounded up to size buckets, p; the number of observations is a runtime
+    value); each group's design and response products are stacked and
+    fitted together, so a power analysis over a few numbers of subjects
+    compiles once per size bucket, not once per dataset.
 
     Args:
-        specs: (formula, data) pairs, or :class:`~lmm_jax.model.LMM` objects.
+        models: :class:`~lmm_jax.model.LMM` objects.
         reml: REML (default) or ML.
         max_iter: iterations per fit before it is reported unconverged;
             a fit continued in the compaction round (:func:`fit_products`)
@@ -464,12 +466,8 @@ def fit_many(specs: Sequence[tuple[str, Any]] | Sequence["LMM"], reml: bool = Tr
         method: ``"bfgs"`` or ``"newton"``, as for :func:`fit_batch`.
 
     Returns:
-        One single-fit :class:`BatchResult` per spec, in the input order
-        (``pd.concat([r.table for r in out])`` gives one table).
+        One single-fit :class:`BatchResult` per model, in the input order.
     """
-    from .model import LMM
-
-    models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         # same padded structure and the same pytree of products (a sparse coupling block has its own shapes)

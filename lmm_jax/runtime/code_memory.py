@@ -18,7 +18,7 @@ predictions, bootstrap) empties JAX's in-memory compilation caches
 (``jax.clear_caches``), which unmaps the executables nothing else holds. The
 clearing waits for an entry point because JAX may be mid-compilation when the
 listener runs. Later calls compile again, or load from the persistent cache
-(:mod:`lmm_jax.compilation_cache`). Off Linux (no ``/proc``) the guard does
+(:mod:`lmm_jax.runtime.compilation_cache`). Off Linux (no ``/proc``) the guard does
 nothing. :func:`clear_caches` does the same on demand.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 
 from . import kernel
-from .errors import CompiledCodeWarning
+from ..errors import CompiledCodeWarning
 
 # Backend compilations between two looks at /proc/self/maps (a look costs ~20-50 ms near the cap,
 # 100 compilations several seconds): a sleepstudy fit and summary make 1,400 mappings in all.

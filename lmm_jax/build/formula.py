@@ -9,7 +9,7 @@
   ``(1 | a) + (1 | b:a)``; ``||`` marks a term whose columns are uncorrelated
   (split into one term per column once the columns are known).
 
-Only the syntax is handled here; :mod:`lmm_jax.design` evaluates it on data.
+Only the syntax is handled here; :mod:`lmm_jax.build.design` evaluates it on data.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import FormulaError
+from ..errors import FormulaError
 
 _NAME = re.compile(r"^(?:[A-Za-z_.][A-Za-z0-9_.]*|`[^`]+`)$")
 

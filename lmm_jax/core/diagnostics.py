@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .crossprod import DesignProducts, ResponseProducts, Structure
+from .types import DesignProducts, ResponseProducts, Structure
 from .likelihood import profiled_deviance
 from .parametrization import diagonal_mask
 
@@ -218,7 +218,7 @@ def diagnose_newton(opt, ks: tuple[int, ...], *, grad_tol: float = GRAD_TOL,
     compilation): :func:`theta_derivatives_from_phi`, then :func:`assess`.
 
     Args:
-        opt: the :class:`~lmm_jax.optimize.NewtonResult` of one fit.
+        opt: the :class:`~lmm_jax.core.optimize.NewtonResult` of one fit.
         ks: columns per term.
         grad_tol: lme4's ``check.conv.grad`` tolerance (0.002).
         hess_tol: lme4's ``check.conv.hess`` tolerance (1e-6).

@@ -19,7 +19,7 @@ and the profiled deviance (beta and sigma at their conditional optima) is
 (eqs. 34 and 41 of the paper; MixedModels.jl ``objective``/``updateL!``).
 
 Blocked evaluation. ``L_Z`` is formed from the cross-products of
-:mod:`lmm_jax.crossprod` only, never from an n x n matrix: the first term's
+:mod:`lmm_jax.build.crossprod` only, never from an n x n matrix: the first term's
 block ``L_1`` is block diagonal (m_1 tiny Cholesky factors, closed form), the
 remaining terms are eliminated through the Schur complement
 
@@ -30,16 +30,16 @@ and ``[X y]`` through a second Schur complement onto a (p+1) x (p+1) block
 whose factor holds ``L_X``, ``r`` and ``sqrt(pwrss)``. After the
 cross-products, one evaluation costs nothing in n.
 
-For crossed factors ``A21`` is kept sparse (:mod:`lmm_jax.sparse`) and
+For crossed factors ``A21`` is kept sparse (:mod:`lmm_jax.core.sparse`) and
 ``L21 L21'`` is summed over co-occurring pairs of rows. The dense block
 ``M22 = L_22 L_22'`` enters the objective only through ``log det M22`` and
-``R'M22^{-1}R``, computed by :func:`lmm_jax.linalg.spd_logdet_solve`, whose
+``R'M22^{-1}R``, computed by :func:`lmm_jax.core.linalg.spd_logdet_solve`, whose
 derivative rules (``tr(M^{-1} dM)``, ``-M^{-1} dM M^{-1}``) spare autodiff
 from differentiating the q_r x q_r Cholesky factor. When every term is
 scalar and A21 is sparse (crossed random intercepts, InstEval), the partial
 derivatives of M22 in theta have closed forms (:func:`_scalar_derivatives`)
-and :func:`lmm_jax.linalg.logdet_by_theta` /
-:func:`lmm_jax.linalg.quadratic_by_theta` use them: the exact Hessian then
+and :func:`lmm_jax.core.linalg.logdet_by_theta` /
+:func:`lmm_jax.core.linalg.quadratic_by_theta` use them: the exact Hessian then
 costs one q_r^3 product instead of two per parameter.
 """
 
@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .crossprod import DesignProducts, ResponseProducts, Structure
+from .types import DesignProducts, ResponseProducts, Structure
 from .linalg import (LOOP_MAX, ThetaDerivatives, batched_backward_solve, batched_cholesky, batched_forward_solve,
-                     logdet_by_theta, logdet_hessian_by_products, quadratic_by_theta, spd_logdet_solve)
+                     logdet_by_theta, quadratic_by_theta, spd_logdet_solve)
 from .parametrization import lambdas
 from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
                      schur_update, symmetric_from_lower, times_dense, transpose_times_vector)
@@ -70,7 +70,7 @@ class Factor(NamedTuple):
     Attributes:
         L1: (m_1, k_1, k_1) diagonal blocks of L_Z for the first term.
         L21: the block below them: a dense (q_r, m_1, k_1) array, or its
-            nonzero rows (:class:`~lmm_jax.sparse.SparseL21`) when ``A21``
+            nonzero rows (:class:`~lmm_jax.core.sparse.SparseL21`) when ``A21``
             is stored sparse.
         L22: (q_r, q_r) dense factor of the remaining terms' Schur complement.
         C1: (m_1, k_1, p+1) ``L_1^{-1} Lambda_1'Z_1'[X y]``.
@@ -114,7 +114,7 @@ class _Eliminated(NamedTuple):
 
 
 def _scalar_weights(theta1: jnp.ndarray, a11: jnp.ndarray) -> jnp.ndarray:
-    """``w_j = theta_1^2 / (1 + theta_1^2 A11_j)`` of :func:`~lmm_jax.sparse.scalar_schur_update`."""
+    """``w_j = theta_1^2 / (1 + theta_1^2 A11_j)`` of :func:`~lmm_jax.core.sparse.scalar_schur_update`."""
     return theta1 ** 2 / (1.0 + theta1 ** 2 * a11)
 
 
@@ -168,10 +168,10 @@ def _is_scalar_sparse(dp: DesignProducts, s: Structure) -> bool:
 
 def _scalar_derivatives(s: Structure) -> ThetaDerivatives:
     r"""Closed-form partial derivatives of ``M22(theta)`` for scalar terms with
-    sparse coupling (:class:`~lmm_jax.linalg.ThetaDerivatives`).
+    sparse coupling (:class:`~lmm_jax.core.linalg.ThetaDerivatives`).
 
     With every term scalar, ``Lambda_r = diag(lambda)`` (lambda_i the theta
-    of row i's term) and, by :func:`~lmm_jax.sparse.scalar_schur_update`,
+    of row i's term) and, by :func:`~lmm_jax.core.sparse.scalar_schur_update`,
 
         M22 = I + (lambda lambda') o G,   G = A22 - U(w),   U(w) = sum_j w_j a_j a_j',
         w_j = theta_1^2 / (1 + theta_1^2 A11_j)
@@ -407,10 +407,10 @@ def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structur
 
     The dense block enters only through ``log det M22`` and ``R'M22^{-1}R``
     (``C2'C2``). For scalar terms with sparse coupling they come from
-    :func:`~lmm_jax.linalg.logdet_by_theta` and
-    :func:`~lmm_jax.linalg.quadratic_by_theta` with the closed-form partial
+    :func:`~lmm_jax.core.linalg.logdet_by_theta` and
+    :func:`~lmm_jax.core.linalg.quadratic_by_theta` with the closed-form partial
     derivatives of :func:`_scalar_derivatives` (one q_r^3 product per Hessian
-    column); otherwise from :func:`~lmm_jax.linalg.spd_logdet_solve`, whose
+    column); otherwise from :func:`~lmm_jax.core.linalg.spd_logdet_solve`, whose
     rules avoid differentiating the q_r x q_r Cholesky factor.
     """
     ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(E.L1, axis1=-2, axis2=-1)))
@@ -468,7 +468,7 @@ def profiled_deviance(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
     """-2 log-likelihood (ML) or REML criterion profiled over beta and sigma.
 
     Args:
-        theta: lme4's covariance parameters (see :mod:`lmm_jax.parametrization`).
+        theta: lme4's covariance parameters (see :mod:`lmm_jax.core.parametrization`).
         dp, rp: design and response cross-products.
         s: static structure.
         reml: REML criterion if True, ML deviance otherwise.

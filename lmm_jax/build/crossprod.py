@@ -7,7 +7,7 @@ each term). The likelihood needs only
 
     A11 = Z_1'Z_1  as (m_1, k_1, k_1) diagonal blocks
     A21 = Z_r'Z_1  as (q_r, m_1, k_1), or by its nonzero blocks
-                   (:class:`~lmm_jax.sparse.SparseA21`) when that is large
+                   (:class:`~lmm_jax.core.sparse.SparseA21`) when that is large
     A22 = Z_r'Z_r  as (q_r, q_r)
     Z_1'X, Z_r'X, X'X                        (design: shared by all responses)
     Z_1'y, Z_r'y, X'y, y'y                   (response: what vmap batches)
@@ -19,16 +19,15 @@ simulated responses maps through it with ``vmap``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .design import Design
-from .errors import DataError
-from .kernel import serializable
-from .sparse import SparseA21, dense_coupling, n_pairs, sparse_coupling
+from ..errors import DataError
+from ..core.sparse import SparseA21, dense_coupling, n_pairs, sparse_coupling
+from ..core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 
 MAX_DENSE_COUPLING = 1 << 24   # dense A21 (q_r m_1 k_1 entries) above this: always stored sparse
 PAIR_COST = 100                # one sparse pair costs about this many dense matmul flops (gather + scatter)
@@ -39,72 +38,6 @@ PAIR_COST = 100                # one sparse pair costs about this many dense mat
 SCALAR_PAIR_COST = 20
 MAX_DENSE_REST = 20_000        # columns of the remaining terms' dense block
 CHUNK_ROWS = 1 << 18           # rows per chunk of the O(n) bincounts
-
-
-class Structure(NamedTuple):
-    """Static shapes of a model's cross-products (hashable; the key jit
-    compiles by). The number of observations is not among them: it is the
-    runtime scalar ``DesignProducts.nobs``, so datasets that differ only in
-    n share compiled code (and, padded by :func:`pad_products`, datasets
-    whose levels fall in the same size buckets too).
-
-    Attributes:
-        ks: columns per term (largest-level term first).
-        ms: levels per term (padded levels included).
-        p: fixed-effects columns.
-    """
-
-    ks: tuple[int, ...]
-    ms: tuple[int, ...]
-    p: int
-
-    @property
-    def q_rest(self) -> int:
-        return sum(k * m for k, m in zip(self.ks[1:], self.ms[1:]))
-
-    @property
-    def rest_offsets(self) -> tuple[int, ...]:
-        """Start of each remaining term's columns within Z_r."""
-        out, o = [], 0
-        for k, m in zip(self.ks[1:], self.ms[1:]):
-            out.append(o)
-            o += k * m
-        return tuple(out)
-
-
-@serializable
-class DesignProducts(NamedTuple):
-    """Cross-products that do not involve y (see module docstring), and the
-    two counts the criteria need: ``nobs`` (n) and ``rank`` (the estimated
-    fixed effects, REML's p), runtime scalars rather than shapes."""
-
-    A11: jnp.ndarray
-    A21: "jnp.ndarray | SparseA21"
-    A22: jnp.ndarray
-    Z1X: jnp.ndarray
-    ZrX: jnp.ndarray
-    XtX: jnp.ndarray
-    nobs: jnp.ndarray
-    rank: jnp.ndarray
-
-
-@serializable
-class ResponseProducts(NamedTuple):
-    """Cross-products that involve y: Z_1'y (m_1, k_1), Z_r'y (q_r,), X'y (p,), y'y."""
-
-    Z1y: jnp.ndarray
-    Zry: jnp.ndarray
-    Xy: jnp.ndarray
-    yy: jnp.ndarray
-
-
-class DesignArrays(NamedTuple):
-    """What a pure function of y needs to form its products: X, and each
-    term's level codes and Z columns."""
-
-    X: jnp.ndarray
-    codes: tuple[jnp.ndarray, ...]
-    Z: tuple[jnp.ndarray, ...]
 
 
 def structure_of(design: Design) -> Structure:
@@ -141,7 +74,7 @@ def use_sparse_coupling(structure: Structure, pairs: int) -> bool:
 
     Args:
         structure: the model's shapes.
-        pairs: co-occurring row pairs (:func:`lmm_jax.sparse.n_pairs`).
+        pairs: co-occurring row pairs (:func:`lmm_jax.core.sparse.n_pairs`).
     """
     qr, m1, k1 = structure.q_rest, structure.ms[0], structure.ks[0]
     cost = SCALAR_PAIR_COST if all(k == 1 for k in structure.ks) else PAIR_COST
@@ -153,7 +86,7 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
 
     Args:
         design: the evaluated design.
-        sparse: store ``A21`` as :class:`~lmm_jax.sparse.SparseA21` (True),
+        sparse: store ``A21`` as :class:`~lmm_jax.core.sparse.SparseA21` (True),
             as a dense (q_r, m_1, k_1) array (False), or decide by cost (None,
             :func:`use_sparse_coupling`). Both give the same likelihood.
         chunk_rows: rows per chunk of the weighted bincounts; temporaries are
@@ -263,15 +196,6 @@ def size_bucket(x: int, minimum: int) -> int:
     return -(-x // step) * step
 
 
-class Padded(NamedTuple):
-    """A model's products padded to size buckets, and their structure: what
-    the compiled kernels of a single fit take (:func:`pad_products`)."""
-
-    products: DesignProducts
-    response: ResponseProducts
-    structure: Structure
-
-
 def _rest_rows(s: Structure, padded: Structure) -> np.ndarray:
     """Positions of the remaining terms' rows of Z_r in the padded layout
     (each term's padded levels follow its own)."""
@@ -300,12 +224,12 @@ def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padd
     log-determinant 0 and its mode 0.
 
     Fixed-effects columns are not padded: the (p+1)-square factor of
-    ``[X y]`` is unrolled (:func:`~lmm_jax.linalg.batched_cholesky`), and
+    ``[X y]`` is unrolled (:func:`~lmm_jax.core.linalg.batched_cholesky`), and
     under the exact Hessian its compile time grows steeply with p (sleepstudy
     padded from p = 2 to 4 doubled the fit's compile time), while p is
     usually fixed by the formula.
 
-    A sparse coupling block (:class:`~lmm_jax.sparse.SparseA21`) is indexed
+    A sparse coupling block (:class:`~lmm_jax.core.sparse.SparseA21`) is indexed
     by the exact sizes and its pair count is a shape of its own: it is
     padded as a dense block when that is small (at most
     :data:`DENSE_PAD_MAX_ENTRIES` entries), and otherwise (large crossed

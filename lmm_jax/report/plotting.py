@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .results import LMMResult
+    from ..results import LMMResult
 
 __all__ = ["caterpillar", "diagnostics", "residuals_vs_fitted", "qq", "forest", "overview", "bootstrap", "profile"]
 
@@ -410,7 +410,7 @@ def bootstrap(boot: Any, level: float = 0.95, method: str = "percentile", which:
     """Bootstrap distribution of every parameter, with the estimate and the interval marked.
 
     Args:
-        boot: a :class:`~lmm_jax.bootstrap.BootstrapResult` (from
+        boot: a :class:`~lmm_jax.batched.bootstrap.BootstrapResult` (from
             ``result.bootstrap(n, key)``).
         level: coverage of the marked intervals.
         method: interval method passed to ``boot.confint`` (``"percentile"``,
@@ -474,13 +474,13 @@ def profile(result: "LMMResult", which: Sequence[str] | None = None, level: floa
     Returns:
         The Figure, one axes per parameter.
     """
-    from .profile import profile_confint, profile_zeta
+    from ..inference.profile import profile_confint, profile_zeta
 
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     ci = profile_confint(result, level=level, which=None if which is None else list(which))
     ml = result.model.fit(reml=False) if result.reml else result
-    from .profile import parameters as profile_parameters
+    from ..inference.profile import parameters as profile_parameters
 
     estimates = {p.name: (p.estimate, p.kind) for p in profile_parameters(ml)}
     z = float(stats.norm.ppf(0.5 + level / 2.0))

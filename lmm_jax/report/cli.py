@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import LMMError
+from ..errors import LMMError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .results import LMMResult
+    from ..results import LMMResult
 
 EXAMPLE_DATASET = "sleepstudy"
 EXAMPLE_FORMULA = "Reaction ~ Days + (Days | Subject)"
@@ -61,7 +61,7 @@ def _level(text: str) -> float:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import LMM, datasets
+    from .. import LMM, datasets
 
     _check_writable(args.json, "--json")
     _check_writable(args.plot, "--plot")

@@ -50,13 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernel import kernel, serializable
+from ..runtime.kernel import kernel, serializable
 from .linalg import batched_cholesky
 from .parametrization import lower_tri_indices, theta_start
 
 if TYPE_CHECKING:
-    from .crossprod import ResponseProducts, Structure
-    from .design import Design
+    from .types import ResponseProducts, Structure
+    from ..build.design import Design
 
 THETA_MIN = 0.1    # smallest starting SD ratio (a component the moments put at or below zero)
 THETA_MAX = 100.0
@@ -209,7 +209,7 @@ def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") ->
 
 
 def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure") -> MomentEquations:
-    """``eq`` in the padded layout of :func:`lmm_jax.crossprod.pad_products`:
+    """``eq`` in the padded layout of :func:`lmm_jax.build.crossprod.pad_products`:
     zero rows of ``B_t K`` for the padded levels, so the moment estimates
     are unchanged."""
     if padded == s:

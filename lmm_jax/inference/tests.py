@@ -4,12 +4,12 @@ Denominator degrees of freedom (``ddf``):
 
 * ``"satterthwaite"``: lmerTest's method (Kuznetsova et al. 2017, JSS 82(13)).
   One row l: ``df = 2 (l'Cl)^2 / (g'Ag)``, g = d(l'Cl)/d varpar by autodiff
-  (:mod:`lmm_jax.satterthwaite`). Several rows (lmerTest's ``contestMD``):
+  (:mod:`lmm_jax.inference.satterthwaite`). Several rows (lmerTest's ``contestMD``):
   eigen-decompose ``L C L' = P diag(d) P'``, take the rank-q part, give each
   ``P_m'L`` its own df nu_m, and combine them as
   ``ddf = 2E / (E - q)``, ``E = sum nu_m / (nu_m - 2)`` (2 if some nu_m <= 2).
 * ``"kenward-roger"``: pbkrtest's adjusted covariance and df
-  (:mod:`lmm_jax.kenward_roger`); REML fits only, like lmerTest.
+  (:mod:`lmm_jax.inference.kenward_roger`); REML fits only, like lmerTest.
 * ``"residual"``: n - p, the df of a linear model.
 * ``"none"``: infinite df (z and chi-square/q tests).
 
@@ -27,21 +27,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import LMMError
+from ..errors import InferenceError
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
 
 if TYPE_CHECKING:
-    from .results import LMMResult
+    from ..results import LMMResult
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
 F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
 T_COLUMNS = ["estimate", "std_error", "df", "t", "p", "lower", "upper"]
-
-
-class InferenceError(LMMError, ValueError):
-    """A test or interval that cannot be computed as asked (bad ``ddf``,
-    a contrast of the wrong shape, Kenward-Roger on an ML fit, ...)."""
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -219,7 +214,7 @@ def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) 
 
 def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
     """(vech(Sigma_t)..., sigma^2) -> (SDs and correlations in the same layout..., sigma)."""
-    from .parametrization import lower_tri_indices
+    from ..core.parametrization import lower_tri_indices
 
     out, start = [], 0
     for k in ks:
@@ -309,7 +304,7 @@ def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
 def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
     """Confidence intervals for SDs, correlations, sigma and fixed effects
     (lme4's ``confint``): ``method`` is ``"wald"``, ``"profile"`` (see
-    :mod:`lmm_jax.profile`) or ``"boot"`` (parametric bootstrap percentile
+    :mod:`lmm_jax.inference.profile`) or ``"boot"`` (parametric bootstrap percentile
     intervals from ``result.bootstrap(n, key)``; kwargs ``n`` (default 1000)
     and ``key`` or ``seed``)."""
     method = str(method).lower()

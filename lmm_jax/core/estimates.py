@@ -1,0 +1,90 @@
+"""The compiled kernels of a single fit: the optimum, and what results need at theta.
+
+Each is a function of (theta or start, cross-products, static structure), so
+every model of one padded structure shares one compilation
+(:func:`~lmm_jax.build.crossprod.pad_products`), and the bootstrap vmaps the
+very same optimiser over simulated responses.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..runtime.kernel import kernel
+from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
+                         profiled_deviance, sigma_hat, unscaled_vcov_beta)
+from .optimize import NewtonResult, newton_minimize
+from .parametrization import diagonal_mask
+from .types import DesignProducts, ResponseProducts, Structure
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
+def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray, s: Structure,
+              reml: bool, max_iter: int = 200) -> NewtonResult:
+    """Minimise the profiled deviance over theta (jit-compiled once per
+    structure; vmap over ``rp`` for many responses on one design)."""
+    return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
+                           max_iter=max_iter)
+
+
+def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
+    F = factorize(theta, dp, rp, s)
+    beta = fixed_effects(F)
+    return dict(beta=beta, sigma=sigma_hat(F, dp, reml), unscaled_vcov=unscaled_vcov_beta(F),
+                b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
+
+
+@kernel(static_argnames=("s", "reml"))
+def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
+    """beta, sigma, unscaled vcov(beta), conditional modes b and the
+    deviance at a given theta (in the products' layout: padded products
+    give the padded levels' modes too, see :func:`unpad_estimates`)."""
+    return _estimates(theta, dp, rp, s, reml)
+
+
+@kernel(static_argnames=("s", "reml", "max_iter"))
+def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
+                     s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
+    """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
+    one function: a single fit's one compilation and one dispatch."""
+    opt = fit_theta(dp, rp, phi0, active0, s, reml, max_iter)
+    return opt, _estimates(opt.theta, dp, rp, s, reml)
+
+
+def unpad_estimates(est: dict, design) -> dict:
+    """:func:`estimates_at` output as numpy arrays in the model's own sizes
+    (the padded levels' modes removed, :func:`~lmm_jax.build.crossprod.pad_products`)."""
+    return dict(beta=np.asarray(est["beta"]), sigma=float(est["sigma"]), unscaled_vcov=np.asarray(est["unscaled_vcov"]),
+                b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)), deviance=float(est["deviance"]))
+
+
+@kernel(static_argnames=("s",))
+def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
+    """Per-term (m_t, k_t, k_t) blocks of Var(b | y) / sigma^2 at theta, compiled
+    as one function (op-by-op dispatch cost seconds on crossed designs)."""
+    return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
+
+
+@kernel(static_argnames=("s", "reml"))
+def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
+    """The profiled ML deviance or REML criterion at theta, compiled."""
+    return profiled_deviance(theta, dp, rp, s, reml)
+
+
+@kernel(static_argnames=("s", "reml"))
+def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
+                   reml: bool) -> jnp.ndarray:
+    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""
+    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
+
+
+def is_singular(theta: np.ndarray, ks: tuple[int, ...], tol: float = SINGULAR_TOL) -> bool:
+    """lme4's ``isSingular``: a diagonal entry of some Lambda_t below tol."""
+    diag = diagonal_mask(ks)
+    return bool(np.any(np.abs(np.asarray(theta)[diag]) < tol))

@@ -1,0 +1,90 @@
+"""The static structure of a model and the pytrees of its cross-products.
+
+These are what every compiled function takes: a :class:`Structure` (hashable,
+static) and :class:`DesignProducts` / :class:`ResponseProducts` (arrays).
+:mod:`lmm_jax.build.crossprod` forms them from a design.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from ..runtime.kernel import serializable
+from .sparse import SparseA21
+
+
+class Structure(NamedTuple):
+    """Static shapes of a model's cross-products (hashable; the key jit
+    compiles by). The number of observations is not among them: it is the
+    runtime scalar ``DesignProducts.nobs``, so datasets that differ only in
+    n share compiled code (and, padded by :func:`~lmm_jax.build.crossprod.pad_products`, datasets
+    whose levels fall in the same size buckets too).
+
+    Attributes:
+        ks: columns per term (largest-level term first).
+        ms: levels per term (padded levels included).
+        p: fixed-effects columns.
+    """
+
+    ks: tuple[int, ...]
+    ms: tuple[int, ...]
+    p: int
+
+    @property
+    def q_rest(self) -> int:
+        return sum(k * m for k, m in zip(self.ks[1:], self.ms[1:]))
+
+    @property
+    def rest_offsets(self) -> tuple[int, ...]:
+        """Start of each remaining term's columns within Z_r."""
+        out, o = [], 0
+        for k, m in zip(self.ks[1:], self.ms[1:]):
+            out.append(o)
+            o += k * m
+        return tuple(out)
+
+
+@serializable
+class DesignProducts(NamedTuple):
+    """Cross-products that do not involve y (see module docstring), and the
+    two counts the criteria need: ``nobs`` (n) and ``rank`` (the estimated
+    fixed effects, REML's p), runtime scalars rather than shapes."""
+
+    A11: jnp.ndarray
+    A21: "jnp.ndarray | SparseA21"
+    A22: jnp.ndarray
+    Z1X: jnp.ndarray
+    ZrX: jnp.ndarray
+    XtX: jnp.ndarray
+    nobs: jnp.ndarray
+    rank: jnp.ndarray
+
+
+@serializable
+class ResponseProducts(NamedTuple):
+    """Cross-products that involve y: Z_1'y (m_1, k_1), Z_r'y (q_r,), X'y (p,), y'y."""
+
+    Z1y: jnp.ndarray
+    Zry: jnp.ndarray
+    Xy: jnp.ndarray
+    yy: jnp.ndarray
+
+
+class DesignArrays(NamedTuple):
+    """What a pure function of y needs to form its products: X, and each
+    term's level codes and Z columns."""
+
+    X: jnp.ndarray
+    codes: tuple[jnp.ndarray, ...]
+    Z: tuple[jnp.ndarray, ...]
+
+
+class Padded(NamedTuple):
+    """A model's products padded to size buckets, and their structure: what
+    the compiled kernels of a single fit take (:func:`~lmm_jax.build.crossprod.pad_products`)."""
+
+    products: DesignProducts
+    response: ResponseProducts
+    structure: Structure

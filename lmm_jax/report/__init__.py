@@ -1,0 +1,1 @@
+"""Output for people: lme4's summary layout, plots, the command line."""

@@ -1,0 +1,1 @@
+"""Process plumbing: compiled-kernel export, compilation cache, CPU compile/memory/thread settings."""
