@@ -72,3 +72,15 @@ class CompiledCodeWarning(UserWarning):
     """lmm_jax emptied JAX's in-memory compilation caches to keep the process
     under its memory-mapping limit (``vm.max_map_count``); models fitted
     afterwards compile again. See :mod:`lmm_jax.runtime.code_memory`."""
+
+
+class PrecisionError(LMMError, RuntimeError):
+    """lmm_jax could not compute in float64: JAX's 64-bit types cannot be
+    enabled for its entry points (see :mod:`lmm_jax.runtime.scope`), or a
+    function it returned (:func:`lmm_jax.make_deviance`) was called with
+    32-bit inputs."""
+
+
+class ConfigurationWarning(UserWarning):
+    """:func:`lmm_jax.runtime.configure` could not apply a process setting
+    (most often because JAX's backends had already started)."""

@@ -28,9 +28,9 @@ from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from .core.start import default_start
 from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
-from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
+from .errors import ConvergenceError, ConvergenceWarning, PrecisionError, SingularFitWarning
 from .inference.satterthwaite import vcov_beta_jacobian
-from .runtime import code_memory, cpu_threads
+from .runtime.scope import entry_point, x64_enabled
 
 from .results import LMMResult
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
+@entry_point
 class LMM:
     """A linear mixed model in lme4 syntax, ready to fit.
 
@@ -66,14 +67,12 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: Any):
-        code_memory.check()  # an entry point: free compiled code near the OS cap (code_memory.py)
         self.formula = formula
         self.design: Design = build_design(formula, data)
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
         self.response: ResponseProducts = response_products_host(self.design.y, self.design)
         self.padded: Padded = pad_products(self.products, self.response, self.structure)
-        cpu_threads.check()  # scipy's LAPACK has loaded with the design: single-threaded (cpu_threads.py)
 
     def __repr__(self) -> str:
         d = self.design
@@ -118,8 +117,6 @@ class LMM:
         Returns:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
-        code_memory.check()
-        cpu_threads.check()
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
@@ -160,6 +157,7 @@ class LMM:
         return make_deviance(self, reml=reml, param=param)
 
 
+@entry_point
 def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] = "phi") -> Callable:
     """The profiled objective as a pure, jit-able function of one vector.
 
@@ -173,21 +171,39 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
         ``f(x) -> scalar``, differentiable with ``jax.grad``/``jax.hessian``
         and batchable with ``jax.vmap``. For lme4's theta,
         ``make_deviance(m, param="theta")(theta)`` equals lme4's
-        ``devFunOnly`` value.
+        ``devFunOnly`` value. It computes in float64, so it must be called
+        (or traced, inside a ``jit``) where JAX's 64-bit types are enabled:
+        inside ``with jax.enable_x64(True):`` or in a process with x64 on.
+        Elsewhere, or with 32-bit inputs, it raises
+        :class:`~lmm_jax.errors.PrecisionError`.
     """
     dp, rp, s = model.products, model.response, model.structure
     if param == "theta":
-        return lambda theta: profiled_deviance(theta, dp, rp, s, reml)
+        return lambda theta: profiled_deviance(_float64_input(theta), dp, rp, s, reml)
     if param == "phi":
-        return lambda phi: profiled_deviance(theta_from_phi(phi, s.ks), dp, rp, s, reml)
+        return lambda phi: profiled_deviance(theta_from_phi(_float64_input(phi), s.ks), dp, rp, s, reml)
     raise ValueError(f"param must be 'phi' or 'theta', got {param!r}")
 
 
+def _float64_input(x: Any) -> Any:
+    """``x`` if the deviance can be computed from it in float64, else a :class:`PrecisionError`."""
+    dtype = getattr(x, "dtype", None)
+    if not x64_enabled() or (dtype is not None and dtype != np.float64):
+        raise PrecisionError(f"the deviance of make_deviance computes in float64, but it was called with "
+                             f"{dtype or type(x).__name__} input where JAX's 64-bit types are "
+                             f"{'enabled' if x64_enabled() else 'disabled'}; call it (or jit it) inside "
+                             "`with jax.enable_x64(True):` with float64 input, or enable x64 for the process "
+                             "(jax.config.update('jax_enable_x64', True))")
+    return x
+
+
+@entry_point
 def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
+@entry_point
 def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = True, *, max_iter: int = 200,
              method: str = "bfgs") -> "list[BatchResult]":
     """Fit many (formula, data) pairs, one compiled vmapped call per shape.

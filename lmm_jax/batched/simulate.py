@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure
 from ..core.parametrization import lambdas, n_theta
 
@@ -112,6 +113,7 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
 _simulate_jit = jax.jit(simulate_batch, static_argnames=("s",))
 
 
+@entry_point
 def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict | None = None, *,
              chunk_size: int | None = None) -> jnp.ndarray | Iterator[jnp.ndarray]:
     """Draw ``n`` responses from the model (lme4 ``simulate``).
@@ -148,6 +150,7 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
     return _simulate_chunks(model, p, key, n, int(chunk_size))
 
 
+@entry_point
 def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int) -> Iterator[jnp.ndarray]:
     for start in range(0, n, chunk):
         size = min(chunk, n - start)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
+from ..runtime.scope import entry_point
 from ..build.design import as_frame
 from ..errors import DataError, FormulaError
 from ..build.formula import parse_formula
@@ -99,6 +100,7 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
     return X[:, list(d.kept_columns)] if d.kept_columns else X
 
 
+@entry_point
 def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
             se_fit: bool = False) -> "np.ndarray | pd.DataFrame":
     """Predicted responses (see the module docstring).

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..runtime.scope import entry_point
 from ..errors import InferenceError
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
@@ -100,6 +101,7 @@ def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
     return L
 
 
+@entry_point
 def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", level: float = 0.95,
             names: list[str] | None = None) -> pd.DataFrame:
     """t tests of each row l of L: ``l'beta = 0`` (lmerTest's ``contest1D``).
@@ -146,6 +148,7 @@ def _combined_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
     return float(2.0 * E / (E - len(nu)))
 
 
+@entry_point
 def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
            eps: float = float(np.sqrt(np.finfo(float).eps))) -> dict[str, float]:
     """F test of ``L beta = 0`` (lmerTest's ``contestMD``): a dict with the
@@ -194,6 +197,7 @@ def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
     return row(F, q, den)
 
 
+@entry_point
 def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: float = 0.95,
              joint: bool | None = None) -> pd.DataFrame:
     """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
@@ -206,6 +210,7 @@ def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: flo
     return pd.DataFrame([f_test(result, L, ddf)], columns=F_COLUMNS, index=["L"])
 
 
+@entry_point
 def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
     """Fixed-effects table: ``estimate, std_error, df, t, p, lower, upper``."""
     names = list(result.design.fixef_names)
@@ -232,6 +237,7 @@ def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
     return jnp.stack(out)
 
 
+@entry_point
 def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Variance components with Hessian-based SEs and Wald intervals.
 
@@ -286,6 +292,7 @@ def _wald_sdcor(sdcor, se_s, is_cor, z):
     return lo_s, hi_s
 
 
+@entry_point
 def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Wald intervals in lme4's naming and order: variance parameters on the
     SD / correlation scale from :func:`varcorr_table`, then the fixed effects
@@ -301,6 +308,7 @@ def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     return out
 
 
+@entry_point
 def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
     """Confidence intervals for SDs, correlations, sigma and fixed effects
     (lme4's ``confint``): ``method`` is ``"wald"``, ``"profile"`` (see
