@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 from . import compilation_cache as _cache
 from . import cpu_compile as _compile
@@ -75,22 +75,26 @@ def configure(*, cpu_memory: bool | None = None, cpu_compile: bool | None = None
     Warns:
         ConfigurationWarning: for a setting that came too late (JAX's backends had started).
     """
-    mem, mem_from = _choice(cpu_memory, _memory.ENV_SWITCH, ("system",))
-    comp, comp_from = _choice(cpu_compile, _compile.ENV_SWITCH, ("default",))
-    threads, threads_from = _choice(cpu_threads, _threads.ENV_SWITCH, ("default",))
-    cache, cache_from = _choice(compilation_cache, _cache.ENV_SWITCH)
+    mem, mem_from = _on_off(*_choice("cpu_memory", cpu_memory, _memory.ENV_SWITCH, ("system",)))
+    comp, comp_from = _on_off(*_choice("cpu_compile", cpu_compile, _compile.ENV_SWITCH, ("default",)))
+    threads, threads_from = _choice("cpu_threads", cpu_threads, _threads.ENV_SWITCH, ("default",), counts=True)
+    if not isinstance(threads, bool):
+        threads = _thread_count(threads, threads_from)
+    cache, cache_from = _choice("compilation_cache", compilation_cache, _cache.ENV_SWITCH)
+    if compilation_cache is None:                       # the switch is on or off; LMM_JAX_CACHE_DIR names the folder
+        cache, cache_from = _on_off(cache, cache_from)
+    # every value checked: now apply
     done: dict[str, dict[str, Any]] = {
-        "cpu_memory": _on_off(mem, mem_from, _memory.enable),
-        "cpu_compile": _on_off(comp, comp_from, _compile.enable),
+        "cpu_memory": _memory.enable() if mem else {"enabled": False, "reason": mem_from},
+        "cpu_compile": _compile.enable() if comp else {"enabled": False, "reason": comp_from},
     }
     if threads is False:
-        why = _off_reason(threads_from)
-        done["cpu_threads"] = {"lapack": {"single_threaded": False, "reason": why, "library": None},
-                               "xla": {"threads": None, "reason": why}}
+        done["cpu_threads"] = {"lapack": {"single_threaded": False, "reason": threads_from, "library": None},
+                               "xla": {"threads": None, "reason": threads_from}}
     else:
-        done["cpu_threads"] = _threads.enable(None if threads is True else _thread_count(threads, threads_from))
+        done["cpu_threads"] = _threads.enable(None if threads is True else threads)
     if cache is False:
-        done["compilation_cache"] = {"enabled": False, "dir": None, "reason": _off_reason(cache_from)}
+        done["compilation_cache"] = {"enabled": False, "dir": None, "reason": cache_from}
     else:
         done["compilation_cache"] = _cache.enable_jax_cache(None if cache is True else cache)
 
@@ -109,30 +113,22 @@ def configured() -> dict[str, dict[str, Any]]:
     return copy.deepcopy(_done)
 
 
-def _choice(value: Any, env: str, off: tuple[str, ...] = ()) -> tuple[Any, str]:
+def _choice(name: str, value: Any, env: str, off: tuple[str, ...] = (), counts: bool = False) -> tuple[Any, str]:
     """(the setting, where it came from): the argument, else the environment switch, else on."""
     if value is not None:
-        return value, "argument"
-    got = env_switch(env, off)
+        return value, f"configure({name}={value!r})"
+    got = env_switch(env, off, counts)
     return (True, "default") if got is None else (got, f"{env}={os.environ[env]}")
 
 
-def _off_reason(source: str) -> str:
-    return "configure() was asked not to" if source == "argument" else source
-
-
-def _on_off(value: Any, source: str, enable: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    if value is False:
-        return {"enabled": False, "reason": _off_reason(source)}
-    if value is not True:
+def _on_off(value: Any, source: str) -> tuple[bool, str]:
+    if not isinstance(value, bool):
         raise ValueError(f"{source}: expected on or off (true/false, 1/0), got {value!r}")
-    return enable()
+    return value, source
 
 
 def _thread_count(value: Any, source: str) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
     if not isinstance(value, int) or value < 1:
-        raise ValueError(f"cpu_threads ({source}) must be True, False or a positive number of threads, "
+        raise ValueError(f"{source}: cpu_threads must be True, False or a positive number of threads, "
                          f"got {value!r}")
     return value

@@ -13,16 +13,18 @@ ON = ("1", "on", "true", "yes")
 TOO_LATE = "JAX's backends had started before lmm_jax.runtime.configure() was called"
 
 
-def env_switch(name: str, off: tuple[str, ...] = ()) -> bool | str | None:
+def env_switch(name: str, off: tuple[str, ...] = (), counts: bool = False) -> bool | int | str | None:
     """The value of the environment switch ``name``.
 
     Args:
         name: the variable, e.g. ``"LMM_JAX_CPU_MEMORY"``.
         off: words besides ``0/off/false/no`` that turn it off (``"system"``, ``"default"``).
+        counts: a positive integer is a count (``LMM_JAX_CPU_THREADS=1``: one thread), not "on".
 
     Returns:
-        None when unset, empty or ``auto``; False for an off word; True for ``1/on/true/yes``;
-        otherwise the stripped text (a number, a path), for the caller to interpret.
+        None when unset, empty or ``auto``; False for an off word; with ``counts``, a positive
+        integer as an int; True for ``1/on/true/yes``; otherwise the stripped text, for the caller
+        to interpret (or reject).
     """
     raw = os.environ.get(name, "").strip()
     value = raw.lower()
@@ -30,6 +32,8 @@ def env_switch(name: str, off: tuple[str, ...] = ()) -> bool | str | None:
         return None
     if value in OFF or value in off:
         return False
+    if counts and value.isdigit():
+        return int(value)
     if value in ON:
         return True
     return raw
