@@ -22,6 +22,8 @@ from lmm_jax.core.parametrization import phi_from_theta, theta_start
 
 from conftest import load_data
 
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
+
 CASES = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),       # k = 2, correlated
     "Penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),  # crossed, dense Schur block
