@@ -37,10 +37,10 @@ import os
 import warnings
 from typing import Any
 
-from . import compilation_cache as _cache
-from . import cpu_compile as _compile
-from . import cpu_memory as _memory
-from . import cpu_threads as _threads
+from .compilation_cache import ENV_SWITCH as CACHE_SWITCH, enable_jax_cache
+from .cpu_compile import ENV_SWITCH as COMPILE_SWITCH, enable as enable_cpu_compile
+from .cpu_memory import ENV_SWITCH as MEMORY_SWITCH, enable as enable_cpu_memory
+from .cpu_threads import ENV_SWITCH as THREADS_SWITCH, enable as enable_cpu_threads
 from .switches import TOO_LATE, env_switch
 from ..errors import ConfigurationWarning
 
@@ -75,28 +75,28 @@ def configure(*, cpu_memory: bool | None = None, cpu_compile: bool | None = None
     Warns:
         ConfigurationWarning: for a setting that came too late (JAX's backends had started).
     """
-    mem, mem_from = _on_off(*_choice("cpu_memory", cpu_memory, _memory.ENV_SWITCH, ("system",)))
-    comp, comp_from = _on_off(*_choice("cpu_compile", cpu_compile, _compile.ENV_SWITCH, ("default",)))
-    threads, threads_from = _choice("cpu_threads", cpu_threads, _threads.ENV_SWITCH, ("default",), counts=True)
+    mem, mem_from = _on_off(*_choice("cpu_memory", cpu_memory, MEMORY_SWITCH, ("system",)))
+    comp, comp_from = _on_off(*_choice("cpu_compile", cpu_compile, COMPILE_SWITCH, ("default",)))
+    threads, threads_from = _choice("cpu_threads", cpu_threads, THREADS_SWITCH, ("default",), counts=True)
     if not isinstance(threads, bool):
         threads = _thread_count(threads, threads_from)
-    cache, cache_from = _choice("compilation_cache", compilation_cache, _cache.ENV_SWITCH)
+    cache, cache_from = _choice("compilation_cache", compilation_cache, CACHE_SWITCH)
     if compilation_cache is None:                       # the switch is on or off; LMM_JAX_CACHE_DIR names the folder
         cache, cache_from = _on_off(cache, cache_from)
     # every value checked: now apply
     done: dict[str, dict[str, Any]] = {
-        "cpu_memory": _memory.enable() if mem else {"enabled": False, "reason": mem_from},
-        "cpu_compile": _compile.enable() if comp else {"enabled": False, "reason": comp_from},
+        "cpu_memory": enable_cpu_memory() if mem else {"enabled": False, "reason": mem_from},
+        "cpu_compile": enable_cpu_compile() if comp else {"enabled": False, "reason": comp_from},
     }
     if threads is False:
         done["cpu_threads"] = {"lapack": {"single_threaded": False, "reason": threads_from, "library": None},
                                "xla": {"threads": None, "reason": threads_from}}
     else:
-        done["cpu_threads"] = _threads.enable(None if threads is True else threads)
+        done["cpu_threads"] = enable_cpu_threads(None if threads is True else threads)
     if cache is False:
         done["compilation_cache"] = {"enabled": False, "dir": None, "reason": cache_from}
     else:
-        done["compilation_cache"] = _cache.enable_jax_cache(None if cache is True else cache)
+        done["compilation_cache"] = enable_jax_cache(None if cache is True else cache)
 
     late = [name for name, d in done.items() if TOO_LATE in repr(d)]
     if late:
