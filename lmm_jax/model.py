@@ -181,7 +181,7 @@ class LMM:
         return make_deviance(self, reml=reml, param=param, data=data)
 
 
-X64_HELP = ("call it inside `with jax.enable_x64(True):` (around your jax.jit as well as the call), or set "
+_X64_HELP = ("call it inside `with jax.enable_x64(True):` (around your jax.jit as well as the call), or set "
             "jax.config.update('jax_enable_x64', True) at the start of your program")
 
 
@@ -217,7 +217,7 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
     """
     if not jax.config.jax_enable_x64:
         raise TypeError(f"{name} computes in float64, but JAX's 64-bit types are off where it was called: "
-                        + X64_HELP)
+                        + _X64_HELP)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float64)          # integers: exact in float64
@@ -243,7 +243,8 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
         if not isinstance(a21, SparseA21) and jnp.shape(a21) != (s.q_rest, s.ms[0], s.ks[0]):
             raise DataError(f"{name}: products.design.A21 has shape {jnp.shape(a21)}, the model's structure needs "
                             f"{(s.q_rest, s.ms[0], s.ks[0])}")
-        leaves += [("products", leaf) for leaf in jax.tree.leaves(products)]
+        leaves += [(f"products{jax.tree_util.keystr(path)}", leaf)
+                   for path, leaf in jax.tree_util.tree_flatten_with_path(products)[0]]
     for what, leaf in leaves:
         dtype = jnp.result_type(leaf)
         if jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float64:
