@@ -41,8 +41,10 @@ if _TYPE_CHECKING:
     from .batched.bootstrap import BootstrapResult
     from .batched.simulate import simulate
     from .build.formula import parse_formula
+    from .core.estimates import Estimates
+    from .core.types import CrossProducts
     from .inference.anova import anova
-    from .model import LMM, fit, fit_many, make_deviance
+    from .model import LMM, fit, fit_many, make_deviance, make_estimates
     from .results import LMMResult
 
 __version__ = "0.1.0"
@@ -50,14 +52,16 @@ __version__ = "0.1.0"
 __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
            "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "clear_caches",
-           "simulate", "BootstrapResult", "BatchResult", "fit_many"]
+           "simulate", "BootstrapResult", "BatchResult", "fit_many",
+           "make_estimates", "CrossProducts", "Estimates"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
 # (PEP 562), so ``import lmm_jax`` costs JAX and the settings above; pandas, formulaic and scipy load with the
 # code that uses them.
 _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "model", "LMMResult": "results",
          "anova": "inference.anova", "parse_formula": "build.formula", "simulate": "batched.simulate",
-         "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch"}
+         "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
+         "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates"}
 # Public modules that live in a subpackage: ``from lmm_jax import plotting``.
 _MODULES = {"plotting": "report.plotting"}
 
