@@ -183,7 +183,6 @@ def _bench_peer_here(name: str, formula: str, df: pd.DataFrame, reps: int, group
             import glmm
             data = {c: (df[c].astype(str).to_numpy() if c in groups_of(df) else df[c].to_numpy()) for c in df.columns}
             f = lambda: glmm.fit(data, formula, reml=True, satterthwaite=False)  # noqa: E731
-            get = lambda r: None  # noqa: E731
         elif name == "lme-python":
             import lme_python
             import polars as pl

@@ -19,7 +19,7 @@ from lmm_jax.build.crossprod import design_products
 from lmm_jax.errors import DataError
 from lmm_jax.core.likelihood import conditional_covariances, deviance_at_sigma, factorize, profiled_deviance, spherical_modes
 from lmm_jax.core.parametrization import n_theta, phi_from_theta, theta_from_phi
-from lmm_jax.core.sparse import SparseA21, SparseL21, dense_coupling, n_pairs
+from lmm_jax.core.sparse import SparseA21, dense_coupling, n_pairs
 
 
 def _crossed(n: int, m_g: int, m_h: int, seed: int, per_g: int) -> pd.DataFrame:

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
 F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
-T_COLUMNS = ["estimate", "std_error", "df", "t", "p", "lower", "upper"]
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
