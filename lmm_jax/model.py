@@ -26,7 +26,7 @@ from .core.diagnostics import diagnose_newton
 from .core.estimates import fit_and_estimate, unpad_estimates, varpar_hessian
 from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
-from .core.start import default_start
+from .core.start import MomentEquations, default_start, moment_equations, pad_moment_equations
 from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
 from .inference.satterthwaite import vcov_beta_jacobian
@@ -85,6 +85,30 @@ class LMM:
         """X, each term's level codes and Z on the device: what functions of a
         response need (simulation, batches of responses); formed on first use."""
         return design_arrays(self.design)
+
+    @cached_property
+    def moment_equations(self) -> MomentEquations | None:
+        """The MIVQUE(0) moment equations of the design
+        (:func:`lmm_jax.core.start.moment_equations`; None when singular):
+        the start of every fit on this design, formed on first use."""
+        return moment_equations(self.design)
+
+    @cached_property
+    def padded_moment_equations(self) -> MomentEquations | None:
+        """:attr:`moment_equations` in the layout of :attr:`padded`
+        (:func:`lmm_jax.core.start.pad_moment_equations`)."""
+        eq = self.moment_equations
+        return None if eq is None else pad_moment_equations(eq, self.structure, self.padded.structure)
+
+    @cached_property
+    def response_map(self) -> jnp.ndarray | None:
+        """The dense map G from a response to its products, on the device
+        (:func:`lmm_jax.batched.batch.response_map`; None when too large):
+        batches of responses on this design multiply by it."""
+        from .batched.batch import response_map
+
+        G = response_map(self.design)
+        return None if G is None else jnp.asarray(G)
 
     @property
     def n_theta(self) -> int:
