@@ -134,7 +134,7 @@ class LMM:
             start: starting theta (lme4's layout). Default: the MIVQUE(0)
                 moment estimates (:mod:`lmm_jax.core.start`: fewer Newton steps,
                 the same optimum); lme4's identity is
-                ``lmm_jax.parametrization.theta_start(model.structure.ks)``.
+                ``lmm_jax.core.parametrization.theta_start(model.structure.ks)``.
             max_iter: Newton iteration limit.
             throw: raise :class:`~lmm_jax.errors.ConvergenceError` instead of
                 warning when not converged or the convergence diagnostics fail.

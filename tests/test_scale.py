@@ -137,7 +137,7 @@ def test_chunked_cross_products_equal_one_pass():
 
 
 def test_design_of_many_rows_peaks_under_three_times_the_data():
-    """Issue 4: memory under 3x the data. 200,000 rows of y, x1, x2, g (6.4 MB):
+    """Memory stays under 3x the data. 200,000 rows of y, x1, x2, g (6.4 MB):
     the design keeps y, X, Z and int32 codes and never copies the frame."""
     rng = np.random.default_rng(4)
     n = 200_000

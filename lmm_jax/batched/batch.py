@@ -78,10 +78,10 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
 # FIRST_PASS_ITER iterations, the unconverged ones another COMPACT_ITER in rounds of 1/COMPACT_FRACTION
 # of the batch, and the rest are continued in rounds of 1/STRAGGLER_FRACTION of the batch. Moment
-# starts (lmm_jax.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
+# starts (lmm_jax.core.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
 # replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's first stage only
-# tests the start (10,000 sleepstudy replicates, chunks of 2,048: a first stage of 2 iterations took
-# 0.84 s, of 0 iterations 0.60 s).
+# tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first stage of 2
+# iterations, 0.60 s with one of 0).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 COMPACT_FRACTION = 8
 COMPACT_ITER = {"newton": 6, "bfgs": 12}
