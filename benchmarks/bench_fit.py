@@ -25,7 +25,6 @@ import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import lmm_jax
 from lmm_jax.core.estimates import fit_theta

@@ -18,14 +18,15 @@ XLA:CPU's intra-op pool, ``python3`` the main thread and the rest, OpenBLAS's wo
 a thread takes the name of the thread that created it); and the CPU seconds the rest of the
 machine used (``/proc/stat`` minus this process and the competitor): the machine is shared.
 
-Usage (one line of JSON on stdout, per process):
+Usage (one line of JSON per process, on stdout and appended to ``--out``,
+default ``benchmarks/threads_results.jsonl``):
 
     PYTHONPATH=. LMM_JAX_CACHE_DIR=/tmp/cache python benchmarks/bench_threads.py --case insteval --rounds 5
     LMM_JAX_CPU_THREADS=default PYTHONPATH=. ... python benchmarks/bench_threads.py ...   # another setting
     taskset -c 1 env PYTHONPATH=. ... python benchmarks/bench_threads.py ...             # started pinned
 
 Run the settings' processes one after another, several times (interleaved), and compare medians.
-docs/performance.md ("Threads on a busy machine") has the results.
+benchmarks/RESULTS.md ("Threads on a busy machine") has the results.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conditions", default="quiet,loaded,pinned")
     ap.add_argument("--label", default="")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "threads_results.jsonl"),
+                    help="JSON-lines file this process's line is appended to")
     args = ap.parse_args(argv)
 
     import jax
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
                affinity=sorted(own_cpus), thread_names=names,
                median={c: statistics.median(r["wall"] for r in v) for c, v in runs.items()}, runs=runs)
     print(json.dumps(out))
+    with open(args.out, "a") as fh:
+        fh.write(json.dumps(out) + "\n")
     return out
 
 

@@ -26,8 +26,8 @@ from .core.diagnostics import diagnose_newton
 from .core.estimates import Estimates, estimates, fit_and_estimate, unpad_estimates, varpar_hessian
 from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
-from .core.start import default_start
 from .core.sparse import SparseA21
+from .core.start import MomentEquations, default_start, moment_equations, pad_moment_equations
 from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 from .errors import ConvergenceError, ConvergenceWarning, DataError, SingularFitWarning
 from .inference.satterthwaite import vcov_beta_jacobian
@@ -87,6 +87,30 @@ class LMM:
         response need (simulation, batches of responses); formed on first use."""
         return design_arrays(self.design)
 
+    @cached_property
+    def moment_equations(self) -> MomentEquations | None:
+        """The MIVQUE(0) moment equations of the design
+        (:func:`lmm_jax.core.start.moment_equations`; None when singular):
+        the start of every fit on this design, formed on first use."""
+        return moment_equations(self.design)
+
+    @cached_property
+    def padded_moment_equations(self) -> MomentEquations | None:
+        """:attr:`moment_equations` in the layout of :attr:`padded`
+        (:func:`lmm_jax.core.start.pad_moment_equations`)."""
+        eq = self.moment_equations
+        return None if eq is None else pad_moment_equations(eq, self.structure, self.padded.structure)
+
+    @cached_property
+    def response_map(self) -> jnp.ndarray | None:
+        """The dense map G from a response to its products, on the device
+        (:func:`lmm_jax.batched.batch.response_map`; None when too large):
+        batches of responses on this design multiply by it."""
+        from .batched.batch import response_map
+
+        G = response_map(self.design)
+        return None if G is None else jnp.asarray(G)
+
     @property
     def n_theta(self) -> int:
         return n_theta(self.structure.ks)
@@ -130,7 +154,7 @@ class LMM:
             start: starting theta (lme4's layout). Default: the MIVQUE(0)
                 moment estimates (:mod:`lmm_jax.core.start`: fewer Newton steps,
                 the same optimum); lme4's identity is
-                ``lmm_jax.parametrization.theta_start(model.structure.ks)``.
+                ``lmm_jax.core.parametrization.theta_start(model.structure.ks)``.
             max_iter: Newton iteration limit.
             throw: raise :class:`~lmm_jax.errors.ConvergenceError` instead of
                 warning when not converged or the convergence diagnostics fail.

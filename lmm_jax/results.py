@@ -20,6 +20,7 @@ from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_
 from .core.parametrization import diagonal_mask, lambdas_host, lower_tri_indices
 
 if TYPE_CHECKING:
+    from .inference.kenward_roger import KRAdjustment
     from .model import LMM
     from .core.optimize import NewtonResult
 
@@ -280,6 +281,25 @@ class LMMResult:
         return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, pad.products, pad.response,
                                    pad.structure, self.reml, list(self.design.fixef_names))
 
+    @cached_property
+    def vcov_jacobian(self) -> tuple[np.ndarray, np.ndarray]:
+        """vcov(beta) and its exact Jacobian in (theta, sigma), shape (p, p,
+        n_theta + 1): what Satterthwaite's df of any contrast needs
+        (:func:`lmm_jax.inference.tests.vcov_jacobian`)."""
+        code_memory.check()
+        from .inference.tests import vcov_jacobian
+
+        return vcov_jacobian(self)
+
+    @cached_property
+    def kr_adjustment(self) -> "KRAdjustment":
+        """pbkrtest's Kenward-Roger adjusted covariance of beta and what its df
+        need, for a REML fit (:func:`lmm_jax.inference.tests.kr_adjustment`)."""
+        code_memory.check()
+        from .inference.tests import kr_adjustment
+
+        return kr_adjustment(self)
+
     @property
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
@@ -313,7 +333,8 @@ class LMMResult:
 
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
-        naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
+        naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
+        (:func:`lmm_jax.inference.tests.confint`)."""
         code_memory.check()
         from .inference.tests import confint
 

@@ -81,12 +81,11 @@ def test_batch_wide_branches_change_nothing():
 
 
 def test_penicillin_bootstrap_converges_without_stalls():
-    """Regression: BFGS's line search once accepted ever shorter steps whose
-    change of f was below f's rounding level (~1e-10 for Penicillin's
-    uncentred responses, ~25 +- 1), so 1-2% of replicates ran to max_iter
-    without converging. Now only a full step may pass on rounding alone, a
-    failed search restarts H_inv, and the bootstrap fits y - X beta (rounding
-    ~1e-13)."""
+    """Penicillin's uncentred responses (~25 +- 1) put f's rounding level near
+    1e-10: a line search that accepts ever shorter steps whose change of f is
+    below it runs 1-2% of replicates to max_iter. Only a full step may pass on
+    rounding alone, a failed search restarts H_inv, and the bootstrap fits
+    y - X beta (rounding ~1e-13): no replicate stalls."""
     formula, data = CASES["Penicillin"]
     fit = lmm_jax.fit(formula, load_data(data))
     boot = fit.bootstrap(300, key=1, chunk_size=300)

@@ -33,7 +33,7 @@ from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma
 from ..core.estimates import SINGULAR_TOL, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
 from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
-from ..core.start import MomentEquations, moment_equations_of, moment_theta
+from ..core.start import MomentEquations, moment_theta
 
 if TYPE_CHECKING:
     from ..build.design import Design
@@ -78,10 +78,10 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
 # FIRST_PASS_ITER iterations, the unconverged ones another COMPACT_ITER in rounds of 1/COMPACT_FRACTION
 # of the batch, and the rest are continued in rounds of 1/STRAGGLER_FRACTION of the batch. Moment
-# starts (lmm_jax.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
+# starts (lmm_jax.core.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
 # replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's first stage only
-# tests the start (10,000 sleepstudy replicates, chunks of 2,048: a first stage of 2 iterations took
-# 0.84 s, of 0 iterations 0.60 s).
+# tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first stage of 2
+# iterations, 0.60 s with one of 0).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 COMPACT_FRACTION = 8
 COMPACT_ITER = {"newton": 6, "bfgs": 12}
@@ -430,19 +430,9 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0 = (None, None) if start is None else _start(s, start)
-    G = _response_map_of(model)
-    out = _fit_responses(Y, G, model.arrays, model.products, moment_equations_of(model), phi0, active0, s, bool(reml),
-                         int(max_iter), check_method(method))
+    out = _fit_responses(Y, model.response_map, model.arrays, model.products, model.moment_equations, phi0, active0, s,
+                         bool(reml), int(max_iter), check_method(method))
     return _as_batch_result(out, model.design, bool(reml))
-
-
-def _response_map_of(model: "LMM") -> jnp.ndarray | None:
-    """G of :func:`response_map`, cached on the model (it never changes)."""
-    cache = model.__dict__.setdefault("_lmm_jax_batch_cache", {})
-    if "G" not in cache:
-        G = response_map(model.design)
-        cache["G"] = None if G is None else jnp.asarray(G)
-    return cache["G"]
 
 
 def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 200,
@@ -478,7 +468,7 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
     for (s, _, _), idx in groups.items():
         dps = _stack([models[i].padded.products for i in idx])
         rps = _stack([models[i].padded.response for i in idx])
-        eqs = [moment_equations_of(models[i], padded=True) for i in idx]
+        eqs = [models[i].padded_moment_equations for i in idx]
         eqs = None if any(e is None for e in eqs) else _stack(eqs)
         res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}

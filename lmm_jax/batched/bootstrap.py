@@ -34,12 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import (BatchResult, _as_batch_result, _response_map_of, batch_response_products, check_method,
+from .batch import (BatchResult, _as_batch_result, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
 from ..errors import ConvergenceWarning
 from ..core.parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
-from ..core.start import moment_equations_of
 
 if TYPE_CHECKING:
     from ..results import LMMResult
@@ -116,8 +115,8 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     sharding = _replicate_sharding(n_dev) if n_dev > 1 else None
     phi0, active0 = phi_from_theta(np.asarray(p.theta), s.ks)
     phi0, active0 = jnp.asarray(phi0), jnp.asarray(active0)
-    G = _response_map_of(model)
-    eq = moment_equations_of(model)
+    G = model.response_map
+    eq = model.moment_equations
     starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm

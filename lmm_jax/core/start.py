@@ -225,21 +225,14 @@ def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure
 def default_start(model) -> np.ndarray:
     """The fit's starting theta: :func:`moment_theta` of the model's own
     response (on its padded products, as the fit), or lme4's identity when
-    the moment equations are singular."""
-    eq = moment_equations_of(model, padded=True)
+    the moment equations are singular.
+
+    Args:
+        model: an :class:`~lmm_jax.model.LMM` (its ``padded`` products and
+            ``padded_moment_equations``).
+    """
+    eq = model.padded_moment_equations
     if eq is None:
         return theta_start(model.structure.ks)
     pad = model.padded
     return np.asarray(moment_theta(eq, pad.response, pad.structure))
-
-
-def moment_equations_of(model, padded: bool = False) -> MomentEquations | None:
-    """:func:`moment_equations` of ``model.design``, cached on the model (it
-    never changes); with ``padded``, in the layout of ``model.padded``
-    (:func:`pad_moment_equations`)."""
-    cache = model.__dict__.setdefault("_lmm_jax_start_cache", {})
-    if "eq" not in cache:
-        eq = moment_equations(model.design)
-        cache["eq"] = eq
-        cache["padded"] = None if eq is None else pad_moment_equations(eq, model.structure, model.padded.structure)
-    return cache["padded" if padded else "eq"]

@@ -146,16 +146,17 @@ def kenward_roger_adjustment(theta: np.ndarray, sigma: float, dp: DesignProducts
     S1, S2, S3 = Minv, Minv + Minv2, Minv + Minv2 + Minv2 @ Minv
     s2 = sigma ** 2
 
-    def sandwich(A_W, A_B, B_W, AB, Sk, k):
-        return (AB - A_W @ Sk @ B_W.T) / s2 ** k
+    def sandwich(AtW, BtW, AtB, Sk, k):
+        """A'V^{-k}B = (A'B - A'W S_k W'B) / sigma^{2k}, S_k = M^{-1} + ... + M^{-k}."""
+        return (AtB - AtW @ Sk @ BtW.T) / s2 ** k
 
-    K = sandwich(ZW, None, ZW, ZtZ, S1, 1)          # Z'V^-1 Z
-    K2 = sandwich(ZW, None, ZW, ZtZ, S2, 2)         # Z'V^-2 Z
-    B = sandwich(ZW, None, XW, ZtX, S1, 1)          # Z'V^-1 X
-    B2 = sandwich(ZW, None, XW, ZtX, S2, 2)         # Z'V^-2 X
-    XV1X = sandwich(XW, None, XW, XtX, S1, 1)
-    XV2X = sandwich(XW, None, XW, XtX, S2, 2)
-    XV3X = sandwich(XW, None, XW, XtX, S3, 3)
+    K = sandwich(ZW, ZW, ZtZ, S1, 1)          # Z'V^-1 Z
+    K2 = sandwich(ZW, ZW, ZtZ, S2, 2)         # Z'V^-2 Z
+    B = sandwich(ZW, XW, ZtX, S1, 1)          # Z'V^-1 X
+    B2 = sandwich(ZW, XW, ZtX, S2, 2)         # Z'V^-2 X
+    XV1X = sandwich(XW, XW, XtX, S1, 1)
+    XV2X = sandwich(XW, XW, XtX, S2, 2)
+    XV3X = sandwich(XW, XW, XtX, S3, 3)
     trV2 = (n - q + np.sum(Minv * Minv)) / s2 ** 2
 
     Phi = np.linalg.inv(XV1X)

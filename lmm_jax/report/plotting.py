@@ -286,30 +286,10 @@ def diagnostics(result: "LMMResult", group: str | None | bool = None,
 # -- fixed effects -------------------------------------------------------------------
 
 def _coef_intervals(result: "LMMResult", level: float, ddf: str | None) -> pd.DataFrame:
-    """estimate, lower, upper of the fixed effects.
-
-    Uses ``result.coefs(ddf=..., level=...)`` where the result has it (t
-    intervals with the chosen denominator df); otherwise the Satterthwaite
-    ``coef_table``: estimate +- t_{df, (1+level)/2} * std_error.
-    """
-    coefs = getattr(result, "coefs", None)
-    if callable(coefs):
-        kwargs: dict[str, Any] = {"level": level}
-        if ddf is not None:
-            kwargs["ddf"] = ddf
-        table = coefs(**kwargs)
-        if {"lower", "upper"} <= set(table.columns):
-            return table[["estimate", "lower", "upper"]]
-    elif ddf not in (None, "satterthwaite"):
-        raise ValueError(f"ddf={ddf!r} needs result.coefs(), which this lmm_jax version lacks; "
-                         "use ddf='satterthwaite'")
-    ct = result.coef_table
-    df = ct["df"].to_numpy(dtype=float)
-    q = np.where(np.isfinite(df), stats.t.ppf(0.5 + level / 2.0, np.where(np.isfinite(df), df, 1.0)),
-                 stats.norm.ppf(0.5 + level / 2.0))
-    half = q * ct["std_error"].to_numpy()
-    return pd.DataFrame({"estimate": ct["estimate"], "lower": ct["estimate"] - half,
-                         "upper": ct["estimate"] + half}, index=ct.index)
+    """estimate, lower, upper of the fixed effects: ``result.coefs`` (t
+    intervals with the chosen denominator df; Satterthwaite's by default)."""
+    table = result.coefs(ddf="satterthwaite" if ddf is None else ddf, level=level)
+    return table[["estimate", "lower", "upper"]]
 
 
 def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, intercept: bool | None = None,
