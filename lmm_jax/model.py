@@ -25,7 +25,7 @@ from .build.design import Design, build_design
 from .core.diagnostics import diagnose_newton
 from .core.estimates import fit_and_estimate, unpad_estimates, varpar_hessian
 from .core.likelihood import profiled_deviance
-from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
+from .core.parametrization import phi_from_theta, theta_from_phi
 from .core.start import default_start
 from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
@@ -88,7 +88,7 @@ class LMM:
 
     @property
     def n_theta(self) -> int:
-        return n_theta(self.structure.ks)
+        return self.design.theta_layout.n_theta
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
         """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
