@@ -113,7 +113,7 @@ class LMM:
 
     @property
     def n_theta(self) -> int:
-        return n_theta(self.structure.ks)
+        return self.design.theta_layout.n_theta
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
         """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped

@@ -32,8 +32,9 @@ from ..build.crossprod import response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from ..core.estimates import SINGULAR_TOL, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
-from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
+from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
 from ..core.start import MomentEquations, moment_theta
+from ..core.theta_layout import ThetaLayout
 
 if TYPE_CHECKING:
     from ..build.design import Design
@@ -262,35 +263,21 @@ def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
 
 
 # -- tables -------------------------------------------------------------------------------------
-def component_names(design: "Design") -> list[str]:
-    """lme4's names of the random-effect parameters on the sd/cor scale
-    (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ...),
-    lower triangle column-major per term, as ``confint(fit)`` prints them."""
-    names, seen = [], {}
-    for t in design.terms:
-        count = seen.get(t.group, 0)
-        seen[t.group] = count + 1
-        grp = t.group if count == 0 else f"{t.group}.{count}"
-        for i, j in zip(*lower_tri_indices(t.k)):
-            names.append(f"sd_{t.columns[i]}|{grp}" if i == j else f"cor_{t.columns[i]}.{t.columns[j]}|{grp}")
-    return names
-
-
 def sd_cor(theta: np.ndarray, sigma: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     """Per fit, the SDs and correlations of sigma^2 Lambda_t Lambda_t' in
-    :func:`component_names` order (correlations NaN where an SD is 0).
+    theta's order (correlations NaN where an SD is 0).
 
     Args:
         theta: (B, n_theta); sigma: (B,).
     """
     theta = np.asarray(theta, dtype=float)
     sigma = np.asarray(sigma, dtype=float)
-    cols, start = [], 0
-    for k in ks:
-        size = k * (k + 1) // 2
-        r, c = lower_tri_indices(k)
+    lay = ThetaLayout.of(ks)
+    cols = []
+    for t, k in enumerate(ks):
+        r, c = lay.tri(t)
         L = np.zeros((theta.shape[0], k, k))
-        L[:, r, c] = theta[:, start:start + size]
+        L[:, r, c] = theta[:, lay.slices[t]]
         S = sigma[:, None, None] ** 2 * (L @ L.transpose(0, 2, 1))
         sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
         for i, j in zip(r, c):
@@ -299,7 +286,6 @@ def sd_cor(theta: np.ndarray, sigma: np.ndarray, ks: tuple[int, ...]) -> np.ndar
             else:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     cols.append(np.where(sd[:, i] * sd[:, j] > 0, S[:, i, j] / (sd[:, i] * sd[:, j]), np.nan))
-        start += size
     return np.stack(cols, axis=1) if cols else np.zeros((theta.shape[0], 0))
 
 
@@ -320,7 +306,8 @@ class BatchResult:
         converged: (B,) the optimiser met its criterion.
         iterations: (B,) Newton iterations.
         ks: columns per random-effects term.
-        component_names: lme4 names of the sd/cor parameters.
+        component_names: lme4 names of the sd/cor parameters
+            (:attr:`~lmm_jax.core.theta_layout.ThetaLayout.names`).
         fixef_names: fixed-effects names.
         reml: REML (True) or ML fits.
     """
@@ -384,15 +371,15 @@ def _as_batch_result(out: dict, design: "Design", reml: bool) -> BatchResult:
     out = {k: np.asarray(v) for k, v in out.items()}
     return BatchResult(theta=out["theta"], beta=out["beta"], sigma=out["sigma"], objective=out["objective"],
                        converged=out["converged"].astype(bool), iterations=out["iterations"],
-                       ks=design.ks, component_names=tuple(component_names(design)),
+                       ks=design.ks, component_names=design.theta_layout.names,
                        fixef_names=tuple(design.fixef_names), reml=reml)
 
 
 def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     theta0 = np.asarray(start, dtype=float)
-    if theta0.shape != (sum(k * (k + 1) // 2 for k in s.ks),):
-        raise ValueError(f"start must be one theta in lme4's layout ({sum(k * (k + 1) // 2 for k in s.ks)} "
-                         f"entries), got shape {theta0.shape}")
+    n_theta = ThetaLayout.of(s.ks).n_theta
+    if theta0.shape != (n_theta,):
+        raise ValueError(f"start must be one theta in lme4's layout ({n_theta} entries), got shape {theta0.shape}")
     phi0, active0 = phi_from_theta(theta0, s.ks)
     return jnp.asarray(phi0), jnp.asarray(active0)
 

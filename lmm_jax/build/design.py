@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
 
+from ..core.theta_layout import ThetaLayout
 from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
 from .formula import ParsedFormula, RandomTerm, parse_formula
 
@@ -103,6 +104,11 @@ class Design:
     @property
     def ms(self) -> tuple[int, ...]:
         return tuple(t.m for t in self.terms)
+
+    @functools.cached_property
+    def theta_layout(self) -> ThetaLayout:
+        """Positions and lme4 names of theta's entries for these terms, built once."""
+        return ThetaLayout(self.ks, tuple(t.columns for t in self.terms), tuple(t.group for t in self.terms))
 
 
 def r_name(name: str) -> str:

@@ -38,7 +38,8 @@ import numpy as np
 from scipy import linalg as sla
 
 from ..core.types import DesignProducts, Structure
-from ..core.parametrization import lambdas, lower_tri_indices
+from ..core.parametrization import lambdas
+from ..core.theta_layout import ThetaLayout
 from ..core.sparse import SparseA21
 
 
@@ -107,12 +108,10 @@ def _term_slices(s: Structure) -> list[slice]:
 def _gamma_patterns(s: Structure) -> list[tuple[int, np.ndarray]]:
     """(term index, k x k pattern E) for each variance component of a term."""
     out = []
-    for t, k in enumerate(s.ks):
-        r, c = lower_tri_indices(k)
-        for i, j in zip(r, c):
-            E = np.zeros((k, k))
-            E[i, j] = E[j, i] = 1.0
-            out.append((t, E))
+    for t, i, j in ThetaLayout.of(s.ks).entries:
+        E = np.zeros((s.ks[t], s.ks[t]))
+        E[i, j] = E[j, i] = 1.0
+        out.append((t, E))
     return out
 
 

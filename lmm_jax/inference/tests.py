@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..core.parametrization import lower_tri_indices
+from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
-from .profile import parameters, profile_confint
+from .profile import profile_confint
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
 
 if TYPE_CHECKING:
@@ -206,18 +206,13 @@ def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) 
 
 def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
     """(vech(Sigma_t)..., sigma^2) -> (SDs and correlations in the same layout..., sigma)."""
-    out, start = [], 0
-    for k in ks:
-        r, c = lower_tri_indices(k)
-        size = len(r)
-        block = v[start:start + size]
-        diag = {int(i): block[n] for n, (i, j) in enumerate(zip(r, c)) if i == j}
-        for n, (i, j) in enumerate(zip(r, c)):
-            if i == j:
-                out.append(jnp.sqrt(jnp.maximum(block[n], 0.0)))
-            else:
-                out.append(block[n] / jnp.sqrt(diag[int(i)] * diag[int(j)]))
-        start += size
+    lay = ThetaLayout.of(ks)
+    out = []
+    for t, i, j in lay.entries:
+        if i == j:
+            out.append(jnp.sqrt(jnp.maximum(v[lay.position(t, i, i)], 0.0)))
+        else:
+            out.append(v[lay.position(t, i, j)] / jnp.sqrt(v[lay.position(t, i, i)] * v[lay.position(t, j, j)]))
     out.append(jnp.sqrt(v[-1]))
     return jnp.stack(out)
 
@@ -226,7 +221,8 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Variance components with Hessian-based SEs and Wald intervals.
 
     One row per parameter in lme4's naming and order (``sd_(Intercept)|Subject``,
-    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``). Columns:
+    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``;
+    :attr:`~lmm_jax.core.theta_layout.ThetaLayout.parameter_names`). Columns:
 
     * ``vcov, se_vcov, lower_vcov, upper_vcov``: the variance / covariance
       (sigma^2 for ``sigma``), its SE from the exact Hessian of the deviance in
@@ -251,8 +247,9 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
         se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
     se_s[~np.isfinite(se_v)] = np.nan
     z = float(stats.norm.ppf(0.5 + level / 2.0))
-    names = [p.name for p in parameters(result) if p.kind != "fixed"]
-    is_cor = np.array([n.startswith("cor_") for n in names])
+    lay = result.design.theta_layout
+    names = list(lay.parameter_names)
+    is_cor = np.append(~lay.diagonal, False)
     with np.errstate(invalid="ignore", divide="ignore"):
         lo_s, hi_s = _wald_sdcor(sdcor, se_s, is_cor, z)
     table = pd.DataFrame({"vcov": v, "se_vcov": se_v, "lower_vcov": v - z * se_v, "upper_vcov": v + z * se_v,
