@@ -67,10 +67,11 @@ def source_digest() -> str:
 
 
 def export_dir() -> Path | None:
-    """Where exported kernels are kept, or None when the cache is off."""
-    if not compilation_cache.enabled():
-        return None
-    return Path(jax.config.jax_compilation_cache_dir) / "export"
+    """Where kernels are kept: ``export`` in lmm_jax's own cache folder
+    (:func:`lmm_jax.runtime.compilation_cache.own_cache_dir`), whether or not
+    JAX's global persistent cache is on; None when lmm_jax's cache is off."""
+    root = compilation_cache.own_cache_dir()
+    return None if root is None else root / "export"
 
 
 def _is_tracer(x: Any) -> bool:
