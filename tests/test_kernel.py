@@ -183,7 +183,7 @@ def test_an_executable_of_other_types_than_its_exported_module_is_not_loaded(tmp
     def head(x):
         return x[:2]
 
-    x = np.arange(4.0)
+    x = np.arange(float(np.random.default_rng().integers(16, 1 << 20)))  # a shape JAX's own cache cannot serve
     doubled(x), head(x)
     [stored] = tmp_path.glob("doubled-*.xla")
     [other] = tmp_path.glob("head-*.xla")
@@ -193,6 +193,52 @@ def test_an_executable_of_other_types_than_its_exported_module_is_not_loaded(tmp
     exported = jax.export.deserialize(bytearray(stored.with_suffix(".bin").read_bytes()))
     assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is None
     doubled.clear()
-    np.testing.assert_array_equal(doubled(x), 2 * x)   # compiled again and rewritten
-    assert entry(stored)[2] != payload
-    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is not None
+    np.testing.assert_array_equal(doubled(x), 2 * x)   # compiled again
+
+
+GLOBAL_CACHE_SCRIPT = textwrap.dedent("""
+    import json, pathlib, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import lmm_jax
+    from lmm_jax.runtime import kernel as K
+
+    root = pathlib.Path(sys.argv[1])
+    jax.config.update("jax_compilation_cache_dir", str(root / "jax"))    # JAX's global cache on, every compile
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    K.export_dir = lambda: root / "kernels"
+
+    @K.kernel(static_argnames=())
+    def f(a):
+        return jnp.sum(jnp.tanh(a @ a.T @ a) ** 2) + jnp.exp(a.reshape(-1)[::-1]).sum()
+
+    a = np.random.default_rng(0).normal(size=(20, 20))
+    expected = float(f(a))                       # compiled by XLA (JAX's cache missed): stored
+    [entry] = (root / "kernels").glob("*.xla")
+    key = entry.read_bytes().split(b" ")[1].decode()
+    entry.unlink(); f.clear(); jax.clear_caches()
+    again = float(f(a))                          # served by JAX's cache: not stored
+    stored_after_hit = entry.exists()
+    # what storing it would have written: an entry without machine code, which fails at run time
+    exported = jax.export.deserialize(bytearray(entry.with_suffix(".bin").read_bytes()))
+    compiled, fresh = K._compile(exported, [a])
+    K._store_executable(entry, key, compiled)
+    f.clear(); jax.clear_caches()
+    loaded = K._load_executable(entry, key, exported, "cpu") is not None
+    rebuilt = float(f(a))                        # its first call fails: removed, compiled again, repeated
+    print(json.dumps({"expected": expected, "again": again, "stored_after_hit": stored_after_hit, "fresh": fresh,
+                      "loaded": loaded, "rebuilt": rebuilt, "entry_left": entry.exists()}))
+""")
+
+
+def test_an_executable_from_jaxs_global_cache_is_not_stored_and_a_bad_entry_is_rebuilt(tmp_path):
+    """JAX's persistent cache returns deserialized executables; serialized again they lose their
+    machine code (they load, then fail at run time). Such a compile is not stored, and an entry
+    that fails on its first call is removed and the call compiled again."""
+    env = dict(os.environ, LMM_JAX_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", GLOBAL_CACHE_SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["again"] == r["expected"] and r["rebuilt"] == r["expected"]
+    assert not r["stored_after_hit"] and not r["fresh"]
+    assert r["loaded"] and not r["entry_left"]

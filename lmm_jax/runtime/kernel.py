@@ -216,11 +216,43 @@ class Kernel:
         device = jax.devices(backend)[0]
         machine = hashlib.sha256(repr((digest, jaxlib.__version__, device.device_kind, device.client.platform_version,
                                        os.environ.get("XLA_FLAGS", ""), host_digest())).encode()).hexdigest()[:32]
-        compiled = _load_executable(stem.with_suffix(".xla"), machine, exported, backend)
-        if compiled is None:
-            compiled = jax.jit(exported.call).lower(*dynamic).compile()
-            _store_executable(stem.with_suffix(".xla"), machine, compiled)
-        return compiled
+        path = stem.with_suffix(".xla")
+
+        def compile_and_store():
+            compiled, fresh = _compile(exported, dynamic)
+            if fresh:
+                _store_executable(path, machine, compiled)
+            return compiled
+
+        loaded = _load_executable(path, machine, exported, backend)
+        return compile_and_store() if loaded is None else _Loaded(loaded, path, compile_and_store)
+
+
+class _Loaded:
+    """An executable loaded from disk whose first call is checked: should it
+    fail at run time (an entry that passed every check at load but cannot run
+    here), the entry is removed, the kernel compiled and stored again, and the
+    call repeated. Kernels are pure functions of their arguments, so the
+    repeat is the call that should have happened."""
+
+    def __init__(self, compiled, path: Path, rebuild: Callable[[], Callable]):
+        self.compiled = compiled
+        self._path = path
+        self._rebuild = rebuild
+        self._checked = False
+
+    def __call__(self, *args):
+        if self._checked:
+            return self.compiled(*args)
+        try:
+            out = jax.block_until_ready(self.compiled(*args))
+        except jax.errors.JaxRuntimeError:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            self.compiled = self._rebuild()
+            out = self.compiled(*args)
+        self._checked = True
+        return out
 
 
 def _load(path: Path):
@@ -240,6 +272,35 @@ def _types(avals) -> list[tuple[tuple[int, ...], str]]:
 
 _READY: set[str] = set()
 _READY_LOCK = threading.Lock()
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_compiling = threading.local()
+_listening = False
+
+
+def _count_cache_hit(event: str, **_: Any) -> None:
+    if event == _CACHE_HIT and getattr(_compiling, "hits", None) is not None:
+        _compiling.hits += 1
+
+
+def _compile(exported, dynamic: list):
+    """(``exported``'s call compiled for these arguments, whether XLA
+    compiled it here). Where JAX's global persistent cache is on, the
+    executable may come from it instead, deserialized; serializing such an
+    executable again writes an entry without its machine code, which loads
+    and then fails at run time ("Function ... not found"), so it is not
+    stored. JAX records a hit on the compiling thread: a thread-local count
+    tells this compile's hits from another thread's."""
+    global _listening
+    with _READY_LOCK:
+        if not _listening:
+            jax.monitoring.register_event_listener(_count_cache_hit)
+            _listening = True
+    _compiling.hits = 0
+    try:
+        compiled = jax.jit(exported.call).lower(*dynamic).compile()
+        return compiled, _compiling.hits == 0
+    finally:
+        _compiling.hits = None
 
 
 def _runtime_ready(backend: str) -> None:
