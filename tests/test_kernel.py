@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +151,38 @@ def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monke
         scaled_sum(x, np.ones(4), scale=2.0)
     with np.testing.assert_raises(TypeError):
         scaled_sum(x, np.ones(4), scale=2.0)
+
+
+def test_prepare_compiles_under_the_callers_thread_local_settings(tmp_path, monkeypatch):
+    """A new thread starts from JAX's global settings: prepare's thread enters the caller's
+    (here float64 and a default device entered by context managers, with x64 off globally), so
+    the call finds the executable it needs and nothing compiles twice."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    seen, compiles = [], []
+
+    @kernel(static_argnames=())
+    def total(x):
+        seen.append((threading.current_thread().name, jax.config.jax_enable_x64, jax.config.jax_default_device))
+        return jnp.sum(x * 2)
+
+    def count(event, duration, **_):
+        if event == BACKEND_COMPILE:
+            compiles.append(event)
+
+    cpu = jax.devices("cpu")[0]
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        with jax.enable_x64(True), jax.default_device(cpu):
+            total.prepare(jax.ShapeDtypeStruct((4,), np.float64))
+            out = total(np.arange(4.0))
+        assert out.dtype == np.float64 and float(out) == 12.0
+        assert len(seen) == 1 and seen[0][0].startswith("lmm_jax-prepare") and seen[0][1:] == (True, cpu)
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+        jax.config.update("jax_enable_x64", x64)
 
 
 def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):

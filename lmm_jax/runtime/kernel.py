@@ -16,7 +16,9 @@ executable serialization), the exported module is loaded and compiled: a
 single call primitive is traced instead of the Newton loop.
 
 Entries are keyed by the kernel's name, its static arguments, the argument
-shapes and dtypes, the JAX version, the backend and a digest of lmm_jax's own source, so a change of any of them
+shapes and dtypes, the JAX settings a call traces under (x64, default
+device, matmul precision, dtype and rank promotion), the JAX version, the
+backend and a digest of lmm_jax's own source, so a change of any of them
 writes a new entry instead of running a stale one. An executable's key adds
 what compiled code depends on: jaxlib's version, the device kind and runtime
 version, ``XLA_FLAGS``, and on CPU the host's instruction-set flags. An
@@ -64,6 +66,11 @@ _HOST: str | None = None
 _KERNELS: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
 # First line of an executable entry: this tag, the entry's key digest and a sha256 of the rest.
 _EXECUTABLE_TAG = b"lmm_jax-executable-1"
+# JAX settings that change what a kernel traces and compiles to: each is thread-local when entered
+# with its context manager ``jax.<name>(value)``, and read (thread-local, else global) from
+# ``jax.config.jax_<name>``.
+SETTINGS = ("enable_x64", "default_device", "default_matmul_precision", "numpy_dtype_promotion",
+            "numpy_rank_promotion")
 
 
 def clear_all() -> None:
@@ -107,6 +114,30 @@ def export_dir() -> Path | None:
     return None if root is None else root / "export"
 
 
+def settings() -> tuple[tuple[str, Any], ...]:
+    """The calling thread's values of :data:`SETTINGS`: part of a call's key,
+    and entered by :meth:`Kernel.prepare`'s thread (a new thread starts from
+    JAX's global settings, not from its creator's context managers)."""
+    return tuple((name, getattr(jax.config, f"jax_{name}")) for name in SETTINGS)
+
+
+@contextlib.contextmanager
+def entered(values: tuple[tuple[str, Any], ...]):
+    """Enter :func:`settings`' ``values`` in this thread, as ``jax.<name>(value)``."""
+    with contextlib.ExitStack() as stack:
+        for name, value in values:
+            stack.enter_context(getattr(jax, name)(value))
+        yield
+
+
+def _platform(values: tuple[tuple[str, Any], ...]) -> str:
+    """The platform a call under these settings compiles for (the default device's, else the default backend)."""
+    device = dict(values).get("default_device")
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
+
+
 def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -147,8 +178,10 @@ class Kernel:
         ``jax.ShapeDtypeStruct`` for the ones whose values are not known
         yet) on a background thread: XLA compiles without holding Python's
         lock, so a fit's Newton loop and its summary's kernels compile side
-        by side. A later call with arguments of the same shapes waits for it
-        and runs it; an error surfaces there. The thread is not a daemon: a process that exits while it
+        by side. The thread runs under the caller's :func:`settings` (x64,
+        default device, ...). A later call with arguments of the same shapes
+        under the same settings waits for it and runs it; an error surfaces
+        there. The thread is not a daemon: a process that exits while it
         compiles waits for it (ending a thread inside XLA's compiler at exit
         aborts the process)."""
         key, statics, dynamic = self._key(args, kwargs)
@@ -159,12 +192,14 @@ class Kernel:
 
     def _prepared(self, key: tuple, statics: tuple, dynamic: list) -> None:
         try:
-            self._compiled(key, statics, dynamic)
+            with entered(key[-1]):
+                self._compiled(key, statics, dynamic)
         except BaseException:                     # noqa: BLE001 - raised again by the call that needs it
             pass
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
-        """(key, static arguments, dynamic arguments); key None inside a trace."""
+        """(key, static arguments, dynamic arguments); key None inside a trace.
+        The key ends with the caller's :func:`settings`."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         statics = tuple((k, bound.arguments[k]) for k in self.static_argnames)
@@ -174,7 +209,7 @@ class Kernel:
             return None, statics, dynamic
         avals = tuple((tuple(x.shape) if hasattr(x, "shape") else np.shape(x),
                        (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
-        return (statics, tree, avals), statics, dynamic
+        return (statics, tree, avals, settings()), statics, dynamic
 
     def _compiled(self, key: tuple, statics: tuple, dynamic: list) -> Callable:
         """The compiled call for ``key``, built once (by whichever thread asks first)."""
@@ -201,7 +236,7 @@ class Kernel:
         folder = export_dir()
         if folder is None:
             return fixed.lower(*dynamic).compile()
-        backend = jax.default_backend()
+        backend = _platform(key[-1])
         digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
                                       backend, source_digest())).encode()).hexdigest()[:32]
         stem = folder / f"{self.fun.__name__}-{digest}"
