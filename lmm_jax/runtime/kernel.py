@@ -253,14 +253,14 @@ class Kernel:
                                        os.environ.get("XLA_FLAGS", ""), host_digest())).encode()).hexdigest()[:32]
         path = stem.with_suffix(".xla")
 
-        def compile_and_store():
-            compiled, fresh = _compile(exported, dynamic)
+        def compile_and_store(args: list) -> Callable:
+            compiled, fresh = _compile(exported, args)
             if fresh:
                 _store_executable(path, machine, compiled)
             return compiled
 
         loaded = _load_executable(path, machine, exported, backend)
-        return compile_and_store() if loaded is None else _Loaded(loaded, path, compile_and_store)
+        return compile_and_store(dynamic) if loaded is None else _Loaded(loaded, path, compile_and_store)
 
 
 class _Loaded:
@@ -270,23 +270,23 @@ class _Loaded:
     call repeated. Kernels are pure functions of their arguments, so the
     repeat is the call that should have happened."""
 
-    def __init__(self, compiled, path: Path, rebuild: Callable[[], Callable]):
+    def __init__(self, compiled, path: Path, rebuild: Callable[[list], Callable]):
         self.compiled = compiled
         self._path = path
-        self._rebuild = rebuild
-        self._checked = False
+        self._rebuild: Callable[[list], Callable] | None = rebuild
 
     def __call__(self, *args):
-        if self._checked:
+        rebuild = self._rebuild
+        if rebuild is None:
             return self.compiled(*args)
         try:
             out = jax.block_until_ready(self.compiled(*args))
         except jax.errors.JaxRuntimeError:
             with contextlib.suppress(OSError):
                 self._path.unlink()
-            self.compiled = self._rebuild()
+            self.compiled = rebuild(list(args))
             out = self.compiled(*args)
-        self._checked = True
+        self._rebuild = None                       # checked: keep neither the exported module nor a closure
         return out
 
 
