@@ -66,3 +66,12 @@ def enable_by_default() -> Path | None:
 def enabled() -> bool:
     """Whether a persistent cache directory is in use (lmm_jax's or one the user configured)."""
     return bool(jax.config.jax_compilation_cache_dir)
+
+
+def own_cache_dir() -> Path | None:
+    """lmm_jax's own cache folder (:func:`default_cache_dir`), or None when ``LMM_JAX_COMPILATION_CACHE``
+    turns caching off. Reads neither JAX's global configuration nor whether its persistent cache is on:
+    lmm_jax keeps its own compiled kernels here (:mod:`lmm_jax.runtime.kernel`) either way."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "off", "no", ""):
+        return None
+    return default_cache_dir()
