@@ -119,6 +119,7 @@ class LMM:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
         code_memory.check()
+        reml = bool(reml) and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
         cpu_threads.check()
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)

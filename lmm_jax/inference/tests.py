@@ -84,6 +84,9 @@ def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
     Series / dict keyed by coefficient names (missing names are 0)."""
     names = list(result.design.fixef_names)
     p = len(names)
+    if p == 0:
+        raise InferenceError("the model has no fixed effects (its formula has '0 +' and no covariates); there is "
+                             "no contrast to test")
     if isinstance(L, dict):
         L = pd.Series(L)
     if isinstance(L, (pd.Series, pd.DataFrame)):
@@ -112,6 +115,8 @@ def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", leve
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
     L = np.atleast_2d(L)
+    if L.shape[0] == 0:           # no fixed effects (y ~ 0 + (1 | g)): an empty table
+        return pd.DataFrame({c: np.zeros(0) for c in T_COLUMNS}, index=names if names is not None else [])
     est = L @ result.beta
     if ddf == "kenward-roger":
         adj = kr_adjustment(result)

@@ -377,7 +377,11 @@ def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=figsize, layout="constrained")
-    forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    if result.design.p:
+        forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    else:                                     # y ~ 0 + (1 | g)
+        axes[0, 0].text(0.5, 0.5, "no fixed effects", ha="center", va="center")
+        axes[0, 0].set_axis_off()
     group = result.design.terms[0].group
     b = result.ranef[group]
     _caterpillar_panel(axes[0, 1], b, result.ranef_sd[group].loc[b.index, b.columns], group, 0,
