@@ -45,6 +45,17 @@ def check_against_lme4(fit: lmm_jax.LMMResult, case: str) -> None:
     assert fit.sigma == pytest.approx(ref["sigma"], rel=RTOL)
 
 
+# -- formulas that fitted another model -------------------------------------------------------
+def test_a_column_named_intercept_is_a_covariate(sleep):
+    """formulaic names its intercept column 'Intercept': a data column of that name replaced it
+    (the fit of 0 + Days, (Intercept) = 10.67). lme4: (Intercept) 251.41, Intercept 10.47."""
+    data = sleep.assign(Intercept=sleep.Days)
+    fit = lmm_jax.fit("Reaction ~ Intercept + (1 | Subject)", data)
+    check_against_lme4(fit, "intercept_column")
+    assert np.allclose(fit.predict(data), fit.fitted)
+    assert list(fit.anova().index) == ["Intercept"]
+
+
 # -- no fixed effects ----------------------------------------------------------------------------
 def test_no_fixed_effects_fits_as_lme4(sleep):
     """y ~ 0 + (1 | g) failed with 'Need at least one array to stack'. lme4 fits it by ML (with

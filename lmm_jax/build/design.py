@@ -110,6 +110,7 @@ def r_name(name: str) -> str:
     ``recipeB:temp``, ``Intercept`` -> ``(Intercept)``."""
     if name == "Intercept":
         return "(Intercept)"
+    name = name.replace(_INTERCEPT_COLUMN, "Intercept")   # a data column named Intercept (quote_names)
     name = re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
     # formulaic prints I(x**2) as 'I(x ** 2)'; lme4 users know it as 'I(x^2)'
     return re.sub(r"\bI\((.*)\)", lambda m: "I(" + m.group(1).replace(" ** ", "^").replace("**", "^") + ")", name)
@@ -243,22 +244,35 @@ def _split_quoted(text: str) -> list[tuple[str, bool]]:
     return out
 
 
+# formulaic names the intercept column "Intercept": a data column of that name would overwrite it in the model
+# matrix (y ~ Intercept fitted y ~ 0 + Intercept). quote_names reads such a column through Q(), whose column name
+# differs, and r_name turns it back into "Intercept", lme4's name for it.
+_INTERCEPT_COLUMN = "Q('Intercept')"
+
+
 def quote_names(expr: str, columns: list[str]) -> str:
-    """Backtick-quote column names that formulaic would misread.
+    """Quote column names that formulaic would misread.
 
     R formulas allow dots in names (``x.1``, ``log.dose``); formulaic reads
     ``x.1`` as Python attribute access. Every unquoted whole-token occurrence
-    of such a column name is wrapped in backticks, longest names first.
+    of such a column name is wrapped in backticks, longest names first. A
+    column named ``Intercept`` is read as ``Q('Intercept')`` (see
+    ``_INTERCEPT_COLUMN``).
     """
     odd = sorted((c for c in columns if re.fullmatch(r"[A-Za-z.][A-Za-z0-9_.]*", c) and "." in c),
                  key=len, reverse=True)
+    if "Intercept" in columns:
+        odd.append("Intercept")
     if not odd:
         return expr
     pieces = []
     for piece, quoted in _split_quoted(expr):
         if not quoted:
             for c in odd:  # longest first; a quoted name is not matched again (backtick boundary)
-                piece = _token_pattern(c).sub(lambda _m, c=c: f"`{c}`", piece)
+                quote = _INTERCEPT_COLUMN if c == "Intercept" else f"`{c}`"
+                piece = _token_pattern(c).sub(lambda _m, q=quote: q, piece)
+        elif piece == "`Intercept`" and "Intercept" in columns:
+            piece = _INTERCEPT_COLUMN
         pieces.append(piece)
     return "".join(pieces)
 

@@ -140,7 +140,7 @@ def anova_table(result: "LMMResult", ddf: str = "satterthwaite") -> pd.DataFrame
     ddf = normalize_ddf(ddf)
     rows, index = [], []
     for name, L in type3_contrasts(result).items():
-        index.append(name)
+        index.append(r_name(name))
         if L.shape[0] == 0:
             rows.append({c: np.nan for c in F_COLUMNS})
         else:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-from ..build.design import as_frame
+from ..build.design import as_frame, quote_names
 from ..errors import DataError, FormulaError
 from ..build.formula import parse_formula
 
@@ -63,7 +63,8 @@ def _included_terms(result: "LMMResult", re_form: Any) -> list[int]:
 def _term_columns(result: "LMMResult", t: "TermDesign", data: pd.DataFrame) -> np.ndarray:
     m = _SPLIT.match(t.expr)
     expr, col = (m.group(1), int(m.group(2))) if m else (t.expr, None)
-    spec = model_matrix(expr, result.design.data, na_action="ignore").model_spec
+    spec = model_matrix(quote_names(expr, list(result.design.data.columns)), result.design.data,
+                        na_action="ignore").model_spec
     Z = np.asarray(spec.get_model_matrix(data, na_action="ignore"), dtype=float)
     return Z[:, [col]] if col is not None else Z
 
