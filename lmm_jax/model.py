@@ -28,7 +28,7 @@ from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from .core.start import default_start
 from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
-from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning
+from .errors import ConvergenceError, ConvergenceWarning, SingularFitWarning, check_bool, check_count
 from .inference.satterthwaite import vcov_beta_jacobian
 from .runtime import code_memory, cpu_threads
 
@@ -119,12 +119,17 @@ class LMM:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
         code_memory.check()
-        reml = bool(reml) and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
+        reml, throw = check_bool(reml, "reml"), check_bool(throw, "throw")
+        max_iter = check_count(max_iter, "max_iter")
+        reml = reml and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
         cpu_threads.check()
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
+        if not np.isfinite(theta0).all():
+            raise ValueError(f"start must be finite, got {theta0.tolist()}: give lme4's theta, e.g. "
+                             "lmm_jax.parametrization.theta_start(model.structure.ks), or leave start out")
         phi0, active0 = phi_from_theta(theta0, ks)
         pad = self.padded
         if SPARE_CORES:
@@ -177,6 +182,7 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
         ``devFunOnly`` value.
     """
     dp, rp, s = model.products, model.response, model.structure
+    reml = check_bool(reml, "reml")
     if param == "theta":
         return lambda theta: profiled_deviance(theta, dp, rp, s, reml)
     if param == "phi":
@@ -186,6 +192,7 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
 
 def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
+    check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
@@ -212,5 +219,6 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
     """
     from .batched.batch import fit_models
 
+    check_bool(reml, "reml")
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
     return fit_models(models, reml, max_iter=max_iter, method=method)

@@ -78,3 +78,68 @@ def test_no_fixed_effects_fits_as_lme4(sleep):
     assert list(fit.confint(method="wald").index) == ref["confint_profile"]["names"]
     Y = lmm_jax.simulate(fit, 3, key=1)
     assert fit.model.fit_batch(Y).table["converged"].all()
+
+
+# -- booleans and counts ------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None, [True]])
+def test_reml_must_be_a_bool(sleep, value):
+    """bool('no') is True: reml='no' fitted REML."""
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        lmm_jax.fit("Reaction ~ Days + (1 | Subject)", sleep, reml=value)
+
+
+def test_boolean_arguments_are_checked(sleep, sleep_fit):
+    model = sleep_fit.model
+    checks = {
+        "reml": lambda: model.fit(reml="False"),
+        "throw": lambda: model.fit(throw="yes"),
+        "se_fit": lambda: sleep_fit.predict(sleep, se_fit="yes"),
+        "allow_new_levels": lambda: sleep_fit.predict(sleep, allow_new_levels=1),
+        "progress": lambda: sleep_fit.bootstrap(5, progress="no"),
+        "refit": lambda: lmm_jax.anova(sleep_fit, sleep_fit, refit="no"),
+        "joint": lambda: sleep_fit.contrast(np.eye(2), joint="yes"),
+    }
+    for name, call in checks.items():
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            call()
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        lmm_jax.make_deviance(model, reml="no")
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        model.fit_batch(np.asarray(sleep.Reaction), reml="no")
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        lmm_jax.fit_many([model], reml="no")
+    # numpy's bools are bools
+    assert model.fit(reml=np.False_).loglik == pytest.approx(model.fit(reml=False).loglik, abs=1e-10)
+
+
+@pytest.mark.parametrize("n, error", [(10.7, TypeError), ("100", TypeError), (1e4, TypeError), (True, TypeError),
+                                      (0, ValueError)])
+def test_bootstrap_count_must_be_an_integer(sleep_fit, n, error):
+    """bootstrap(10.7) ran 10 replicates; bootstrap('100') was accepted."""
+    with pytest.raises(error, match="n must be an integer"):
+        sleep_fit.bootstrap(n)
+
+
+def test_counts_are_checked(sleep_fit):
+    with pytest.raises(TypeError, match="chunk_size must be an integer"):
+        sleep_fit.bootstrap(10, chunk_size=2.5)
+    with pytest.raises(TypeError, match="max_iter must be an integer"):
+        sleep_fit.model.fit(max_iter=10.5)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        lmm_jax.simulate(sleep_fit, 2.0, key=0)
+    with pytest.raises(TypeError, match="chunk_size must be an integer"):
+        lmm_jax.simulate(sleep_fit, 2, key=0, chunk_size="1")
+    assert lmm_jax.simulate(sleep_fit, np.int64(3), key=0).shape == (180, 3)     # numpy integers are integers
+
+
+def test_start_must_be_finite(sleep_fit):
+    """A NaN start gave an all-NaN fit with a warning."""
+    with pytest.raises(ValueError, match="start must be finite"):
+        sleep_fit.model.fit(start=[np.nan])
+    with pytest.raises(ValueError, match="start must be finite"):
+        sleep_fit.model.fit_batch(np.asarray(sleep_fit.design.y), start=[np.inf])
+
+
+def test_anova_takes_fits(sleep_fit):
+    with pytest.raises(TypeError, match="anova takes fitted models .* 'x' \\(str\\) as argument 2"):
+        lmm_jax.anova(sleep_fit, "x")

@@ -27,7 +27,7 @@ from formulaic import model_matrix
 from scipy import stats
 
 from ..build.design import r_name
-from ..errors import InferenceError
+from ..errors import InferenceError, check_bool
 from .tests import F_COLUMNS, f_test, normalize_ddf
 
 if TYPE_CHECKING:
@@ -215,6 +215,12 @@ def anova(*results: "LMMResult", refit: bool = True, names: list[str] | None = N
     """``lmm_jax.anova(m0, m1, ...)``: likelihood-ratio tests between nested
     fits, lme4's ``anova`` table (see :func:`likelihood_ratio_table`). With a
     single fit, its type III F table (:func:`anova_table`)."""
+    for i, r in enumerate(results):
+        if not all(hasattr(r, a) for a in ("model", "design", "objective", "reml")):
+            raise TypeError(f"anova takes fitted models (results of lmm_jax.fit), got {r!r} "
+                            f"({type(r).__name__}) as argument {i + 1}; for one fit's type III F table with "
+                            "another ddf, use fit.anova(ddf=...)")
+    refit = check_bool(refit, "refit")
     if len(results) == 1:
         return anova_table(results[0])
     return likelihood_ratio_table(*results, refit=refit, names=names)

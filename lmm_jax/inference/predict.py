@@ -21,7 +21,7 @@ import pandas as pd
 from formulaic import model_matrix
 
 from ..build.design import as_frame, quote_names
-from ..errors import DataError, FormulaError
+from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
         The predictions (n_new,), or with ``se_fit`` a DataFrame with
         columns ``fit, se_fit``.
     """
+    allow_new_levels, se_fit = check_bool(allow_new_levels, "allow_new_levels"), check_bool(se_fit, "se_fit")
     d = result.design
     keep = _included_terms(result, re_form)
     if newdata is None:

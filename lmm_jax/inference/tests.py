@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import InferenceError
+from ..errors import InferenceError, check_bool
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
 
@@ -204,6 +204,8 @@ def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: flo
     """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
     several rows -> joint F test (``joint=False`` gives a t test per row)."""
     L = as_contrast(result, L)
+    if joint is not None:
+        check_bool(joint, "joint")
     if joint is None:
         joint = L.shape[0] > 1
     if not joint:
@@ -326,7 +328,7 @@ def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, *
                                  "available in this installation; use method='profile' or 'wald'")
         import jax
 
-        n = int(kwargs.pop("n", 1000))
+        n = kwargs.pop("n", 1000)             # an integer: checked by the bootstrap
         key = kwargs.pop("key", None)
         if key is None:
             key = jax.random.PRNGKey(int(kwargs.pop("seed", 0)))
