@@ -143,3 +143,39 @@ def test_start_must_be_finite(sleep_fit):
 def test_anova_takes_fits(sleep_fit):
     with pytest.raises(TypeError, match="anova takes fitted models .* 'x' \\(str\\) as argument 2"):
         lmm_jax.anova(sleep_fit, "x")
+
+
+# -- grouping levels ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["datetime", "float32", "category"])
+def test_predict_matches_grouping_levels_by_value(sleep, kind):
+    """Datetime and float32 labels did not round-trip through text: predict on the training rows
+    dropped the random effects (251.405 instead of the fitted 253.664)."""
+    codes = sleep.Subject.astype("category").cat.codes
+    group = {"datetime": pd.Timestamp("2024-01-01") + pd.to_timedelta(codes, unit="D"),
+             "float32": (codes / 10 + 0.1).astype(np.float32),
+             "category": sleep.Subject.astype("category")}[kind]
+    data = sleep.assign(G=group)
+    fit = lmm_jax.fit("Reaction ~ Days + (Days | G)", data)
+    pred = fit.predict(data)
+    assert pred[0] == pytest.approx(253.6637, abs=1e-3)
+    np.testing.assert_allclose(pred, fit.fitted, rtol=1e-12)
+
+
+def test_predict_new_levels_follow_lme4(sleep, sleep_fit):
+    """lme4's default is an error for new levels: a typo was silently a population prediction."""
+    new = pd.DataFrame({"Days": [1, 1, 1], "Subject": ["308", "3O9", "309"]})
+    with pytest.raises(DataError, match=r"\['3O9'\] of 'Subject' not seen in the fit"):
+        sleep_fit.predict(new)
+    pop = sleep_fit.predict(new, re_form="~0")
+    assert sleep_fit.predict(new, allow_new_levels=True)[1] == pytest.approx(pop[1])
+    # a missing group: a DataError naming the column (was 'TypeError: sequence item 0')
+    gap = new.assign(Subject=["308", None, "309"])
+    with pytest.raises(DataError, match=r"missing values in the grouping factor column\(s\) \['Subject'\]"):
+        sleep_fit.predict(gap)
+    assert sleep_fit.predict(gap, allow_new_levels=True)[1] == pytest.approx(pop[1])
+    # integer levels: 1.5 is a new level, not level 1
+    data = sleep.assign(G=sleep.Subject.astype(int))
+    fit = lmm_jax.fit("Reaction ~ Days + (1 | G)", data)
+    with pytest.raises(DataError, match=r"\['309.5'\]"):
+        fit.predict(pd.DataFrame({"Days": [1.0], "G": [309.5]}))
+    assert fit.predict(pd.DataFrame({"Days": [1.0], "G": [309.0]}))[0] == pytest.approx(fit.fitted[11])

@@ -165,7 +165,7 @@ def as_frame(data: Any) -> pd.DataFrame:
 _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
 
 
-def _level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Labels (sorted levels present, as text) and int32 codes of one factor.
 
     Plain numeric columns are coded by row blocks (unique values per block,
@@ -196,7 +196,7 @@ def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndar
     levels)."""
     parts = []
     for f in factors:
-        labels, codes = _level_codes(df[f.strip("`")])
+        labels, codes = level_codes(df[f.strip("`")])
         parts.append((codes, labels))
     if len(parts) == 1:
         codes, labels = parts[0]
