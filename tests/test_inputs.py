@@ -179,3 +179,12 @@ def test_predict_new_levels_follow_lme4(sleep, sleep_fit):
     with pytest.raises(DataError, match=r"\['309.5'\]"):
         fit.predict(pd.DataFrame({"Days": [1.0], "G": [309.5]}))
     assert fit.predict(pd.DataFrame({"Days": [1.0], "G": [309.0]}))[0] == pytest.approx(fit.fitted[11])
+
+
+def test_labels_that_print_alike_are_a_data_error(sleep):
+    """1 and '1' in one column gave two random-effect rows labelled '1'. R would merge them (its
+    factor() codes text); lmm_jax asks instead of guessing."""
+    mixed = pd.Series([i % 6 if (i // 6) % 2 else str(i % 6) for i in range(len(sleep))], dtype=object)
+    with pytest.raises(DataError, match=r"grouping factor 'g' .* 1 \(int\) and '1' \(str\)") as err:
+        lmm_jax.fit("Reaction ~ Days + (1 | g)", sleep.assign(g=mixed))
+    assert "astype(str)" in str(err.value)

@@ -183,8 +183,24 @@ def level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np
         return np.asarray([str(v) for v in levels.tolist()], dtype=object), codes
     cat = s.astype("category") if not isinstance(s.dtype, pd.CategoricalDtype) else s
     cat = cat.cat.remove_unused_categories()
-    return (np.asarray([str(c) for c in cat.cat.categories], dtype=object),
-            cat.cat.codes.to_numpy().astype(np.int32))
+    labels = [str(c) for c in cat.cat.categories]
+    if len(set(labels)) < len(labels):
+        _raise_label_clash(s.name, list(cat.cat.categories), labels)
+    return np.asarray(labels, dtype=object), cat.cat.codes.to_numpy().astype(np.int32)
+
+
+def _raise_label_clash(name: Any, values: list, labels: list[str]) -> None:
+    """Distinct values of a grouping factor whose labels coincide (1 and "1"):
+    lme4 would see one level (R's factor() codes the text), Python sees two,
+    and their random effects would be two rows with one name. Ask the user."""
+    by_label: dict[str, list] = {}
+    for v, lab in zip(values, labels):
+        by_label.setdefault(lab, []).append(v)
+    groups = [" and ".join(f"{v!r} ({type(v).__name__})" for v in vs) for vs in by_label.values() if len(vs) > 1]
+    clashes = "; ".join(groups[:5]) + (f"; ... ({len(groups)} in all)" if len(groups) > 5 else "")
+    raise DataError(f"grouping factor {name!r} has distinct values that read as the same level: {clashes}. R (lme4) "
+                    f"would make them one level; to do that, convert the column to text (data[{name!r}]."
+                    "astype(str)); to keep them apart, recode them with distinct labels")
 
 
 def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
