@@ -56,6 +56,20 @@ def test_a_column_named_intercept_is_a_covariate(sleep):
     assert list(fit.anova().index) == ["Intercept"]
 
 
+def test_in_operator_means_interaction_as_in_r(sleep):
+    """R's Days %in% f is Days:f; formulaic read it as f/Days (4 coefficients, ML -896.508)."""
+    data = sleep.assign(f=np.where(sleep.Days < 5, "a", "b"))
+    fit = lmm_jax.fit("Reaction ~ Days %in% f + (1 | Subject)", data, reml=False)
+    check_against_lme4(fit, "in_operator")
+
+
+def test_dot_is_rejected_with_a_formula_error(sleep):
+    with pytest.raises(FormulaError, match=r"'\.' \(every other column\) is not supported") as err:
+        lmm_jax.fit("Reaction ~ . + (1 | Subject)", sleep)
+    assert err.value.token == "." and err.value.position == 11
+    lmm_jax.parse_formula("y ~ x.1 + I(x - .5) + np.log(z) + (1 | g)")     # dots inside names and numbers
+
+
 # -- no fixed effects ----------------------------------------------------------------------------
 def test_no_fixed_effects_fits_as_lme4(sleep):
     """y ~ 0 + (1 | g) failed with 'Need at least one array to stack'. lme4 fits it by ML (with
