@@ -63,6 +63,31 @@ def test_in_operator_means_interaction_as_in_r(sleep):
     check_against_lme4(fit, "in_operator")
 
 
+def test_functions_in_the_fixed_part_with_lme4_names(sleep):
+    """abs(), sqrt(), ... were 'not a column'; lme4 names the columns by R's deparse."""
+    fit = lmm_jax.fit("Reaction ~ abs(Days - 4) + sqrt(Days) + exp(Days/10) + log1p(Days * 2) + I(Days^2) + "
+                      "floor(Days/3) + (1 | Subject)", sleep)
+    check_against_lme4(fit, "functions")
+    assert np.allclose(fit.predict(sleep), fit.fitted, rtol=1e-12)
+    slope = lmm_jax.fit("Reaction ~ sqrt(Days) + (sqrt(Days) | Subject)", sleep)
+    check_against_lme4(slope, "function_slope")
+    assert list(slope.ranef["Subject"].columns) == ["(Intercept)", "sqrt(Days)"]
+    assert np.allclose(slope.predict(sleep), slope.fitted, rtol=1e-12)
+    # ^ inside a call is R's power, not Python's XOR
+    power = lmm_jax.fit("Reaction ~ sqrt(Days^3) + (1 | Subject)", sleep)
+    direct = lmm_jax.fit("Reaction ~ x + (1 | Subject)", sleep.assign(x=np.sqrt(sleep.Days ** 3.0)))
+    assert list(power.fixef.index) == ["(Intercept)", "sqrt(Days^3)"]
+    np.testing.assert_allclose(power.beta, direct.beta, rtol=1e-10)
+
+
+def test_unknown_function_is_a_formula_error(sleep):
+    with pytest.raises(FormulaError, match=r"sqrtt\(\) is not a function") as err:
+        lmm_jax.fit("Reaction ~ sqrtt(Days) + (1 | Subject)", sleep)
+    assert err.value.token == "sqrtt"
+    with pytest.raises(DataError, match="'list' is not a column"):     # a builtin not called: a variable
+        lmm_jax.fit("Reaction ~ Days + list + (1 | Subject)", sleep)
+
+
 def test_dot_is_rejected_with_a_formula_error(sleep):
     with pytest.raises(FormulaError, match=r"'\.' \(every other column\) is not supported") as err:
         lmm_jax.fit("Reaction ~ . + (1 | Subject)", sleep)

@@ -12,6 +12,7 @@ one the blocked Cholesky in :mod:`lmm_jax.core.likelihood` wants).
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import functools
 import re
@@ -27,6 +28,14 @@ from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarn
 from .formula import ParsedFormula, RandomTerm, parse_formula
 
 _RANK_TOL = 1e-7  # lme4's rankMatrix / qr tolerance
+# Names a formula may call besides formulaic's transforms (log, log10, log2, exp, center, scale, poly, C, I, np)
+# and Python's builtins (abs, round, pow): R's elementwise math, so that lme4's sqrt(x) or floor(x/2) work.
+# Every model matrix of a design (fitting, predict, anova) is evaluated with this context.
+R_FUNCTIONS: dict[str, Any] = {
+    "sqrt": np.sqrt, "log1p": np.log1p, "expm1": np.expm1, "sign": np.sign, "floor": np.floor, "ceiling": np.ceil,
+    "trunc": np.trunc, "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+    "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+}
 OFFSET_WARN_RATIO = 1e3  # |mean| / SD above which a variable's cross-products lose digits
 
 
@@ -111,9 +120,18 @@ def r_name(name: str) -> str:
     if name == "Intercept":
         return "(Intercept)"
     name = name.replace(_INTERCEPT_COLUMN, "Intercept")   # a data column named Intercept (quote_names)
-    name = re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
-    # formulaic prints I(x**2) as 'I(x ** 2)'; lme4 users know it as 'I(x^2)'
-    return re.sub(r"\bI\((.*)\)", lambda m: "I(" + m.group(1).replace(" ** ", "^").replace("**", "^") + ")", name)
+    # calls as R deparses them: formulaic prints I(x**2) as 'I(x ** 2)' and exp(x/10) as 'exp(x / 10)', lme4
+    # names them 'I(x^2)' and 'exp(x/10)' (no spaces around ^ and /); level labels in [...] are left alone
+    name = "".join(part if part.startswith("[") else _CALL.sub(_r_call, part)
+                   for part in re.split(r"(\[[^\]]*\])", name))
+    return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
+
+
+_CALL = re.compile(r"(?<![\w.])[A-Za-z_][\w.]*\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)")   # 2 levels of nesting
+
+
+def _r_call(m: re.Match) -> str:
+    return m.group(0).replace(" ** ", "^").replace("**", "^").replace(" / ", "/")
 
 
 def as_frame(data: Any) -> pd.DataFrame:
@@ -315,8 +333,15 @@ def _required(expr: str, formula_text: str, columns: list[str]) -> tuple[set[str
         raise FormulaError(f"cannot parse {expr!r}: {e}", formula_text, expr, formula_text.find(expr)) from None
     mentioned = _mentioned(expr, columns)
     cols = set(columns)
+    # a name that is called is a function (R's sqrt, a builtin such as abs), not a variable
+    called = {v for v in req - cols if re.search(rf"(?<![\w.]){re.escape(v)}\s*\(", expr)}
+    for v in sorted(called):
+        if v not in R_FUNCTIONS and not callable(getattr(builtins, v, None)):
+            raise FormulaError(f"{v}() is not a function a formula can call: use R's math functions ("
+                               f"{', '.join(sorted(set(R_FUNCTIONS) | {'log', 'exp', 'abs'}))}), numpy's (np.{v}(x) "
+                               "if numpy has it), or I(...) for arithmetic", formula_text, v, formula_text.find(v))
     # formulaic reports `x.1` as 'x': a name that prefixes a mentioned dotted column is not unknown
-    unknown = {v for v in req - cols if not any(m.startswith(v + ".") for m in mentioned)}
+    unknown = {v for v in req - cols - called if not any(m.startswith(v + ".") for m in mentioned)}
     return mentioned | (req & cols), unknown
 
 
@@ -416,7 +441,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(_formulaic(quote_names(pf.fixed_formula, columns)), df_used, na_action="ignore")
+        mm = model_matrix(_formulaic(quote_names(pf.fixed_formula, columns)), df_used, na_action="ignore",
+                          context=R_FUNCTIONS)
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
                            pf.fixed, pf.text.find(pf.fixed)) from None
@@ -463,7 +489,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
         try:
-            Zm = model_matrix(_formulaic(quote_names(term.expr, columns)), df_used, na_action="ignore")
+            Zm = model_matrix(_formulaic(quote_names(term.expr, columns)), df_used, na_action="ignore",
+                              context=R_FUNCTIONS)
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
                                term.expr, pf.text.find(term.expr)) from None

@@ -142,11 +142,13 @@ def _parse_group(group: str, formula: str, pos: int) -> list[tuple[str, ...]]:
 
 
 def _r_arithmetic(expr: str) -> str:
-    """Inside ``I(...)`` R's ``^`` is a power; formulaic evaluates ``I()`` as
-    Python, where ``^`` is bitwise XOR. Translate so ``I(x^2)`` means x**2."""
+    """Inside a call (``I(...)``, ``sqrt(...)``, ...) R's ``^`` is a power;
+    formulaic evaluates calls as Python, where ``^`` is bitwise XOR. Translate
+    so ``I(x^2)`` and ``sqrt(x^3)`` mean x**2 and x**3 (outside calls ``^`` is
+    the formula operator, ``(a + b)^2``, as in R)."""
     out, i = [], 0
     while i < len(expr):
-        m = re.compile(r"\bI\(").search(expr, i)
+        m = re.compile(r"(?<![\w.])[A-Za-z_][\w.]*\(").search(expr, i)
         if not m:
             out.append(expr[i:])
             break

@@ -26,7 +26,7 @@ import pandas as pd
 from formulaic import model_matrix
 from scipy import stats
 
-from ..build.design import r_name
+from ..build.design import R_FUNCTIONS, r_name
 from ..errors import InferenceError, check_bool
 from .tests import F_COLUMNS, f_test, normalize_ddf
 
@@ -95,7 +95,7 @@ def type3_contrasts(result: "LMMResult") -> dict[str, np.ndarray]:
         names.append("(Intercept)")
     data = d.data
     for n, term, _ in named:
-        mm = model_matrix(f"0 + {n}", data, ensure_full_rank=False)
+        mm = model_matrix(f"0 + {n}", data, ensure_full_rank=False, context=R_FUNCTIONS)
         blocks.append(np.asarray(mm, dtype=float))
         names.extend(r_name(c) for c in mm.columns)
     rdX = np.concatenate(blocks, axis=1)

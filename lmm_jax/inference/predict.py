@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-from ..build.design import as_frame, level_codes, quote_names
+from ..build.design import R_FUNCTIONS, as_frame, level_codes, quote_names
 from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
 
@@ -66,8 +66,8 @@ def _term_columns(result: "LMMResult", t: "TermDesign", data: pd.DataFrame) -> n
     m = _SPLIT.match(t.expr)
     expr, col = (m.group(1), int(m.group(2))) if m else (t.expr, None)
     spec = model_matrix(quote_names(expr, list(result.design.data.columns)), result.design.data,
-                        na_action="ignore").model_spec
-    Z = np.asarray(spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+                        na_action="ignore", context=R_FUNCTIONS).model_spec
+    Z = np.asarray(spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     return Z[:, [col]] if col is not None else Z
 
 
@@ -135,7 +135,7 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
     d = result.design
     data = as_frame(newdata)
     try:
-        X = np.asarray(d.fixed_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+        X = np.asarray(d.fixed_spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     except Exception as e:  # formulaic: missing columns, unseen factor levels
         raise DataError(f"cannot build the fixed-effects columns for newdata: {e}") from None
     return X[:, list(d.kept_columns)] if d.kept_columns else X
