@@ -227,3 +227,18 @@ def test_labels_that_print_alike_are_a_data_error(sleep):
     with pytest.raises(DataError, match=r"grouping factor 'g' .* 1 \(int\) and '1' \(str\)") as err:
         lmm_jax.fit("Reaction ~ Days + (1 | g)", sleep.assign(g=mixed))
     assert "astype(str)" in str(err.value)
+
+
+# -- data containers ------------------------------------------------------------------------------
+def test_dict_of_series_with_different_indexes(sleep):
+    """pandas aligned them by label: 'all 360 rows have a missing value'."""
+    data = {"Reaction": sleep.Reaction, "Days": sleep.Days.set_axis(sleep.index + 1000), "Subject": sleep.Subject}
+    with pytest.raises(DataError, match="indexes differ"):
+        lmm_jax.fit("Reaction ~ Days + (1 | Subject)", data)
+
+
+def test_multiindex_columns(sleep):
+    data = sleep.copy()
+    data.columns = pd.MultiIndex.from_tuples([("a", c) for c in sleep.columns])
+    with pytest.raises(DataError, match="MultiIndex columns .* flatten"):
+        lmm_jax.fit("Reaction ~ Days + (1 | Subject)", data)

@@ -151,6 +151,15 @@ def as_frame(data: Any) -> pd.DataFrame:
                 raise DataError(f"data[{k!r}] has shape {np.shape(arr)}; every column of a dict of arrays must be "
                                 "1-dimensional with one entry per observation")
             cols[k] = arr
+        series = {k: v.index for k, v in cols.items() if isinstance(v, pd.Series)}
+        if len(series) > 1:
+            (k0, i0), *rest = series.items()
+            differ = [k for k, i in rest if not i.equals(i0)]
+            if differ:
+                raise DataError(f"data is a dict of Series whose indexes differ ({differ[0]!r} vs {k0!r}); pandas "
+                                "would pair their rows by index label (filling the gaps with missing values), not "
+                                "by position: pass each Series' .to_numpy() to pair rows by position, or build the "
+                                "DataFrame yourself if pairing by label is meant")
         try:
             df = pd.DataFrame(cols)
         except ValueError as e:
@@ -169,6 +178,9 @@ def as_frame(data: Any) -> pd.DataFrame:
     else:
         raise DataError(f"data must be a pandas DataFrame or a dict of equal-length arrays, got "
                         f"{type(data).__name__}; convert it with pandas.DataFrame(...)")
+    if isinstance(df.columns, pd.MultiIndex):
+        raise DataError(f"data has MultiIndex columns (e.g. {df.columns[0]!r}); formulas name single columns: "
+                        "flatten them first, e.g. data.columns = ['_'.join(map(str, c)) for c in data.columns]")
     if df.columns.duplicated().any():
         dup = sorted(set(map(str, df.columns[df.columns.duplicated()])))
         raise DataError(f"data has duplicated column names {dup}; rename them so each name is unique")
