@@ -242,3 +242,14 @@ def test_multiindex_columns(sleep):
     data.columns = pd.MultiIndex.from_tuples([("a", c) for c in sleep.columns])
     with pytest.raises(DataError, match="MultiIndex columns .* flatten"):
         lmm_jax.fit("Reaction ~ Days + (1 | Subject)", data)
+
+
+# -- command line and processes -------------------------------------------------------------------
+def test_cli_checks_the_json_path_before_fitting(tmp_path, capsys):
+    from lmm_jax.report.cli import main
+
+    rc = main(["example", "--json", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "is a folder" in captured.err and "unexpected" not in captured.err
+    assert "Random effects" not in captured.out        # nothing was fitted
