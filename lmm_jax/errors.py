@@ -54,6 +54,12 @@ class ConvergenceError(LMMError, RuntimeError):
     (``LMM.fit(throw=True)``) instead of warning."""
 
 
+class ForkError(LMMError, RuntimeError):
+    """lmm_jax was called in a child process forked after JAX had started in
+    its parent (JAX is not fork-safe: the call would hang); start worker
+    processes with multiprocessing's "spawn" or "forkserver" method."""
+
+
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped without meeting its convergence criteria."""
 

@@ -95,6 +95,7 @@ class LMM:
         call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
         from .batched.batch import fit_batch
 
+        code_memory.check()
         return fit_batch(self, Y, reml=reml, **kwargs)
 
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:

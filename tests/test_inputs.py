@@ -253,3 +253,18 @@ def test_cli_checks_the_json_path_before_fitting(tmp_path, capsys):
     assert rc == 2
     assert "is a folder" in captured.err and "unexpected" not in captured.err
     assert "Random effects" not in captured.out        # nothing was fitted
+
+
+def _fit_loglik(data: pd.DataFrame) -> float:
+    return float(lmm_jax.fit("Reaction ~ Days + (1 | Subject)", data).loglik)
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_forked_child_raises_instead_of_hanging(sleep, sleep_fit):
+    """Pool().map(fit, ...) with fork after a fit in the parent hung forever (JAX is not
+    fork-safe): the child now raises ForkError at once."""
+    assert sleep_fit.converged                         # JAX has run in this process
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        with pytest.raises(lmm_jax.ForkError, match="'spawn' or 'forkserver'"):
+            pool.apply_async(_fit_loglik, (sleep,)).get(timeout=120)

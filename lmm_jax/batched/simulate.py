@@ -24,6 +24,7 @@ import numpy as np
 from ..core.types import DesignArrays, Structure
 from ..core.parametrization import lambdas, n_theta
 from ..errors import check_count
+from ..runtime import code_memory
 
 if TYPE_CHECKING:
     from ..model import LMM
@@ -137,6 +138,7 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
         >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
         >>> Y = lmm_jax.simulate(fit, 1000, key=1)          # (180, 1000)
     """
+    code_memory.check()
     n = check_count(n, "n")
     chunk = None if chunk_size is None else check_count(chunk_size, "chunk_size")
     model, p = resolve_params(model_or_result, params)
