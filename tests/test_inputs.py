@@ -88,6 +88,26 @@ def test_unknown_function_is_a_formula_error(sleep):
         lmm_jax.fit("Reaction ~ Days + list + (1 | Subject)", sleep)
 
 
+def test_ordered_factor_gets_polynomial_contrasts():
+    """lme4 codes an ordered factor by contr.poly (temperature.L, .Q, .C, ^4, ^5); lmm_jax used
+    treatment contrasts. lmerTest's type III table is the same in either coding."""
+    cake = lmm_jax.datasets.load("cake")
+    levels = sorted(cake.temperature.unique(), key=int)
+    cake["temperature"] = pd.Categorical(cake.temperature, categories=levels, ordered=True)
+    fit = lmm_jax.fit("angle ~ recipe * temperature + (1 | recipe:replicate)", cake)
+    check_against_lme4(fit, "ordered_factor")
+    ref = REF["ordered_factor"]["anova"]
+    table = fit.anova()
+    assert list(table.index) == ref["terms"]
+    np.testing.assert_allclose(table["F value"], ref["F"], rtol=1e-5)
+    np.testing.assert_allclose(table["NumDF"], ref["NumDF"])
+    np.testing.assert_allclose(table["DenDF"], ref["DenDF"], rtol=1e-5)
+    assert np.allclose(fit.predict(cake), fit.fitted, rtol=1e-12)
+    # text labels in new data are coded with the fitted polynomial contrasts
+    new = cake.head(6).assign(temperature=cake.temperature.head(6).astype(str))
+    assert np.allclose(fit.predict(new), fit.fitted[:6], rtol=1e-12)
+
+
 def test_dot_is_rejected_with_a_formula_error(sleep):
     with pytest.raises(FormulaError, match=r"'\.' \(every other column\) is not supported") as err:
         lmm_jax.fit("Reaction ~ . + (1 | Subject)", sleep)

@@ -13,6 +13,7 @@ one the blocked Cholesky in :mod:`lmm_jax.core.likelihood` wants).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import difflib
 import functools
 import re
@@ -120,6 +121,7 @@ def r_name(name: str) -> str:
     if name == "Intercept":
         return "(Intercept)"
     name = name.replace(_INTERCEPT_COLUMN, "Intercept")   # a data column named Intercept (quote_names)
+    name = _POLY.sub(lambda m: m.group(1).strip("`"), name)    # an ordered factor (code_ordered): x[.L] -> x.L
     # calls as R deparses them: formulaic prints I(x**2) as 'I(x ** 2)' and exp(x/10) as 'exp(x / 10)', lme4
     # names them 'I(x^2)' and 'exp(x/10)' (no spaces around ^ and /); level labels in [...] are left alone
     name = "".join(part if part.startswith("[") else _CALL.sub(_r_call, part)
@@ -127,6 +129,7 @@ def r_name(name: str) -> str:
     return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
 
 
+_POLY = re.compile(r"C\(((?:`[^`]*`|[^,()])+), contr\.poly\)")
 _CALL = re.compile(r"(?<![\w.])[A-Za-z_][\w.]*\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)")   # 2 levels of nesting
 
 
@@ -323,6 +326,56 @@ def quote_names(expr: str, columns: list[str]) -> str:
     return "".join(pieces)
 
 
+def ordered_columns(df: pd.DataFrame) -> frozenset[str]:
+    """Columns that are ordered pandas categoricals (R's ordered factors)."""
+    return frozenset(c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype) and df[c].cat.ordered)
+
+
+def code_ordered(expr: str, ordered: frozenset[str]) -> str:
+    """R codes an ordered factor by orthogonal polynomial contrasts (``contr.poly``:
+    columns ``x.L, x.Q, x.C, x^4, ...``), formulaic by treatment contrasts:
+    wrap each ordered column that ``expr`` (after :func:`quote_names`) uses
+    directly, not inside a call such as ``C(x)`` or ``I(x)``, in
+    ``C(x, contr.poly)``; :func:`r_name` gives the columns R's names."""
+    if not ordered:
+        return expr
+    out: list[str] = []
+    calls: list[bool] = []                    # per open parenthesis: is it a call's?
+    i = 0
+    while i < len(expr):
+        c = expr[i]
+        if c in "`'\"":
+            j = expr.find(c, i + 1)
+            j = len(expr) - 1 if j < 0 else j
+            token = expr[i:j + 1]
+            if c == "`" and token[1:-1] in ordered and not any(calls):
+                token = f"C({token}, contr.poly)"
+            out.append(token)
+            i = j + 1
+            continue
+        word = re.match(r"[A-Za-z0-9_.]+", expr[i:])
+        if word:
+            name = word.group(0)
+            called = expr[i + len(name):].lstrip().startswith("(")
+            out.append(f"C({name}, contr.poly)" if name in ordered and not any(calls) and not called else name)
+            i += len(name)
+            continue
+        if c == "(":
+            before = "".join(out).rstrip()
+            calls.append(bool(before) and (before[-1].isalnum() or before[-1] in "_."))
+        elif c == ")" and calls:
+            calls.pop()
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def formulaic_text(expr: str, df: pd.DataFrame) -> str:
+    """A formula (or a random term's expression) as handed to formulaic for
+    the columns of ``df``: odd names quoted, ordered factors polynomial-coded."""
+    return code_ordered(quote_names(expr, list(df.columns)), ordered_columns(df))
+
+
 def _mentioned(expr: str, columns: list[str]) -> set[str]:
     """Columns named in expr as whole tokens, quoted (`a b`, Q('a b')) or not."""
     out = set()
@@ -453,7 +506,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(_formulaic(quote_names(pf.fixed_formula, columns)), df_used, na_action="ignore",
+        mm = model_matrix(_formulaic(formulaic_text(pf.fixed_formula, df)), df_used, na_action="ignore",
                           context=R_FUNCTIONS)
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
@@ -501,7 +554,7 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
         try:
-            Zm = model_matrix(_formulaic(quote_names(term.expr, columns)), df_used, na_action="ignore",
+            Zm = model_matrix(_formulaic(formulaic_text(term.expr, df)), df_used, na_action="ignore",
                               context=R_FUNCTIONS)
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
@@ -545,6 +598,23 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
                   kept_columns=tuple(keep))
+
+
+def treatment_coded(design: Design) -> Design | None:
+    """The design with its ordered factors treatment-coded instead of
+    polynomial-coded (:func:`code_ordered`), or None if it has no ordered
+    factor in the fixed part. Both X span the same space; type III
+    hypotheses (:mod:`lmm_jax.inference.anova`) are built on this one."""
+    df = design.data
+    text = quote_names(design.formula.fixed_formula, list(df.columns))
+    if code_ordered(text, ordered_columns(df)) == text:
+        return None
+    rhs = model_matrix(_formulaic(text), df, na_action="ignore", context=R_FUNCTIONS).rhs
+    X_full = rhs.to_numpy(dtype=float)
+    keep = _independent_columns(X_full)
+    names = [r_name(c) for c in rhs.columns]
+    return dataclasses.replace(design, X=X_full[:, keep], fixef_names=tuple(names[j] for j in keep),
+                               fixed_spec=rhs.model_spec, kept_columns=tuple(keep))
 
 
 def _warn_offsets(y: np.ndarray, X: np.ndarray, response: str, names: tuple[str, ...]) -> None:

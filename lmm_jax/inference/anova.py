@@ -19,6 +19,7 @@ as lmerTest does. The F tests are :func:`lmm_jax.inference.tests.f_test`.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 from formulaic import model_matrix
 from scipy import stats
 
-from ..build.design import R_FUNCTIONS, r_name
+from ..build.design import R_FUNCTIONS, r_name, treatment_coded
 from ..errors import InferenceError, check_bool
 from .tests import F_COLUMNS, f_test, normalize_ddf
 
@@ -79,7 +80,20 @@ def doolittle_contrasts(XtX: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def type3_contrasts(result: "LMMResult") -> dict[str, np.ndarray]:
-    """lmerTest's type III hypothesis matrix for each term (intercept excluded)."""
+    """lmerTest's type III hypothesis matrix for each term (intercept excluded).
+
+    lmerTest's type III hypotheses do not depend on the factors' coding. With
+    ordered factors (polynomial-coded, as in lme4) they are built on the
+    treatment-coded twin of X and mapped: ``X = X_t A`` gives
+    ``beta_t = A beta``, so ``L_t beta_t = (L_t A) beta``."""
+    twin = treatment_coded(result.design)
+    if twin is None:
+        return _type3_treatment(result)
+    A = np.linalg.lstsq(twin.X, result.design.X, rcond=None)[0]
+    return {n: zapsmall(L @ A) for n, L in _type3_treatment(SimpleNamespace(design=twin)).items()}
+
+
+def _type3_treatment(result: "LMMResult") -> dict[str, np.ndarray]:
     d = result.design
     terms = _terms(result)
     named = [(n, t, c) for n, t, c in terms if n != "1"]

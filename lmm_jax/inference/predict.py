@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-from ..build.design import R_FUNCTIONS, as_frame, level_codes, quote_names
+from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes
 from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
 
@@ -65,8 +65,8 @@ def _included_terms(result: "LMMResult", re_form: Any) -> list[int]:
 def _term_columns(result: "LMMResult", t: "TermDesign", data: pd.DataFrame) -> np.ndarray:
     m = _SPLIT.match(t.expr)
     expr, col = (m.group(1), int(m.group(2))) if m else (t.expr, None)
-    spec = model_matrix(quote_names(expr, list(result.design.data.columns)), result.design.data,
-                        na_action="ignore", context=R_FUNCTIONS).model_spec
+    spec = model_matrix(formulaic_text(expr, result.design.data), result.design.data, na_action="ignore",
+                        context=R_FUNCTIONS).model_spec
     Z = np.asarray(spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     return Z[:, [col]] if col is not None else Z
 
