@@ -33,7 +33,8 @@ _enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM
 from .runtime.code_memory import clear_caches  # noqa: E402  (importing it starts the compiled-code guard)
 
 from .errors import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, InferenceError,  # noqa: E402
-                     LMMError, RankDeficiencyWarning, ScalingWarning, SingularFitWarning, CompiledCodeWarning)
+                     LMMError, RankDeficiencyWarning, ScalingWarning, SingularFitWarning, CompiledCodeWarning,
+                     ForkError)
 
 if _TYPE_CHECKING:
     from . import datasets
@@ -51,7 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
-           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "clear_caches",
+           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "clear_caches",
            "simulate", "BootstrapResult", "BatchResult", "fit_many",
            "make_estimates", "CrossProducts", "Estimates"]
 

@@ -29,7 +29,7 @@ from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from .core.sparse import SparseA21
 from .core.start import MomentEquations, default_start, moment_equations, pad_moment_equations
 from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
-from .errors import ConvergenceError, ConvergenceWarning, DataError, SingularFitWarning
+from .errors import ConvergenceError, ConvergenceWarning, DataError, SingularFitWarning, check_bool, check_count
 from .inference.satterthwaite import vcov_beta_jacobian
 from .runtime import code_memory, cpu_threads
 
@@ -120,6 +120,7 @@ class LMM:
         call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
         from .batched.batch import fit_batch
 
+        code_memory.check()
         return fit_batch(self, Y, reml=reml, **kwargs)
 
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
@@ -163,11 +164,17 @@ class LMM:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
         code_memory.check()
+        reml, throw = check_bool(reml, "reml"), check_bool(throw, "throw")
+        max_iter = check_count(max_iter, "max_iter")
+        reml = reml and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
         cpu_threads.check()
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
+        if not np.isfinite(theta0).all():
+            raise ValueError(f"start must be finite, got {theta0.tolist()}: give lme4's theta, e.g. "
+                             "lmm_jax.parametrization.theta_start(model.structure.ks), or leave start out")
         phi0, active0 = phi_from_theta(theta0, ks)
         pad = self.padded
         if SPARE_CORES:
@@ -343,7 +350,7 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
         >>> Y = lmm_jax.simulate(m.fit(), 100, key=0)           # (180, 100) responses
         >>> devs = jax.jit(jax.vmap(lambda y: f(theta, m.cross_products(y)), in_axes=1))(Y)   # (100,)
     """
-    s, reml = model.structure, bool(reml)
+    s, reml = model.structure, check_bool(reml, "reml")
     to_theta = _parameter_map(param, s.ks)
     if data == "fixed":
         dp, rp = model.products, model.response
@@ -406,7 +413,7 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
         >>> Y = lmm_jax.simulate(fit, 100, key=0)
         >>> t = days_t(Y, jnp.asarray(m.fit_batch(Y).theta))   # (100,)
     """
-    s, reml = model.structure, bool(reml)
+    s, reml = model.structure, check_bool(reml, "reml")
     to_theta = _parameter_map(param, s.ks)
     if data == "fixed":
         dp, rp = model.products, model.response
@@ -427,6 +434,7 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
 
 def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
+    check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
@@ -453,5 +461,6 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
     """
     from .batched.batch import fit_models
 
+    check_bool(reml, "reml")
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
     return fit_models(models, reml, max_iter=max_iter, method=method)

@@ -340,7 +340,7 @@ class LMMResult:
 
         return varcorr_table(self, level)
 
-    def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
+    def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
         code_memory.check()

@@ -15,11 +15,11 @@ from pathlib import Path
 import lmm_jax
 
 HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
-# what `import lmm_jax` itself runs: the settings applied before JAX's backends start, the errors, and the
-# kernels' registry that clear_caches() empties
+# what `import lmm_jax` itself runs: the settings applied before JAX's backends start, the errors, the
+# kernels' registry that clear_caches() empties, and the fork guard (its at-fork hook must be in place before a fork)
 LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.errors", "lmm_jax.runtime", "lmm_jax.runtime.code_memory",
                     "lmm_jax.runtime.compilation_cache", "lmm_jax.runtime.cpu_compile", "lmm_jax.runtime.cpu_memory",
-                    "lmm_jax.runtime.cpu_threads", "lmm_jax.runtime.kernel"]
+                    "lmm_jax.runtime.cpu_threads", "lmm_jax.runtime.fork", "lmm_jax.runtime.kernel"]
 
 
 def _run(code: str) -> dict:

@@ -396,24 +396,25 @@ def test_predict_sleepstudy_matches_lme4(fits):
     ref = INF["predict_sleepstudy"]
     fit = fits("sleepstudy_reml")
     nd = pd.DataFrame(ref["newdata"])
-    assert np.allclose(fit.predict(nd), ref["conditional"], rtol=1e-7)
+    assert np.allclose(fit.predict(nd, allow_new_levels=True), ref["conditional"], rtol=1e-7)
     assert np.allclose(fit.predict(nd, re_form="~0"), ref["population"], rtol=1e-9)
     assert np.allclose(fit.predict(nd, re_form=np.nan), ref["population"], rtol=1e-9)
-    out = fit.predict(nd, se_fit=True)
+    out = fit.predict(nd, se_fit=True, allow_new_levels=True)
     assert np.allclose(out["se_fit"], ref["se_fixed"], rtol=1e-5)
     # new subject 999: population prediction; an explicit re_form naming the term equals the default
-    assert np.allclose(fit.predict(nd)[3:], ref["population"][3:])
-    assert np.allclose(fit.predict(nd, re_form="~(Days | Subject)"), fit.predict(nd))
+    assert np.allclose(fit.predict(nd, allow_new_levels=True)[3:], ref["population"][3:])
+    assert np.allclose(fit.predict(nd, re_form="~(Days | Subject)", allow_new_levels=True),
+                       fit.predict(nd, allow_new_levels=True))
     assert np.allclose(fit.predict(), fit.fitted)
     with pytest.raises(lmm_jax.DataError, match="999"):
-        fit.predict(nd, allow_new_levels=False)
+        fit.predict(nd)                               # lme4's default: new levels are an error
 
 
 def test_predict_cake_factors_and_interaction_groups(fits):
     ref = INF["predict_cake"]
     fit = fits("cake_factors")   # angle ~ recipe * temp + (1 | recipe:replicate)
-    nd = pd.DataFrame(ref["newdata"])
-    assert np.allclose(fit.predict(nd), ref["conditional"], rtol=1e-7)
+    nd = pd.DataFrame(ref["newdata"])      # replicate 99 is new
+    assert np.allclose(fit.predict(nd, allow_new_levels=True), ref["conditional"], rtol=1e-7)
     assert np.allclose(fit.predict(nd, re_form="~0"), ref["population"], rtol=1e-9)
 
 

@@ -159,10 +159,10 @@ def test_design_of_many_rows_peaks_under_three_times_the_data():
     np.array(["b", "a", "c", "a"] * 40, dtype=object),
 ])
 def test_level_codes_by_blocks_equal_pandas_categories(values):
-    from lmm_jax.build.design import _level_codes
+    from lmm_jax.build.design import level_codes
     s = pd.Series(values)
     cat = s.astype("category")
-    labels, codes = _level_codes(s, chunk_rows=7)
+    labels, codes = level_codes(s, chunk_rows=7)
     assert list(labels) == [str(c) for c in cat.cat.categories]
     np.testing.assert_array_equal(codes, cat.cat.codes.to_numpy())
     assert codes.dtype == np.int32

@@ -35,6 +35,7 @@ from ..core.optimize import bfgs_minimize, inverse_hessian_start
 from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
 from ..core.start import MomentEquations, moment_theta
 from ..core.theta_layout import ThetaLayout
+from ..errors import check_bool, check_count
 
 if TYPE_CHECKING:
     from ..build.design import Design
@@ -380,6 +381,8 @@ def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     n_theta = ThetaLayout.of(s.ks).n_theta
     if theta0.shape != (n_theta,):
         raise ValueError(f"start must be one theta in lme4's layout ({n_theta} entries), got shape {theta0.shape}")
+    if not np.isfinite(theta0).all():
+        raise ValueError(f"start must be finite, got {theta0.tolist()}")
     phi0, active0 = phi_from_theta(theta0, s.ks)
     return jnp.asarray(phi0), jnp.asarray(active0)
 
@@ -409,6 +412,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     Returns:
         A :class:`BatchResult`; ``.table`` is a DataFrame with one row per column of Y.
     """
+    reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     Y = jnp.asarray(Y, dtype=jnp.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
@@ -445,6 +449,7 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
     Returns:
         One single-fit :class:`BatchResult` per model, in the input order.
     """
+    reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         # same padded structure and the same pytree of products (a sparse coupling block has its own shapes)

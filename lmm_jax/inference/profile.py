@@ -150,6 +150,21 @@ class Constraint(NamedTuple):
     j: jnp.ndarray
 
 
+def _fix_fixed_effect(con: Constraint, dp: DesignProducts, rp: ResponseProducts, s: Structure, is_fixed):
+    """Fixed effect j held at c: move c x_j to the response and neutralise column j."""
+    dtype = dp.XtX.dtype
+    e = jnp.arange(s.p) == con.j
+    keepx = (~e).astype(dtype)
+    cf = jnp.where(is_fixed, con.c, 0.0)
+    jj = jnp.minimum(con.j, s.p - 1)
+    xj_X = dp.XtX[:, jj] * is_fixed
+    dpj = dp._replace(Z1X=dp.Z1X * keepx, ZrX=dp.ZrX * keepx,
+                      XtX=dp.XtX * keepx[:, None] * keepx[None, :] + jnp.diag(e.astype(dtype)))
+    rpj = ResponseProducts(Z1y=rp.Z1y - cf * dp.Z1X[..., jj], Zry=rp.Zry - cf * dp.ZrX[:, jj],
+                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj])
+    return dpj, rpj
+
+
 def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarray, row_mask: jnp.ndarray,
                          dp: DesignProducts, rp: ResponseProducts, s: Structure) -> jnp.ndarray:
     """ML deviance of the free parameters theta under one constraint (module docstring)."""
@@ -172,16 +187,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
             Lo = batched_cholesky(jnp.where(used, Sig, jnp.eye(k, dtype=dtype)))
             th = th.at[sl].set(jnp.where(used, Lo[r, c], th[sl]))
             big += 1
-    # fixed effect: move c x_j to the response, neutralise column j
-    e = jnp.arange(s.p) == con.j
-    keepx = (~e).astype(dtype)
-    cf = jnp.where(is_fixed, con.c, 0.0)
-    jj = jnp.minimum(con.j, s.p - 1)
-    xj_X = dp.XtX[:, jj] * is_fixed
-    dpj = dp._replace(Z1X=dp.Z1X * keepx, ZrX=dp.ZrX * keepx,
-                      XtX=dp.XtX * keepx[:, None] * keepx[None, :] + jnp.diag(e.astype(dtype)))
-    rpj = ResponseProducts(Z1y=rp.Z1y - cf * dp.Z1X[..., jj], Zry=rp.Zry - cf * dp.ZrX[:, jj],
-                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj])
+    dpj, rpj = _fix_fixed_effect(con, dp, rp, s, is_fixed) if s.p else (dp, rp)  # p = 0: y ~ 0 + (1 | g)
     F = factorize(th, dpj, rpj, s)
     ldz, rss = log_det_LZ2(F), pwrss(F)
     # SD / sigma fixed: sigma = c / |row of Lambda_t| (norm 1 for the sigma pseudo-row)

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from ..core.theta_layout import ThetaLayout
-from ..errors import InferenceError
+from ..errors import InferenceError, check_bool
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .profile import profile_confint
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
@@ -76,6 +76,9 @@ def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
     Series / dict keyed by coefficient names (missing names are 0)."""
     names = list(result.design.fixef_names)
     p = len(names)
+    if p == 0:
+        raise InferenceError("the model has no fixed effects (its formula has '0 +' and no covariates); there is "
+                             "no contrast to test")
     if isinstance(L, dict):
         L = pd.Series(L)
     if isinstance(L, (pd.Series, pd.DataFrame)):
@@ -104,6 +107,9 @@ def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", leve
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
     L = np.atleast_2d(L)
+    if L.shape[0] == 0:           # no fixed effects (y ~ 0 + (1 | g)): an empty table
+        return pd.DataFrame({c: np.zeros(0) for c in ("estimate", "std_error", "df", "t", "p", "lower", "upper")},
+                            index=names if names is not None else [])
     est = L @ result.beta
     if ddf == "kenward-roger":
         adj = result.kr_adjustment
@@ -191,6 +197,8 @@ def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: flo
     """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
     several rows -> joint F test (``joint=False`` gives a t test per row)."""
     L = as_contrast(result, L)
+    if joint is not None:
+        check_bool(joint, "joint")
     if joint is None:
         joint = L.shape[0] > 1
     if not joint:
@@ -289,7 +297,7 @@ def boot_confint(result: "LMMResult", level: float = 0.95, n: int = 1000, key: A
     """Parametric bootstrap percentile intervals (lme4's ``confint(method = "boot")``):
     ``result.bootstrap(n, key, **kwargs).confint(level, method="percentile")``,
     with ``key`` defaulting to the int ``seed``."""
-    boot = result.bootstrap(int(n), int(seed) if key is None else key, **kwargs)
+    boot = result.bootstrap(n, int(seed) if key is None else key, **kwargs)     # n: an integer, checked there
     return boot.confint(level, method="percentile")
 
 

@@ -113,8 +113,14 @@ def read_data(path: str) -> pd.DataFrame:
 
 
 def _check_writable(path: str | None, option: str) -> None:
+    """Before the fit: an output path that cannot be written is bad input (exit 2), not a failure after it."""
     if path is None:
         return
+    if os.path.isdir(path):
+        example = os.path.join(path, "fit.json" if option == "--json" else "fit.png")
+        raise InputError(f"{option} {path!r} is a folder; give a file name such as {example!r}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"{option} {path!r}: the file exists and is not writable")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"{option} {path!r}: folder {folder!r} does not exist")

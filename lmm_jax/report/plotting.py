@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import check_bool
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -92,6 +94,7 @@ def caterpillar(result: "LMMResult", group: str | Sequence[str] | None = None, l
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    order = check_bool(order, "order")
     modes, sds = result.ranef, result.ranef_sd
     groups = list(modes) if group is None else ([group] if isinstance(group, str) else list(group))
     for g in groups:
@@ -211,6 +214,7 @@ def residuals_vs_fitted(result: "LMMResult", group: str | None | bool = None, ax
     Returns:
         The Figure holding the axes.
     """
+    smooth = check_bool(smooth, "smooth")
     fig, ax = _new_axes(ax, (5.0, 4.0))
     name, codes, levels = _group_codes(result, group)
     fitted, resid = np.asarray(result.fitted), np.asarray(result.residuals)
@@ -312,6 +316,9 @@ def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, int
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    annotate = check_bool(annotate, "annotate")
+    if intercept is not None:
+        intercept = check_bool(intercept, "intercept")
     table = _coef_intervals(result, level, ddf)
     if intercept is None:
         intercept = len(table) == 1
@@ -357,7 +364,11 @@ def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=figsize, layout="constrained")
-    forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    if result.design.p:
+        forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    else:                                     # y ~ 0 + (1 | g)
+        axes[0, 0].text(0.5, 0.5, "no fixed effects", ha="center", va="center")
+        axes[0, 0].set_axis_off()
     group = result.design.terms[0].group
     b = result.ranef[group]
     _caterpillar_panel(axes[0, 1], b, result.ranef_sd[group].loc[b.index, b.columns], group, 0,

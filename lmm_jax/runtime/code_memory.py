@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from . import kernel
+from . import fork, kernel
 from ..errors import CompiledCodeWarning
 
 # Backend compilations between two looks at /proc/self/maps (a look costs ~20-50 ms near the cap,
@@ -114,7 +114,10 @@ def clear_caches() -> None:
 
 def check() -> bool:
     """At an entry point: clear JAX's caches if :func:`scan` found compiled
-    code near the mapping cap (O(1) otherwise). Returns True when it cleared."""
+    code near the mapping cap (O(1) otherwise). Returns True when it cleared.
+    Every entry point calls this first, so it also refuses to run in a child
+    forked after JAX started in its parent (:func:`lmm_jax.runtime.fork.check`)."""
+    fork.check()
     if _pending is None:
         return False
     used, cap = _pending
