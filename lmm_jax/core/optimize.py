@@ -133,8 +133,9 @@ class NewtonResult(NamedTuple):
         gradient_norm: infinity norm of the gradient over active entries.
         decrement: the last decrement.
         iterations: steps taken.
-        converged: the decrement criterion was met before ``max_iter`` (or
-            the fit stalled with the decrement below ``stall``).
+        converged: the decrement fell below ``tol`` before ``max_iter``, or
+            the fit stalled with the decrement below ``stall``
+            (:class:`OptimizerSettings`).
         gradient: gradient of f in phi at the optimum (0 for inactive entries).
         hessian: Hessian of f in phi at the optimum (identity rows/columns
             for inactive entries); :mod:`lmm_jax.core.diagnostics` maps both to theta.
@@ -209,17 +210,20 @@ def backtrack(f_at: Callable[[jnp.ndarray], jnp.ndarray], f0: jnp.ndarray, slope
 
 
 def _this_fit(flag: jnp.ndarray) -> jnp.ndarray:
+    # a boundary test runs where this fit needs it (batch-wide tests: bfgs_minimize's ``anywhere``)
     return flag
 
 
-def zero_tiny(f_phi, phi, active, f, diag, settings: OptimizerSettings, live, anywhere=_this_fit):
+def zero_tiny(f_phi: Callable, phi: jnp.ndarray, active: jnp.ndarray, f: jnp.ndarray, diag: jnp.ndarray,
+              settings: OptimizerSettings, live: jnp.ndarray, anywhere: Callable = _this_fit):
     """The boundary rule, first half: set the active diagonal entries whose
     phi is below ``log(zero_tol)`` to exactly 0 if f does not rise.
 
-    f is evaluated only where some entry is a candidate: a real branch in a
-    single fit; under vmap a select, unless ``anywhere`` (see
-    :func:`bfgs_minimize`'s ``axis_name``) makes the test batch-wide.
-    Returns ``(active, f, zeroed)``."""
+    ``f_phi(phi, active)`` is the objective, ``diag`` marks the diagonal
+    entries of Lambda, ``live`` False tests nothing. f is evaluated only where
+    some entry is a candidate: a real branch in a single fit; under vmap a
+    select, unless ``anywhere`` (see :func:`bfgs_minimize`'s ``axis_name``)
+    makes the test batch-wide. Returns ``(active, f, zeroed)``."""
     cand = diag & active & (phi < jnp.log(settings.zero_tol)) & live
 
     def test(_):
@@ -230,7 +234,8 @@ def zero_tiny(f_phi, phi, active, f, diag, settings: OptimizerSettings, live, an
     return lax.cond(anywhere(jnp.any(cand)), test, lambda _: (active, f, jnp.asarray(False)), None)
 
 
-def reactivate(f_phi, phi, active, f, diag, settings: OptimizerSettings, live, anywhere=_this_fit):
+def reactivate(f_phi: Callable, phi: jnp.ndarray, active: jnp.ndarray, f: jnp.ndarray, diag: jnp.ndarray,
+               settings: OptimizerSettings, live: jnp.ndarray, anywhere: Callable = _this_fit):
     """The boundary rule, second half: move the zeroed diagonal entries to
     theta = ``reactivate_at`` and keep them active if f drops (the KKT check
     at the boundary). Evaluated as :func:`zero_tiny`. Returns
@@ -257,8 +262,9 @@ def inverse_hessian_start(H: jnp.ndarray, eig_floor: float = NEWTON.eig_floor) -
 
 # -- the loop ------------------------------------------------------------------------------------
 class _State(NamedTuple):
-    """The loop's state between passes. f, g, M and (d, dec) belong to
-    ``phi`` except in a refresh pass, whose evaluation replaces g and M."""
+    """The loop's state between passes, built by field name. f, g, M and
+    (d, dec) belong to ``phi``, except before a refresh pass (``trial`` and
+    ``taken`` False), whose evaluation replaces g, M, d and dec."""
 
     phi: jnp.ndarray            # the last accepted point
     active: jnp.ndarray         # False for diagonal entries fixed at 0
@@ -269,7 +275,7 @@ class _State(NamedTuple):
     dec: jnp.ndarray            # its decrement
     alpha: jnp.ndarray          # the next pass evaluates phi + alpha d
     trial: jnp.ndarray          # ... to test the full step (alpha = 1)
-    taken: jnp.ndarray          # ... to take the step the search found; neither: to refresh at phi (alpha = 0)
+    taken: jnp.ndarray          # ... to take the step the search found; neither: to refresh at phi (alpha = 0, d = 0)
     it: jnp.ndarray             # steps taken
     done: jnp.ndarray
     stalled: jnp.ndarray        # the last step stalled (the method's rule)
@@ -287,7 +293,10 @@ class _Method(NamedTuple):
     noise_pass: Callable        # (f0, dec0, f_t, dec_t) -> a full step that passes on rounding noise
     restart: Callable | None    # active -> M after a failed step or a new face (None: M is exact)
     flat_steps_stall: bool      # a step that gains less than f's rounding level counts as a stall
-    strict_stalls: bool         # a stall counts only without a change of face, and two end a fit converged
+    # True: a step that changes the active set is no stall, and a fit that stops stalled is converged (decrement
+    # below ``stall``) only if its last two steps stalled; False: every failed step is a stall, and one last
+    # stalled step is enough
+    strict_stalls: bool
     reactivate_at_rest: bool    # test re-activation only where the fit would stop (else after every step)
     polish: bool                # take the last computed step at the stop
 
@@ -297,9 +306,10 @@ def converged(dec: jnp.ndarray, settings: OptimizerSettings) -> jnp.ndarray:
     return dec < settings.tol
 
 
-def stalled(st: _State) -> jnp.ndarray:
-    """Two steps in a row have stalled: the line search can no longer lower f."""
-    return st.stalled & st.stalled_before
+def stalled(last: jnp.ndarray, before: jnp.ndarray) -> jnp.ndarray:
+    """The stall rule: the last two steps stalled (failed, or for Newton also
+    gained nothing measurable): the line search can no longer lower f."""
+    return last & before
 
 
 def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings, anywhere=_this_fit) -> _State:
@@ -316,11 +326,12 @@ def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings
         full = st.trial & (armijo(st.f, slope, 1.0, f_t, settings.armijo) | method.noise_pass(st.f, st.dec, f_t, dec_t))
         search = st.trial & ~full
         alpha, _, found = backtrack(lambda a: f_phi(st.phi + a * st.d, st.active), st.f, slope, search, settings)
-        # a step settles where the derivatives at its end are in hand (a full step now, a found one in the
-        # next pass) or where it failed; the pass's point replaces phi if the step settles there with finite
-        # f and g, or in a refresh pass
-        refresh = ~st.trial & ~st.taken
-        settle = full | st.taken | (search & ~found)
+        # the pass is a refresh at phi, or a trial whose search found a shorter step (the next pass takes it),
+        # or a step that settles: the derivatives at its end are in hand (a full step, a taken one), or it failed
+        refresh = ~(st.trial | st.taken)
+        pending = search & found
+        settle = ~refresh & ~pending
+        # the pass's point replaces phi in a refresh, or where the step reached it with finite f and g
         ok = (full | st.taken) & jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
         take = ok | refresh
         phi_s, f_s, g_s, M_s = (jnp.where(take, a, b) for a, b in ((phi_t, st.phi), (f_t, st.f), (g_t, st.g),
@@ -337,34 +348,34 @@ def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings
         else:
             gate = settle
         phi_n, active_n, f_n, back = reactivate(f_phi, phi_s, active_z, f_z, diag, settings, gate, anywhere)
-        now = zeroed | back
+        moved = zeroed | back
         if method.restart is not None:
-            M_s = jnp.where(settle & (now | ~ok), method.restart(active_n), M_s)
+            M_s = jnp.where(settle & (moved | ~ok), method.restart(active_n), M_s)
             d_s, dec_s = method.direction(g_s, M_s)
-        stall = stall & ~now if method.strict_stalls else stall
+        same_face = ~moved
+        stall = stall & same_face if method.strict_stalls else stall
         stalled_now = jnp.where(settle, stall, st.stalled)
         stalled_before = jnp.where(settle, st.stalled, st.stalled_before)
-        changed = jnp.where(settle, now, st.changed)
+        changed = jnp.where(settle, moved, st.changed)
         it = st.it + st.trial.astype(st.it.dtype)
-        # the derivatives in hand belong to the new point unless the boundary rule moved it
-        known = (settle & ~now) | refresh
-        stop = known & (((converged(dec_s, settings) | (stalled_now & stalled_before)) & ~changed)
+        # the derivatives in hand belong to the new point unless the boundary rule moved it; a refresh after a
+        # change of face cannot stop on the decrement or on stalls (the next step is the face's first)
+        known = (settle & same_face) | refresh
+        stop = known & (((converged(dec_s, settings) | stalled(stalled_now, stalled_before)) & ~changed)
                         | (it >= settings.max_iter))
         # next: test the full step from the new point, take the step found, or refresh at the moved point
-        pending = search & found
-        zero = jnp.zeros_like(d_s)
-        return _State(phi=phi_n, active=active_n, f=f_n, g=g_s, M=M_s,
-                      d=jnp.where(pending, st.d, jnp.where(known, d_s, zero)), dec=dec_s,
-                      alpha=jnp.where(pending, alpha, jnp.where(known, 1.0, 0.0)).astype(st.alpha.dtype),
-                      trial=known & ~stop, taken=pending, it=it, done=stop, stalled=stalled_now,
-                      stalled_before=stalled_before, changed=changed)
+        # (alpha = 0, d = 0)
+        return _State(phi=phi_n, active=active_n, f=f_n, g=g_s, M=M_s, d=jnp.where(known | pending, d_s, 0.0),
+                      dec=dec_s, alpha=jnp.where(pending, alpha, known.astype(alpha.dtype)), trial=known & ~stop,
+                      taken=pending, it=it, done=stop, stalled=stalled_now, stalled_before=stalled_before,
+                      changed=changed)
 
     return lax.while_loop(lambda st: ~st.done, body, st)
 
 
 def _result(method: _Method, st: _State, ks, settings: OptimizerSettings) -> NewtonResult:
     n = st.phi.shape[0]
-    done_stalled = stalled(st) if method.strict_stalls else st.stalled
+    done_stalled = stalled(st.stalled, st.stalled_before) if method.strict_stalls else st.stalled
     ok = converged(st.dec, settings) | (done_stalled & (st.dec < settings.stall))
     phi = st.phi
     if method.polish:
