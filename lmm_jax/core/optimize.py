@@ -40,11 +40,16 @@ Each pass of the loop takes the derivatives at one point, the end of the step
 under test, so they appear once in the compiled loop (compile time is most of
 a first fit): a full step that passes brings the next iteration's derivatives
 with it; a step the search shortened, or a point the boundary rule moved, has
-its derivatives taken by the next pass.
+its derivatives taken by the next pass. Everything is inside
+``lax.while_loop`` with fixed shapes, so ``jax.vmap`` over data (bootstrap
+replicates) works: under vmap the loop runs until every member has stopped.
 
-Newton's tolerance 1e-12 fixes theta to about ``sqrt(2e-12 / curvature)``; at
-1e-11 a near-zero variance component that Newton reached with a last decrement
-of 6e-12 was 1.5e-5 off lme4's. At that point Newton takes the step it has
+Besides M, the methods differ in a few rules (the fields of :class:`_Method`):
+which full steps pass on rounding noise, what counts as a stall, when zeroed
+entries are tried again, and Newton's polish. Newton's tolerance 1e-12 fixes
+theta to about ``sqrt(2e-12 / curvature)``; at 1e-11 a near-zero variance
+component that Newton reached with a last decrement of 6e-12 was 1.5e-5 off
+lme4's. When it stops below tol, Newton takes the step it has
 computed without evaluating f again (the polish): inside the region of
 quadratic convergence it leaves an error of order dec instead of sqrt(dec);
 the reported f, g and H are those before the step (f differs by less than
@@ -95,7 +100,8 @@ class OptimizerSettings(NamedTuple):
         f_noise: the most rounding noise relative to ``1 + |f|`` that Newton's
             decrement rule allows for (data 1e4 SDs from zero: 2e-8).
         curvature: the BFGS update is skipped unless
-            ``s'y > curvature * |s| |y|`` (it keeps M positive definite).
+            ``s'y > curvature * |s| |y|`` (``s'y > 0`` keeps M positive
+            definite; the margin keeps ``1 / s'y`` bounded).
     """
 
     tol: float = 1e-12
@@ -114,10 +120,12 @@ class OptimizerSettings(NamedTuple):
 
 # Newton's default settings (the single fit, the profile).
 NEWTON = OptimizerSettings()
-# BFGS's defaults. tol: Newton's 1e-12 comes from the single fit's agreement with lme4 (above); BFGS
-# refits batches near a known optimum (the bootstrap, batch.fit_products) and its batched results are
-# validated at 1e-11. max_halvings: under vmap every halving costs the whole batch an evaluation, so a
-# search gives up after 8 and the failure restarts M instead.
+# BFGS's defaults. tol: Newton's 1e-12 comes from the single fit's agreement with lme4 (module docstring);
+# BFGS refits batches near a known optimum (the bootstrap, batch.fit_products, whose FIRST_PASS_ITER is
+# sized for this value), where theta to about sqrt(2e-11 / curvature) is far below the replicates' spread.
+# Each method keeps its own value: changing either changes every fit it makes. max_halvings: under vmap
+# every halving costs the whole batch an evaluation, so a search gives up after 8 and the failure restarts
+# M instead.
 BFGS = OptimizerSettings(tol=1e-11, max_halvings=8)
 
 
@@ -285,20 +293,43 @@ class _State(NamedTuple):
 
 class _Method(NamedTuple):
     """What distinguishes Newton from BFGS: the curvature model, and the
-    rules that go with it."""
+    rules that go with it (Newton's value / BFGS's in brackets).
 
-    evaluate: Callable          # (phi, active) -> (f, g, H or None), g and H masked
-    model: Callable             # (M, H, s, g_new, g) -> M at the end of the step s
-    direction: Callable         # (g, M) -> (capped d, dec)
-    noise_pass: Callable        # (f0, dec0, f_t, dec_t) -> a full step that passes on rounding noise
-    restart: Callable | None    # active -> M after a failed step or a new face (None: M is exact)
-    flat_steps_stall: bool      # a step that gains less than f's rounding level counts as a stall
-    # True: a step that changes the active set is no stall, and a fit that stops stalled is converged (decrement
-    # below ``stall``) only if its last two steps stalled; False: every failed step is a stall, and one last
-    # stalled step is enough
+    Attributes:
+        evaluate: ``(phi, active) -> (f, g, H or None)``, g and H masked to
+            the active entries (f, g and H from one computation / f and g).
+        model: ``(M, H, s, g_new, g) -> M`` at the end of the step s (H /
+            the BFGS update).
+        direction: ``(g, M) -> (d, dec)``, d capped (``-|H|^{-1} g`` /
+            ``-M g``).
+        noise_pass: ``(f0, dec0, f_t, dec_t) ->`` whether a full step that
+            fails Armijo passes on rounding noise (it lowers the decrement
+            and raises f by less than ``f_noise`` / it changes f by less than
+            ``f_rounding``).
+        restart: ``active -> M`` after a failed step or a change of the
+            active set (None: M is exact / ``hinv0`` masked).
+        flat_steps_stall: a step that gains less than f's rounding level
+            counts as a stall (True / False: only a failed step).
+        strict_stalls: a step that changes the active set is no stall, and a
+            fit that ends stalled is converged (decrement below ``stall``)
+            only if its last two steps stalled (True / False: every failed
+            step is a stall, and one last stalled step is enough).
+        reactivate_at_rest: zeroed entries are tried again only where the fit
+            would stop on its face, the KKT check (False: after every step /
+            True: under vmap each test costs the batch an evaluation).
+        polish: the step computed at the stop is taken (True: it is a Newton
+            step inside the quadratic region / False).
+    """
+
+    evaluate: Callable
+    model: Callable
+    direction: Callable
+    noise_pass: Callable
+    restart: Callable | None
+    flat_steps_stall: bool
     strict_stalls: bool
-    reactivate_at_rest: bool    # test re-activation only where the fit would stop (else after every step)
-    polish: bool                # take the last computed step at the stop
+    reactivate_at_rest: bool
+    polish: bool
 
 
 def converged(dec: jnp.ndarray, settings: OptimizerSettings) -> jnp.ndarray:
@@ -398,6 +429,7 @@ def _start(phi0, active0, f, g, M, d, dec, trial) -> _State:
 
 
 def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
+    """``base`` with the fields given (not None) replaced."""
     return base._replace(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -476,10 +508,10 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
     """Minimise ``f_theta`` like :func:`newton_minimize`, with BFGS updates of
     an inverse Hessian M instead of the exact Hessian at every iterate.
 
-    The BFGS update (Nocedal & Wright 2006, eq. 6.17) with ``s`` the step and
-    ``y`` the change of g, skipped unless ``s'y > 0`` (which keeps M positive
-    definite). A failed line search restarts M from ``hinv0`` (a different
-    direction), as does a change of the active set. The boundary rule zeroes
+    M takes the BFGS update (Nocedal & Wright 2006, eq. 6.17) with ``s`` the
+    step and ``y`` the change of g, skipped unless ``s'y > 0`` (which keeps M
+    positive definite). A failed line search restarts M from ``hinv0`` (a
+    different direction), as does a change of the active set. The boundary rule zeroes
     entries after every step, and re-activates zeroed ones only once a fit
     would stop on its face (the KKT check). A full step that changes f by
     less than its rounding level passes as it is (Armijo cannot be tested
