@@ -25,7 +25,6 @@ import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import lmm_jax
 from lmm_jax.core.estimates import fit_theta
@@ -147,6 +146,7 @@ def time_mixedlm(formula, data, repeats):
 
 
 def main(argv=None):
+    lmm_jax.runtime.configure()    # the process-wide tuning these benchmarks measure lmm_jax with (docs/performance.md)
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results_fit.json")))

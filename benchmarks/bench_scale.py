@@ -8,8 +8,8 @@ Cases (REML throughout):
   crossed20k y ~ x1 + (1|A) + (1|B)                            20,000 rows, 500 x 200 crossed (PEERS.md)
 
 For lmm_jax it reports separately: ``build`` (design and cross-products),
-``first`` (first fit in the process: compile + run; with a cold persistent
-compilation cache unless --warm-cache), ``warm`` (median of --reps refits
+``first`` (first fit in the process: compile + run, a cold compile when
+``$LMM_JAX_CACHE_DIR`` names an empty directory), ``warm`` (median of --reps refits
 of the already-built model; the compiled code is reused), the Newton
 iterations, the REML criterion and, for the big cases, the peak memory:
 tracemalloc's peak of Python/numpy allocations while building and fitting
@@ -18,17 +18,19 @@ and the growth of the process's maximum RSS. Peers are timed the same way
 (first call, then the median of warm calls). lme4 runs in one Rscript per
 case on a CSV of the same data (its time excludes reading the CSV).
 
-OpenBLAS threads are set to 1 before numpy is imported: on this 2-core
-machine, shared with other jobs, JAX's CPU Cholesky (LAPACK through scipy's
-OpenBLAS) was 4-6x slower with OpenBLAS's default threading fighting XLA's
-own thread pool (1,156 x 1,156: 0.30 s vs 0.05 s).
+OpenBLAS threads are set to 1 before numpy is imported: on a 2-core machine
+shared with other jobs, JAX's CPU Cholesky (LAPACK through scipy's OpenBLAS)
+runs 4-6x slower with OpenBLAS's default threading fighting XLA's own thread
+pool (1,156 x 1,156: 0.30 s against 0.05 s; docs/performance.md, "Threads on a
+busy machine").
 
 On a GPU (``pip install -e ".[cuda]"``) lmm_jax runs on it as JAX's default
 device; each row records the device, and the accelerator's peak memory
 (``memory_stats()``) beside the host-side figures. ``--peers "" --no-lme4``
 times lmm_jax alone.
 
-Usage: python benchmarks/bench_scale.py [--cases insteval,slope1m,...] [--reps 3] [--no-lme4] [--json out.json]
+Usage: python benchmarks/bench_scale.py [--cases insteval,slope1m,...] [--reps 3] [--no-lme4]
+       [--json benchmarks/scale_results.json]
 """
 
 from __future__ import annotations
@@ -183,7 +185,6 @@ def _bench_peer_here(name: str, formula: str, df: pd.DataFrame, reps: int, group
             import glmm
             data = {c: (df[c].astype(str).to_numpy() if c in groups_of(df) else df[c].to_numpy()) for c in df.columns}
             f = lambda: glmm.fit(data, formula, reml=True, satterthwaite=False)  # noqa: E731
-            get = lambda r: None  # noqa: E731
         elif name == "lme-python":
             import lme_python
             import polars as pl
@@ -288,6 +289,9 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import lmm_jax
+
+    lmm_jax.runtime.configure()    # the process-wide tuning these benchmarks measure lmm_jax with (docs/performance.md)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--reps", type=int, default=3, help="warm repetitions (median reported)")
@@ -295,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-lme4", action="store_true")
     ap.add_argument("--peer-timeout", type=float, default=600.0, help="seconds before a peer is given up")
     ap.add_argument("--lme4-reps", type=int, default=0, help="warm lme4 repetitions (0: first call only)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=str(Path(__file__).with_name("scale_results.json")),
+                    help="raw results (benchmarks/RESULTS.md, Scale, points to the default)")
     ap.add_argument("--markdown", nargs="+", default=None, metavar="JSON",
                     help="print the RESULTS.md table of earlier --json outputs and exit")
     args = ap.parse_args(argv)
@@ -323,8 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["lme4"] = bench_lme4(spec["formula"], df, GROUPS[case], args.lme4_reps)
             print("  lme4", row["lme4"], flush=True)
         results[case] = row
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    Path(args.json).write_text(json.dumps(results, indent=1))
     return results
 
 

@@ -18,14 +18,15 @@ XLA:CPU's intra-op pool, ``python3`` the main thread and the rest, OpenBLAS's wo
 a thread takes the name of the thread that created it); and the CPU seconds the rest of the
 machine used (``/proc/stat`` minus this process and the competitor): the machine is shared.
 
-Usage (one line of JSON on stdout, per process):
+Usage (one line of JSON per process, on stdout and appended to ``--out``,
+default ``benchmarks/threads_results.jsonl``):
 
     PYTHONPATH=. LMM_JAX_CACHE_DIR=/tmp/cache python benchmarks/bench_threads.py --case insteval --rounds 5
     LMM_JAX_CPU_THREADS=default PYTHONPATH=. ... python benchmarks/bench_threads.py ...   # another setting
     taskset -c 1 env PYTHONPATH=. ... python benchmarks/bench_threads.py ...             # started pinned
 
 Run the settings' processes one after another, several times (interleaved), and compare medians.
-docs/performance.md ("Threads on a busy machine") has the results.
+benchmarks/RESULTS.md ("Threads on a busy machine") has the results.
 """
 
 from __future__ import annotations
@@ -145,10 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conditions", default="quiet,loaded,pinned")
     ap.add_argument("--label", default="")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "threads_results.jsonl"),
+                    help="JSON-lines file this process's line is appended to")
     args = ap.parse_args(argv)
 
     import jax
     import lmm_jax
+
+    configured = lmm_jax.runtime.configure()     # LMM_JAX_CPU_THREADS and the user's settings choose what it does
     formula, df = _data(args.case)
     all_cpus, own_cpus = set(range(os.cpu_count())), os.sched_getaffinity(0)
     with warnings.catch_warnings():
@@ -172,9 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
                objective=float(first.objective), xla_flags=os.environ.get("XLA_FLAGS", ""),
                env={k: os.environ[k] for k in ("PJRT_NPROC", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                 "LMM_JAX_CPU_THREADS") if k in os.environ},
-               affinity=sorted(own_cpus), thread_names=names,
+               configured=configured, affinity=sorted(own_cpus), thread_names=names,
                median={c: statistics.median(r["wall"] for r in v) for c, v in runs.items()}, runs=runs)
     print(json.dumps(out))
+    with open(args.out, "a") as fh:
+        fh.write(json.dumps(out) + "\n")
     return out
 
 

@@ -15,8 +15,9 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .errors import (CompiledCodeWarning, ConfigurationWarning, ConvergenceError, ConvergenceWarning, DataError,
-                     FormulaError, InferenceError, LMMError, PrecisionError, RankDeficiencyWarning, ScalingWarning,
-                     SingularFitWarning)
+                     ForkError, FormulaError, InferenceError, LMMError, PrecisionError, RankDeficiencyWarning,
+                     ScalingWarning, SingularFitWarning)
+from .runtime import fork as _fork  # noqa: F401  (at-fork hook: ForkError, not a hang, in a child forked after JAX ran)
 
 if _TYPE_CHECKING:
     from . import datasets
@@ -24,8 +25,10 @@ if _TYPE_CHECKING:
     from .batched.bootstrap import BootstrapResult
     from .batched.simulate import simulate
     from .build.formula import parse_formula
+    from .core.estimates import Estimates
+    from .core.types import CrossProducts
     from .inference.anova import anova
-    from .model import LMM, fit, fit_many, make_deviance
+    from .model import LMM, fit, fit_many, make_deviance, make_estimates
     from .results import LMMResult
     from .runtime.code_memory import clear_caches
 
@@ -33,15 +36,17 @@ __version__ = "0.1.0"
 
 __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
-           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "PrecisionError", "ConfigurationWarning",
-           "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many"]
+           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "PrecisionError",
+           "ConfigurationWarning", "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many",
+           "make_estimates", "CrossProducts", "Estimates"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
-# (PEP 562), so ``import lmm_jax`` loads its errors only; JAX, pandas, formulaic and scipy load with the code
-# that uses them.
+# (PEP 562), so ``import lmm_jax`` loads its errors and the fork guard only; JAX, pandas, formulaic and scipy load
+# with the code that uses them.
 _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "model", "LMMResult": "results",
          "anova": "inference.anova", "parse_formula": "build.formula", "simulate": "batched.simulate",
          "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
+         "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates",
          "clear_caches": "runtime.code_memory"}
 # Public modules that live in a subpackage: ``from lmm_jax import plotting``.
 _MODULES = {"plotting": "report.plotting"}

@@ -9,6 +9,10 @@ standard ``warnings`` filters.
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
+
 
 class LMMError(Exception):
     """Base class of every error raised by lmm_jax."""
@@ -50,6 +54,12 @@ class ConvergenceError(LMMError, RuntimeError):
     (``LMM.fit(throw=True)``) instead of warning."""
 
 
+class ForkError(LMMError, RuntimeError):
+    """lmm_jax was called in a child process forked after JAX had started in
+    its parent (JAX is not fork-safe: the call would hang); start worker
+    processes with multiprocessing's "spawn" or "forkserver" method."""
+
+
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped without meeting its convergence criteria."""
 
@@ -74,13 +84,41 @@ class CompiledCodeWarning(UserWarning):
     afterwards compile again. See :mod:`lmm_jax.runtime.code_memory`."""
 
 
-class PrecisionError(LMMError, RuntimeError):
+class PrecisionError(LMMError, TypeError, RuntimeError):
     """lmm_jax could not compute in float64: JAX's 64-bit types cannot be
     enabled for its entry points (see :mod:`lmm_jax.runtime.scope`), or a
-    function it returned (:func:`lmm_jax.make_deviance`) was called with
-    32-bit inputs."""
+    function it returned (:func:`lmm_jax.make_deviance`,
+    :func:`lmm_jax.make_estimates`) was called or traced with 64-bit types
+    off or with float32 inputs. A TypeError (inputs of the wrong precision)
+    and a RuntimeError (JAX's state)."""
 
 
 class ConfigurationWarning(UserWarning):
     """:func:`lmm_jax.runtime.configure` could not apply a process setting
     (most often because JAX's backends had already started)."""
+
+
+# -- argument checks of public functions ----------------------------------------
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool (Python's or numpy's); else a TypeError naming
+    the argument: ``bool("no")`` is True, so a string, number or None passed
+    for a flag such as ``reml`` would silently mean something else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` if it is an integer (Python's or
+    numpy's, not a bool); else a TypeError (a float such as 10.7, a string)
+    or a ValueError (below ``minimum``) naming the argument."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        count = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        hint = f"; write int({value!r}) if that is meant" if isinstance(value, float) and value.is_integer() else ""
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}){hint}") from None
+    if count < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
+    return count

@@ -23,14 +23,16 @@ from .build.crossprod import (design_arrays, design_products, pad_products, resp
                               structure_of)
 from .build.design import Design, build_design
 from .core.diagnostics import diagnose_newton
-from .core.estimates import fit_and_estimate, unpad_estimates, varpar_hessian
+from .core.estimates import Estimates, estimates, fit_and_estimate, unpad_estimates, varpar_hessian
 from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
-from .core.start import default_start
-from .core.types import DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
-from .errors import ConvergenceError, ConvergenceWarning, PrecisionError, SingularFitWarning
+from .core.sparse import SparseA21
+from .core.start import MomentEquations, default_start, moment_equations, pad_moment_equations
+from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
+from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionError, SingularFitWarning, check_bool,
+                     check_count)
 from .inference.satterthwaite import vcov_beta_jacobian
-from .runtime.scope import entry_point, x64_enabled
+from .runtime.scope import entry_point
 
 from .results import LMMResult
 
@@ -85,9 +87,33 @@ class LMM:
         response need (simulation, batches of responses); formed on first use."""
         return design_arrays(self.design)
 
+    @cached_property
+    def moment_equations(self) -> MomentEquations | None:
+        """The MIVQUE(0) moment equations of the design
+        (:func:`lmm_jax.core.start.moment_equations`; None when singular):
+        the start of every fit on this design, formed on first use."""
+        return moment_equations(self.design)
+
+    @cached_property
+    def padded_moment_equations(self) -> MomentEquations | None:
+        """:attr:`moment_equations` in the layout of :attr:`padded`
+        (:func:`lmm_jax.core.start.pad_moment_equations`)."""
+        eq = self.moment_equations
+        return None if eq is None else pad_moment_equations(eq, self.structure, self.padded.structure)
+
+    @cached_property
+    def response_map(self) -> jnp.ndarray | None:
+        """The dense map G from a response to its products, on the device
+        (:func:`lmm_jax.batched.batch.response_map`; None when too large):
+        batches of responses on this design multiply by it."""
+        from .batched.batch import response_map
+
+        G = response_map(self.design)
+        return None if G is None else jnp.asarray(G)
+
     @property
     def n_theta(self) -> int:
-        return n_theta(self.structure.ks)
+        return self.design.theta_layout.n_theta
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
         """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
@@ -100,6 +126,25 @@ class LMM:
         """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
         return response_products(y, self.arrays, self.structure)
 
+    def cross_products(self, y: jnp.ndarray | None = None) -> CrossProducts:
+        """The data as the likelihood sees it, a pytree: the second argument of
+        the pure deviance and estimates (:func:`make_deviance` and
+        :func:`make_estimates` with ``data="argument"``).
+
+        Args:
+            y: a response (n_obs,) on this design, rows in the model's order
+                (``model.design.y``'s: after rows with missing values were
+                dropped); None for the model's own response.
+
+        Returns:
+            A :class:`~lmm_jax.core.types.CrossProducts`: the design's products
+            (formed once with the model) and the response's. A pure function of
+            ``y``, traceable: called inside ``jax.vmap`` over ``y`` only the
+            response part is batched (``jax.vmap(model.cross_products)`` on its
+            own would broadcast a copy of the design's products per response).
+        """
+        return CrossProducts(self.products, self.response if y is None else self.response_products(y))
+
     def fit(self, reml: bool = True, *, start: np.ndarray | None = None, max_iter: int = 200,
             throw: bool = False) -> "LMMResult":
         """Fit by REML (default) or ML.
@@ -109,7 +154,7 @@ class LMM:
             start: starting theta (lme4's layout). Default: the MIVQUE(0)
                 moment estimates (:mod:`lmm_jax.core.start`: fewer Newton steps,
                 the same optimum); lme4's identity is
-                ``lmm_jax.parametrization.theta_start(model.structure.ks)``.
+                ``lmm_jax.core.parametrization.theta_start(model.structure.ks)``.
             max_iter: Newton iteration limit.
             throw: raise :class:`~lmm_jax.errors.ConvergenceError` instead of
                 warning when not converged or the convergence diagnostics fail.
@@ -117,10 +162,16 @@ class LMM:
         Returns:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
+        reml, throw = check_bool(reml, "reml"), check_bool(throw, "throw")
+        max_iter = check_count(max_iter, "max_iter")
+        reml = reml and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} entries (lme4's theta layout), got {theta0.shape}")
+        if not np.isfinite(theta0).all():
+            raise ValueError(f"start must be finite, got {theta0.tolist()}: give lme4's theta, e.g. "
+                             "lmm_jax.parametrization.theta_start(model.structure.ks), or leave start out")
         phi0, active0 = phi_from_theta(theta0, ks)
         pad = self.padded
         if SPARE_CORES:
@@ -152,54 +203,239 @@ class LMM:
                           SingularFitWarning, stacklevel=2)
         return result
 
-    def deviance_function(self, reml: bool = True, param: Literal["phi", "theta"] = "phi") -> Callable:
+    def deviance_function(self, reml: bool = True, param: Literal["phi", "theta"] = "phi", *,
+                          data: Literal["fixed", "argument"] = "fixed") -> Callable:
         """See :func:`make_deviance`."""
-        return make_deviance(self, reml=reml, param=param)
+        return make_deviance(self, reml=reml, param=param, data=data)
+
+
+_X64_HELP = ("call it inside `with jax.enable_x64(True):` (around your jax.jit as well as the call), or set "
+            "jax.config.update('jax_enable_x64', True) at the start of your program")
+
+
+def _parameter_map(param: str, ks: tuple[int, ...]) -> Callable:
+    """theta from the user's parameter vector (see :func:`make_deviance`)."""
+    if param == "theta":
+        return lambda theta: theta
+    if param == "phi":
+        return lambda phi: theta_from_phi(phi, ks)
+    raise ValueError(f"param must be 'phi' or 'theta', got {param!r}")
+
+
+def _expected_shapes(s: Structure) -> dict[str, tuple[int, ...]]:
+    """The products' shapes for structure ``s`` (one dataset; the coupling
+    block A21 is checked apart, it may be stored sparse)."""
+    (m1, *_), (k1, *_), p, qr = s.ms, s.ks, s.p, s.q_rest
+    return {"design.A11": (m1, k1, k1), "design.A22": (qr, qr), "design.Z1X": (m1, k1, p), "design.ZrX": (qr, p),
+            "design.XtX": (p, p), "design.nobs": (), "design.rank": (), "response.Z1y": (m1, k1),
+            "response.Zry": (qr,), "response.Xy": (p,), "response.yy": ()}
+
+
+def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) -> jnp.ndarray:
+    """``x`` as a float64 array, after checking what the pure functions are
+    given inside a user's code: 64-bit types on, float64 parameters and
+    products, and products of this model's structure, one dataset at a time.
+    Shapes and dtypes are static, so under ``jit`` this runs once, at tracing.
+
+    Raises:
+        PrecisionError: (a TypeError) 64-bit types are off, or an input is
+            float32 (or another float narrower than float64).
+        DataError: ``products`` are not a :class:`CrossProducts` of the
+            model's structure, or carry a batch axis that was not vmapped over.
+    """
+    if not jax.config.jax_enable_x64:
+        raise PrecisionError(f"{name} computes in float64, but JAX's 64-bit types are off where it was called: "
+                        + _X64_HELP)
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float64)          # integers: exact in float64
+    n = n_theta(s.ks)
+    if x.shape != (n,):
+        raise DataError(f"{name}: the parameter vector must have shape ({n},), got {x.shape}; for many vectors, "
+                        "jax.vmap over them")
+    leaves = [("the parameter vector", x)]
+    if products is not None:
+        if not isinstance(products, CrossProducts):
+            raise DataError(f"{name}: products must be a CrossProducts (model.cross_products(y)), got "
+                            f"{type(products).__name__}")
+        expected = _expected_shapes(s)
+        for part in ("design", "response"):
+            for field, leaf in getattr(products, part)._asdict().items():
+                key = f"{part}.{field}"
+                if key in expected and jnp.shape(leaf) != expected[key]:
+                    raise DataError(f"{name}: products.{key} has shape {jnp.shape(leaf)}, but the model's structure "
+                                    f"(levels per term {s.ms}, columns per term {s.ks}, p = {s.p}) needs "
+                                    f"{expected[key]}. Products of another structure cannot be used; stacked "
+                                    "products carry a leading batch axis: jax.vmap over it")
+        a21 = products.design.A21
+        if not isinstance(a21, SparseA21) and jnp.shape(a21) != (s.q_rest, s.ms[0], s.ks[0]):
+            raise DataError(f"{name}: products.design.A21 has shape {jnp.shape(a21)}, the model's structure needs "
+                            f"{(s.q_rest, s.ms[0], s.ks[0])}")
+        leaves += [(f"products{jax.tree_util.keystr(path)}", leaf)
+                   for path, leaf in jax.tree_util.tree_flatten_with_path(products)[0]]
+    for what, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float64:
+            raise PrecisionError(f"{name} computes in float64, but {what} has dtype {dtype}: pass float64 arrays "
+                            "(created while JAX's 64-bit types are on)")
+    return x
 
 
 @entry_point
-def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] = "phi") -> Callable:
-    """The profiled objective as a pure, jit-able function of one vector.
+def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] = "phi", *,
+                  data: Literal["fixed", "argument"] = "fixed") -> Callable:
+    """The profiled objective as a pure, jit-able function: lme4's ``devFunOnly``.
+
+    The REML criterion or ML deviance (-2 log-likelihood) with beta and
+    sigma profiled out (Bates et al. 2015, JSS 67(1), eqs. 34 and 41;
+    :mod:`lmm_jax.core.likelihood`), evaluated from the cross-products of
+    ``[Z X y]``: one evaluation costs nothing in n.
+
+    Two forms, both pure JAX functions (differentiable with ``jax.grad`` /
+    ``jax.hessian``, batchable with ``jax.vmap``, usable inside your own
+    ``jax.jit``); the model's static structure (terms' columns and levels,
+    p) and ``reml`` are closed over in both:
+
+    * ``data="fixed"``: ``f(x) -> scalar`` closes over this model's data,
+      for optimisers and autodiff in the parameters.
+    * ``data="argument"``: ``f(x, products) -> scalar`` takes the data as a
+      :class:`~lmm_jax.core.types.CrossProducts` pytree
+      (:meth:`LMM.cross_products`), so you can vmap or differentiate over
+      responses and datasets in your own code. Responses on this design:
+      vmap over ``y`` in ``f(x, model.cross_products(y))``. Datasets of the
+      same structure (levels per term, columns, p; n may differ), e.g. other
+      :class:`LMM` objects: stack their ``cross_products()`` with
+      ``jax.tree.map(lambda *a: jnp.stack(a), *cps)`` and vmap over both
+      arguments. These are the unpadded products, the model's own sizes;
+      a crossed design whose coupling block is stored sparse
+      (:mod:`lmm_jax.core.sparse`) has its own number of stored pairs, so
+      such datasets stack only if their patterns of co-occurring levels
+      have the same size.
+
+    lmm_jax computes in float64, and these functions run inside your code:
+    call them with JAX's 64-bit types on (``jax.config.update(
+    "jax_enable_x64", True)``, or inside ``with jax.enable_x64(True):``,
+    around your ``jit`` as well). They raise
+    :class:`~lmm_jax.errors.PrecisionError` (a ``TypeError``) otherwise, or
+    when given float32 inputs.
 
     Args:
         model: an :class:`LMM`.
         reml: REML criterion (True) or ML deviance (-2 log-likelihood).
         param: ``"phi"``: unconstrained log-Cholesky parameters (log of each
-            Lambda diagonal, raw off-diagonals); ``"theta"``: lme4's theta.
+            Lambda diagonal, raw off-diagonals); ``"theta"``: lme4's theta
+            (lower triangles of the relative covariance factors, column-major).
+        data: ``"fixed"``: ``f(x)``; ``"argument"``: ``f(x, products)``.
 
     Returns:
-        ``f(x) -> scalar``, differentiable with ``jax.grad``/``jax.hessian``
-        and batchable with ``jax.vmap``. For lme4's theta,
-        ``make_deviance(m, param="theta")(theta)`` equals lme4's
-        ``devFunOnly`` value. It computes in float64, so it must be called
-        (or traced, inside a ``jit``) where JAX's 64-bit types are enabled:
-        inside ``with jax.enable_x64(True):`` or in a process with x64 on.
-        Elsewhere, or with 32-bit inputs, it raises
-        :class:`~lmm_jax.errors.PrecisionError`.
+        ``f(x) -> scalar`` or ``f(x, products) -> scalar``. With
+        ``param="theta"`` its value is lme4's ``devFunOnly`` value at theta.
+
+    Raises:
+        ValueError: ``param`` or ``data`` not one of the choices (at once).
+        PrecisionError: (a TypeError) when ``f`` is called or traced with
+            64-bit types off or float32 inputs.
+        DataError: when ``f`` is given products of another structure, or
+            stacked products without a ``vmap`` over their batch axis.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, lmm_jax
+        >>> m = lmm_jax.LMM("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> f = lmm_jax.make_deviance(m, reml=True, param="theta", data="argument")
+        >>> theta = jnp.array([0.9, -0.05, 0.25])
+        >>> round(float(f(theta, m.cross_products())), 6)    # lme4: lmer(..., devFunOnly = TRUE)(theta)
+        1744.703881
+        >>> grad = jax.grad(f)(theta, m.cross_products())
+        >>> Y = lmm_jax.simulate(m.fit(), 100, key=0)           # (180, 100) responses
+        >>> devs = jax.jit(jax.vmap(lambda y: f(theta, m.cross_products(y)), in_axes=1))(Y)   # (100,)
     """
-    dp, rp, s = model.products, model.response, model.structure
-    if param == "theta":
-        return lambda theta: profiled_deviance(_float64_input(theta), dp, rp, s, reml)
-    if param == "phi":
-        return lambda phi: profiled_deviance(theta_from_phi(_float64_input(phi), s.ks), dp, rp, s, reml)
-    raise ValueError(f"param must be 'phi' or 'theta', got {param!r}")
+    s, reml = model.structure, check_bool(reml, "reml")
+    to_theta = _parameter_map(param, s.ks)
+    if data == "fixed":
+        dp, rp = model.products, model.response
+
+        def deviance(x: jnp.ndarray) -> jnp.ndarray:
+            theta = to_theta(_checked("the function from make_deviance", x, None, s))
+            return profiled_deviance(theta, dp, rp, s, reml)
+
+        return deviance
+    if data == "argument":
+        def deviance_of(x: jnp.ndarray, products: CrossProducts) -> jnp.ndarray:
+            theta = to_theta(_checked("the function from make_deviance", x, products, s))
+            return profiled_deviance(theta, products.design, products.response, s, reml)
+
+        return deviance_of
+    raise ValueError(f"data must be 'fixed' (f(x)) or 'argument' (f(x, products)), got {data!r}")
 
 
-def _float64_input(x: Any) -> Any:
-    """``x`` if the deviance can be computed from it in float64, else a :class:`PrecisionError`."""
-    dtype = getattr(x, "dtype", None)
-    if not x64_enabled() or (dtype is not None and dtype != np.float64):
-        raise PrecisionError(f"the deviance of make_deviance computes in float64, but it was called with "
-                             f"{dtype or type(x).__name__} input where JAX's 64-bit types are "
-                             f"{'enabled' if x64_enabled() else 'disabled'}; call it (or jit it) inside "
-                             "`with jax.enable_x64(True):` with float64 input, or enable x64 for the process "
-                             "(jax.config.update('jax_enable_x64', True))")
-    return x
+@entry_point
+def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"] = "theta", *,
+                   data: Literal["fixed", "argument"] = "fixed") -> Callable:
+    """The estimates at given covariance parameters as a pure, jit-able function.
+
+    At theta, beta is the GLS estimate, sigma its profiled value and vcov
+    lme4's ``vcov``: what a fit reports, at any theta (the fit's own, a
+    simulated dataset's, a value under test). Pure JAX, for ``jit``,
+    ``vmap`` and ``grad`` in your code, like :func:`make_deviance`, whose
+    ``data`` forms and float64 requirement it shares: ``g(x)`` closes over
+    the model's data, ``g(x, products)`` takes a
+    :class:`~lmm_jax.core.types.CrossProducts` (:meth:`LMM.cross_products`).
+
+    Args:
+        model: an :class:`LMM`.
+        reml: sigma (and the deviance) by REML (True) or ML.
+        param: ``"theta"`` (default here: results report theta, and a
+            boundary fit's zero has no finite ``"phi"``) or ``"phi"``, as for
+            :func:`make_deviance`.
+        data: ``"fixed"``: ``g(x)``; ``"argument"``: ``g(x, products)``.
+
+    Returns:
+        ``g -> Estimates``: a pytree (NamedTuple) of ``beta`` (p,),
+        ``sigma``, ``vcov`` (p, p), ``b`` (conditional modes, one (m_t, k_t)
+        array per term of ``model.design.terms``) and ``deviance``
+        (:class:`~lmm_jax.core.estimates.Estimates`). Under ``vmap`` every
+        field gets the batch axis.
+
+    Raises:
+        ValueError, PrecisionError, DataError: as :func:`make_deviance`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, lmm_jax
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> m = fit.model
+        >>> est = lmm_jax.make_estimates(m, reml=True, data="argument")
+        >>> @jax.jit
+        ... def days_t(Y, thetas):     # t statistic of Days for each column of Y, at its own theta
+        ...     def one(y, theta):
+        ...         e = est(theta, m.cross_products(y))
+        ...         return e.beta[1] / jnp.sqrt(e.vcov[1, 1])
+        ...     return jax.vmap(one, in_axes=(1, 0))(Y, thetas)
+        >>> Y = lmm_jax.simulate(fit, 100, key=0)
+        >>> t = days_t(Y, jnp.asarray(m.fit_batch(Y).theta))   # (100,)
+    """
+    s, reml = model.structure, check_bool(reml, "reml")
+    to_theta = _parameter_map(param, s.ks)
+    if data == "fixed":
+        dp, rp = model.products, model.response
+
+        def estimates_fixed(x: jnp.ndarray) -> Estimates:
+            theta = to_theta(_checked("the function from make_estimates", x, None, s))
+            return estimates(theta, dp, rp, s, reml)
+
+        return estimates_fixed
+    if data == "argument":
+        def estimates_of(x: jnp.ndarray, products: CrossProducts) -> Estimates:
+            theta = to_theta(_checked("the function from make_estimates", x, products, s))
+            return estimates(theta, products.design, products.response, s, reml)
+
+        return estimates_of
+    raise ValueError(f"data must be 'fixed' (g(x)) or 'argument' (g(x, products)), got {data!r}")
 
 
 @entry_point
 def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
+    check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
@@ -227,5 +463,6 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
     """
     from .batched.batch import fit_models
 
+    check_bool(reml, "reml")
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
     return fit_models(models, reml, max_iter=max_iter, method=method)

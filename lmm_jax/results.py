@@ -17,9 +17,10 @@ import pandas as pd
 from .runtime.scope import entry_point
 from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                              unpad_estimates, varpar_hessian)
-from .core.parametrization import diagonal_mask, lambdas_host, lower_tri_indices
+from .core.parametrization import lambdas_host
 
 if TYPE_CHECKING:
+    from .inference.kenward_roger import KRAdjustment
     from .model import LMM
     from .core.optimize import NewtonResult
 
@@ -193,14 +194,10 @@ class LMMResult:
     def varcomp_se(self) -> np.ndarray:
         """SEs of :attr:`varcomp`; NaN for components of a term at the boundary."""
         se = np.sqrt(np.clip(np.diag(self.varcomp_cov), 0, None))
-        ks = self.model.structure.ks
-        diag = diagonal_mask(ks)
-        start = 0
-        for k in ks:
-            size = k * (k + 1) // 2
-            if np.any(np.abs(self.theta[start:start + size][diag[start:start + size]]) < SINGULAR_TOL):
-                se[start:start + size] = np.nan
-            start += size
+        lay = self.design.theta_layout
+        for sl in lay.slices:
+            if np.any(np.abs(self.theta[sl][lay.diagonal[sl]]) < SINGULAR_TOL):
+                se[sl] = np.nan
         return se
 
     @cached_property
@@ -208,27 +205,23 @@ class LMMResult:
         """lme4's ``as.data.frame(VarCorr(fit))`` with the Hessian SE of vcov.
 
         Columns ``grp, var1, var2, vcov, sdcor, se``: for a variance row sdcor
-        is the SD, for a covariance row the correlation.
+        is the SD, for a covariance row the correlation. ``grp`` is the
+        grouping factor, with ``.1``, ``.2``, ... on the second and later
+        terms of a repeated factor, as in lme4 and in the parameter names of
+        :meth:`confint` (:mod:`lmm_jax.core.theta_layout`).
         """
-        rows = []
+        lay = self.design.theta_layout
         se = self.varcomp_se
-        seen: dict[str, int] = {}
-        start = 0
-        for t, S in zip(self.design.terms, self.covariances):
-            k = t.k
-            count = seen.get(t.group, 0)
-            seen[t.group] = count + 1
-            grp = t.group if count == 0 else f"{t.group}.{count}"
-            r, c = lower_tri_indices(k)
-            pos = {(int(i), int(j)): start + n for n, (i, j) in enumerate(zip(r, c))}
-            sd = np.sqrt(np.diag(S))
-            for i in range(k):
-                rows.append((grp, t.columns[i], "", S[i, i], sd[i], se[pos[(i, i)]]))
-            for j in range(k):
-                for i in range(j + 1, k):
-                    cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
-                    rows.append((grp, t.columns[j], t.columns[i], S[i, j], cor, se[pos[(i, j)]]))
-            start += len(r)
+        rows = []
+        for n in lay.varcorr_order:
+            t, i, j = lay.entries[n]
+            S, cols = self.covariances[t], lay.columns[t]
+            if i == j:
+                rows.append((lay.group_names[t], cols[i], "", S[i, i], np.sqrt(S[i, i]), se[n]))
+            else:
+                sd_i, sd_j = np.sqrt(S[i, i]), np.sqrt(S[j, j])
+                cor = S[i, j] / (sd_i * sd_j) if sd_i * sd_j > 0 else np.nan
+                rows.append((lay.group_names[t], cols[j], cols[i], S[i, j], cor, se[n]))
         rows.append(("Residual", "", "", self.sigma ** 2, self.sigma, se[-1]))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor", "se"])
 
@@ -278,6 +271,23 @@ class LMMResult:
         return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, pad.products, pad.response,
                                    pad.structure, self.reml, list(self.design.fixef_names))
 
+    @cached_property
+    def vcov_jacobian(self) -> tuple[np.ndarray, np.ndarray]:
+        """vcov(beta) and its exact Jacobian in (theta, sigma), shape (p, p,
+        n_theta + 1): what Satterthwaite's df of any contrast needs
+        (:func:`lmm_jax.inference.tests.vcov_jacobian`)."""
+        from .inference.tests import vcov_jacobian
+
+        return vcov_jacobian(self)
+
+    @cached_property
+    def kr_adjustment(self) -> "KRAdjustment":
+        """pbkrtest's Kenward-Roger adjusted covariance of beta and what its df
+        need, for a REML fit (:func:`lmm_jax.inference.tests.kr_adjustment`)."""
+        from .inference.tests import kr_adjustment
+
+        return kr_adjustment(self)
+
     @property
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
@@ -307,7 +317,8 @@ class LMMResult:
 
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
-        naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``."""
+        naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
+        (:func:`lmm_jax.inference.tests.confint`)."""
         from .inference.tests import confint
 
         return confint(self, method, level, **kwargs)
@@ -319,7 +330,7 @@ class LMMResult:
 
         return varcorr_table(self, level)
 
-    def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
+    def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
         from .inference.predict import predict

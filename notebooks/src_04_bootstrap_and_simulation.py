@@ -29,7 +29,9 @@ from scipy import stats
 
 import lmm_jax
 from lmm_jax import plotting
-from lmm_jax.core.estimates import estimates_at
+
+# Our own JAX code below (section 2) calls lmm_jax's pure functions, which compute in float64
+jax.config.update("jax_enable_x64", True)
 
 N_BOOT = 10_000        # bootstrap replicates
 N_POWER = 100          # simulated data sets per effect size
@@ -104,18 +106,21 @@ fig = plotting.profile(fit)
 How large a `Days` effect would this design (18 subjects, 10 days each) detect? Simulate
 `N_POWER` data sets for each effect size, with the variance components of the fit, refit all of
 them in one `fit_batch` call, and count how often the t test of `Days` rejects at 5%. The
-t statistic of every fit comes from the same pure function of (theta, response) that the fit
-uses, vmapped; its df, 17, is the Satterthwaite df of this balanced design (see the summary).
+t statistic of every fit comes from `lmm_jax.make_estimates`: the estimates at theta (beta, sigma,
+vcov of beta) as a pure JAX function of theta and the data's cross-products (a pytree,
+`model.cross_products(y)`), here vmapped over the simulated responses and their fitted theta
+inside our own jitted function. Its df, 17, is the Satterthwaite df of this balanced design (see
+the summary).
 """),
 ("code", r"""
 model = fit.model
-s, dp = model.structure, model.products
+estimates = lmm_jax.make_estimates(model, reml=True, data="argument")   # estimates(theta, products)
 
 @jax.jit
 def days_t(Y, theta):
     def one(y, th):
-        est = estimates_at(th, dp, model.response_products(y), s, True)
-        return est["beta"][1] / (est["sigma"] * jnp.sqrt(est["unscaled_vcov"][1, 1]))
+        est = estimates(th, model.cross_products(y))
+        return est.beta[1] / jnp.sqrt(est.vcov[1, 1])
     return jax.vmap(one, in_axes=(1, 0))(Y, theta)
 
 effects = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])

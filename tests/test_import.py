@@ -15,8 +15,9 @@ from pathlib import Path
 import lmm_jax
 
 HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
-# what `import lmm_jax` itself runs: the package's lazy names and its errors (nothing that acts on the process)
-LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.errors"]
+# what `import lmm_jax` itself runs: the package's lazy names, its errors and the fork guard (its at-fork hook must
+# be in place before a fork; it records whether JAX had started, nothing else): nothing that acts on the process
+LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.errors", "lmm_jax.runtime", "lmm_jax.runtime.fork"]
 
 
 def _run(code: str) -> dict:

@@ -136,6 +136,16 @@ def test_kenward_roger_needs_reml(fits):
         fits("sleepstudy_ml").coefs(ddf="kenward-roger")
 
 
+def test_per_fit_inference_is_cached_on_the_result(fits):
+    fit = fits("sleepstudy_reml")
+    fit.coefs(ddf="kenward-roger")
+    fit.coefs()
+    adj, jac = fit.kr_adjustment, fit.vcov_jacobian
+    fit.contrast([[0, 1]], ddf="kenward-roger")
+    fit.contrast([[1, 0], [0, 1]])
+    assert fit.kr_adjustment is adj and fit.vcov_jacobian is jac
+
+
 # -- Satterthwaite and the other ddf -----------------------------------------------
 @pytest.mark.parametrize("case", ["sleepstudy_reml", "cake_factors", "pastes_nested", "dyestuff2_singular"])
 def test_coefs_satterthwaite_matches_lmertest(fits, case):
@@ -363,24 +373,22 @@ def test_varcorr_table_singular_has_no_se(fits):
     assert np.isfinite(vc.loc["sigma", "se_vcov"])
 
 
-def test_confint_unknown_method(fits):
-    with pytest.raises(InferenceError, match="method must be"):
+def test_confint_unknown_method_names_it_and_the_valid_ones(fits):
+    with pytest.raises(InferenceError, match=r"method must be one of \['wald', 'profile', 'boot', 'bootstrap'\], "
+                                             r"got 'bayes'"):
         fits("sleepstudy_reml").confint(method="bayes")
 
 
 @pytest.mark.slow
-def test_confint_boot_delegates_or_explains(fits):
+def test_confint_boot_delegates_to_the_bootstrap(fits):
     fit = fits("sleepstudy_reml")
-    if hasattr(fit, "bootstrap"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", lmm_jax.ConvergenceWarning)
-            ci = fit.confint(method="boot", n=200, seed=1)
-        assert ci.shape[0] == 6
-        prof = load_reference("sleepstudy_reml")["confint_boot_perc_2000"]
-        assert list(ci.index) == prof["names"]
-    else:
-        with pytest.raises(InferenceError, match="bootstrap"):
-            fit.confint(method="boot")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lmm_jax.ConvergenceWarning)
+        ci = fit.confint(method="boot", n=200, seed=1)
+        same = fit.bootstrap(200, 1).confint(0.95, method="percentile")
+    pd.testing.assert_frame_equal(ci, same)
+    prof = load_reference("sleepstudy_reml")["confint_boot_perc_2000"]
+    assert list(ci.index) == prof["names"]
 
 
 # -- predictions ------------------------------------------------------------------------------
@@ -388,24 +396,25 @@ def test_predict_sleepstudy_matches_lme4(fits):
     ref = INF["predict_sleepstudy"]
     fit = fits("sleepstudy_reml")
     nd = pd.DataFrame(ref["newdata"])
-    assert np.allclose(fit.predict(nd), ref["conditional"], rtol=1e-7)
+    assert np.allclose(fit.predict(nd, allow_new_levels=True), ref["conditional"], rtol=1e-7)
     assert np.allclose(fit.predict(nd, re_form="~0"), ref["population"], rtol=1e-9)
     assert np.allclose(fit.predict(nd, re_form=np.nan), ref["population"], rtol=1e-9)
-    out = fit.predict(nd, se_fit=True)
+    out = fit.predict(nd, se_fit=True, allow_new_levels=True)
     assert np.allclose(out["se_fit"], ref["se_fixed"], rtol=1e-5)
     # new subject 999: population prediction; an explicit re_form naming the term equals the default
-    assert np.allclose(fit.predict(nd)[3:], ref["population"][3:])
-    assert np.allclose(fit.predict(nd, re_form="~(Days | Subject)"), fit.predict(nd))
+    assert np.allclose(fit.predict(nd, allow_new_levels=True)[3:], ref["population"][3:])
+    assert np.allclose(fit.predict(nd, re_form="~(Days | Subject)", allow_new_levels=True),
+                       fit.predict(nd, allow_new_levels=True))
     assert np.allclose(fit.predict(), fit.fitted)
     with pytest.raises(lmm_jax.DataError, match="999"):
-        fit.predict(nd, allow_new_levels=False)
+        fit.predict(nd)                               # lme4's default: new levels are an error
 
 
 def test_predict_cake_factors_and_interaction_groups(fits):
     ref = INF["predict_cake"]
     fit = fits("cake_factors")   # angle ~ recipe * temp + (1 | recipe:replicate)
-    nd = pd.DataFrame(ref["newdata"])
-    assert np.allclose(fit.predict(nd), ref["conditional"], rtol=1e-7)
+    nd = pd.DataFrame(ref["newdata"])      # replicate 99 is new
+    assert np.allclose(fit.predict(nd, allow_new_levels=True), ref["conditional"], rtol=1e-7)
     assert np.allclose(fit.predict(nd, re_form="~0"), ref["population"], rtol=1e-9)
 
 

@@ -1,43 +1,61 @@
-"""Kernels kept on disk in exported form (lmm_jax/runtime/kernel.py).
+"""Kernels kept on disk, exported and compiled (lmm_jax/runtime/kernel.py).
 
-Each check runs fits in fresh processes sharing one cache directory: the
-first exports the kernels, the second runs them without tracing their
-Python, a corrupt entry is rebuilt, and the numbers never change.
+Each check runs fits in fresh processes sharing one cache directory, with
+JAX's global persistent compilation cache off: the first exports and
+compiles the kernels, the second loads their executables and neither traces
+nor compiles, corrupt or stale entries are rebuilt, and the numbers never
+change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import lmm_jax
-from lmm_jax.runtime.kernel import Kernel
+from lmm_jax.core import estimates, start            # noqa: F401 - registers the pytrees stored entries name
 from lmm_jax.core.estimates import deviance_at
+from lmm_jax.inference import satterthwaite          # noqa: F401
+from lmm_jax.runtime import kernel as kernel_module
+from lmm_jax.runtime.kernel import Kernel, kernel
+
+KERNELS = {"fit_and_estimate", "moment_theta", "varpar_hessian", "vcov_beta_jacobian"}
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 FIT_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import functools, json, sys
+    import jax
     import lmm_jax
+
+    # JAX's global persistent cache off before anything compiles (lmm_jax's import still points it at
+    # LMM_JAX_CACHE_DIR): what a second process does not compile, lmm_jax's own kernel cache saved
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", False)
+    import lmm_jax.model
     from lmm_jax.core import estimates, start
     from lmm_jax.inference import satterthwaite
     from lmm_jax.runtime import kernel
-
-    traced = []
+    traced, compiled = [], []
     kernels = [k for mod in (estimates, satterthwaite, start) for k in vars(mod).values() if isinstance(k, kernel.Kernel)]
     for k in kernels:
-        k.fun = (lambda f: lambda *a, **kw: (traced.append(f.__name__), f(*a, **kw))[1])(k.fun)
+        k.fun = (lambda f: functools.wraps(f)(lambda *a, **kw: (traced.append(f.__name__), f(*a, **kw))[1]))(k.fun)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, fun_name="", **_: compiled.append(fun_name) if event == "%s" else None)
     d = lmm_jax.datasets.load("sleepstudy")
     r = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", d)
     ct = r.coef_table
-    print(json.dumps({"traced": sorted(set(traced)), "objective": r.objective, "theta": r.theta.tolist(),
-                      "df": ct["df"].tolist(), "se": r.varcomp_se.tolist()}))
-""")
+    print(json.dumps({"traced": sorted(set(traced)), "compiled": compiled, "objective": r.objective,
+                      "theta": r.theta.tolist(), "df": ct["df"].tolist(), "se": r.varcomp_se.tolist()}))
+""" % BACKEND_COMPILE)
 
 
 def run_fit(cache_dir) -> dict:
@@ -47,23 +65,50 @@ def run_fit(cache_dir) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_fresh_process_runs_exported_kernels_without_tracing_them(tmp_path):
+def entry(path) -> tuple[bytes, bytes, bytes]:
+    """An executable entry's (key, sha256 of the payload, payload)."""
+    header, _, payload = path.read_bytes().partition(b"\n")
+    tag, key, sha = header.split(b" ")
+    assert tag == kernel_module._EXECUTABLE_TAG
+    return key, sha, payload
+
+
+def test_a_fresh_process_loads_the_compiled_kernels_and_neither_traces_nor_compiles(tmp_path):
     first = run_fit(tmp_path)
-    assert {"fit_and_estimate", "moment_theta", "varpar_hessian", "vcov_beta_jacobian"} <= set(first["traced"])
-    entries = sorted((tmp_path / "export").glob("*.bin"))
-    assert len(entries) >= 4
+    assert KERNELS <= set(first["traced"])
+    assert len(first["compiled"]) >= len(KERNELS)
+    store = tmp_path / "export"
+    names = sorted(p.stem for p in store.glob("*.bin"))
+    assert len(names) >= 4 and sorted(p.stem for p in store.glob("*.xla")) == names
     second = run_fit(tmp_path)
-    assert second["traced"] == []
+    assert second["traced"] == [] and second["compiled"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]   # JAX's own cache wrote nothing here
     for key in ("objective", "theta", "df", "se"):
         np.testing.assert_allclose(second[key], first[key], rtol=1e-13, atol=0)
-    # corrupt entries are ignored and rewritten; the fit is the same
-    for path in entries:
-        path.write_bytes(b"not an exported module")
+
+    # corrupt, truncated and stale entries are ignored and rewritten; the fit is the same
+    bins = {n: store / f"{n}.bin" for n in names}
+    xlas = {n: store / f"{n}.xla" for n in names}
+    by_kernel = {n.rsplit("-", 1)[0]: n for n in names}
+    hess, vcov = by_kernel["varpar_hessian"], by_kernel["vcov_beta_jacobian"]
+    for n in names[:2]:
+        bins[n].write_bytes(b"not an exported module")
+    xlas[names[0]].write_bytes(b"not an executable")
+    xlas[names[1]].write_bytes(xlas[names[1]].read_bytes()[:-1000])
+    key, _, payload = entry(xlas[vcov])                 # another kernel's executable (same arguments,
+    _, sha, other = entry(xlas[hess])                   # other results) under this kernel's key
+    xlas[vcov].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, key, sha)) + b"\n" + other)
+    xlas[hess].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, b"0" * 32, sha)) + b"\n" + other)
     third = run_fit(tmp_path)
-    assert set(third["traced"]) == set(first["traced"])
-    np.testing.assert_allclose(third["objective"], first["objective"], rtol=1e-13)
-    for path in entries:                            # rewritten: each is an exported module again
-        assert jax.export.deserialize(bytearray(path.read_bytes())).fun_name
+    assert set(third["traced"]) == {n.rsplit("-", 1)[0] for n in names[:2]}
+    assert len(third["compiled"]) == len(names)
+    for key in ("objective", "theta", "df", "se"):
+        np.testing.assert_allclose(third[key], first[key], rtol=1e-13, atol=0)
+    for n in names:                                     # rewritten: each loads again
+        exported = jax.export.deserialize(bytearray(bins[n].read_bytes()))
+        key, sha, payload = entry(xlas[n])
+        assert hashlib.sha256(payload).hexdigest().encode() == sha
+        assert kernel_module._load_executable(xlas[n], key.decode(), exported, "cpu") is not None
 
 
 def test_without_the_cache_nothing_is_written(tmp_path):
@@ -87,9 +132,6 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function():
 
 
 def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monkeypatch):
-    from lmm_jax.runtime import kernel as kernel_module
-    from lmm_jax.runtime.kernel import kernel
-
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)   # an empty store: the first build traces
 
     builds = []
@@ -109,3 +151,127 @@ def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monke
         scaled_sum(x, np.ones(4), scale=2.0)
     with np.testing.assert_raises(TypeError):
         scaled_sum(x, np.ones(4), scale=2.0)
+
+
+def test_prepare_compiles_under_the_callers_thread_local_settings(tmp_path, monkeypatch):
+    """A new thread starts from JAX's global settings: prepare's thread enters the caller's
+    (here float64 and a default device entered by context managers, with x64 off globally), so
+    the call finds the executable it needs and nothing compiles twice."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    seen, compiles = [], []
+
+    @kernel(static_argnames=())
+    def total(x):
+        seen.append((threading.current_thread().name, jax.config.jax_enable_x64, jax.config.jax_default_device))
+        return jnp.sum(x * 2)
+
+    def count(event, duration, **_):
+        if event == BACKEND_COMPILE:
+            compiles.append(event)
+
+    cpu = jax.devices("cpu")[0]
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        with jax.enable_x64(True), jax.default_device(cpu):
+            total.prepare(jax.ShapeDtypeStruct((4,), np.float64))
+            out = total(np.arange(4.0))
+        assert out.dtype == np.float64 and float(out) == 12.0
+        assert len(seen) == 1 and seen[0][0].startswith("lmm_jax-prepare") and seen[0][1:] == (True, cpu)
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+        jax.config.update("jax_enable_x64", x64)
+
+
+def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):
+    """A backend that cannot serialize or load executables: export + compile, no executable entry."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+
+    def unavailable(*args, **kwargs):
+        raise ValueError("Compilation does not support serialization")
+
+    monkeypatch.setattr(kernel_module.serialize_executable, "serialize", unavailable)
+    monkeypatch.setattr(kernel_module.serialize_executable, "deserialize_and_load", unavailable)
+
+    @kernel(static_argnames=("power",))
+    def moment(x, power):
+        return jnp.mean(x ** power)
+
+    assert float(moment(np.arange(4.0), power=2)) == 3.5
+    assert [p.suffix for p in tmp_path.iterdir()] == [".bin"]
+    moment.clear()
+    assert float(moment(np.arange(4.0), power=2)) == 3.5        # loaded from the exported entry
+
+
+def test_an_executable_of_other_types_than_its_exported_module_is_not_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+
+    @kernel(static_argnames=())
+    def doubled(x):
+        return 2 * x
+
+    @kernel(static_argnames=())
+    def head(x):
+        return x[:2]
+
+    x = np.arange(float(np.random.default_rng().integers(16, 1 << 20)))  # a shape JAX's own cache cannot serve
+    doubled(x), head(x)
+    [stored] = tmp_path.glob("doubled-*.xla")
+    [other] = tmp_path.glob("head-*.xla")
+    key, _, _ = entry(stored)
+    _, sha, payload = entry(other)                      # same pytrees, another result shape
+    stored.write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, key, sha)) + b"\n" + payload)
+    exported = jax.export.deserialize(bytearray(stored.with_suffix(".bin").read_bytes()))
+    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is None
+    doubled.clear()
+    np.testing.assert_array_equal(doubled(x), 2 * x)   # compiled again
+
+
+GLOBAL_CACHE_SCRIPT = textwrap.dedent("""
+    import json, pathlib, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import lmm_jax
+    from lmm_jax.runtime import kernel as K
+
+    root = pathlib.Path(sys.argv[1])
+    jax.config.update("jax_compilation_cache_dir", str(root / "jax"))    # JAX's global cache on, every compile
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    K.export_dir = lambda: root / "kernels"
+
+    @K.kernel(static_argnames=())
+    def f(a):
+        return jnp.sum(jnp.tanh(a @ a.T @ a) ** 2) + jnp.exp(a.reshape(-1)[::-1]).sum()
+
+    a = np.random.default_rng(0).normal(size=(20, 20))
+    expected = float(f(a))                       # compiled by XLA (JAX's cache missed): stored
+    [entry] = (root / "kernels").glob("*.xla")
+    key = entry.read_bytes().split(b" ")[1].decode()
+    entry.unlink(); f.clear(); jax.clear_caches()
+    again = float(f(a))                          # served by JAX's cache: not stored
+    stored_after_hit = entry.exists()
+    # what storing it would have written: an entry without machine code, which fails at run time
+    exported = jax.export.deserialize(bytearray(entry.with_suffix(".bin").read_bytes()))
+    compiled, fresh = K._compile(exported, [a])
+    K._store_executable(entry, key, compiled)
+    f.clear(); jax.clear_caches()
+    loaded = K._load_executable(entry, key, exported, "cpu") is not None
+    rebuilt = float(f(a))                        # its first call fails: removed, compiled again, repeated
+    print(json.dumps({"expected": expected, "again": again, "stored_after_hit": stored_after_hit, "fresh": fresh,
+                      "loaded": loaded, "rebuilt": rebuilt, "entry_left": entry.exists()}))
+""")
+
+
+def test_an_executable_from_jaxs_global_cache_is_not_stored_and_a_bad_entry_is_rebuilt(tmp_path):
+    """JAX's persistent cache returns deserialized executables; serialized again they lose their
+    machine code (they load, then fail at run time). Such a compile is not stored, and an entry
+    that fails on its first call is removed and the call compiled again."""
+    env = dict(os.environ, LMM_JAX_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", GLOBAL_CACHE_SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["again"] == r["expected"] and r["rebuilt"] == r["expected"]
+    assert not r["stored_after_hit"] and not r["fresh"]
+    assert r["loaded"] and not r["entry_left"]

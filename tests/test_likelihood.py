@@ -200,10 +200,10 @@ def test_small_cholesky_and_solves_match_lapack(k):
 @pytest.mark.parametrize("formula, data", [("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),
                                            ("Reaction ~ Days + (Days | Subject)", "sleepstudy")])
 def test_batched_objective_calls_no_lapack(formula, data):
-    """Regression for the bootstrap hang: batched LAPACK calls on CPU schedule
-    their batch on XLA's intra-op pool and block a pool thread; two at once
-    deadlocked a 2-core machine. A vmapped value-and-gradient of a model whose
-    dense blocks are small must compile to no LAPACK custom call at all."""
+    """Batched LAPACK calls on CPU schedule their batch on XLA's intra-op pool
+    and block a pool thread; two at once deadlock a 2-core machine (a bootstrap
+    hangs). A vmapped value-and-gradient of a model whose dense blocks are
+    small must compile to no LAPACK custom call at all."""
     m = lmm_jax.LMM(formula, lmm_jax.datasets.load(data))
     s = m.structure
     Y = jnp.asarray(np.random.default_rng(0).normal(size=(m.design.n, 8))) + jnp.asarray(m.design.y)[:, None]

@@ -23,10 +23,10 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 BUDGET_SECONDS = float(os.environ.get("LMM_JAX_NOTEBOOK_BUDGET_S", 300))
-# The machines are shared and their speed varies from day to day (the same code's 10,000-replicate
-# bootstrap took 0.74 s one day and 1.37 s the next): the budget is also 25 times the wall time of a
+# The machines are shared and their speed varies by up to 2x from day to day (one code's 10,000-replicate
+# bootstrap: 0.74 s and 1.37 s on consecutive days): the budget is also 25 times the wall time of a
 # fresh process that fits and summarises sleepstudy with the compilation cache off (about 17 s on a
-# slow day, when the four notebooks took 318 s run alone), measured just before the notebooks.
+# slow machine, where the four notebooks take about 320 s run alone), measured just before the notebooks.
 BUDGET_CALIBRATIONS = 25
 CALIBRATION = ("import lmm_jax; lmm_jax.fit('Reaction ~ Days + (Days | Subject)', "
                "lmm_jax.datasets.load('sleepstudy')).summary()")

@@ -1,9 +1,11 @@
-"""The batch optimiser (BFGS) against the single-fit one (Newton).
+"""The optimiser loop: its shared pieces, and BFGS against Newton.
 
-``bfgs_minimize`` is the fast path of every batched fit and bootstrap; Newton
-with the exact Hessian is the slow path it is checked against: same optimum,
-same boundary (singular) decisions, and the batch-wide branches taken under
-``vmap(axis_name=...)`` change no result.
+The pieces both methods share (line search, step cap, eigenvalue floor,
+masking, boundary rule) are pinned as functions. ``bfgs_minimize`` is the fast
+path of every batched fit and bootstrap; Newton with the exact Hessian is the
+slow path it is checked against: same optimum (pinned for sleepstudy and the
+boundary case Dyestuff2), same boundary (singular) decisions, and the
+batch-wide branches taken under ``vmap(axis_name=...)`` change no result.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import pytest
 
 import lmm_jax
 from lmm_jax.core.likelihood import profiled_deviance
-from lmm_jax.core.optimize import bfgs_minimize, newton_minimize
-from lmm_jax.core.parametrization import phi_from_theta, theta_start
+from lmm_jax.core.optimize import (BFGS, NEWTON, armijo, backtrack, bfgs_minimize, capped, inverse_hessian_start,
+                                   masked, newton_minimize, reactivate, zero_tiny)
+from lmm_jax.core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
 
-from conftest import load_data
+from conftest import load_data, load_reference
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
 
@@ -30,6 +33,12 @@ CASES = {
     "Dyestuff2": ("Yield ~ 1 + (1 | Batch)", "Dyestuff2"),                   # singular: optimum on the boundary
 }
 REML = {"sleepstudy": True, "Penicillin": False, "Dyestuff2": True}
+# the optimum from theta_start: Newton's theta and criterion, and the lme4 reference case of the same fit
+GOLDEN = {
+    "sleepstudy": ([0.9667329518648398, 0.01516905427048371, 0.23090959476049008], 1743.628271958482,
+                   "sleepstudy_reml"),
+    "Dyestuff2": ([0.0], 161.82827781228843, "dyestuff2_singular"),
+}
 
 
 def _objective(m, rp=None, reml=True):
@@ -53,6 +62,15 @@ def test_bfgs_reaches_newtons_optimum(case):
     np.testing.assert_allclose(np.asarray(qn.theta), np.asarray(nt.theta), rtol=1e-5, atol=1e-7)
     if case == "Dyestuff2":
         assert float(qn.theta[0]) == 0.0                                           # exactly on the boundary
+    if case in GOLDEN:
+        theta, crit, ref_case = GOLDEN[case]
+        np.testing.assert_allclose(np.asarray(nt.theta), theta, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(float(nt.objective), crit, rtol=1e-12)
+        np.testing.assert_allclose(float(qn.objective), crit, rtol=1e-12)
+        ref = load_reference(ref_case)                                             # lme4's optimum
+        np.testing.assert_allclose(np.asarray(nt.theta), ref["theta"], rtol=0, atol=1e-6)
+        assert abs(float(nt.objective) - ref["reml_criterion"]) < 2e-6
+        assert int(nt.iterations) <= 20 and int(qn.iterations) <= 30
 
 
 def test_batch_wide_branches_change_nothing():
@@ -83,12 +101,11 @@ def test_batch_wide_branches_change_nothing():
 
 
 def test_penicillin_bootstrap_converges_without_stalls():
-    """Regression: BFGS's line search once accepted ever shorter steps whose
-    change of f was below f's rounding level (~1e-10 for Penicillin's
-    uncentred responses, ~25 +- 1), so 1-2% of replicates ran to max_iter
-    without converging. Now only a full step may pass on rounding alone, a
-    failed search restarts H_inv, and the bootstrap fits y - X beta (rounding
-    ~1e-13)."""
+    """Penicillin's uncentred responses (~25 +- 1) put f's rounding level near
+    1e-10: a line search that accepts ever shorter steps whose change of f is
+    below it runs 1-2% of replicates to max_iter. Only a full step may pass on
+    rounding alone, a failed search restarts H_inv, and the bootstrap fits
+    y - X beta (rounding ~1e-13): no replicate stalls."""
     formula, data = CASES["Penicillin"]
     fit = lmm_jax.fit(formula, load_data(data))
     boot = fit.bootstrap(300, key=1, chunk_size=300)
@@ -145,3 +162,85 @@ def test_newton_reaches_the_optimum_to_rounding_from_any_start():
     assert np.max(np.abs(np.asarray(jax.grad(f)(jnp.asarray(thetas[0]))))) < 1e-8   # at the optimum (|g| ~ 1e-11)
     default = lmm_jax.LMM("Reaction ~ Days + (Days | Subject)", load_data("sleepstudy")).fit(reml=False)
     np.testing.assert_allclose(np.asarray(default.theta), thetas[0], rtol=0, atol=1e-10)
+
+
+# -- the shared pieces ------------------------------------------------------------------------------
+def test_settings_differ_only_where_named():
+    """Newton and BFGS share every setting but the tolerance and the search length."""
+    assert (NEWTON.tol, BFGS.tol) == (1e-12, 1e-11)
+    assert (NEWTON.max_halvings, BFGS.max_halvings) == (41, 8)
+    assert NEWTON.armijo == 1e-4 and NEWTON.stall == 1e-6 and NEWTON.max_iter == 200
+    assert NEWTON._replace(tol=BFGS.tol, max_halvings=BFGS.max_halvings) == BFGS
+
+
+def test_armijo_and_backtrack():
+    f0, slope = jnp.asarray(1.0), jnp.asarray(-2.0)
+
+    def f_at(a):                                  # f along the step: 1 - 2 a + 4 a^2
+        return 1.0 - 2.0 * a + 4.0 * a * a
+
+    assert bool(armijo(f0, slope, 1.0, f0 - 2e-4, 1e-4)) and not bool(armijo(f0, slope, 1.0, f0, 1e-4))
+    assert not bool(armijo(f0, slope, 1.0, jnp.asarray(-jnp.inf), 1e-4))   # f must be finite
+    # the full step (f = 3) has failed; 1/2 gives f = 1, no decrease; 1/4 gives 0.75
+    alpha, fa, found = backtrack(f_at, f0, slope, jnp.asarray(True), NEWTON)
+    assert bool(found) and float(alpha) == 0.25 and float(fa) == 0.75
+    alpha, fa, found = backtrack(f_at, f0, slope, jnp.asarray(False), NEWTON)        # not live: no search
+    assert not bool(found) and float(alpha) == 1.0 and float(fa) == 1.0
+    for settings in (NEWTON, BFGS):                                                   # never passes
+        alpha, _, found = backtrack(lambda a: f0 + 1.0, f0, slope, jnp.asarray(True), settings)
+        assert not bool(found) and float(alpha) == 2.0 ** -settings.max_halvings
+    # under vmap a fit that is not searching does not change its result
+    alphas, _, founds = jax.vmap(lambda live: backtrack(f_at, f0, slope, live, NEWTON))(jnp.asarray([True, False]))
+    np.testing.assert_array_equal(np.asarray(founds), [True, False])
+    assert float(alphas[0]) == 0.25
+
+
+def test_step_cap_eigenvalue_floor_and_masking():
+    d, dec = capped(jnp.asarray([4.0, -1.0]), jnp.asarray([-1.0, 0.0]), 2.0)
+    np.testing.assert_array_equal(np.asarray(d), [2.0, -0.5])          # capped to 2 in the infinity norm
+    assert float(dec) == 2.0                                           # -g'd / 2 of the uncapped d
+    # |H|^{-1} of an indefinite, nearly singular H: |-4| and 1e-12 raised to 1e-8 * 4
+    np.testing.assert_allclose(np.asarray(inverse_hessian_start(jnp.diag(jnp.asarray([-4.0, 1e-12])))),
+                               np.diag([0.25, 1 / 4e-8]), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(masked(jnp.asarray([[1.0, 2.0], [3.0, 4.0]]), jnp.asarray([1.0, 0.0]))),
+                                  [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_boundary_rule():
+    """A diagonal entry below zero_tol is zeroed if f does not rise; a zeroed
+    one is re-activated at reactivate_at if f drops."""
+    ks = (1, 1)
+    diag = jnp.asarray(diagonal_mask(ks))
+    live = jnp.asarray(True)
+
+    def f_of(target):
+        def f_phi(phi, active):
+            th = theta_from_phi(phi, ks, active)
+            return (th[0] - target) ** 2 + (th[1] - 1.0) ** 2
+        return f_phi
+
+    phi = jnp.log(jnp.asarray([1e-4, 0.5]))
+    on = jnp.asarray([True, True])
+    for target, zeroed in ((0.0, True), (1.0, False)):                 # f falls / rises at theta_0 = 0
+        f_phi = f_of(target)
+        active, f, z = zero_tiny(f_phi, phi, on, f_phi(phi, on), diag, NEWTON, live)
+        assert bool(z) == zeroed and bool(active[0]) == (not zeroed) and bool(active[1])
+        assert float(f) == float(f_phi(phi, active))
+    f_phi = f_of(0.0)
+    _, _, z = zero_tiny(f_phi, phi, on, f_phi(phi, on), diag, NEWTON, jnp.asarray(False))
+    assert not bool(z)                                                 # not live: nothing tested
+    off = jnp.asarray([False, True])
+    for target, back in ((1.0, True), (0.0, False)):                   # f falls / rises off zero
+        f_phi = f_of(target)
+        phi2, active, f, b = reactivate(f_phi, phi, off, f_phi(phi, off), diag, NEWTON, live)
+        assert bool(b) == back and bool(active[0]) == back
+        assert float(phi2[0]) == (float(np.log(NEWTON.reactivate_at)) if back else float(phi[0]))
+
+
+def test_bfgs_without_iterations_returns_its_start():
+    """``max_iter=0`` (batch.fit_products' first stage) evaluates the start only."""
+    phi0 = jnp.asarray([1.5])
+    res = bfgs_minimize(_log_cosh, phi0, jnp.asarray([True]), (1,), jnp.eye(1), max_iter=0)
+    assert int(res.iterations) == 0 and not bool(res.converged)
+    np.testing.assert_array_equal(np.asarray(res.phi), [1.5])
+    assert float(res.objective) == float(_log_cosh(jnp.exp(phi0)))

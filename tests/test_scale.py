@@ -19,7 +19,7 @@ from lmm_jax.build.crossprod import design_products
 from lmm_jax.errors import DataError
 from lmm_jax.core.likelihood import conditional_covariances, deviance_at_sigma, factorize, profiled_deviance, spherical_modes
 from lmm_jax.core.parametrization import n_theta, phi_from_theta, theta_from_phi
-from lmm_jax.core.sparse import SparseA21, SparseL21, dense_coupling, n_pairs
+from lmm_jax.core.sparse import SparseA21, dense_coupling, n_pairs
 from lmm_jax.runtime.scope import float64
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
@@ -141,7 +141,7 @@ def test_chunked_cross_products_equal_one_pass():
 
 
 def test_design_of_many_rows_peaks_under_three_times_the_data():
-    """Issue 4: memory under 3x the data. 200,000 rows of y, x1, x2, g (6.4 MB):
+    """Memory stays under 3x the data. 200,000 rows of y, x1, x2, g (6.4 MB):
     the design keeps y, X, Z and int32 codes and never copies the frame."""
     rng = np.random.default_rng(4)
     n = 200_000
@@ -163,10 +163,10 @@ def test_design_of_many_rows_peaks_under_three_times_the_data():
     np.array(["b", "a", "c", "a"] * 40, dtype=object),
 ])
 def test_level_codes_by_blocks_equal_pandas_categories(values):
-    from lmm_jax.build.design import _level_codes
+    from lmm_jax.build.design import level_codes
     s = pd.Series(values)
     cat = s.astype("category")
-    labels, codes = _level_codes(s, chunk_rows=7)
+    labels, codes = level_codes(s, chunk_rows=7)
     assert list(labels) == [str(c) for c in cat.cat.categories]
     np.testing.assert_array_equal(codes, cat.cat.codes.to_numpy())
     assert codes.dtype == np.int32

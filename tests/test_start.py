@@ -82,6 +82,14 @@ def test_same_optimum_as_identity_start(name, formula, reml):
     np.testing.assert_allclose(a.beta, b.beta, rtol=1e-6, atol=1e-9)
 
 
+def test_moment_equations_are_cached_on_the_model():
+    m = lmm_jax.LMM("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+    eq, padded = m.moment_equations, m.padded_moment_equations
+    assert m.moment_equations is eq and m.padded_moment_equations is padded
+    np.testing.assert_array_equal(np.asarray(padded.BK[0])[:m.structure.ms[0]], np.asarray(eq.BK[0]))
+    assert m.response_map is m.response_map
+
+
 def test_zero_component_starts_small():
     # Dyestuff2's batch variance is 0 at the optimum; its moment estimate is negative
     d2 = lmm_jax.LMM("Yield ~ 1 + (1 | Batch)", lmm_jax.datasets.load("Dyestuff2"))

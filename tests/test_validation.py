@@ -1,6 +1,6 @@
-"""Bad input gets a clear, typed error; hard but valid input just works (issue 6).
+"""Bad input gets a clear, typed error; hard but valid input just works.
 
-One test per item of the issue: first the inputs that must raise (a
+One test per kind of input: first the inputs that must raise (a
 :class:`~lmm_jax.FormulaError` or :class:`~lmm_jax.DataError` whose message
 names the problem), then the inputs that must fit. The numerically hard cases
 are compared with lme4 fits made by ``reference/make_robustness_reference.R``
@@ -286,8 +286,8 @@ def test_covariates_on_very_different_scales():
 # eps * n * offset^2, so the Schur complements behind pwrss and log|L_X| lose digits: the profiled
 # objective is noisy at the 1e-6 level (measured: the deviance at theta * (1 +- 1e-8) scatters over
 # 3-4e-6, where the true change is 1e-16). logLik is held to that noise floor; theta, sigma and beta,
-# which the noise does not move measurably (1e-8), to the usual 1e-5. The fix for the noise itself:
-# form the products in a QR basis of X with y minus its OLS fit (a change of basis of beta).
+# which the noise does not move measurably (1e-8), to the usual 1e-5. Removing the noise itself would
+# take products formed in a QR basis of X, with y minus its OLS fit (a change of basis of beta).
 CANCELLATION_LOGLIK_TOL = 4e-6
 
 

@@ -33,8 +33,10 @@ from ..build.crossprod import response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
 from ..core.estimates import SINGULAR_TOL, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
-from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta, theta_from_phi, theta_start
-from ..core.start import MomentEquations, moment_equations_of, moment_theta
+from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
+from ..core.start import MomentEquations, moment_theta
+from ..core.theta_layout import ThetaLayout
+from ..errors import check_bool, check_count
 
 if TYPE_CHECKING:
     from ..build.design import Design
@@ -79,10 +81,10 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
 # FIRST_PASS_ITER iterations, the unconverged ones another COMPACT_ITER in rounds of 1/COMPACT_FRACTION
 # of the batch, and the rest are continued in rounds of 1/STRAGGLER_FRACTION of the batch. Moment
-# starts (lmm_jax.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
+# starts (lmm_jax.core.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
 # replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's first stage only
-# tests the start (10,000 sleepstudy replicates, chunks of 2,048: a first stage of 2 iterations took
-# 0.84 s, of 0 iterations 0.60 s).
+# tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first stage of 2
+# iterations, 0.60 s with one of 0).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 COMPACT_FRACTION = 8
 COMPACT_ITER = {"newton": 6, "bfgs": 12}
@@ -263,35 +265,21 @@ def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
 
 
 # -- tables -------------------------------------------------------------------------------------
-def component_names(design: "Design") -> list[str]:
-    """lme4's names of the random-effect parameters on the sd/cor scale
-    (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ...),
-    lower triangle column-major per term, as ``confint(fit)`` prints them."""
-    names, seen = [], {}
-    for t in design.terms:
-        count = seen.get(t.group, 0)
-        seen[t.group] = count + 1
-        grp = t.group if count == 0 else f"{t.group}.{count}"
-        for i, j in zip(*lower_tri_indices(t.k)):
-            names.append(f"sd_{t.columns[i]}|{grp}" if i == j else f"cor_{t.columns[i]}.{t.columns[j]}|{grp}")
-    return names
-
-
 def sd_cor(theta: np.ndarray, sigma: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     """Per fit, the SDs and correlations of sigma^2 Lambda_t Lambda_t' in
-    :func:`component_names` order (correlations NaN where an SD is 0).
+    theta's order (correlations NaN where an SD is 0).
 
     Args:
         theta: (B, n_theta); sigma: (B,).
     """
     theta = np.asarray(theta, dtype=float)
     sigma = np.asarray(sigma, dtype=float)
-    cols, start = [], 0
-    for k in ks:
-        size = k * (k + 1) // 2
-        r, c = lower_tri_indices(k)
+    lay = ThetaLayout.of(ks)
+    cols = []
+    for t, k in enumerate(ks):
+        r, c = lay.tri(t)
         L = np.zeros((theta.shape[0], k, k))
-        L[:, r, c] = theta[:, start:start + size]
+        L[:, r, c] = theta[:, lay.slices[t]]
         S = sigma[:, None, None] ** 2 * (L @ L.transpose(0, 2, 1))
         sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
         for i, j in zip(r, c):
@@ -300,7 +288,6 @@ def sd_cor(theta: np.ndarray, sigma: np.ndarray, ks: tuple[int, ...]) -> np.ndar
             else:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     cols.append(np.where(sd[:, i] * sd[:, j] > 0, S[:, i, j] / (sd[:, i] * sd[:, j]), np.nan))
-        start += size
     return np.stack(cols, axis=1) if cols else np.zeros((theta.shape[0], 0))
 
 
@@ -322,7 +309,8 @@ class BatchResult:
         converged: (B,) the optimiser met its criterion.
         iterations: (B,) Newton iterations.
         ks: columns per random-effects term.
-        component_names: lme4 names of the sd/cor parameters.
+        component_names: lme4 names of the sd/cor parameters
+            (:attr:`~lmm_jax.core.theta_layout.ThetaLayout.names`).
         fixef_names: fixed-effects names.
         reml: REML (True) or ML fits.
     """
@@ -386,15 +374,17 @@ def _as_batch_result(out: dict, design: "Design", reml: bool) -> BatchResult:
     out = {k: np.asarray(v) for k, v in out.items()}
     return BatchResult(theta=out["theta"], beta=out["beta"], sigma=out["sigma"], objective=out["objective"],
                        converged=out["converged"].astype(bool), iterations=out["iterations"],
-                       ks=design.ks, component_names=tuple(component_names(design)),
+                       ks=design.ks, component_names=design.theta_layout.names,
                        fixef_names=tuple(design.fixef_names), reml=reml)
 
 
 def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     theta0 = np.asarray(start, dtype=float)
-    if theta0.shape != (sum(k * (k + 1) // 2 for k in s.ks),):
-        raise ValueError(f"start must be one theta in lme4's layout ({sum(k * (k + 1) // 2 for k in s.ks)} "
-                         f"entries), got shape {theta0.shape}")
+    n_theta = ThetaLayout.of(s.ks).n_theta
+    if theta0.shape != (n_theta,):
+        raise ValueError(f"start must be one theta in lme4's layout ({n_theta} entries), got shape {theta0.shape}")
+    if not np.isfinite(theta0).all():
+        raise ValueError(f"start must be finite, got {theta0.tolist()}")
     phi0, active0 = phi_from_theta(theta0, s.ks)
     return jnp.asarray(phi0), jnp.asarray(active0)
 
@@ -425,6 +415,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     Returns:
         A :class:`BatchResult`; ``.table`` is a DataFrame with one row per column of Y.
     """
+    reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     Y = jnp.asarray(Y, dtype=jnp.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
@@ -433,19 +424,9 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0 = (None, None) if start is None else _start(s, start)
-    G = _response_map_of(model)
-    out = _fit_responses(Y, G, model.arrays, model.products, moment_equations_of(model), phi0, active0, s, bool(reml),
-                         int(max_iter), check_method(method))
+    out = _fit_responses(Y, model.response_map, model.arrays, model.products, model.moment_equations, phi0, active0, s,
+                         bool(reml), int(max_iter), check_method(method))
     return _as_batch_result(out, model.design, bool(reml))
-
-
-def _response_map_of(model: "LMM") -> jnp.ndarray | None:
-    """G of :func:`response_map`, cached on the model (it never changes)."""
-    cache = model.__dict__.setdefault("_lmm_jax_batch_cache", {})
-    if "G" not in cache:
-        G = response_map(model.design)
-        cache["G"] = None if G is None else jnp.asarray(G)
-    return cache["G"]
 
 
 @entry_point
@@ -472,6 +453,7 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
     Returns:
         One single-fit :class:`BatchResult` per model, in the input order.
     """
+    reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         # same padded structure and the same pytree of products (a sparse coupling block has its own shapes)
@@ -482,7 +464,7 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
     for (s, _, _), idx in groups.items():
         dps = _stack([models[i].padded.products for i in idx])
         rps = _stack([models[i].padded.response for i in idx])
-        eqs = [moment_equations_of(models[i], padded=True) for i in idx]
+        eqs = [models[i].padded_moment_equations for i in idx]
         eqs = None if any(e is None for e in eqs) else _stack(eqs)
         res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}

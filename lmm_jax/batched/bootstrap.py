@@ -34,13 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import (BatchResult, _as_batch_result, _response_map_of, batch_response_products, check_method,
+from .batch import (BatchResult, _as_batch_result, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
 from ..runtime.scope import entry_point
-from ..errors import ConvergenceWarning
+from ..errors import ConvergenceWarning, check_bool, check_count
 from ..core.parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
-from ..core.start import moment_equations_of
 
 if TYPE_CHECKING:
     from ..results import LMMResult
@@ -101,25 +100,22 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     """Parametric bootstrap of a fitted model (see :meth:`LMMResult.bootstrap`)."""
     from .simulate import resolve_params
 
-    n = int(n)
+    n, max_iter = check_count(n, "n"), check_count(max_iter, "max_iter")
+    progress = check_bool(progress, "progress")
     method = check_method(method)
-    if n < 1:
-        raise ValueError(f"n must be a positive number of replicates, got {n}")
     model, p = resolve_params(result, params)
     s = model.structure
     key = as_key(key)
     n_dev = jax.device_count()
     chunk = (default_chunk_size(n, model.design.n, n_dev, jax.default_backend()) if chunk_size is None
-             else int(chunk_size))
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+             else check_count(chunk_size, "chunk_size"))
     if n_dev > 1:
         chunk = int(math.ceil(chunk / n_dev) * n_dev)
     sharding = _replicate_sharding(n_dev) if n_dev > 1 else None
     phi0, active0 = phi_from_theta(np.asarray(p.theta), s.ks)
     phi0, active0 = jnp.asarray(phi0), jnp.asarray(active0)
-    G = _response_map_of(model)
-    eq = moment_equations_of(model)
+    G = model.response_map
+    eq = model.moment_equations
     starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm

@@ -24,6 +24,7 @@ import numpy as np
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure
 from ..core.parametrization import lambdas, n_theta
+from ..errors import check_count
 
 if TYPE_CHECKING:
     from ..model import LMM
@@ -138,16 +139,13 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
         >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
         >>> Y = lmm_jax.simulate(fit, 1000, key=1)          # (180, 1000)
     """
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive number of replicates, got {n}")
+    n = check_count(n, "n")
+    chunk = None if chunk_size is None else check_count(chunk_size, "chunk_size")
     model, p = resolve_params(model_or_result, params)
     key = as_key(key)
-    n = int(n)
-    if chunk_size is None:
+    if chunk is None:
         return _simulate_jit(replicate_keys(key, 0, n), p, model.arrays, model.structure)
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    return _simulate_chunks(model, p, key, n, int(chunk_size))
+    return _simulate_chunks(model, p, key, n, chunk)
 
 
 @entry_point

@@ -33,7 +33,7 @@ MAX_DENSE_COUPLING = 1 << 24   # dense A21 (q_r m_1 k_1 entries) above this: alw
 PAIR_COST = 100                # one sparse pair costs about this many dense matmul flops (gather + scatter)
 # Every term scalar: the sparse path's derivatives are closed forms over three pair sums per Newton pass
 # (likelihood._scalar_derivatives), the dense one differentiates through the q_r^2 m_1 update. Refits of
-# y ~ x1 + (1|A) + (1|B), ms per fit dense / sparse (stop 12): 500 x 200 levels (20k rows) 100 / 32,
+# y ~ x1 + (1|A) + (1|B), ms per fit dense / sparse on a 2-core CPU: 500 x 200 levels (20k rows) 100 / 32,
 # 200 x 100 (5k) 31 / 18, 100 x 50 (2k) 10 / 11, 100 x 80 (5k) 13 / 17, 300 x 100 (20k) 47 / 111.
 SCALAR_PAIR_COST = 20
 MAX_DENSE_REST = 20_000        # columns of the remaining terms' dense block

@@ -12,6 +12,8 @@ one the blocked Cholesky in :mod:`lmm_jax.core.likelihood` wants).
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import difflib
 import functools
 import re
@@ -23,10 +25,19 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
 
+from ..core.theta_layout import ThetaLayout
 from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
 from .formula import ParsedFormula, RandomTerm, parse_formula
 
 _RANK_TOL = 1e-7  # lme4's rankMatrix / qr tolerance
+# Names a formula may call besides formulaic's transforms (log, log10, log2, exp, center, scale, poly, C, I, np)
+# and Python's builtins (abs, round, pow): R's elementwise math, so that lme4's sqrt(x) or floor(x/2) work.
+# Every model matrix of a design (fitting, predict, anova) is evaluated with this context.
+R_FUNCTIONS: dict[str, Any] = {
+    "sqrt": np.sqrt, "log1p": np.log1p, "expm1": np.expm1, "sign": np.sign, "floor": np.floor, "ceiling": np.ceil,
+    "trunc": np.trunc, "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+    "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+}
 OFFSET_WARN_RATIO = 1e3  # |mean| / SD above which a variable's cross-products lose digits
 
 
@@ -104,15 +115,32 @@ class Design:
     def ms(self) -> tuple[int, ...]:
         return tuple(t.m for t in self.terms)
 
+    @functools.cached_property
+    def theta_layout(self) -> ThetaLayout:
+        """Positions and lme4 names of theta's entries for these terms, built once."""
+        return ThetaLayout(self.ks, tuple(t.columns for t in self.terms), tuple(t.group for t in self.terms))
+
 
 def r_name(name: str) -> str:
     """Turn a formulaic column name into R's: ``recipe[T.B]:temp`` ->
     ``recipeB:temp``, ``Intercept`` -> ``(Intercept)``."""
     if name == "Intercept":
         return "(Intercept)"
-    name = re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
-    # formulaic prints I(x**2) as 'I(x ** 2)'; lme4 users know it as 'I(x^2)'
-    return re.sub(r"\bI\((.*)\)", lambda m: "I(" + m.group(1).replace(" ** ", "^").replace("**", "^") + ")", name)
+    name = name.replace(_INTERCEPT_COLUMN, "Intercept")   # a data column named Intercept (quote_names)
+    name = _POLY.sub(lambda m: m.group(1).strip("`"), name)    # an ordered factor (code_ordered): x[.L] -> x.L
+    # calls as R deparses them: formulaic prints I(x**2) as 'I(x ** 2)' and exp(x/10) as 'exp(x / 10)', lme4
+    # names them 'I(x^2)' and 'exp(x/10)' (no spaces around ^ and /); level labels in [...] are left alone
+    name = "".join(part if part.startswith("[") else _CALL.sub(_r_call, part)
+                   for part in re.split(r"(\[[^\]]*\])", name))
+    return re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", name)
+
+
+_POLY = re.compile(r"C\(((?:`[^`]*`|[^,()])+), contr\.poly\)")
+_CALL = re.compile(r"(?<![\w.])[A-Za-z_][\w.]*\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)")   # 2 levels of nesting
+
+
+def _r_call(m: re.Match) -> str:
+    return m.group(0).replace(" ** ", "^").replace("**", "^").replace(" / ", "/")
 
 
 def as_frame(data: Any) -> pd.DataFrame:
@@ -132,6 +160,15 @@ def as_frame(data: Any) -> pd.DataFrame:
                 raise DataError(f"data[{k!r}] has shape {np.shape(arr)}; every column of a dict of arrays must be "
                                 "1-dimensional with one entry per observation")
             cols[k] = arr
+        series = {k: v.index for k, v in cols.items() if isinstance(v, pd.Series)}
+        if len(series) > 1:
+            (k0, i0), *rest = series.items()
+            differ = [k for k, i in rest if not i.equals(i0)]
+            if differ:
+                raise DataError(f"data is a dict of Series whose indexes differ ({differ[0]!r} vs {k0!r}); pandas "
+                                "would pair their rows by index label (filling the gaps with missing values), not "
+                                "by position: pass each Series' .to_numpy() to pair rows by position, or build the "
+                                "DataFrame yourself if pairing by label is meant")
         try:
             df = pd.DataFrame(cols)
         except ValueError as e:
@@ -150,6 +187,9 @@ def as_frame(data: Any) -> pd.DataFrame:
     else:
         raise DataError(f"data must be a pandas DataFrame or a dict of equal-length arrays, got "
                         f"{type(data).__name__}; convert it with pandas.DataFrame(...)")
+    if isinstance(df.columns, pd.MultiIndex):
+        raise DataError(f"data has MultiIndex columns (e.g. {df.columns[0]!r}); formulas name single columns: "
+                        "flatten them first, e.g. data.columns = ['_'.join(map(str, c)) for c in data.columns]")
     if df.columns.duplicated().any():
         dup = sorted(set(map(str, df.columns[df.columns.duplicated()])))
         raise DataError(f"data has duplicated column names {dup}; rename them so each name is unique")
@@ -164,7 +204,7 @@ def as_frame(data: Any) -> pd.DataFrame:
 _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
 
 
-def _level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Labels (sorted levels present, as text) and int32 codes of one factor.
 
     Plain numeric columns are coded by row blocks (unique values per block,
@@ -182,8 +222,24 @@ def _level_codes(s: pd.Series, chunk_rows: int = 1 << 16) -> tuple[np.ndarray, n
         return np.asarray([str(v) for v in levels.tolist()], dtype=object), codes
     cat = s.astype("category") if not isinstance(s.dtype, pd.CategoricalDtype) else s
     cat = cat.cat.remove_unused_categories()
-    return (np.asarray([str(c) for c in cat.cat.categories], dtype=object),
-            cat.cat.codes.to_numpy().astype(np.int32))
+    labels = [str(c) for c in cat.cat.categories]
+    if len(set(labels)) < len(labels):
+        _raise_label_clash(s.name, list(cat.cat.categories), labels)
+    return np.asarray(labels, dtype=object), cat.cat.codes.to_numpy().astype(np.int32)
+
+
+def _raise_label_clash(name: Any, values: list, labels: list[str]) -> None:
+    """Distinct values of a grouping factor whose labels coincide (1 and "1"):
+    lme4 would see one level (R's factor() codes the text), Python sees two,
+    and their random effects would be two rows with one name. Ask the user."""
+    by_label: dict[str, list] = {}
+    for v, lab in zip(values, labels):
+        by_label.setdefault(lab, []).append(v)
+    groups = [" and ".join(f"{v!r} ({type(v).__name__})" for v in vs) for vs in by_label.values() if len(vs) > 1]
+    clashes = "; ".join(groups[:5]) + (f"; ... ({len(groups)} in all)" if len(groups) > 5 else "")
+    raise DataError(f"grouping factor {name!r} has distinct values that read as the same level: {clashes}. R (lme4) "
+                    f"would make them one level; to do that, convert the column to text (data[{name!r}]."
+                    "astype(str)); to keep them apart, recode them with distinct labels")
 
 
 def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +251,7 @@ def _grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndar
     levels)."""
     parts = []
     for f in factors:
-        labels, codes = _level_codes(df[f.strip("`")])
+        labels, codes = level_codes(df[f.strip("`")])
         parts.append((codes, labels))
     if len(parts) == 1:
         codes, labels = parts[0]
@@ -243,24 +299,87 @@ def _split_quoted(text: str) -> list[tuple[str, bool]]:
     return out
 
 
+# formulaic names the intercept column "Intercept": a data column of that name would overwrite it in the model
+# matrix (y ~ Intercept fitted y ~ 0 + Intercept). quote_names reads such a column through Q(), whose column name
+# differs, and r_name turns it back into "Intercept", lme4's name for it.
+_INTERCEPT_COLUMN = "Q('Intercept')"
+
+
 def quote_names(expr: str, columns: list[str]) -> str:
-    """Backtick-quote column names that formulaic would misread.
+    """Quote column names that formulaic would misread.
 
     R formulas allow dots in names (``x.1``, ``log.dose``); formulaic reads
     ``x.1`` as Python attribute access. Every unquoted whole-token occurrence
-    of such a column name is wrapped in backticks, longest names first.
+    of such a column name is wrapped in backticks, longest names first. A
+    column named ``Intercept`` is read as ``Q('Intercept')`` (see
+    ``_INTERCEPT_COLUMN``).
     """
     odd = sorted((c for c in columns if re.fullmatch(r"[A-Za-z.][A-Za-z0-9_.]*", c) and "." in c),
                  key=len, reverse=True)
+    if "Intercept" in columns:
+        odd.append("Intercept")
     if not odd:
         return expr
     pieces = []
     for piece, quoted in _split_quoted(expr):
         if not quoted:
             for c in odd:  # longest first; a quoted name is not matched again (backtick boundary)
-                piece = _token_pattern(c).sub(lambda _m, c=c: f"`{c}`", piece)
+                quote = _INTERCEPT_COLUMN if c == "Intercept" else f"`{c}`"
+                piece = _token_pattern(c).sub(lambda _m, q=quote: q, piece)
+        elif piece == "`Intercept`" and "Intercept" in columns:
+            piece = _INTERCEPT_COLUMN
         pieces.append(piece)
     return "".join(pieces)
+
+
+def ordered_columns(df: pd.DataFrame) -> frozenset[str]:
+    """Columns that are ordered pandas categoricals (R's ordered factors)."""
+    return frozenset(c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype) and df[c].cat.ordered)
+
+
+def code_ordered(expr: str, ordered: frozenset[str]) -> str:
+    """R codes an ordered factor by orthogonal polynomial contrasts (``contr.poly``:
+    columns ``x.L, x.Q, x.C, x^4, ...``), formulaic by treatment contrasts:
+    wrap each ordered column that ``expr`` (after :func:`quote_names`) uses
+    directly, not inside a call such as ``C(x)`` or ``I(x)``, in
+    ``C(x, contr.poly)``; :func:`r_name` gives the columns R's names."""
+    if not ordered:
+        return expr
+    out: list[str] = []
+    calls: list[bool] = []                    # per open parenthesis: is it a call's?
+    i = 0
+    while i < len(expr):
+        c = expr[i]
+        if c in "`'\"":
+            j = expr.find(c, i + 1)
+            j = len(expr) - 1 if j < 0 else j
+            token = expr[i:j + 1]
+            if c == "`" and token[1:-1] in ordered and not any(calls):
+                token = f"C({token}, contr.poly)"
+            out.append(token)
+            i = j + 1
+            continue
+        word = re.match(r"[A-Za-z0-9_.]+", expr[i:])
+        if word:
+            name = word.group(0)
+            called = expr[i + len(name):].lstrip().startswith("(")
+            out.append(f"C({name}, contr.poly)" if name in ordered and not any(calls) and not called else name)
+            i += len(name)
+            continue
+        if c == "(":
+            before = "".join(out).rstrip()
+            calls.append(bool(before) and (before[-1].isalnum() or before[-1] in "_."))
+        elif c == ")" and calls:
+            calls.pop()
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def formulaic_text(expr: str, df: pd.DataFrame) -> str:
+    """A formula (or a random term's expression) as handed to formulaic for
+    the columns of ``df``: odd names quoted, ordered factors polynomial-coded."""
+    return code_ordered(quote_names(expr, list(df.columns)), ordered_columns(df))
 
 
 def _mentioned(expr: str, columns: list[str]) -> set[str]:
@@ -285,8 +404,15 @@ def _required(expr: str, formula_text: str, columns: list[str]) -> tuple[set[str
         raise FormulaError(f"cannot parse {expr!r}: {e}", formula_text, expr, formula_text.find(expr)) from None
     mentioned = _mentioned(expr, columns)
     cols = set(columns)
+    # a name that is called is a function (R's sqrt, a builtin such as abs), not a variable
+    called = {v for v in req - cols if re.search(rf"(?<![\w.]){re.escape(v)}\s*\(", expr)}
+    for v in sorted(called):
+        if v not in R_FUNCTIONS and not callable(getattr(builtins, v, None)):
+            raise FormulaError(f"{v}() is not a function a formula can call: use R's math functions ("
+                               f"{', '.join(sorted(set(R_FUNCTIONS) | {'log', 'exp', 'abs'}))}), numpy's (np.{v}(x) "
+                               "if numpy has it), or I(...) for arithmetic", formula_text, v, formula_text.find(v))
     # formulaic reports `x.1` as 'x': a name that prefixes a mentioned dotted column is not unknown
-    unknown = {v for v in req - cols if not any(m.startswith(v + ".") for m in mentioned)}
+    unknown = {v for v in req - cols - called if not any(m.startswith(v + ".") for m in mentioned)}
     return mentioned | (req & cols), unknown
 
 
@@ -386,7 +512,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(_formulaic(quote_names(pf.fixed_formula, columns)), df_used, na_action="ignore")
+        mm = model_matrix(_formulaic(formulaic_text(pf.fixed_formula, df)), df_used, na_action="ignore",
+                          context=R_FUNCTIONS)
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
                            pf.fixed, pf.text.find(pf.fixed)) from None
@@ -433,7 +560,8 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
         try:
-            Zm = model_matrix(_formulaic(quote_names(term.expr, columns)), df_used, na_action="ignore")
+            Zm = model_matrix(_formulaic(formulaic_text(term.expr, df)), df_used, na_action="ignore",
+                              context=R_FUNCTIONS)
         except Exception as e:
             raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
                                term.expr, pf.text.find(term.expr)) from None
@@ -476,6 +604,23 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
                   kept_columns=tuple(keep))
+
+
+def treatment_coded(design: Design) -> Design | None:
+    """The design with its ordered factors treatment-coded instead of
+    polynomial-coded (:func:`code_ordered`), or None if it has no ordered
+    factor in the fixed part. Both X span the same space; type III
+    hypotheses (:mod:`lmm_jax.inference.anova`) are built on this one."""
+    df = design.data
+    text = quote_names(design.formula.fixed_formula, list(df.columns))
+    if code_ordered(text, ordered_columns(df)) == text:
+        return None
+    rhs = model_matrix(_formulaic(text), df, na_action="ignore", context=R_FUNCTIONS).rhs
+    X_full = rhs.to_numpy(dtype=float)
+    keep = _independent_columns(X_full)
+    names = [r_name(c) for c in rhs.columns]
+    return dataclasses.replace(design, X=X_full[:, keep], fixef_names=tuple(names[j] for j in keep),
+                               fixed_spec=rhs.model_spec, kept_columns=tuple(keep))
 
 
 def _warn_offsets(y: np.ndarray, X: np.ndarray, response: str, names: tuple[str, ...]) -> None:

@@ -142,11 +142,13 @@ def _parse_group(group: str, formula: str, pos: int) -> list[tuple[str, ...]]:
 
 
 def _r_arithmetic(expr: str) -> str:
-    """Inside ``I(...)`` R's ``^`` is a power; formulaic evaluates ``I()`` as
-    Python, where ``^`` is bitwise XOR. Translate so ``I(x^2)`` means x**2."""
+    """Inside a call (``I(...)``, ``sqrt(...)``, ...) R's ``^`` is a power;
+    formulaic evaluates calls as Python, where ``^`` is bitwise XOR. Translate
+    so ``I(x^2)`` and ``sqrt(x^3)`` mean x**2 and x**3 (outside calls ``^`` is
+    the formula operator, ``(a + b)^2``, as in R)."""
     out, i = [], 0
     while i < len(expr):
-        m = re.compile(r"\bI\(").search(expr, i)
+        m = re.compile(r"(?<![\w.])[A-Za-z_][\w.]*\(").search(expr, i)
         if not m:
             out.append(expr[i:])
             break
@@ -158,6 +160,38 @@ def _r_arithmetic(expr: str) -> str:
         out.append(expr[m.end():j].replace("^", "**"))
         i = j
     return "".join(out)
+
+
+_DOT = re.compile(r"(?<![A-Za-z0-9_.])\.(?![A-Za-z0-9_.])")   # R's '.', not part of a name or a number
+_IN = re.compile(r"\s*%in%\s*")
+
+
+def _outside_quotes(text: str):
+    """(start, piece) for the pieces of text outside `...`, '...' and "..." quotes."""
+    start = 0
+    for m in re.finditer(r"`[^`]*`|'[^']*'|\"[^\"]*\"", text):
+        yield start, text[start:m.start()]
+        start = m.end()
+    yield start, text[start:]
+
+
+def _r_operators(text: str) -> str:
+    """R's ``a %in% b`` is ``a:b`` (formulaic reads it as ``b/a``, another model)."""
+    pieces, last = [], 0
+    for start, piece in _outside_quotes(text):
+        pieces.append(text[last:start])
+        pieces.append(_IN.sub(":", piece))
+        last = start + len(piece)
+    return "".join(pieces) + text[last:]
+
+
+def _reject_dot(text: str) -> None:
+    for start, piece in _outside_quotes(text):
+        m = _DOT.search(piece)
+        if m:
+            raise FormulaError("'.' (every other column) is not supported: name the fixed effects, e.g. "
+                               "'y ~ x1 + x2 + (1 | g)' (lme4 would expand it to every column but the response, "
+                               "grouping factors included)", text, ".", start + m.start())
 
 
 def parse_formula(formula: str) -> ParsedFormula:
@@ -191,6 +225,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     if depth > 0:
         raise FormulaError("unbalanced parentheses: '(' is never closed; add the missing ')'",
                            text, "(", text.rfind("("))
+    _reject_dot(text)
     lhs, rhs = text.split("~")
     response = lhs.strip()
     if not response:
@@ -248,6 +283,6 @@ def parse_formula(formula: str) -> ParsedFormula:
     if not random:
         raise FormulaError("no random-effects terms in the formula; add one such as (1 | group) "
                            "(for a model without random effects use ordinary least squares)", text)
-    fixed = _r_arithmetic(fixed)
-    random = [RandomTerm(_r_arithmetic(t.expr), t.factors, t.uncorrelated) for t in random]
+    fixed = _r_operators(_r_arithmetic(fixed))
+    random = [RandomTerm(_r_operators(_r_arithmetic(t.expr)), t.factors, t.uncorrelated) for t in random]
     return ParsedFormula(text=text, response=_r_arithmetic(response), fixed=fixed, random=tuple(random))

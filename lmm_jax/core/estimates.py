@@ -9,6 +9,7 @@ very same optimiser over simulated responses.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,33 @@ def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, activ
     structure; vmap over ``rp`` for many responses on one design)."""
     return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
                            max_iter=max_iter)
+
+
+class Estimates(NamedTuple):
+    """The estimates at one theta, as a pytree (what :func:`lmm_jax.make_estimates` returns).
+
+    Attributes:
+        beta: (p,) fixed effects, the GLS estimate at theta, ``L_X'^{-1} r``.
+        sigma: residual SD, ``sqrt(pwrss / (n - p))`` (REML) or ``sqrt(pwrss / n)`` (ML).
+        vcov: (p, p) covariance of beta, ``sigma^2 (L_X L_X')^{-1}`` (lme4's ``vcov``).
+        b: conditional modes, one (m_t, k_t) array per random-effects term, in
+            the order of ``model.design.terms`` (largest number of levels first).
+        deviance: the profiled REML criterion or ML deviance at theta.
+    """
+
+    beta: jnp.ndarray
+    sigma: jnp.ndarray
+    vcov: jnp.ndarray
+    b: tuple[jnp.ndarray, ...]
+    deviance: jnp.ndarray
+
+
+def estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> Estimates:
+    """:class:`Estimates` at theta: plain traceable JAX (no kernel), for code
+    that jit/vmap/grad compiles itself (:func:`lmm_jax.make_estimates`)."""
+    e = _estimates(theta, dp, rp, s, reml)
+    return Estimates(beta=e["beta"], sigma=e["sigma"], vcov=e["sigma"] ** 2 * e["unscaled_vcov"], b=e["b"],
+                     deviance=e["deviance"])
 
 
 def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:

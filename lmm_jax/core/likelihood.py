@@ -453,12 +453,6 @@ def log_det_LZ2(F: Factor) -> jnp.ndarray:
     return 2.0 * (jnp.sum(jnp.log(d1)) + jnp.sum(jnp.log(jnp.diagonal(F.L22))))
 
 
-def log_det_LX2(F: Factor) -> jnp.ndarray:
-    """``log|L_X|^2`` (REML's extra term)."""
-    p = F.L33.shape[0] - 1
-    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(F.L33)[:p]))
-
-
 def pwrss(F: Factor) -> jnp.ndarray:
     """Penalised weighted residual sum of squares at the conditional optimum."""
     return F.L33[-1, -1] ** 2

@@ -71,6 +71,8 @@ def _backward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
     """Lower Cholesky factors of M (..., k, k), symmetric positive definite."""
     k = M.shape[-1]
+    if k == 0:                                # no fixed effects (y ~ 0 + (1 | g)): an empty factor
+        return M
     if k > LOOP_MAX:
         return jnp.linalg.cholesky(M)
     if k > UNROLL_MAX:
@@ -94,6 +96,8 @@ def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
 def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L X = B for lower-triangular L (..., k, k), B (..., k, c)."""
     k = L.shape[-1]
+    if k == 0:
+        return B
     if k > LOOP_MAX:
         return solve_triangular(L, B, lower=True)
     if k > UNROLL_MAX:
@@ -110,6 +114,8 @@ def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 def batched_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L' X = B for lower-triangular L (..., k, k), B (..., k, c)."""
     k = L.shape[-1]
+    if k == 0:
+        return B
     if k > LOOP_MAX:
         return solve_triangular(L, B, lower=True, trans="T")
     if k > UNROLL_MAX:

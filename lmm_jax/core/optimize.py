@@ -1,49 +1,66 @@
-"""A vmappable Newton optimiser with the exact Hessian and a boundary rule.
+"""One vmappable optimiser loop: Newton with the exact Hessian, or BFGS.
 
 Minimises ``f(theta_from_phi(phi, active))`` over the unconstrained log-Cholesky
-parameters phi. Each iteration (Nocedal & Wright 2006, secs. 3.1 and 3.4):
+parameters phi. Both methods are one loop, :func:`_solve` (Nocedal & Wright
+2006, secs. 3.1, 3.4 and 6.1; the layout follows optimistix: a typed solver
+state, named predicates, the methods as specialisations of one loop). They
+differ in their curvature model M (:class:`_Method`):
 
-1. gradient g and Hessian H of f by autodiff;
-2. a modified-Newton direction ``d = -|H|^{-1} g``, the eigenvalues of H
-   replaced by their absolute values (floored), so d is a descent direction
-   even where H is indefinite; d is capped at ``max_step`` in the infinity norm
-   (a trust region in all but name);
-3. a backtracking line search on the Armijo condition. Where the predicted
-   decrease is tiny (below ``F_NOISE`` = 1e-7 of |f|), Armijo may compare
-   rounding noise: there the full step is also taken if it lowers the Newton
-   decrement (a measure of the gradient, which has no such cancellation) and
-   raises f by less than that bound;
-4. the boundary rule: a diagonal entry of Lambda whose theta has fallen below
-   ``zero_tol`` is set to exactly 0 (made inactive) when that does not raise
-   f. In the log parametrisation a zero variance sits at -infinity, which
-   Newton approaches by only ~0.5 in phi per step; the rule reaches lme4's
-   boundary optimum in a few steps and without NaN. An inactive entry is
-   re-activated if moving it off zero lowers f.
+- :func:`newton_minimize`: M is the exact Hessian H by autodiff at every point;
+  the direction ``d = -|H|^{-1} g`` has the eigenvalues of H replaced by their
+  absolute values (floored, :func:`floored_eigh`), so d is a descent direction
+  even where H is indefinite.
+- :func:`bfgs_minimize`: M approximates the inverse Hessian, started from a
+  given matrix and updated by BFGS from each step and its change of gradient;
+  ``d = -M g``. An iteration costs one value-and-gradient instead of a Hessian
+  (about 6x fewer flops for a 3-parameter model); for refits of many responses
+  near a known optimum (the bootstrap) the fitted model's exact Hessian is an
+  excellent start (:func:`inverse_hessian_start`).
 
-Converged when the Newton decrement ``g'|H|^{-1}g / 2`` (the predicted
-decrease of f) is below ``tol`` (1e-12: theta is then fixed to about
-``sqrt(2e-12 / curvature)``; at 1e-11 a near-zero variance component that
-Newton reached with a last decrement of 6e-12 was 1.5e-5 off lme4's). The
-Newton step computed at that point is then taken without evaluating f
-again (the polish): inside the region of quadratic convergence it leaves an
-error of order dec instead of sqrt(dec); the reported f, g and H are those
-before the step (f differs by less than tol). Without the polish and step
-3's decrement rule, sleepstudy's ML fit from nearby starts ended 2 to 4
-iterations in, with its covariance up to 1.1e-5 (relative) from the exact
-optimum: on an H100, and on the CPU with XLA's older fusion emitters, a full
-step to the optimum failed Armijo on f's rounding noise twice and the loop
-stopped as stalled.
-Everything is inside ``lax.while_loop`` with fixed shapes, so ``jax.vmap`` over data (bootstrap replicates) works: under
-vmap the loop runs until every replicate has stopped.
+An iteration, written once for both:
 
-:func:`bfgs_minimize` is the same loop with the Hessian replaced by a BFGS
-approximation of its inverse (Nocedal & Wright 2006, sec. 6.1), started from
-a given matrix: for refits of many responses near a known optimum (the
-bootstrap) the fitted model's exact Hessian is an excellent start, and an
-iteration then costs one value-and-gradient instead of a Hessian (about 6x
-fewer flops for a 3-parameter model). Same boundary rule, line search and
-stopping rule (the decrement with the approximate inverse), so both reach the
-same optimum; the tests hold them to it.
+1. the step d from M and the gradient g, capped at ``max_step`` in the infinity
+   norm (a trust region in all but name, :func:`capped`); the decrement
+   ``-g'd / 2`` (before the cap) is the decrease of f the model predicts;
+2. the line search (:func:`armijo`, :func:`backtrack`): the full step is taken
+   if it passes the Armijo condition, or if its change of f is rounding noise
+   by the method's rule (:attr:`_Method.noise_pass`); else it is halved on f
+   alone until it passes;
+3. the boundary rule (:func:`zero_tiny`, :func:`reactivate`): a diagonal entry
+   of Lambda whose theta has fallen below ``zero_tol`` is set to exactly 0
+   (made inactive) when that does not raise f. In the log parametrisation a
+   zero variance sits at -infinity, which the capped step approaches by only
+   ~0.5 in phi per step; the rule reaches lme4's boundary optimum in a few
+   steps and without NaN. An inactive entry is re-activated if moving it to
+   ``reactivate_at`` lowers f;
+4. stop when the decrement is below ``tol`` (:func:`converged`), or when two
+   steps in a row have stalled (:func:`stalled`), or after ``max_iter`` steps.
+
+Each pass of the loop takes the derivatives at one point, the end of the step
+under test, so they appear once in the compiled loop (compile time is most of
+a first fit): a full step that passes brings the next iteration's derivatives
+with it; a step the search shortened, or a point the boundary rule moved, has
+its derivatives taken by the next pass. Everything is inside
+``lax.while_loop`` with fixed shapes, so ``jax.vmap`` over data (bootstrap
+replicates) works: under vmap the loop runs until every member has stopped.
+
+Besides M, the methods differ in a few rules (the fields of :class:`_Method`):
+which full steps pass on rounding noise, what counts as a stall, when zeroed
+entries are tried again, and Newton's polish. Newton's tolerance 1e-12 fixes
+theta to about ``sqrt(2e-12 / curvature)``; at 1e-11 a near-zero variance
+component that Newton reached with a last decrement of 6e-12 was 1.5e-5 off
+lme4's. When it stops below tol, Newton takes the step it has
+computed without evaluating f again (the polish): inside the region of
+quadratic convergence it leaves an error of order dec instead of sqrt(dec);
+the reported f, g and H are those before the step (f differs by less than
+tol). Near the optimum Newton also takes a full step that Armijo, comparing
+f's rounding noise, fails, if it lowers the decrement (a measure of the
+gradient, which has no such cancellation) and raises f by less than that
+noise. Without the polish and this rule, sleepstudy's ML fit from nearby starts
+ends 2 to 4 iterations in, with its covariance up to 1.1e-5 (relative) from the
+exact optimum (on an H100, and on the CPU with XLA's older fusion emitters, a
+full step to the optimum fails Armijo on f's rounding noise twice and the loop
+stops as stalled).
 """
 
 from __future__ import annotations
@@ -58,10 +75,58 @@ from ..runtime.kernel import serializable
 from .parametrization import diagonal_mask, theta_from_phi
 
 
-# f's rounding level relative to |f|, as the loops judge it: a gain below F_ROUNDING * (1 + |f|) is no gain
-F_ROUNDING = 1e-12
-# the most rounding noise relative to |f| that Newton's decrement rule allows for (data 1e4 SDs from zero: 2e-8)
-F_NOISE = 1e-7
+class OptimizerSettings(NamedTuple):
+    """The numbers that steer the loop (Python numbers: constants of the
+    compiled program, so a settings value is a static argument).
+
+    Attributes:
+        tol: stop when the decrement (the decrease of f the curvature model
+            predicts, deviance units) is below this.
+        max_iter: the most steps (line searches) a fit takes.
+        max_step: cap on the infinity norm of a step in phi.
+        zero_tol: theta below which a diagonal entry is tried at exactly 0.
+        reactivate_at: theta at which a zeroed entry is tried again.
+        armijo: the Armijo constant: a step ``alpha d`` passes if it lowers f
+            by at least ``armijo * alpha * |g'd|``.
+        max_halvings: the line search's shortest step is ``2**-max_halvings``
+            of the full step; a search that finds nothing by then fails.
+        stall: a fit that stops stalled counts as converged if its decrement
+            is below this (its gradient is then as small as f's rounding
+            lets a line search see).
+        eig_floor: eigenvalues of an exact Hessian are raised to at least
+            ``eig_floor * max(max |lambda|, 1)`` in absolute value.
+        f_rounding: f's rounding level relative to ``1 + |f|``: a step that
+            gains less is no gain (it counts as flat).
+        f_noise: the most rounding noise relative to ``1 + |f|`` that Newton's
+            decrement rule allows for (data 1e4 SDs from zero: 2e-8).
+        curvature: the BFGS update is skipped unless
+            ``s'y > curvature * |s| |y|`` (``s'y > 0`` keeps M positive
+            definite; the margin keeps ``1 / s'y`` bounded).
+    """
+
+    tol: float = 1e-12
+    max_iter: int = 200
+    max_step: float = 2.0
+    zero_tol: float = 1e-3
+    reactivate_at: float = 1e-2
+    armijo: float = 1e-4
+    max_halvings: int = 41
+    stall: float = 1e-6
+    eig_floor: float = 1e-8
+    f_rounding: float = 1e-12
+    f_noise: float = 1e-7
+    curvature: float = 1e-12
+
+
+# Newton's default settings (the single fit, the profile).
+NEWTON = OptimizerSettings()
+# BFGS's defaults. tol: Newton's 1e-12 comes from the single fit's agreement with lme4 (module docstring);
+# BFGS refits batches near a known optimum (the bootstrap, batch.fit_products, whose FIRST_PASS_ITER is
+# sized for this value), where theta to about sqrt(2e-11 / curvature) is far below the replicates' spread.
+# Each method keeps its own value: changing either changes every fit it makes. max_halvings: under vmap
+# every halving costs the whole batch an evaluation, so a search gives up after 8 and the failure restarts
+# M instead.
+BFGS = OptimizerSettings(tol=1e-11, max_halvings=8)
 
 
 @serializable
@@ -74,9 +139,11 @@ class NewtonResult(NamedTuple):
         active: False for diagonal entries fixed at 0.
         objective: f at the optimum.
         gradient_norm: infinity norm of the gradient over active entries.
-        decrement: the last Newton decrement.
-        iterations: Newton iterations taken.
-        converged: the decrement criterion was met before ``max_iter``.
+        decrement: the last decrement.
+        iterations: steps taken.
+        converged: the decrement fell below ``tol`` before ``max_iter``, or
+            the fit stalled with the decrement below ``stall``
+            (:class:`OptimizerSettings`).
         gradient: gradient of f in phi at the optimum (0 for inactive entries).
         hessian: Hessian of f in phi at the optimum (identity rows/columns
             for inactive entries); :mod:`lmm_jax.core.diagnostics` maps both to theta.
@@ -99,64 +166,309 @@ class NewtonResult(NamedTuple):
     inverse_hessian: jnp.ndarray | None = None
 
 
+# -- the pieces both methods share ----------------------------------------------------------------
+def masked(M: jnp.ndarray, act: jnp.ndarray) -> jnp.ndarray:
+    """M on the active rows and columns, the identity on the inactive ones
+    (``act``: the active mask as 0/1 floats)."""
+    return M * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
+
+
+def floored_eigh(H: jnp.ndarray, eig_floor: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(|lambda|, Q)`` of symmetric H with each ``|lambda|`` raised to at
+    least ``eig_floor * max(max |lambda|, 1)``: ``Q diag(|lambda|) Q'`` is a
+    positive definite stand-in for H (Nocedal & Wright 2006, sec. 3.4)."""
+    lam, Q = jnp.linalg.eigh(H)
+    floor = eig_floor * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
+    return jnp.maximum(jnp.abs(lam), floor), Q
+
+
+def capped(d: jnp.ndarray, g: jnp.ndarray, max_step: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(d', dec)``: direction d scaled down to at most ``max_step`` in the
+    infinity norm, and the decrement ``-g'd / 2`` of the uncapped d."""
+    dec = -(g @ d) / 2.0
+    scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
+    return d * scale, dec
+
+
+def armijo(f0: jnp.ndarray, slope: jnp.ndarray, alpha, fa: jnp.ndarray, c: float) -> jnp.ndarray:
+    """The Armijo (sufficient decrease) condition for the step ``alpha d``
+    with ``slope = g'd``: ``f(alpha) <= f0 + c alpha slope``, f finite."""
+    return jnp.isfinite(fa) & (fa <= f0 + c * alpha * slope)
+
+
+def backtrack(f_at: Callable[[jnp.ndarray], jnp.ndarray], f0: jnp.ndarray, slope: jnp.ndarray, live: jnp.ndarray,
+              settings: OptimizerSettings) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Backtracking line search after the full step has failed: ``alpha`` =
+    1/2, 1/4, ... down to ``2**-settings.max_halvings``, on f alone
+    (``f_at(alpha)``), until :func:`armijo` holds.
+
+    ``live`` False searches nothing (a fit that needs no search must not keep
+    a vmapped loop going). Returns ``(alpha, f(alpha), found)``."""
+    def cond(c):
+        alpha, fa, k = c
+        return live & ((k == 0) | (~armijo(f0, slope, alpha, fa, settings.armijo) & (k < settings.max_halvings)))
+
+    def body(c):
+        alpha, _, k = c
+        alpha = alpha * 0.5
+        return alpha, f_at(alpha), k + 1
+
+    alpha, fa, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, f0.dtype), f0, jnp.asarray(0)))
+    return alpha, fa, live & armijo(f0, slope, alpha, fa, settings.armijo)
+
+
+def _this_fit(flag: jnp.ndarray) -> jnp.ndarray:
+    # a boundary test runs where this fit needs it (batch-wide tests: bfgs_minimize's ``anywhere``)
+    return flag
+
+
+def zero_tiny(f_phi: Callable, phi: jnp.ndarray, active: jnp.ndarray, f: jnp.ndarray, diag: jnp.ndarray,
+              settings: OptimizerSettings, live: jnp.ndarray, anywhere: Callable = _this_fit):
+    """The boundary rule, first half: set the active diagonal entries whose
+    phi is below ``log(zero_tol)`` to exactly 0 if f does not rise.
+
+    ``f_phi(phi, active)`` is the objective, ``diag`` marks the diagonal
+    entries of Lambda, ``live`` False tests nothing. f is evaluated only where
+    some entry is a candidate: a real branch in a single fit; under vmap a
+    select, unless ``anywhere`` (see :func:`bfgs_minimize`'s ``axis_name``)
+    makes the test batch-wide. Returns ``(active, f, zeroed)``."""
+    cand = diag & active & (phi < jnp.log(settings.zero_tol)) & live
+
+    def test(_):
+        f_zero = f_phi(phi, active & ~cand)
+        take = jnp.any(cand) & (f_zero <= f)
+        return jnp.where(take, active & ~cand, active), jnp.where(take, f_zero, f), take
+
+    return lax.cond(anywhere(jnp.any(cand)), test, lambda _: (active, f, jnp.asarray(False)), None)
+
+
+def reactivate(f_phi: Callable, phi: jnp.ndarray, active: jnp.ndarray, f: jnp.ndarray, diag: jnp.ndarray,
+               settings: OptimizerSettings, live: jnp.ndarray, anywhere: Callable = _this_fit):
+    """The boundary rule, second half: move the zeroed diagonal entries to
+    theta = ``reactivate_at`` and keep them active if f drops (the KKT check
+    at the boundary). Evaluated as :func:`zero_tiny`. Returns
+    ``(phi, active, f, back)``."""
+    off = diag & ~active
+    need = jnp.any(off) & live
+
+    def test(_):
+        phi_try = jnp.where(off, jnp.log(settings.reactivate_at), phi)
+        f_off = f_phi(phi_try, active | off)
+        back = need & (f_off < f)
+        return jnp.where(back, phi_try, phi), jnp.where(back, active | off, active), jnp.where(back, f_off, f), back
+
+    return lax.cond(anywhere(need), test, lambda _: (phi, active, f, jnp.asarray(False)), None)
+
+
+def inverse_hessian_start(H: jnp.ndarray, eig_floor: float = NEWTON.eig_floor) -> jnp.ndarray:
+    """``|H|^{-1}`` with eigenvalues floored as in the Newton direction
+    (:func:`floored_eigh`): a positive definite start for
+    :func:`bfgs_minimize` from an exact Hessian."""
+    lam, Q = floored_eigh(H, eig_floor)
+    return (Q / lam) @ Q.T
+
+
+# -- the loop ------------------------------------------------------------------------------------
 class _State(NamedTuple):
-    # the next pass takes its derivatives at base + d: the full step d from the last accepted point
-    # ``base`` (whose f, g, H these are), tested for Armijo if ``trial``; d = 0 when base is to be taken as it is
-    base: jnp.ndarray
-    active: jnp.ndarray
-    trial: jnp.ndarray
+    """The loop's state between passes, built by field name. f, g, M and
+    (d, dec) belong to ``phi``, except before a refresh pass (``trial`` and
+    ``taken`` False), whose evaluation replaces g, M, d and dec."""
+
+    phi: jnp.ndarray            # the last accepted point
+    active: jnp.ndarray         # False for diagonal entries fixed at 0
     f: jnp.ndarray
-    g: jnp.ndarray
-    H: jnp.ndarray
-    d: jnp.ndarray
-    dec: jnp.ndarray
-    it: jnp.ndarray
+    g: jnp.ndarray              # masked: 0 on inactive entries
+    M: jnp.ndarray              # the curvature model: H (Newton) or an inverse Hessian (BFGS)
+    d: jnp.ndarray              # the capped direction from phi (0 in a refresh pass)
+    dec: jnp.ndarray            # its decrement
+    alpha: jnp.ndarray          # the next pass evaluates phi + alpha d
+    trial: jnp.ndarray          # ... to test the full step (alpha = 1)
+    taken: jnp.ndarray          # ... to take the step the search found; neither: to refresh at phi (alpha = 0, d = 0)
+    it: jnp.ndarray             # steps taken
     done: jnp.ndarray
-    stalled: jnp.ndarray        # the last step failed or gained nothing measurable
+    stalled: jnp.ndarray        # the last step stalled (the method's rule)
     stalled_before: jnp.ndarray  # ... and the one before it
     changed: jnp.ndarray        # the last step changed the active set
 
 
-def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
-                    ks: tuple[int, ...], *, max_iter: int = 200, tol: float = 1e-12, max_step: float = 2.0,
-                    zero_tol: float = 1e-3, reactivate_at: float = 1e-2) -> NewtonResult:
-    """Minimise ``f_theta`` over theta = theta_from_phi(phi, active).
+class _Method(NamedTuple):
+    """What distinguishes Newton from BFGS: the curvature model, and the
+    rules that go with it (Newton's value / BFGS's in brackets).
 
-    Each pass of the loop takes f, g and H at one point, so the objective,
-    its gradient and its Hessian each appear once in the compiled loop
-    (compile time is most of a first fit). That point is the full Newton step
-    from the last accepted point: if it passes Armijo it is accepted with the
-    derivatives already in hand (the line search's first trial costs
-    nothing); if not, the step is halved on f alone and the next pass takes
-    the derivatives where the search stopped. Then the pass stops when
-    converged (or stalled twice in a row, or after ``max_iter`` steps), or
-    sets up the next full step.
+    Attributes:
+        evaluate: ``(phi, active) -> (f, g, H or None)``, g and H masked to
+            the active entries (f, g and H from one computation / f and g).
+        model: ``(M, H, s, g_new, g) -> M`` at the end of the step s (H /
+            the BFGS update).
+        direction: ``(g, M) -> (d, dec)``, d capped (``-|H|^{-1} g`` /
+            ``-M g``).
+        noise_pass: ``(f0, dec0, f_t, dec_t) ->`` whether a full step that
+            fails Armijo passes on rounding noise (it lowers the decrement
+            and raises f by less than ``f_noise`` / it changes f by less than
+            ``f_rounding``).
+        restart: ``active -> M`` after a failed step or a change of the
+            active set (None: M is exact / ``hinv0`` masked).
+        flat_steps_stall: a step that gains less than f's rounding level
+            counts as a stall (True / False: only a failed step).
+        strict_stalls: a step that changes the active set is no stall, and a
+            fit that ends stalled is converged (decrement below ``stall``)
+            only if its last two steps stalled (True / False: every failed
+            step is a stall, and one last stalled step is enough).
+        reactivate_at_rest: zeroed entries are tried again only where the fit
+            would stop on its face, the KKT check (False: after every step /
+            True: under vmap each test costs the batch an evaluation).
+        polish: the step computed at the stop is taken (True: it is a Newton
+            step inside the quadratic region / False).
+    """
+
+    evaluate: Callable
+    model: Callable
+    direction: Callable
+    noise_pass: Callable
+    restart: Callable | None
+    flat_steps_stall: bool
+    strict_stalls: bool
+    reactivate_at_rest: bool
+    polish: bool
+
+
+def converged(dec: jnp.ndarray, settings: OptimizerSettings) -> jnp.ndarray:
+    """The stopping rule: the predicted decrease of f is below ``tol``."""
+    return dec < settings.tol
+
+
+def stalled(last: jnp.ndarray, before: jnp.ndarray) -> jnp.ndarray:
+    """The stall rule: the last two steps stalled (failed, or for Newton also
+    gained nothing measurable): the line search can no longer lower f."""
+    return last & before
+
+
+def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings, anywhere=_this_fit) -> _State:
+    """Run the loop from ``st`` until it stops (see the module docstring)."""
+    def body(st: _State) -> _State:
+        # the derivatives at the end of the step under test (at phi itself in a refresh pass)
+        s = st.alpha * st.d
+        phi_t = st.phi + s
+        f_t, g_t, H_t = method.evaluate(phi_t, st.active)
+        M_t = method.model(st.M, H_t, s, g_t, st.g)
+        d_t, dec_t = method.direction(g_t, M_t)
+        # a trial: the full step passes Armijo or the method's noise rule, or is searched back on f alone
+        slope = st.g @ st.d
+        full = st.trial & (armijo(st.f, slope, 1.0, f_t, settings.armijo) | method.noise_pass(st.f, st.dec, f_t, dec_t))
+        search = st.trial & ~full
+        alpha, _, found = backtrack(lambda a: f_phi(st.phi + a * st.d, st.active), st.f, slope, search, settings)
+        # the pass is a refresh at phi, or a trial whose search found a shorter step (the next pass takes it),
+        # or a step that settles: the derivatives at its end are in hand (a full step, a taken one), or it failed
+        refresh = ~(st.trial | st.taken)
+        pending = search & found
+        settle = ~refresh & ~pending
+        # the pass's point replaces phi in a refresh, or where the step reached it with finite f and g
+        ok = (full | st.taken) & jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
+        take = ok | refresh
+        phi_s, f_s, g_s, M_s = (jnp.where(take, a, b) for a, b in ((phi_t, st.phi), (f_t, st.f), (g_t, st.g),
+                                                                    (M_t, st.M)))
+        d_s, dec_s = jnp.where(take, d_t, st.d), jnp.where(take, dec_t, st.dec)
+        # a step that fails, or (Newton) gains less than f's rounding level, is a stall (an objective
+        # noisy at 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and fail Armijo by turns)
+        flat = ok & (st.f - f_s <= settings.f_rounding * (1.0 + jnp.abs(st.f)))
+        stall = (~ok | flat) if method.flat_steps_stall else ~ok
+        # the boundary rule, on the settled point
+        active_z, f_z, zeroed = zero_tiny(f_phi, phi_s, st.active, f_s, diag, settings, settle, anywhere)
+        if method.reactivate_at_rest:
+            gate = settle & ~zeroed & (converged(dec_s, settings) | (stall & st.stalled))
+        else:
+            gate = settle
+        phi_n, active_n, f_n, back = reactivate(f_phi, phi_s, active_z, f_z, diag, settings, gate, anywhere)
+        moved = zeroed | back
+        if method.restart is not None:
+            M_s = jnp.where(settle & (moved | ~ok), method.restart(active_n), M_s)
+            d_s, dec_s = method.direction(g_s, M_s)
+        same_face = ~moved
+        stall = stall & same_face if method.strict_stalls else stall
+        stalled_now = jnp.where(settle, stall, st.stalled)
+        stalled_before = jnp.where(settle, st.stalled, st.stalled_before)
+        changed = jnp.where(settle, moved, st.changed)
+        it = st.it + st.trial.astype(st.it.dtype)
+        # the derivatives in hand belong to the new point unless the boundary rule moved it; a refresh after a
+        # change of face cannot stop on the decrement or on stalls (the next step is the face's first)
+        known = (settle & same_face) | refresh
+        stop = known & (((converged(dec_s, settings) | stalled(stalled_now, stalled_before)) & ~changed)
+                        | (it >= settings.max_iter))
+        # next: test the full step from the new point, take the step found, or refresh at the moved point
+        # (alpha = 0, d = 0)
+        return _State(phi=phi_n, active=active_n, f=f_n, g=g_s, M=M_s, d=jnp.where(known | pending, d_s, 0.0),
+                      dec=dec_s, alpha=jnp.where(pending, alpha, known.astype(alpha.dtype)), trial=known & ~stop,
+                      taken=pending, it=it, done=stop, stalled=stalled_now, stalled_before=stalled_before,
+                      changed=changed)
+
+    return lax.while_loop(lambda st: ~st.done, body, st)
+
+
+def _result(method: _Method, st: _State, ks, settings: OptimizerSettings) -> NewtonResult:
+    n = st.phi.shape[0]
+    done_stalled = stalled(st.stalled, st.stalled_before) if method.strict_stalls else st.stalled
+    ok = converged(st.dec, settings) | (done_stalled & (st.dec < settings.stall))
+    phi = st.phi
+    if method.polish:
+        # the last step, computed and not taken. Below tol it is inside Newton's quadratic region, where it
+        # leaves an error of O(dec) instead of O(sqrt(dec)) in phi, at no evaluation's cost
+        phi = jnp.where(converged(st.dec, settings) & jnp.all(jnp.isfinite(st.d)), st.phi + st.d, st.phi)
+    exact = method.restart is None
+    return NewtonResult(theta=theta_from_phi(phi, ks, st.active), phi=phi, active=st.active, objective=st.f,
+                        gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, st.f.dtype),
+                        decrement=st.dec, iterations=st.it, converged=ok, gradient=st.g,
+                        hessian=st.M if exact else None, inverse_hessian=None if exact else st.M)
+
+
+def _start(phi0, active0, f, g, M, d, dec, trial) -> _State:
+    """The state before the first pass: a trial of d from phi0, or (``trial`` False, d = 0) a refresh."""
+    false = jnp.asarray(False)
+    return _State(phi=phi0, active=active0, f=f, g=g, M=M, d=d, dec=dec, alpha=trial.astype(phi0.dtype),
+                  trial=trial, taken=false, it=jnp.asarray(0), done=false, stalled=false, stalled_before=false,
+                  changed=false)
+
+
+def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
+    """``base`` with the fields given (not None) replaced."""
+    return base._replace(**{k: v for k, v in given.items() if v is not None})
+
+
+# -- the two methods -----------------------------------------------------------------------------
+def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
+                    ks: tuple[int, ...], *, max_iter: int | None = None, tol: float | None = None,
+                    max_step: float | None = None, zero_tol: float | None = None,
+                    reactivate_at: float | None = None, settings: OptimizerSettings = NEWTON) -> NewtonResult:
+    """Minimise ``f_theta`` over theta = theta_from_phi(phi, active) by Newton's
+    method with the exact Hessian (module docstring).
+
+    The first pass takes f, g and H at ``phi0``. The boundary rule is tested
+    after every step; a step that gains less than f's rounding level counts
+    as a stall; the polish is taken at the stop.
 
     Args:
         f_theta: objective as a function of lme4's theta (pure JAX).
         phi0: starting log-Cholesky parameters.
         active0: starting active mask (all True to start in the interior).
         ks: columns per term (for the layout of theta).
-        max_iter: iteration limit.
-        tol: stop when the Newton decrement is below this (deviance units).
-        max_step: cap on the infinity norm of a step in phi.
-        zero_tol: theta below which a diagonal entry is tried at exactly 0.
-        reactivate_at: theta at which a zeroed entry is tried again.
+        max_iter, tol, max_step, zero_tol, reactivate_at: override the
+            fields of ``settings`` of these names (:class:`OptimizerSettings`).
+        settings: the loop's settings, :data:`NEWTON` by default.
 
     Returns:
         A :class:`NewtonResult`.
     """
+    settings = _settings(settings, max_iter=max_iter, tol=tol, max_step=max_step, zero_tol=zero_tol,
+                         reactivate_at=reactivate_at)
     diag = jnp.asarray(diagonal_mask(ks))
     dtype = phi0.dtype
     n = phi0.shape[0]
-    log_zero_tol = jnp.log(zero_tol)
 
     def f_phi(phi, active):
         return f_theta(theta_from_phi(phi, ks, active))
 
     value_and_grad = jax.value_and_grad(f_phi)
 
-    def derivatives(phi, active):
+    def evaluate(phi, active):
         # f, g and H from one computation: the Hessian's columns are jvps of value-and-gradient, whose
         # primal is (f, g); compiling value-and-gradient a second time cost 1.4 s of InstEval's 8 s
         def column(v):
@@ -164,229 +476,95 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
 
         (f, g), (_, H) = jax.vmap(column, out_axes=((None, None), (0, 0)))(jnp.eye(n, dtype=dtype))
         act = active.astype(dtype)
-        g = g * act
-        H = H * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
-        return f, g, H
+        return f, g * act, masked(H, act)
 
     def direction(g, H):
-        lam, Q = jnp.linalg.eigh(H)
-        floor = 1e-8 * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
-        lam = jnp.maximum(jnp.abs(lam), floor)
-        d = -Q @ ((Q.T @ g) / lam)
-        dec = -(g @ d) / 2.0
-        scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
-        return d * scale, dec
+        lam, Q = floored_eigh(H, settings.eig_floor)
+        return capped(-Q @ ((Q.T @ g) / lam), g, settings.max_step)
 
-    def armijo(f0, slope, alpha, fa):
-        return jnp.isfinite(fa) & (fa <= f0 + 1e-4 * alpha * slope)
+    def noise_pass(f0, dec0, f_t, dec_t):
+        # where the predicted decrease is tiny, Armijo compares f's rounding noise (sleepstudy's ML
+        # deviance, 1752, is noisy at 4e-11; with x = 1e4 + N(0, 1), a deviance of 259 at 4e-6): there the
+        # full step also passes if it lowers the decrement and raises f by no more than such noise
+        tiny = settings.f_noise * (1.0 + jnp.abs(f0))
+        return (dec0 <= tiny) & (f_t <= f0 + tiny) & (dec_t < dec0)
 
-    def backtrack(base, active, f0, slope, d, live):
-        # halvings from alpha = 1/2 (the full step has failed), on f alone
-        def cond(c):
-            # ``live``: a fit that needs no search must not keep a vmapped loop going
-            alpha, fa, k = c
-            return live & ((k == 0) | (~armijo(f0, slope, alpha, fa) & (k <= 40)))
-
-        def body(c):
-            alpha, _, k = c
-            alpha = alpha * 0.5
-            return alpha, f_phi(base + alpha * d, active), k + 1
-
-        alpha, fa, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), f0, jnp.asarray(0)))
-        return alpha, fa, live & armijo(f0, slope, alpha, fa)
-
-    def cond(st: _State):
-        return ~st.done
-
-    def body(st: _State):
-        phi_t = st.base + st.d
-        f_t, g_t, H_t = derivatives(phi_t, st.active)
-        d, dec = direction(g_t, H_t)
-        # a trial step: accepted by Armijo, or searched back from the base on f alone. Where the predicted
-        # decrease is tiny, Armijo compares f's rounding noise (sleepstudy's ML deviance, 1752, is noisy at
-        # 4e-11; with x = 1e4 + N(0, 1), a deviance of 259 at 4e-6): there the full step is also taken
-        # if it lowers the Newton decrement and raises f by no more than such noise
-        slope = st.g @ st.d
-        tiny = F_NOISE * (1.0 + jnp.abs(st.f))
-        by_decrement = (st.dec <= tiny) & (f_t <= st.f + tiny) & (dec < st.dec)
-        full = st.trial & (armijo(st.f, slope, 1.0, f_t) | by_decrement)
-        search = st.trial & ~full
-        alpha, f_a, found = backtrack(st.base, st.active, st.f, slope, st.d, search)
-        ok = full | found
-        phi_new = jnp.where(full, phi_t, jnp.where(found, st.base + alpha * st.d, st.base))
-        f_new = jnp.where(full, f_t, jnp.where(found, f_a, st.f))
-        phi_new, active_new, f_new, changed = _boundary(f_phi, phi_new, st.active, f_new, diag, log_zero_tol,
-                                                        reactivate_at, st.trial)
-        # a step that fails, or gains less than f's rounding level, is a stall (an objective noisy at
-        # 1e-12 of its size, e.g. a covariate 700 SDs from zero, can pass and fail Armijo by turns)
-        flat = ok & (st.f - f_new <= F_ROUNDING * (1.0 + jnp.abs(st.f)))
-        stalled = jnp.where(st.trial, (~ok | flat) & ~changed, st.stalled)
-        stalled_before = jnp.where(st.trial, st.stalled, st.stalled_before)
-        changed = jnp.where(st.trial, changed, st.changed)
-        it = st.it + st.trial.astype(st.it.dtype)
-        # the derivatives in hand belong to the new point unless the search or the boundary moved it
-        known = ~st.trial | (full & ~changed)
-        stop = known & (((dec < tol) & ~changed) | (stalled & stalled_before) | (it >= max_iter))
-        # next: the full step from the new point, or the derivatives at the point the search reached
-        zero = jnp.zeros_like(d)
-        # d is kept at the stop too: the polish below takes it
-        return _State(phi_new, active_new, known & ~stop, jnp.where(known, f_t, f_new), jnp.where(known, g_t, st.g),
-                      jnp.where(known, H_t, st.H), jnp.where(known, d, zero), jnp.where(known, dec, st.dec),
-                      it, stop, stalled, stalled_before, changed)
-
+    method = _Method(evaluate=evaluate, model=lambda M, H, s, g_new, g: H, direction=direction,
+                     noise_pass=noise_pass, restart=None, flat_steps_stall=True, strict_stalls=True,
+                     reactivate_at_rest=False, polish=True)
     active0 = jnp.asarray(active0, dtype=bool)
-    false = jnp.asarray(False)
-    st = _State(phi0, active0, false, jnp.asarray(jnp.nan, dtype), jnp.zeros_like(phi0),
-                jnp.eye(n, dtype=dtype), jnp.zeros_like(phi0), jnp.asarray(jnp.inf, dtype), jnp.asarray(0), false,
-                false, false, false)
-    st = lax.while_loop(cond, body, st)
-    converged = (st.dec < tol) | (st.stalled & st.stalled_before & (st.dec < 1e-6))
-    # polish: the last Newton step, computed and not taken. Below tol it is inside Newton's quadratic
-    # region, where it leaves an error of O(dec) instead of O(sqrt(dec)) in phi, at no evaluation's cost
-    phi = jnp.where((st.dec < tol) & jnp.all(jnp.isfinite(st.d)), st.base + st.d, st.base)
-    return NewtonResult(theta=theta_from_phi(phi, ks, st.active), phi=phi, active=st.active,
-                        objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
-                        decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=st.H)
-
-
-def _boundary(f_phi, phi, active, f, diag, log_zero_tol, reactivate_at, live=True):
-    """The boundary rule (module docstring, step 4): returns (phi, active, f, changed).
-
-    Each test evaluates f only when there is something to test (a real branch
-    in a single fit; under vmap both sides run, as selects); ``live=False``
-    tests nothing."""
-    # zero diagonal entries that have become tiny, when that does not raise f
-    cand = diag & active & (phi < log_zero_tol) & live
-    f_zero = lax.cond(jnp.any(cand), lambda: f_phi(phi, active & ~cand), lambda: f)
-    take = jnp.any(cand) & (f_zero <= f)
-    active = jnp.where(take, active & ~cand, active)
-    f = jnp.where(take, f_zero, f)
-    # try zeroed entries slightly off zero: keep them off if f drops
-    off = diag & ~active & live
-    phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
-    f_off = lax.cond(jnp.any(off), lambda: f_phi(phi_try, active | off), lambda: f)
-    back = jnp.any(off) & (f_off < f)
-    phi = jnp.where(back, phi_try, phi)
-    active = jnp.where(back, active | off, active)
-    f = jnp.where(back, f_off, f)
-    return phi, active, f, take | back
-
-
-def _masked(M: jnp.ndarray, act: jnp.ndarray) -> jnp.ndarray:
-    """M on the active rows and columns, the identity on the inactive ones."""
-    return M * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
-
-
-def inverse_hessian_start(H: jnp.ndarray) -> jnp.ndarray:
-    """``|H|^{-1}`` with eigenvalues floored as in the Newton direction: a
-    positive definite start for :func:`bfgs_minimize` from an exact Hessian."""
-    lam, Q = jnp.linalg.eigh(H)
-    floor = 1e-8 * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
-    return (Q / jnp.maximum(jnp.abs(lam), floor)) @ Q.T
-
-
-class _QNState(NamedTuple):
-    phi: jnp.ndarray
-    active: jnp.ndarray
-    f: jnp.ndarray
-    g: jnp.ndarray
-    Hinv: jnp.ndarray
-    dec: jnp.ndarray
-    it: jnp.ndarray
-    done: jnp.ndarray
-    stalled: jnp.ndarray
+    # the first pass is a refresh at phi0: its f, g and H come from the loop's one evaluation
+    zero = jnp.zeros_like(phi0)
+    st = _start(phi0, active0, jnp.asarray(jnp.nan, dtype), zero, jnp.eye(n, dtype=dtype), zero,
+                jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
+    return _result(method, _solve(method, f_phi, st, diag, settings), ks, settings)
 
 
 def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
-                  ks: tuple[int, ...], hinv0: jnp.ndarray | None = None, *, max_iter: int = 200,
-                  tol: float = 1e-11, max_step: float = 2.0, zero_tol: float = 1e-3,
-                  reactivate_at: float = 1e-2, max_backtracks: int = 8,
-                  axis_name: str | None = None) -> NewtonResult:
+                  ks: tuple[int, ...], hinv0: jnp.ndarray | None = None, *, max_iter: int | None = None,
+                  tol: float | None = None, max_step: float | None = None, zero_tol: float | None = None,
+                  reactivate_at: float | None = None, max_backtracks: int | None = None,
+                  axis_name: str | None = None, settings: OptimizerSettings = BFGS) -> NewtonResult:
     """Minimise ``f_theta`` like :func:`newton_minimize`, with BFGS updates of
-    an inverse Hessian instead of the exact Hessian at every iterate.
+    an inverse Hessian M instead of the exact Hessian at every iterate.
 
-    Each iteration: direction ``d = -H_inv g`` (capped at ``max_step``),
-    backtracking Armijo line search on value-and-gradient (a full step that
-    changes f by less than its rounding level is taken as it is; at most
-    ``max_backtracks`` halvings: under vmap every halving costs the whole
-    batch a gradient, so a failed search restarts ``H_inv`` instead, and two
-    failures in a row stop the fit, converged if the decrement is below 1e-6
-    as in :func:`newton_minimize`), the BFGS update of ``H_inv`` with ``s = step``, ``y = change of g`` (skipped
-    unless ``s'y > 0``, which keeps ``H_inv`` positive definite), then the
-    boundary rule: an entry whose theta fell below ``zero_tol`` is set to 0
-    if f does not rise; once a fit has converged on its face, zeroed entries
-    are tried at ``reactivate_at`` and re-activated if f drops (the KKT
-    check). A changed active set restarts ``H_inv`` from ``hinv0``. Stops
-    when ``g'H_inv g / 2 < tol``.
+    M takes the BFGS update (Nocedal & Wright 2006, eq. 6.17) with ``s`` the
+    step and ``y`` the change of g, skipped unless ``s'y > 0`` (which keeps M
+    positive definite). A failed line search restarts M from ``hinv0`` (a
+    different direction), as does a change of the active set. The boundary rule zeroes
+    entries after every step, and re-activates zeroed ones only once a fit
+    would stop on its face (the KKT check). A full step that changes f by
+    less than its rounding level passes as it is (Armijo cannot be tested
+    there; the gradient still steers); every failed search is a stall, and a
+    fit whose last step stalled with the decrement below ``stall`` counts as
+    converged.
 
-    Under ``jax.vmap(..., axis_name=a)`` pass ``axis_name=a``: the optional
-    steps (boundary tests, the gradient after a change of face) then run
-    only in iterations where some member of the batch needs them.
+    Under ``jax.vmap(..., axis_name=a)`` pass ``axis_name=a``: the boundary
+    tests then run only in passes where some member of the batch needs them.
 
     Args:
-        f_theta, phi0, active0, ks, max_iter, max_step, zero_tol,
-            reactivate_at: as for :func:`newton_minimize`.
+        f_theta, phi0, active0, ks: as for :func:`newton_minimize`.
         hinv0: starting inverse Hessian in phi (e.g. :func:`inverse_hessian_start`
             of the fitted model's Hessian); None: the inverse of the exact
             Hessian at ``phi0`` (one Hessian per fit).
-        tol: stopping threshold on the approximate decrement.
-        max_backtracks: halvings of the step before a line search fails.
+        max_iter, tol, max_step, zero_tol, reactivate_at: override the
+            fields of ``settings`` of these names.
+        max_backtracks: overrides ``settings.max_halvings``.
         axis_name: the vmapped axis's name, if any (see above).
+        settings: the loop's settings, :data:`BFGS` by default.
 
     Returns:
         A :class:`NewtonResult` with ``hessian=None`` and ``inverse_hessian``
         the final approximation.
     """
+    settings = _settings(settings, max_iter=max_iter, tol=tol, max_step=max_step, zero_tol=zero_tol,
+                         reactivate_at=reactivate_at, max_halvings=max_backtracks)
     diag = jnp.asarray(diagonal_mask(ks))
     dtype = phi0.dtype
     n = phi0.shape[0]
-    log_zero_tol = jnp.log(zero_tol)
 
     def f_phi(phi, active):
         return f_theta(theta_from_phi(phi, ks, active))
 
     value_and_grad = jax.value_and_grad(f_phi)
 
-    def masked_grad(phi, active):
+    def evaluate(phi, active):
         f, g = value_and_grad(phi, active)
-        return f, g * active.astype(dtype)
+        return f, g * active.astype(dtype), None
 
-    active0 = jnp.asarray(active0, dtype=bool)
-    if hinv0 is None:
-        hinv0 = inverse_hessian_start(_masked(jax.hessian(f_phi)(phi0, active0), active0.astype(dtype)))
+    def model(Hinv, _, s, g_new, g):
+        y = g_new - g
+        sy = s @ y
+        rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
+        V = jnp.eye(n, dtype=dtype) - rho * jnp.outer(s, y)
+        use = sy > settings.curvature * jnp.sqrt((s @ s) * (y @ y))
+        return jnp.where(use, V @ Hinv @ V.T + rho * jnp.outer(s, s), Hinv)
 
     def direction(g, Hinv):
-        d = -Hinv @ g
-        dec = -(g @ d) / 2.0
-        scale = jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
-        return d * scale, dec
+        return capped(-Hinv @ g, g, settings.max_step)
 
-    def line_search(phi, active, f0, g, d, live):
-        slope = g @ d
-        # a full step whose change of f is below f's rounding level is taken as it is (Armijo cannot
-        # be tested there; the gradient still steers); shorter steps must pass Armijo
-        noise = F_ROUNDING * (1.0 + jnp.abs(f0))
-
-        def accept(alpha, fa):
-            return (fa <= f0 + 1e-4 * alpha * slope) | ((alpha == 1.0) & (fa <= f0 + noise))
-
-        def cond(c):
-            alpha, fa, _, k = c
-            return live & ((k == 0) | (~accept(alpha, fa) & (k <= max_backtracks)))
-
-        def body(c):
-            # the full step first, then halvings (one value-and-gradient in the compiled loop)
-            alpha, _, _, k = c
-            alpha = jnp.where(k == 0, alpha, alpha * 0.5)
-            fa, ga = masked_grad(phi + alpha * d, active)
-            return alpha, fa, ga, k + 1
-
-        alpha, fa, ga, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, dtype), f0, g, jnp.asarray(0)))
-        ok = live & jnp.isfinite(fa) & accept(alpha, fa) & jnp.all(jnp.isfinite(ga))
-        return alpha, fa, ga, ok
-
-    def cond(st: _QNState):
-        return (~st.done) & (st.it < max_iter)
+    def noise_pass(f0, dec0, f_t, dec_t):
+        return f_t <= f0 + settings.f_rounding * (1.0 + jnp.abs(f0))
 
     def anywhere(flag):
         # under vmap with ``axis_name``: True for every member if it holds for any, so that
@@ -395,75 +573,19 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
             return flag
         return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
-    def try_zero(phi, active, f, live):
-        # boundary rule, first half: zero the diagonal entries that have become tiny if f does not rise
-        cand = diag & active & (phi < log_zero_tol) & live
-
-        def test(_):
-            f_zero = f_phi(phi, active & ~cand)
-            take = jnp.any(cand) & (f_zero <= f)
-            return jnp.where(take, active & ~cand, active), jnp.where(take, f_zero, f), take
-
-        return lax.cond(anywhere(jnp.any(cand)), test, lambda _: (active, f, jnp.asarray(False)), None)
-
-    def try_back(phi, active, f, at_rest):
-        # second half, once a fit has converged on its face: re-activate zeroed entries if f drops
-        off = diag & ~active
-        need = jnp.any(off) & at_rest
-
-        def test(_):
-            phi_try = jnp.where(off, jnp.log(reactivate_at), phi)
-            f_off = f_phi(phi_try, active | off)
-            back = need & (f_off < f)
-            return (jnp.where(back, phi_try, phi), jnp.where(back, active | off, active), jnp.where(back, f_off, f),
-                    back)
-
-        return lax.cond(anywhere(need), test, lambda _: (phi, active, f, jnp.asarray(False)), None)
-
-    def body(st: _QNState):
-        live = ~st.done
-        d, _ = direction(st.g, st.Hinv)
-        alpha, f_new, g_new, ok = line_search(st.phi, st.active, st.f, st.g, d, live)
-        ok = ok & live
-        step = jnp.where(ok, alpha * d, 0.0)
-        phi_new = st.phi + step
-        f_new = jnp.where(ok, f_new, st.f)
-        g_new = jnp.where(ok, g_new, st.g)
-        y = g_new - st.g
-        sy = step @ y
-        rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
-        V = jnp.eye(n, dtype=dtype) - rho * jnp.outer(step, y)
-        use = ok & (sy > 1e-12 * jnp.sqrt((step @ step) * (y @ y)))
-        Hinv = jnp.where(use, V @ st.Hinv @ V.T + rho * jnp.outer(step, step), st.Hinv)
-        _, dec_new = direction(g_new, Hinv)
-        # a failed search is a stall; two in a row end the fit (counting flat steps too, as Newton
-        # does, was tried: no change in iterations or time on 10,000 sleepstudy replicates)
-        stalled = live & (~ok)
-        active_z, f_z, zeroed = try_zero(phi_new, st.active, f_new, live)
-        at_rest = live & ~zeroed & ((dec_new < tol) | (stalled & st.stalled))
-        phi_b, active_b, f_b, back = try_back(phi_new, active_z, f_z, at_rest)
-        changed = zeroed | back
-
-        # a changed active set moves the point: a fresh gradient and a restarted H_inv
-        def fresh(_):
-            f_c, g_c = masked_grad(phi_b, active_b)
-            return jnp.where(changed, f_c, f_b), jnp.where(changed, g_c, g_new)
-
-        f_b, g_b = lax.cond(anywhere(changed), fresh, lambda _: (f_b, g_new), None)
-        # restart H_inv on a new face, and after a failed line search (a different direction)
-        Hinv = jnp.where(changed | stalled, _masked(hinv0, active_b.astype(dtype)), Hinv)
-        _, dec_b = direction(g_b, Hinv)
-        done = st.done | ((dec_b < tol) & ~changed) | (stalled & st.stalled & ~changed)
-        return _QNState(phi_b, active_b, f_b, g_b, Hinv, dec_b, st.it + live.astype(st.it.dtype), done, stalled)
-
-    f0, g0 = masked_grad(phi0, active0)
-    H0 = _masked(hinv0, active0.astype(dtype))
-    _, dec0 = direction(g0, H0)
-    st = _QNState(phi0, active0, f0, g0, H0, dec0, jnp.asarray(0), dec0 < tol, jnp.asarray(False))
-    if max_iter > 0:            # max_iter=0 tests the start only (batch.fit_products' first stage): no loop to compile
-        st = lax.while_loop(cond, body, st)
-    converged = (st.dec < tol) | (st.stalled & (st.dec < 1e-6))
-    return NewtonResult(theta=theta_from_phi(st.phi, ks, st.active), phi=st.phi, active=st.active,
-                        objective=st.f, gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, dtype),
-                        decrement=st.dec, iterations=st.it, converged=converged, gradient=st.g, hessian=None,
-                        inverse_hessian=st.Hinv)
+    active0 = jnp.asarray(active0, dtype=bool)
+    if hinv0 is None:
+        hinv0 = inverse_hessian_start(masked(jax.hessian(f_phi)(phi0, active0), active0.astype(dtype)),
+                                      settings.eig_floor)
+    method = _Method(evaluate=evaluate, model=model, direction=direction, noise_pass=noise_pass,
+                     restart=lambda active: masked(hinv0, active.astype(dtype)), flat_steps_stall=False,
+                     strict_stalls=False, reactivate_at_rest=True, polish=False)
+    # the start is evaluated before the loop (with max_iter = 0 that is all: no loop to compile)
+    f0, g0, _ = evaluate(phi0, active0)
+    M0 = method.restart(active0)
+    d0, dec0 = direction(g0, M0)
+    done = converged(dec0, settings)
+    st = _start(phi0, active0, f0, g0, M0, d0, dec0, ~done)._replace(done=done)
+    if settings.max_iter > 0:
+        st = _solve(method, f_phi, st, diag, settings, anywhere)
+    return _result(method, st, ks, settings)

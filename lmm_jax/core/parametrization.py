@@ -3,7 +3,8 @@
 Each random-effects term t with k_t columns has a k_t x k_t lower-triangular
 relative covariance factor Lambda_t, so that the term's random effects have
 covariance ``sigma^2 Lambda_t Lambda_t'``. ``theta`` stacks the lower
-triangles column by column, term by term (lme4's ``getME(fit, "theta")``).
+triangles column by column, term by term (lme4's ``getME(fit, "theta")``;
+positions and names: :class:`~lmm_jax.core.theta_layout.ThetaLayout`).
 
 The optimiser works on ``phi``: the same vector with each diagonal entry
 replaced by its logarithm, so phi is unconstrained. A diagonal entry that
@@ -16,29 +17,17 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-
-def lower_tri_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of a k x k lower triangle in column-major order
-    (lme4's order: (1,1), (2,1), ..., (k,1), (2,2), ...)."""
-    rows, cols = [], []
-    for j in range(k):
-        for i in range(j, k):
-            rows.append(i)
-            cols.append(j)
-    return np.asarray(rows), np.asarray(cols)
+from .theta_layout import ThetaLayout, lower_tri_indices  # noqa: F401  (lower_tri_indices: re-exported)
 
 
 def n_theta(ks: tuple[int, ...]) -> int:
-    return sum(k * (k + 1) // 2 for k in ks)
+    return ThetaLayout.of(ks).n_theta
 
 
 def diagonal_mask(ks: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask over theta: True where the entry is a diagonal of Lambda."""
-    out = []
-    for k in ks:
-        r, c = lower_tri_indices(k)
-        out.extend(r == c)
-    return np.asarray(out, dtype=bool)
+    """Boolean mask over theta: True where the entry is a diagonal of Lambda
+    (read-only; :attr:`ThetaLayout.diagonal`)."""
+    return ThetaLayout.of(ks).diagonal
 
 
 def theta_start(ks: tuple[int, ...]) -> np.ndarray:
@@ -48,26 +37,20 @@ def theta_start(ks: tuple[int, ...]) -> np.ndarray:
 
 def lambdas(theta: jnp.ndarray, ks: tuple[int, ...]) -> tuple[jnp.ndarray, ...]:
     """Split theta into the per-term lower-triangular factors Lambda_t."""
-    out, start = [], 0
-    for k in ks:
-        size = k * (k + 1) // 2
-        r, c = lower_tri_indices(k)
-        L = jnp.zeros((k, k), dtype=theta.dtype).at[r, c].set(theta[start:start + size])
-        out.append(L)
-        start += size
-    return tuple(out)
+    lay = ThetaLayout.of(ks)
+    return tuple(jnp.zeros((k, k), dtype=theta.dtype).at[lay.tri(t)].set(theta[lay.slices[t]])
+                 for t, k in enumerate(ks))
 
 
 def lambdas_host(theta: np.ndarray, ks: tuple[int, ...]) -> list[np.ndarray]:
     """:func:`lambdas` in numpy, for host-side tables (no device work)."""
     theta = np.asarray(theta, dtype=float)
-    out, start = [], 0
-    for k in ks:
-        size = k * (k + 1) // 2
+    lay = ThetaLayout.of(ks)
+    out = []
+    for t, k in enumerate(ks):
         L = np.zeros((k, k))
-        L[lower_tri_indices(k)] = theta[start:start + size]
+        L[lay.tri(t)] = theta[lay.slices[t]]
         out.append(L)
-        start += size
     return out
 
 

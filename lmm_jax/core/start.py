@@ -52,7 +52,8 @@ import numpy as np
 
 from ..runtime.kernel import kernel, serializable
 from .linalg import batched_cholesky
-from .parametrization import lower_tri_indices, theta_start
+from .parametrization import theta_start
+from .theta_layout import ThetaLayout
 
 if TYPE_CHECKING:
     from .types import ResponseProducts, Structure
@@ -114,7 +115,7 @@ def moment_equations(design: "Design") -> MomentEquations | None:
                     for x in range(t.k)], axis=1) if p else np.zeros((t.m, t.k, 0))
           for t, c, Z in zip(terms, codes, Zs)]
     Gs = [np.einsum("mxp,myq->xypq", B, B) for B in Bs]
-    params = [(ti, a, c) for ti, t in enumerate(terms) for a, c in zip(*lower_tri_indices(t.k))]
+    params = design.theta_layout.entries
     P = len(params)
     S = np.zeros((P + 1, P + 1))
 
@@ -166,11 +167,8 @@ def moment_estimates(eq: MomentEquations, rp: "ResponseProducts", s: "Structure"
     """MIVQUE(0) estimates (variance parameters in theta order, then sigma^2)
     from one response's cross-products (pure JAX; vmap over ``rp``)."""
     beta = eq.K @ rp.Xy
-    q = []
-    for k, u, BK in zip(s.ks, _term_products(rp, s), eq.BK):
-        r = u - BK @ rp.Xy                                                   # Z_t'r (m_t, k_t)
-        for a, c in zip(*lower_tri_indices(k)):
-            q.append(jnp.sum(r[:, a] * r[:, c]) * (1.0 if a == c else 2.0))
+    r = [u - BK @ rp.Xy for u, BK in zip(_term_products(rp, s), eq.BK)]     # Z_t'r (m_t, k_t)
+    q = [jnp.sum(r[t][:, a] * r[t][:, c]) * (1.0 if a == c else 2.0) for t, a, c in ThetaLayout.of(s.ks).entries]
     q.append(rp.yy - rp.Xy @ beta)                                           # r'r
     return eq.S_inv @ jnp.stack(q)
 
@@ -182,13 +180,12 @@ def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") ->
     est = moment_estimates(eq, rp, s)
     sigma2 = est[-1]
     safe = jnp.where(sigma2 > 0, sigma2, 1.0)
-    out, start = [], 0
-    for k in s.ks:
-        r, c = lower_tri_indices(k)
-        size = len(r)
-        rel = est[start:start + size] / safe
-        entry = {(int(i), int(j)): rel[n] for n, (i, j) in enumerate(zip(r, c))}
-        var = jnp.stack([jnp.clip(entry[(i, i)], THETA_MIN ** 2, THETA_MAX ** 2) for i in range(k)])
+    rel = est[:-1] / safe
+    lay = ThetaLayout.of(s.ks)
+    out = []
+    for t, k in enumerate(s.ks):
+        r, c = lay.tri(t)
+        var = jnp.stack([jnp.clip(rel[lay.position(t, i, i)], THETA_MIN ** 2, THETA_MAX ** 2) for i in range(k)])
         sd = jnp.sqrt(var)
         rho = CORR_MAX / max(k - 1, 1)
         rows = []
@@ -198,12 +195,11 @@ def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") ->
                 if i == j:
                     row.append(var[i])
                 else:
-                    cov = entry[(max(i, j), min(i, j))]
+                    cov = rel[lay.position(t, i, j)]
                     row.append(jnp.clip(cov / (sd[i] * sd[j]), -rho, rho) * sd[i] * sd[j])
             rows.append(jnp.stack(row))
         L = batched_cholesky(jnp.stack(rows))
         out.append(jnp.stack([L[i, j] for i, j in zip(r, c)]))
-        start += size
     theta = jnp.concatenate(out)
     return jnp.where(sigma2 > 0, theta, jnp.asarray(theta_start(s.ks), dtype=theta.dtype))
 
@@ -225,21 +221,14 @@ def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure
 def default_start(model) -> np.ndarray:
     """The fit's starting theta: :func:`moment_theta` of the model's own
     response (on its padded products, as the fit), or lme4's identity when
-    the moment equations are singular."""
-    eq = moment_equations_of(model, padded=True)
+    the moment equations are singular.
+
+    Args:
+        model: an :class:`~lmm_jax.model.LMM` (its ``padded`` products and
+            ``padded_moment_equations``).
+    """
+    eq = model.padded_moment_equations
     if eq is None:
         return theta_start(model.structure.ks)
     pad = model.padded
     return np.asarray(moment_theta(eq, pad.response, pad.structure))
-
-
-def moment_equations_of(model, padded: bool = False) -> MomentEquations | None:
-    """:func:`moment_equations` of ``model.design``, cached on the model (it
-    never changes); with ``padded``, in the layout of ``model.padded``
-    (:func:`pad_moment_equations`)."""
-    cache = model.__dict__.setdefault("_lmm_jax_start_cache", {})
-    if "eq" not in cache:
-        eq = moment_equations(model.design)
-        cache["eq"] = eq
-        cache["padded"] = None if eq is None else pad_moment_equations(eq, model.structure, model.padded.structure)
-    return cache["padded" if padded else "eq"]

@@ -72,6 +72,27 @@ class ResponseProducts(NamedTuple):
     yy: jnp.ndarray
 
 
+class CrossProducts(NamedTuple):
+    """All of a dataset's cross-products: the data argument of the pure
+    deviance and estimates (:func:`lmm_jax.make_deviance` with
+    ``data="argument"``, :func:`lmm_jax.make_estimates`).
+
+    A pytree of arrays (a NamedTuple), so it goes through ``jit``, ``vmap``
+    and ``grad`` like any other argument. Stacked along a leading axis
+    (``jax.tree.map(lambda *a: jnp.stack(a), *cps)``) it batches datasets
+    of one :class:`Structure`; to batch responses on one design, vmap over
+    ``y`` in ``model.cross_products(y)`` instead, which leaves ``design``
+    unbatched.
+
+    Attributes:
+        design: the products that do not involve y (Z'Z, Z'X, X'X, n, rank).
+        response: the products that do (Z'y, X'y, y'y).
+    """
+
+    design: DesignProducts
+    response: ResponseProducts
+
+
 class DesignArrays(NamedTuple):
     """What a pure function of y needs to form its products: X, and each
     term's level codes and Z columns."""

@@ -19,6 +19,7 @@ as lmerTest does. The F tests are :func:`lmm_jax.inference.tests.f_test`.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,8 +28,8 @@ from formulaic import model_matrix
 from scipy import stats
 
 from ..runtime.scope import entry_point
-from ..build.design import r_name
-from ..errors import InferenceError
+from ..build.design import R_FUNCTIONS, r_name, treatment_coded
+from ..errors import InferenceError, check_bool
 from .tests import F_COLUMNS, f_test, normalize_ddf
 
 if TYPE_CHECKING:
@@ -80,7 +81,20 @@ def doolittle_contrasts(XtX: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def type3_contrasts(result: "LMMResult") -> dict[str, np.ndarray]:
-    """lmerTest's type III hypothesis matrix for each term (intercept excluded)."""
+    """lmerTest's type III hypothesis matrix for each term (intercept excluded).
+
+    lmerTest's type III hypotheses do not depend on the factors' coding. With
+    ordered factors (polynomial-coded, as in lme4) they are built on the
+    treatment-coded twin of X and mapped: ``X = X_t A`` gives
+    ``beta_t = A beta``, so ``L_t beta_t = (L_t A) beta``."""
+    twin = treatment_coded(result.design)
+    if twin is None:
+        return _type3_treatment(result)
+    A = np.linalg.lstsq(twin.X, result.design.X, rcond=None)[0]
+    return {n: zapsmall(L @ A) for n, L in _type3_treatment(SimpleNamespace(design=twin)).items()}
+
+
+def _type3_treatment(result: "LMMResult") -> dict[str, np.ndarray]:
     d = result.design
     terms = _terms(result)
     named = [(n, t, c) for n, t, c in terms if n != "1"]
@@ -96,7 +110,7 @@ def type3_contrasts(result: "LMMResult") -> dict[str, np.ndarray]:
         names.append("(Intercept)")
     data = d.data
     for n, term, _ in named:
-        mm = model_matrix(f"0 + {n}", data, ensure_full_rank=False)
+        mm = model_matrix(f"0 + {n}", data, ensure_full_rank=False, context=R_FUNCTIONS)
         blocks.append(np.asarray(mm, dtype=float))
         names.extend(r_name(c) for c in mm.columns)
     rdX = np.concatenate(blocks, axis=1)
@@ -142,7 +156,7 @@ def anova_table(result: "LMMResult", ddf: str = "satterthwaite") -> pd.DataFrame
     ddf = normalize_ddf(ddf)
     rows, index = [], []
     for name, L in type3_contrasts(result).items():
-        index.append(name)
+        index.append(r_name(name))
         if L.shape[0] == 0:
             rows.append({c: np.nan for c in F_COLUMNS})
         else:
@@ -219,6 +233,12 @@ def anova(*results: "LMMResult", refit: bool = True, names: list[str] | None = N
     """``lmm_jax.anova(m0, m1, ...)``: likelihood-ratio tests between nested
     fits, lme4's ``anova`` table (see :func:`likelihood_ratio_table`). With a
     single fit, its type III F table (:func:`anova_table`)."""
+    for i, r in enumerate(results):
+        if not all(hasattr(r, a) for a in ("model", "design", "objective", "reml")):
+            raise TypeError(f"anova takes fitted models (results of lmm_jax.fit), got {r!r} "
+                            f"({type(r).__name__}) as argument {i + 1}; for one fit's type III F table with "
+                            "another ddf, use fit.anova(ddf=...)")
+    refit = check_bool(refit, "refit")
     if len(results) == 1:
         return anova_table(results[0])
     return likelihood_ratio_table(*results, refit=refit, names=names)

@@ -38,7 +38,8 @@ import numpy as np
 from scipy import linalg as sla
 
 from ..core.types import DesignProducts, Structure
-from ..core.parametrization import lambdas, lower_tri_indices
+from ..core.parametrization import lambdas
+from ..core.theta_layout import ThetaLayout
 from ..core.sparse import SparseA21
 
 
@@ -107,12 +108,10 @@ def _term_slices(s: Structure) -> list[slice]:
 def _gamma_patterns(s: Structure) -> list[tuple[int, np.ndarray]]:
     """(term index, k x k pattern E) for each variance component of a term."""
     out = []
-    for t, k in enumerate(s.ks):
-        r, c = lower_tri_indices(k)
-        for i, j in zip(r, c):
-            E = np.zeros((k, k))
-            E[i, j] = E[j, i] = 1.0
-            out.append((t, E))
+    for t, i, j in ThetaLayout.of(s.ks).entries:
+        E = np.zeros((s.ks[t], s.ks[t]))
+        E[i, j] = E[j, i] = 1.0
+        out.append((t, E))
     return out
 
 
@@ -146,16 +145,17 @@ def kenward_roger_adjustment(theta: np.ndarray, sigma: float, dp: DesignProducts
     S1, S2, S3 = Minv, Minv + Minv2, Minv + Minv2 + Minv2 @ Minv
     s2 = sigma ** 2
 
-    def sandwich(A_W, A_B, B_W, AB, Sk, k):
-        return (AB - A_W @ Sk @ B_W.T) / s2 ** k
+    def sandwich(AtW, BtW, AtB, Sk, k):
+        """A'V^{-k}B = (A'B - A'W S_k W'B) / sigma^{2k}, S_k = M^{-1} + ... + M^{-k}."""
+        return (AtB - AtW @ Sk @ BtW.T) / s2 ** k
 
-    K = sandwich(ZW, None, ZW, ZtZ, S1, 1)          # Z'V^-1 Z
-    K2 = sandwich(ZW, None, ZW, ZtZ, S2, 2)         # Z'V^-2 Z
-    B = sandwich(ZW, None, XW, ZtX, S1, 1)          # Z'V^-1 X
-    B2 = sandwich(ZW, None, XW, ZtX, S2, 2)         # Z'V^-2 X
-    XV1X = sandwich(XW, None, XW, XtX, S1, 1)
-    XV2X = sandwich(XW, None, XW, XtX, S2, 2)
-    XV3X = sandwich(XW, None, XW, XtX, S3, 3)
+    K = sandwich(ZW, ZW, ZtZ, S1, 1)          # Z'V^-1 Z
+    K2 = sandwich(ZW, ZW, ZtZ, S2, 2)         # Z'V^-2 Z
+    B = sandwich(ZW, XW, ZtX, S1, 1)          # Z'V^-1 X
+    B2 = sandwich(ZW, XW, ZtX, S2, 2)         # Z'V^-2 X
+    XV1X = sandwich(XW, XW, XtX, S1, 1)
+    XV2X = sandwich(XW, XW, XtX, S2, 2)
+    XV3X = sandwich(XW, XW, XtX, S3, 3)
     trV2 = (n - q + np.sum(Minv * Minv)) / s2 ** 2
 
     Phi = np.linalg.inv(XV1X)

@@ -5,9 +5,11 @@ r"""Predictions from a fit, on the model's rows or on new data (lme4's ``predict
 The fixed part's model matrix for new data comes from the fitted formulaic
 ``ModelSpec`` (same factor levels and contrasts), restricted to the columns
 kept after the rank check; each random term's columns come from re-evaluating
-its expression with the spec learned on the fitting data. Rows whose level of
-a grouping factor was not seen in the fit get that term's population value
-(b = 0) when ``allow_new_levels`` is True, as lme4 does. ``se_fit`` gives the
+its expression with the spec learned on the fitting data. Grouping levels are
+matched by value, whatever the column's dtype. A level not seen in the fit (or
+a missing value) raises :class:`~lmm_jax.errors.DataError` by default, as in
+lme4; with ``allow_new_levels=True`` such rows get that term's population value
+(b = 0), lme4's ``allow.new.levels = TRUE``. ``se_fit`` gives the
 standard errors of the fixed part, ``sqrt(diag(X_new vcov(beta) X_new'))``.
 """
 
@@ -21,8 +23,8 @@ import pandas as pd
 from formulaic import model_matrix
 
 from ..runtime.scope import entry_point
-from ..build.design import as_frame
-from ..errors import DataError, FormulaError
+from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes
+from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
 
 if TYPE_CHECKING:
@@ -64,29 +66,69 @@ def _included_terms(result: "LMMResult", re_form: Any) -> list[int]:
 def _term_columns(result: "LMMResult", t: "TermDesign", data: pd.DataFrame) -> np.ndarray:
     m = _SPLIT.match(t.expr)
     expr, col = (m.group(1), int(m.group(2))) if m else (t.expr, None)
-    spec = model_matrix(expr, result.design.data, na_action="ignore").model_spec
-    Z = np.asarray(spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+    spec = model_matrix(formulaic_text(expr, result.design.data), result.design.data, na_action="ignore",
+                        context=R_FUNCTIONS).model_spec
+    Z = np.asarray(spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     return Z[:, [col]] if col is not None else Z
 
 
+def _factor_labels(orig: pd.Series, new: pd.Series) -> np.ndarray:
+    """The fitted level label of each value of ``new`` (None where the value
+    was not in the fit, or is missing), matched by value first: pandas and
+    the design write datetimes and float32 numbers differently ("2024-01-01"
+    vs "2024-01-01 00:00:00"), so labels do not round-trip through text.
+    Values of another type (the number 1 for the text level "1") are then
+    matched by their text, as R matches a factor's levels."""
+    labels, codes = level_codes(orig)                 # the design's own coding of this column
+    _, first = np.unique(pd.factorize(orig)[0], return_index=True)   # a row of each distinct fitted value
+    known, label_of = orig.iloc[first].to_numpy(), labels[codes[first]]
+    values = new.to_numpy()
+    kind = orig.dtype.kind if isinstance(orig.dtype, np.dtype) else ""
+    if kind and new.dtype != orig.dtype and pd.api.types.is_numeric_dtype(new.dtype) and kind in "iufb":
+        # numbers: float32 levels match at float32 precision, integer levels only equal numbers (1.5 is new)
+        known, values = (known, values.astype(orig.dtype)) if kind == "f" else (known.astype(float),
+                                                                                 values.astype(float))
+    elif kind in ("m", "M") and new.dtype != orig.dtype:
+        try:
+            values = new.astype(orig.dtype).to_numpy()
+        except (TypeError, ValueError):
+            pass
+    pos = pd.Index(known).get_indexer(values)
+    out = np.where(pos >= 0, label_of[np.maximum(pos, 0)], None)
+    unmatched = (pos < 0) & new.notna().to_numpy()
+    if unmatched.any():   # other types: by text, as R matches factor levels (1 in new data is level "1")
+        text = set(labels.tolist())
+        out[unmatched] = [str(v) if str(v) in text else None for v in values[unmatched]]
+    return out
+
+
 def _level_codes(result: "LMMResult", t: "TermDesign", data: pd.DataFrame) -> np.ndarray:
-    """Index of each row's level in the fitted levels (-1 for a new level)."""
+    """Index of each row's level in the fitted levels (-1 for a new level or a missing value)."""
     parts = []
     for f in t.factors:
         if f not in data.columns:
             raise DataError(f"newdata has no column {f!r} (grouping factor of ({t.expr} | {t.group})); add it, or "
                             "leave this term out with re_form")
-        col = data[f]
-        orig = result.design.data[f]
-        if pd.api.types.is_numeric_dtype(orig.dtype) and not isinstance(orig.dtype, pd.CategoricalDtype):
-            try:
-                col = col.astype(orig.dtype)
-            except (TypeError, ValueError):
-                pass
-        parts.append(col.astype(str).to_numpy())
-    labels = parts[0] if len(parts) == 1 else np.array([":".join(v) for v in zip(*parts)], dtype=object)
+        parts.append(_factor_labels(result.design.data[f], data[f]))
     index = {str(lv): i for i, lv in enumerate(t.levels)}
-    return np.array([index.get(str(v), -1) for v in labels], dtype=np.int64)
+    if len(parts) == 1:
+        return np.array([index.get(v, -1) if v is not None else -1 for v in parts[0]], dtype=np.int64)
+    return np.array([-1 if any(v is None for v in vs) else index.get(":".join(vs), -1) for vs in zip(*parts)],
+                    dtype=np.int64)
+
+
+def _raise_new_levels(t: "TermDesign", data: pd.DataFrame, new: np.ndarray) -> None:
+    """lme4's error for levels (or missing values) of a grouping factor not seen in the fit."""
+    cols = data.loc[new, list(t.factors)]
+    missing = [f for f in t.factors if cols[f].isna().any()]
+    if missing:
+        rows = list(cols.index[cols[missing].isna().any(axis=1)][:5])
+        raise DataError(f"newdata has missing values in the grouping factor column(s) {missing} (rows {rows}); "
+                        "drop those rows, or pass allow_new_levels=True for population-level predictions on them "
+                        "(as lme4's allow.new.levels does for NA)")
+    bad = sorted(set(cols.astype(str).agg(":".join, axis=1)))
+    raise DataError(f"newdata has level(s) {bad[:10]} of {t.group!r} not seen in the fit; check them for typos, "
+                    "or pass allow_new_levels=True for population-level predictions (b = 0) on them")
 
 
 def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
@@ -94,14 +136,14 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
     d = result.design
     data = as_frame(newdata)
     try:
-        X = np.asarray(d.fixed_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+        X = np.asarray(d.fixed_spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     except Exception as e:  # formulaic: missing columns, unseen factor levels
         raise DataError(f"cannot build the fixed-effects columns for newdata: {e}") from None
     return X[:, list(d.kept_columns)] if d.kept_columns else X
 
 
 @entry_point
-def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = True,
+def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
             se_fit: bool = False) -> "np.ndarray | pd.DataFrame":
     """Predicted responses (see the module docstring).
 
@@ -110,14 +152,18 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
         newdata: a DataFrame (or dict of columns); None for the fitted rows.
         re_form: None for all random terms, ``"~0"`` (or ``np.nan``) for the
             population level, or a formula of bars such as ``"~(1 | Subject)"``.
-        allow_new_levels: give unseen levels the population prediction; if
-            False they raise :class:`~lmm_jax.errors.DataError`.
+        allow_new_levels: give unseen levels (and missing values) of a
+            grouping factor the population prediction; if False (the
+            default, lme4's) they raise :class:`~lmm_jax.errors.DataError`
+            naming them, so a typo in a label is not silently a population
+            prediction.
         se_fit: also return the SEs of the fixed part.
 
     Returns:
         The predictions (n_new,), or with ``se_fit`` a DataFrame with
         columns ``fit, se_fit``.
     """
+    allow_new_levels, se_fit = check_bool(allow_new_levels, "allow_new_levels"), check_bool(se_fit, "se_fit")
     d = result.design
     keep = _included_terms(result, re_form)
     if newdata is None:
@@ -135,9 +181,7 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
             codes = _level_codes(result, t, data)
             new = codes < 0
             if new.any() and not allow_new_levels:
-                bad = sorted(set(map(str, data.loc[new, list(t.factors)].astype(str).agg(":".join, axis=1))))
-                raise DataError(f"newdata has level(s) {bad[:10]} of {t.group!r} not seen in the fit; pass "
-                                "allow_new_levels=True for population-level predictions on them")
+                _raise_new_levels(t, data, new)
             Z = _term_columns(result, t, data)
             b = np.where(new[:, None], 0.0, result.b[i][np.where(new, 0, codes)])
             out = out + np.sum(Z * b, axis=1)

@@ -48,7 +48,8 @@ from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
 from ..core.linalg import batched_cholesky
 from ..core.optimize import newton_minimize
-from ..core.parametrization import diagonal_mask, lower_tri_indices, phi_from_theta
+from ..core.parametrization import phi_from_theta
+from ..core.theta_layout import ThetaLayout
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..errors import InferenceError, SingularFitWarning
 
@@ -86,21 +87,19 @@ def _ml_fit(result: "LMMResult") -> "LMMResult":
 
 
 def parameters(fit: "LMMResult") -> list[ProfileParameter]:
-    """lme4's profile parameters of an (ML) fit, in its order."""
+    """lme4's profile parameters of an (ML) fit, in its order, named by
+    :attr:`~lmm_jax.core.theta_layout.ThetaLayout.parameter_names`."""
+    lay = fit.design.theta_layout
     out = []
-    row = 0
-    for t, (term, S) in enumerate(zip(fit.design.terms, fit.covariances)):
-        sd = np.sqrt(np.diag(S))
-        r, c = lower_tri_indices(term.k)
-        for i, j in zip(r, c):
-            if i == j:
-                out.append(ProfileParameter(f"sd_{term.columns[i]}|{term.group}", "sd", float(sd[i]), (row + i,)))
-            else:
-                cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
-                out.append(ProfileParameter(f"cor_{term.columns[i]}.{term.columns[j]}|{term.group}", "cor",
-                                            float(cor), (t, int(i), int(j))))
-        row += term.k
-    out.append(ProfileParameter("sigma", "sigma", float(fit.sigma), (row,)))
+    for name, (t, i, j), row in zip(lay.names, lay.entries, lay.stacked_row):
+        S = fit.covariances[t]
+        sd_i, sd_j = np.sqrt(S[i, i]), np.sqrt(S[j, j])
+        if i == j:
+            out.append(ProfileParameter(name, "sd", float(sd_i), (int(row),)))
+        else:
+            cor = S[i, j] / (sd_i * sd_j) if sd_i * sd_j > 0 else np.nan
+            out.append(ProfileParameter(name, "cor", float(cor), (t, i, j)))
+    out.append(ProfileParameter("sigma", "sigma", float(fit.sigma), (sum(lay.ks),)))
     for j, name in enumerate(fit.design.fixef_names):
         out.append(ProfileParameter(name, "fixed", float(fit.beta[j]), (j,)))
     return out
@@ -109,16 +108,13 @@ def parameters(fit: "LMMResult") -> list[ProfileParameter]:
 def _row_layout(ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """For every row of every Lambda_t (then one pseudo-row for sigma): the
     positions of its entries in theta and a mask of valid positions."""
+    lay = ThetaLayout.of(ks)
     kmax = max(ks)
     idx, mask = [], []
-    start = 0
-    for k in ks:
-        r, c = lower_tri_indices(k)
-        for i in range(k):
-            pos = [start + n for n, (a, b) in enumerate(zip(r, c)) if a == i]
-            idx.append(pos + [0] * (kmax - len(pos)))
-            mask.append([True] * len(pos) + [False] * (kmax - len(pos)))
-        start += len(r)
+    for row in range(sum(ks)):
+        pos = np.flatnonzero(lay.stacked_row == row).tolist()
+        idx.append(pos + [0] * (kmax - len(pos)))
+        mask.append([True] * len(pos) + [False] * (kmax - len(pos)))
     idx.append([0] * kmax)
     mask.append([False] * kmax)
     return np.asarray(idx, dtype=np.int32), np.asarray(mask)
@@ -155,6 +151,21 @@ class Constraint(NamedTuple):
     j: jnp.ndarray
 
 
+def _fix_fixed_effect(con: Constraint, dp: DesignProducts, rp: ResponseProducts, s: Structure, is_fixed):
+    """Fixed effect j held at c: move c x_j to the response and neutralise column j."""
+    dtype = dp.XtX.dtype
+    e = jnp.arange(s.p) == con.j
+    keepx = (~e).astype(dtype)
+    cf = jnp.where(is_fixed, con.c, 0.0)
+    jj = jnp.minimum(con.j, s.p - 1)
+    xj_X = dp.XtX[:, jj] * is_fixed
+    dpj = dp._replace(Z1X=dp.Z1X * keepx, ZrX=dp.ZrX * keepx,
+                      XtX=dp.XtX * keepx[:, None] * keepx[None, :] + jnp.diag(e.astype(dtype)))
+    rpj = ResponseProducts(Z1y=rp.Z1y - cf * dp.Z1X[..., jj], Zry=rp.Zry - cf * dp.ZrX[:, jj],
+                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj])
+    return dpj, rpj
+
+
 def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarray, row_mask: jnp.ndarray,
                          dp: DesignProducts, rp: ResponseProducts, s: Structure) -> jnp.ndarray:
     """ML deviance of the free parameters theta under one constraint (module docstring)."""
@@ -165,29 +176,19 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     rho = jnp.where(is_cor, con.c, 0.0)
     other = jnp.sqrt(jnp.maximum(jnp.sum(jnp.where(con.rest, th, 0.0) ** 2), 1e-300))
     th = jnp.where(is_cor, th.at[con.target].set(rho * other / jnp.sqrt(1.0 - rho ** 2)), th)
-    start, big = 0, 0
-    for k in s.ks:
-        size = k * (k + 1) // 2
+    lay = ThetaLayout.of(s.ks)
+    big = 0
+    for t, k in enumerate(s.ks):
         if k > 2:
-            r, c = lower_tri_indices(k)
+            sl, (r, c) = lay.slices[t], lay.tri(t)
             Pm = con.perm[big]
-            Lp = jnp.zeros((k, k), dtype).at[r, c].set(th[start:start + size])
+            Lp = jnp.zeros((k, k), dtype).at[r, c].set(th[sl])
             used = is_cor & jnp.any(Pm != jnp.eye(k, dtype=dtype))
             Sig = Pm.T @ Lp @ Lp.T @ Pm
             Lo = batched_cholesky(jnp.where(used, Sig, jnp.eye(k, dtype=dtype)))
-            th = th.at[start:start + size].set(jnp.where(used, Lo[r, c], th[start:start + size]))
+            th = th.at[sl].set(jnp.where(used, Lo[r, c], th[sl]))
             big += 1
-        start += size
-    # fixed effect: move c x_j to the response, neutralise column j
-    e = jnp.arange(s.p) == con.j
-    keepx = (~e).astype(dtype)
-    cf = jnp.where(is_fixed, con.c, 0.0)
-    jj = jnp.minimum(con.j, s.p - 1)
-    xj_X = dp.XtX[:, jj] * is_fixed
-    dpj = dp._replace(Z1X=dp.Z1X * keepx, ZrX=dp.ZrX * keepx,
-                      XtX=dp.XtX * keepx[:, None] * keepx[None, :] + jnp.diag(e.astype(dtype)))
-    rpj = ResponseProducts(Z1y=rp.Z1y - cf * dp.Z1X[..., jj], Zry=rp.Zry - cf * dp.ZrX[:, jj],
-                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj])
+    dpj, rpj = _fix_fixed_effect(con, dp, rp, s, is_fixed) if s.p else (dp, rp)  # p = 0: y ~ 0 + (1 | g)
     F = factorize(th, dpj, rpj, s)
     ldz, rss = log_det_LZ2(F), pwrss(F)
     # SD / sigma fixed: sigma = c / |row of Lambda_t| (norm 1 for the sigma pseudo-row)
@@ -226,6 +227,7 @@ class _Profiler:
         m = fit.model
         self.fit = fit
         self.dp, self.rp, self.s = m.products, m.response, m.structure
+        self.layout = fit.design.theta_layout
         phi, active = phi_from_theta(np.asarray(fit.theta), self.s.ks)
         # start every constrained problem in the interior, next to the optimum
         self.phi0 = jnp.asarray(np.where(active, phi, np.log(1e-2)))
@@ -247,7 +249,7 @@ class _Profiler:
             if p.kind == "sd" and value > 0 and p.estimate > 0:
                 # start with the row scaled by c / estimate, so that sigma starts at its estimate
                 pos = np.asarray(self.row_idx[p.index[0]])[np.asarray(self.row_mask[p.index[0]])]
-                diag = diagonal_mask(s.ks)
+                diag = self.layout.diagonal
                 phi0 = d["phi0"].copy()
                 ratio = value / p.estimate
                 phi0[pos] = np.where(diag[pos], phi0[pos] + np.log(ratio), phi0[pos] * ratio)
@@ -259,14 +261,13 @@ class _Profiler:
         elif p.kind == "cor":
             t, i, j = p.index
             k = s.ks[t]
-            start = sum(kk * (kk + 1) // 2 for kk in s.ks[:t])
             perm = [j] + [a for a in range(k) if a != j]
             pi = perm.index(i)
-            r, c = lower_tri_indices(k)
+            r, c = self.layout.tri(t)
             d["kind"] = COR
             d["c"] = float(np.clip(value, -RHO_MAX, RHO_MAX))
-            d["target"] = start + int(np.flatnonzero((r == pi) & (c == 0))[0])
-            d["rest"][start:start + len(r)] = (r == pi) & (c > 0)
+            d["target"] = self.layout.position(t, pi, 0)
+            d["rest"][self.layout.slices[t]] = (r == pi) & (c > 0)
             if k > 2:
                 d["perm"][sum(1 for kk in s.ks[:t] if kk > 2)] = np.eye(k)[perm]
         else:

@@ -25,7 +25,8 @@ from scipy.special import stdtr
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..runtime.kernel import kernel
 from ..core.likelihood import factorize, unscaled_vcov_beta
-from ..core.parametrization import lambdas_host, lower_tri_indices
+from ..core.parametrization import lambdas_host
+from ..core.theta_layout import ThetaLayout
 
 
 def varpar_covariance(H: np.ndarray) -> np.ndarray:
@@ -36,14 +37,12 @@ def varpar_covariance(H: np.ndarray) -> np.ndarray:
 
 
 def varcomp_of(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
-    """(theta, sigma) -> variance/covariance components, then sigma^2."""
+    """(theta, sigma) -> variance/covariance components in theta's order
+    (:class:`~lmm_jax.core.theta_layout.ThetaLayout`), then sigma^2."""
     varpar = np.asarray(varpar, dtype=float)
     theta, sigma = varpar[:-1], varpar[-1]
-    out = []
-    for lam, k in zip(lambdas_host(theta, ks), ks):
-        S = sigma ** 2 * lam @ lam.T
-        r, c = lower_tri_indices(k)
-        out.append(S[r, c])
+    lay = ThetaLayout.of(ks)
+    out = [(sigma ** 2 * lam @ lam.T)[lay.tri(t)] for t, lam in enumerate(lambdas_host(theta, ks))]
     out.append(np.atleast_1d(sigma ** 2))
     return np.concatenate(out)
 
@@ -56,17 +55,15 @@ def varcomp_jacobian(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     varpar = np.asarray(varpar, dtype=float)
     theta, sigma = varpar[:-1], varpar[-1]
     J = np.zeros((varpar.size, varpar.size))
-    start = 0
-    for lam, k in zip(lambdas_host(theta, ks), ks):
-        r, c = lower_tri_indices(k)
-        size = len(r)
-        for j, (a, b) in enumerate(zip(r, c)):
+    lay = ThetaLayout.of(ks)
+    for t, (lam, k) in enumerate(zip(lambdas_host(theta, ks), ks)):
+        sl, tri = lay.slices[t], lay.tri(t)
+        for n, a, b in zip(range(sl.start, sl.stop), *tri):
             dS = np.zeros((k, k))
             dS[a, :] += lam[:, b]              # E_ab Lambda'
             dS[:, a] += lam[:, b]              # Lambda E_ba
-            J[start:start + size, start + j] = sigma ** 2 * dS[r, c]
-        J[start:start + size, -1] = 2.0 * sigma * (lam @ lam.T)[r, c]
-        start += size
+            J[sl, n] = sigma ** 2 * dS[tri]
+        J[sl, -1] = 2.0 * sigma * (lam @ lam.T)[tri]
     J[-1, -1] = 2.0 * sigma
     return J
 

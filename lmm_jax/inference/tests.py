@@ -14,22 +14,26 @@ Denominator degrees of freedom (``ddf``):
 * ``"none"``: infinite df (z and chi-square/q tests).
 
 Per-fit quantities (the Jacobian of vcov(beta), the KR adjustment) are
-computed once per result and cached beside it.
+computed here and cached on the result (:attr:`LMMResult.vcov_jacobian
+<lmm_jax.results.LMMResult.vcov_jacobian>`, :attr:`LMMResult.kr_adjustment
+<lmm_jax.results.LMMResult.kr_adjustment>`).
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..runtime.scope import entry_point
-from ..errors import InferenceError
+from ..core.theta_layout import ThetaLayout
+from ..errors import InferenceError, check_bool
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
+from .profile import profile_confint
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
 
 if TYPE_CHECKING:
@@ -37,17 +41,6 @@ if TYPE_CHECKING:
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
 F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
-T_COLUMNS = ["estimate", "std_error", "df", "t", "p", "lower", "upper"]
-
-
-_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def _cached(result: "LMMResult", key: str, make):
-    store = _CACHE.setdefault(result, {})
-    if key not in store:
-        store[key] = make()
-    return store[key]
 
 
 def normalize_ddf(ddf: str) -> str:
@@ -61,23 +54,22 @@ def normalize_ddf(ddf: str) -> str:
 
 
 def vcov_jacobian(result: "LMMResult") -> tuple[np.ndarray, np.ndarray]:
-    """C = vcov(beta) and its exact Jacobian dC/d(theta, sigma), (p, p, n_varpar)."""
-    def make():
-        pad = result.model.padded
-        vp = np.concatenate([result.theta, [result.sigma]])
-        C, dC = vcov_beta_jacobian(vp, pad.products, pad.response, pad.structure)
-        return np.asarray(C), np.asarray(dC)
-    return _cached(result, "vcov_jacobian", make)
+    """C = vcov(beta) and its exact Jacobian dC/d(theta, sigma), (p, p, n_varpar)
+    (cached as :attr:`LMMResult.vcov_jacobian <lmm_jax.results.LMMResult.vcov_jacobian>`)."""
+    pad = result.model.padded
+    vp = np.concatenate([result.theta, [result.sigma]])
+    C, dC = vcov_beta_jacobian(vp, pad.products, pad.response, pad.structure)
+    return np.asarray(C), np.asarray(dC)
 
 
 def kr_adjustment(result: "LMMResult") -> KRAdjustment:
-    """pbkrtest's adjusted covariance of beta for a REML fit (cached)."""
+    """pbkrtest's adjusted covariance of beta for a REML fit (cached as
+    :attr:`LMMResult.kr_adjustment <lmm_jax.results.LMMResult.kr_adjustment>`)."""
     if not result.reml:
         raise InferenceError("Kenward-Roger's method is only available for REML fits (as in lmerTest and "
                              "pbkrtest); refit with reml=True or use ddf='satterthwaite'")
     m = result.model
-    return _cached(result, "kr", lambda: kenward_roger_adjustment(result.theta, result.sigma, m.products,
-                                                                  m.structure))
+    return kenward_roger_adjustment(result.theta, result.sigma, m.products, m.structure)
 
 
 def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
@@ -85,6 +77,9 @@ def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
     Series / dict keyed by coefficient names (missing names are 0)."""
     names = list(result.design.fixef_names)
     p = len(names)
+    if p == 0:
+        raise InferenceError("the model has no fixed effects (its formula has '0 +' and no covariates); there is "
+                             "no contrast to test")
     if isinstance(L, dict):
         L = pd.Series(L)
     if isinstance(L, (pd.Series, pd.DataFrame)):
@@ -114,13 +109,16 @@ def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", leve
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
     L = np.atleast_2d(L)
+    if L.shape[0] == 0:           # no fixed effects (y ~ 0 + (1 | g)): an empty table
+        return pd.DataFrame({c: np.zeros(0) for c in ("estimate", "std_error", "df", "t", "p", "lower", "upper")},
+                            index=names if names is not None else [])
     est = L @ result.beta
     if ddf == "kenward-roger":
-        adj = kr_adjustment(result)
+        adj = result.kr_adjustment
         var = np.einsum("ri,ij,rj->r", L, adj.vcov_adj, L)
         df = np.array([kenward_roger_ddf(l[None, :], adj)[0] for l in L])
     else:
-        C, dC = vcov_jacobian(result)
+        C, dC = result.vcov_jacobian
         if ddf == "satterthwaite":
             var, df = satterthwaite_df(L, C, dC, result.varpar_cov)
         else:
@@ -167,12 +165,12 @@ def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
     if L.shape[0] == 0:
         raise InferenceError("contrast matrix has no rows")
     if ddf == "kenward-roger":
-        adj = kr_adjustment(result)
+        adj = result.kr_adjustment
         den, scale, q = kenward_roger_ddf(L, adj)
         Lb = L @ beta
         wald = float(Lb @ np.linalg.solve(L @ adj.vcov_adj @ L.T, Lb))
         return row(wald / q, q, den, scale)
-    C, dC = vcov_jacobian(result)
+    C, dC = result.vcov_jacobian
     if L.shape[0] == 1:
         tt = t_tests(result, L, ddf)
         return row(float(tt["t"].iloc[0] ** 2), 1, float(tt["df"].iloc[0]))
@@ -203,6 +201,8 @@ def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: flo
     """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
     several rows -> joint F test (``joint=False`` gives a t test per row)."""
     L = as_contrast(result, L)
+    if joint is not None:
+        check_bool(joint, "joint")
     if joint is None:
         joint = L.shape[0] > 1
     if not joint:
@@ -219,20 +219,13 @@ def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) 
 
 def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
     """(vech(Sigma_t)..., sigma^2) -> (SDs and correlations in the same layout..., sigma)."""
-    from ..core.parametrization import lower_tri_indices
-
-    out, start = [], 0
-    for k in ks:
-        r, c = lower_tri_indices(k)
-        size = len(r)
-        block = v[start:start + size]
-        diag = {int(i): block[n] for n, (i, j) in enumerate(zip(r, c)) if i == j}
-        for n, (i, j) in enumerate(zip(r, c)):
-            if i == j:
-                out.append(jnp.sqrt(jnp.maximum(block[n], 0.0)))
-            else:
-                out.append(block[n] / jnp.sqrt(diag[int(i)] * diag[int(j)]))
-        start += size
+    lay = ThetaLayout.of(ks)
+    out = []
+    for t, i, j in lay.entries:
+        if i == j:
+            out.append(jnp.sqrt(jnp.maximum(v[lay.position(t, i, i)], 0.0)))
+        else:
+            out.append(v[lay.position(t, i, j)] / jnp.sqrt(v[lay.position(t, i, i)] * v[lay.position(t, j, j)]))
     out.append(jnp.sqrt(v[-1]))
     return jnp.stack(out)
 
@@ -242,7 +235,8 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Variance components with Hessian-based SEs and Wald intervals.
 
     One row per parameter in lme4's naming and order (``sd_(Intercept)|Subject``,
-    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``). Columns:
+    ``cor_Days.(Intercept)|Subject``, ..., ``sigma``;
+    :attr:`~lmm_jax.core.theta_layout.ThetaLayout.parameter_names`). Columns:
 
     * ``vcov, se_vcov, lower_vcov, upper_vcov``: the variance / covariance
       (sigma^2 for ``sigma``), its SE from the exact Hessian of the deviance in
@@ -255,10 +249,6 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     SEs are NaN for components of a term estimated at the boundary (as lme4 /
     lmerTest give none there).
     """
-    import jax
-
-    from .profile import parameters
-
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
     ks = result.model.structure.ks
@@ -271,8 +261,9 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
         se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
     se_s[~np.isfinite(se_v)] = np.nan
     z = float(stats.norm.ppf(0.5 + level / 2.0))
-    names = [p.name for p in parameters(result) if p.kind != "fixed"]
-    is_cor = np.array([n.startswith("cor_") for n in names])
+    lay = result.design.theta_layout
+    names = list(lay.parameter_names)
+    is_cor = np.append(~lay.diagonal, False)
     with np.errstate(invalid="ignore", divide="ignore"):
         lo_s, hi_s = _wald_sdcor(sdcor, se_s, is_cor, z)
     table = pd.DataFrame({"vcov": v, "se_vcov": se_v, "lower_vcov": v - z * se_v, "upper_vcov": v + z * se_v,
@@ -309,29 +300,39 @@ def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
 
 
 @entry_point
+def boot_confint(result: "LMMResult", level: float = 0.95, n: int = 1000, key: Any = None, seed: int = 0,
+                 **kwargs) -> pd.DataFrame:
+    """Parametric bootstrap percentile intervals (lme4's ``confint(method = "boot")``):
+    ``result.bootstrap(n, key, **kwargs).confint(level, method="percentile")``,
+    with ``key`` defaulting to the int ``seed``."""
+    boot = result.bootstrap(n, int(seed) if key is None else key, **kwargs)     # n: an integer, checked there
+    return boot.confint(level, method="percentile")
+
+
+CONFINT_METHODS = {"wald": wald_confint, "profile": profile_confint, "boot": boot_confint,
+                   "bootstrap": boot_confint}
+
+
+@entry_point
 def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
     """Confidence intervals for SDs, correlations, sigma and fixed effects
-    (lme4's ``confint``): ``method`` is ``"wald"``, ``"profile"`` (see
-    :mod:`lmm_jax.inference.profile`) or ``"boot"`` (parametric bootstrap percentile
-    intervals from ``result.bootstrap(n, key)``; kwargs ``n`` (default 1000)
-    and ``key`` or ``seed``)."""
-    method = str(method).lower()
-    if method == "wald":
-        return wald_confint(result, level)
-    if method == "profile":
-        from .profile import profile_confint
+    (lme4's ``confint``).
 
-        return profile_confint(result, level, **kwargs)
-    if method in ("boot", "bootstrap"):
-        boot = getattr(result, "bootstrap", None)
-        if boot is None:
-            raise InferenceError("method='boot' needs the parametric bootstrap (lmm_jax.bootstrap), which is not "
-                                 "available in this installation; use method='profile' or 'wald'")
-        import jax
+    Args:
+        result: a fit.
+        method: a key of :data:`CONFINT_METHODS`, any case: ``"wald"``
+            (:func:`wald_confint`), ``"profile"``
+            (:func:`~lmm_jax.inference.profile.profile_confint`) or ``"boot"``
+            / ``"bootstrap"`` (:func:`boot_confint`).
+        level: confidence level.
+        **kwargs: passed to the method's function (``which``, ``tol`` for
+            profile; ``n``, ``key``, ``seed`` and :meth:`LMMResult.bootstrap
+            <lmm_jax.results.LMMResult.bootstrap>`'s options for boot).
 
-        n = int(kwargs.pop("n", 1000))
-        key = kwargs.pop("key", None)
-        if key is None:
-            key = jax.random.PRNGKey(int(kwargs.pop("seed", 0)))
-        return boot(n, key, **kwargs).confint(level, method="percentile")
-    raise InferenceError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
+    Raises:
+        InferenceError: ``method`` is not one of :data:`CONFINT_METHODS`.
+    """
+    interval = CONFINT_METHODS.get(str(method).lower())
+    if interval is None:
+        raise InferenceError(f"method must be one of {list(CONFINT_METHODS)}, got {method!r}")
+    return interval(result, level, **kwargs)

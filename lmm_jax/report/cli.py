@@ -114,8 +114,14 @@ def read_data(path: str) -> pd.DataFrame:
 
 
 def _check_writable(path: str | None, option: str) -> None:
+    """Before the fit: an output path that cannot be written is bad input (exit 2), not a failure after it."""
     if path is None:
         return
+    if os.path.isdir(path):
+        example = os.path.join(path, "fit.json" if option == "--json" else "fit.png")
+        raise InputError(f"{option} {path!r} is a folder; give a file name such as {example!r}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"{option} {path!r}: the file exists and is not writable")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"{option} {path!r}: folder {folder!r} does not exist")
@@ -124,11 +130,8 @@ def _check_writable(path: str | None, option: str) -> None:
 
 
 def coefficient_table(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
-    """Fixed effects with t tests and t intervals under the chosen ddf method.
-
-    Uses ``result.coefs(ddf=..., level=...)`` where this lmm_jax has it; for
-    Satterthwaite it falls back on ``result.coef_table`` with intervals
-    ``estimate +- t_{df, (1 + level)/2} * std_error``.
+    """Fixed effects with t tests and t intervals under the chosen ddf method
+    (``result.coefs``).
 
     Args:
         result: a fitted model.
@@ -136,42 +139,17 @@ def coefficient_table(result: "LMMResult", ddf: str = "satterthwaite", level: fl
         level: confidence level of the intervals.
 
     Returns:
-        DataFrame indexed by term with at least ``estimate, std_error, df,
+        DataFrame indexed by term with columns ``estimate, std_error, df,
         t, p, lower, upper``.
-
-    Raises:
-        InputError: the method is not available in this installation.
     """
-    from scipy import stats
-
-    coefs = getattr(result, "coefs", None)
-    if callable(coefs):
-        return coefs(ddf=ddf, level=level)
-    if ddf != "satterthwaite":
-        raise InputError(f"--ddf {ddf} needs LMMResult.coefs(ddf=...), which this lmm_jax installation lacks; "
-                         "use --ddf satterthwaite")
-    table = result.coef_table
-    q = stats.t.ppf(0.5 + level / 2.0, table["df"].to_numpy(dtype=float))
-    table["lower"] = table["estimate"] - q * table["std_error"]
-    table["upper"] = table["estimate"] + q * table["std_error"]
-    return table
+    return result.coefs(ddf=ddf, level=level)
 
 
 def run_bootstrap(result: "LMMResult", n: int, seed: int, level: float) -> tuple[Any, pd.DataFrame, float]:
     """Parametric bootstrap through ``result.bootstrap``: (bootstrap result,
-    percentile intervals, seconds).
-
-    Raises:
-        InputError: this installation has no bootstrap.
-    """
-    boot_fn = getattr(result, "bootstrap", None)
-    if not callable(boot_fn):
-        raise InputError("--bootstrap needs LMMResult.bootstrap (lmm_jax.bootstrap), which this lmm_jax "
-                         "installation lacks")
-    import jax
-
+    percentile intervals, seconds)."""
     t0 = time.perf_counter()
-    boot = boot_fn(n, jax.random.PRNGKey(seed))
+    boot = result.bootstrap(n, seed)
     ci = boot.confint(level=level)
     return boot, ci, time.perf_counter() - t0
 
@@ -300,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         from .plotting import overview
 
-        fig = overview(result, level=args.level, ddf=args.ddf if callable(getattr(result, "coefs", None)) else None)
+        fig = overview(result, level=args.level, ddf=args.ddf)
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import check_bool
 from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,6 +96,7 @@ def caterpillar(result: "LMMResult", group: str | Sequence[str] | None = None, l
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    order = check_bool(order, "order")
     modes, sds = result.ranef, result.ranef_sd
     groups = list(modes) if group is None else ([group] if isinstance(group, str) else list(group))
     for g in groups:
@@ -215,6 +217,7 @@ def residuals_vs_fitted(result: "LMMResult", group: str | None | bool = None, ax
     Returns:
         The Figure holding the axes.
     """
+    smooth = check_bool(smooth, "smooth")
     fig, ax = _new_axes(ax, (5.0, 4.0))
     name, codes, levels = _group_codes(result, group)
     fitted, resid = np.asarray(result.fitted), np.asarray(result.residuals)
@@ -292,30 +295,10 @@ def diagnostics(result: "LMMResult", group: str | None | bool = None,
 # -- fixed effects -------------------------------------------------------------------
 
 def _coef_intervals(result: "LMMResult", level: float, ddf: str | None) -> pd.DataFrame:
-    """estimate, lower, upper of the fixed effects.
-
-    Uses ``result.coefs(ddf=..., level=...)`` where the result has it (t
-    intervals with the chosen denominator df); otherwise the Satterthwaite
-    ``coef_table``: estimate +- t_{df, (1+level)/2} * std_error.
-    """
-    coefs = getattr(result, "coefs", None)
-    if callable(coefs):
-        kwargs: dict[str, Any] = {"level": level}
-        if ddf is not None:
-            kwargs["ddf"] = ddf
-        table = coefs(**kwargs)
-        if {"lower", "upper"} <= set(table.columns):
-            return table[["estimate", "lower", "upper"]]
-    elif ddf not in (None, "satterthwaite"):
-        raise ValueError(f"ddf={ddf!r} needs result.coefs(), which this lmm_jax version lacks; "
-                         "use ddf='satterthwaite'")
-    ct = result.coef_table
-    df = ct["df"].to_numpy(dtype=float)
-    q = np.where(np.isfinite(df), stats.t.ppf(0.5 + level / 2.0, np.where(np.isfinite(df), df, 1.0)),
-                 stats.norm.ppf(0.5 + level / 2.0))
-    half = q * ct["std_error"].to_numpy()
-    return pd.DataFrame({"estimate": ct["estimate"], "lower": ct["estimate"] - half,
-                         "upper": ct["estimate"] + half}, index=ct.index)
+    """estimate, lower, upper of the fixed effects: ``result.coefs`` (t
+    intervals with the chosen denominator df; Satterthwaite's by default)."""
+    table = result.coefs(ddf="satterthwaite" if ddf is None else ddf, level=level)
+    return table[["estimate", "lower", "upper"]]
 
 
 @entry_point
@@ -339,6 +322,9 @@ def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, int
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    annotate = check_bool(annotate, "annotate")
+    if intercept is not None:
+        intercept = check_bool(intercept, "intercept")
     table = _coef_intervals(result, level, ddf)
     if intercept is None:
         intercept = len(table) == 1
@@ -385,7 +371,11 @@ def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=figsize, layout="constrained")
-    forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    if result.design.p:
+        forest(result, level=level, ddf=ddf, ax=axes[0, 0])
+    else:                                     # y ~ 0 + (1 | g)
+        axes[0, 0].text(0.5, 0.5, "no fixed effects", ha="center", va="center")
+        axes[0, 0].set_axis_off()
     group = result.design.terms[0].group
     b = result.ranef[group]
     _caterpillar_panel(axes[0, 1], b, result.ranef_sd[group].loc[b.index, b.columns], group, 0,

@@ -69,6 +69,25 @@ def format_summary(fit: "LMMResult") -> str:
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     lines.append("")
     ct = fit.coef_table
+    if ct.empty:              # lme4's words for y ~ 0 + (1 | g)
+        lines.append("No fixed effect coefficients")
+    else:
+        lines += _fixed_effects_lines(fit, ct)
+    if d.dropped_columns:
+        lines.append(f"fixed-effect model matrix is rank deficient so dropping {len(d.dropped_columns)} "
+                     f"column(s): {', '.join(d.dropped_columns)}")
+    if not fit.converged:
+        lines.append(f"convergence warning: not converged after {fit.iterations} iterations "
+                     f"(|grad| {fit.gradient_norm:.2g})")
+    if fit.singular:
+        lines.append("boundary (singular) fit: see help('lmm_jax.LMMResult.singular')")
+    return "\n".join(lines)
+
+
+def _fixed_effects_lines(fit: "LMMResult", ct) -> list[str]:
+    """The fixed-effects table, lmerTest's columns, and the correlation of the estimates."""
+    d = fit.design
+    lines = []
     lines.append("Fixed effects:")
     rows = [["", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", ""]]
     for name, est, se, df, t, p in zip(ct.index, ct.estimate, ct.std_error, ct.df, ct.t, ct.p):
@@ -89,12 +108,4 @@ def format_summary(fit: "LMMResult") -> str:
         for i in range(1, p):
             rows.append([d.fixef_names[i]] + [f"{R[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i))
         lines += _table(rows, ["l"] + ["r"] * (p - 1))
-    if d.dropped_columns:
-        lines.append(f"fixed-effect model matrix is rank deficient so dropping {len(d.dropped_columns)} "
-                     f"column(s): {', '.join(d.dropped_columns)}")
-    if not fit.converged:
-        lines.append(f"convergence warning: not converged after {fit.iterations} iterations "
-                     f"(|grad| {fit.gradient_norm:.2g})")
-    if fit.singular:
-        lines.append("boundary (singular) fit: see help('lmm_jax.LMMResult.singular')")
-    return "\n".join(lines)
+    return lines

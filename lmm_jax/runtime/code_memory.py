@@ -38,7 +38,7 @@ from pathlib import Path
 
 import jax
 
-from . import kernel
+from . import fork, kernel
 from .switches import env_switch
 from ..errors import CompiledCodeWarning
 
@@ -143,7 +143,10 @@ def clear_caches() -> None:
 def check() -> bool:
     """At an entry point: clear JAX's caches if :func:`scan` found compiled
     code near the mapping cap (O(1) otherwise); the first call starts the
-    guard. Returns True when it cleared."""
+    guard. Returns True when it cleared. Every entry point calls this first,
+    so it also refuses to run in a child forked after JAX started in its
+    parent (:func:`lmm_jax.runtime.fork.check`)."""
+    fork.check()
     if not _started:
         start()
     if _pending is None:

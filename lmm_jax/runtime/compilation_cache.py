@@ -6,8 +6,9 @@ depend only on the model's shapes. Two stores let a later process skip it:
 
 1. lmm_jax's own folder, on by default: ``$LMM_JAX_CACHE_DIR`` if set, else
    ``~/.cache/lmm_jax`` (:func:`own_cache_dir`). :mod:`lmm_jax.runtime.kernel`
-   keeps lmm_jax's own kernels there; nothing else of the process is written
-   there, and JAX's configuration is not touched.
+   keeps lmm_jax's own kernels there, exported programs and compiled
+   executables; nothing else of the process is written there, and JAX's
+   configuration is not touched.
    ``LMM_JAX_COMPILATION_CACHE=0`` turns it off.
 2. JAX's persistent compilation cache (jax docs, "Persistent compilation
    cache"), only when asked: ``lmm_jax.runtime.configure(compilation_cache=True)``

@@ -1,27 +1,42 @@
-"""Compiled kernels whose traced and lowered form is kept on disk.
+"""Compiled kernels kept on disk: the exported program and its executable.
 
 A fresh process that fits a model pays three things before its first
 result: tracing the kernel's Python into a jaxpr, lowering it to StableHLO,
-and compiling it with XLA. JAX's persistent compilation cache
-(:mod:`lmm_jax.runtime.compilation_cache`) saves the last; :class:`Kernel` saves the
-first two. The first time a kernel runs for a given structure and set of
-argument shapes, it is exported with :func:`jax.export.export` and the
-serialized module is written next to the compilation cache; a later process
-deserializes it and calls it (``Exported.call``), which traces a single
-call primitive instead of the Newton loop, and whose compilation then hits
-the persistent cache.
+and compiling it with XLA. :class:`Kernel` keeps the outcome of all three in
+lmm_jax's own cache folder, without JAX's global persistent compilation
+cache (which would cache the user's own functions too). The first time a
+kernel runs for a given structure and set of argument shapes it is exported
+with :func:`jax.export.export` (``<name>-<digest>.bin``), compiled, and its
+executable serialized (:mod:`jax.experimental.serialize_executable`,
+``<name>-<digest>.xla``). A later process reads both and runs the
+executable: no tracing and no compilation. The exported module supplies the
+argument and result pytrees, which a serialized executable does not carry.
+Where an executable cannot be serialized or loaded (a backend without
+executable serialization), the exported module is loaded and compiled: a
+single call primitive is traced instead of the Newton loop.
 
 Entries are keyed by the kernel's name, its static arguments, the argument
-shapes and dtypes, the JAX version, the backend and a digest of lmm_jax's
-own source, so a change of any of them writes a new entry instead of running
-a stale one. An unreadable or corrupt entry is ignored and rewritten; a
-kernel that cannot be exported runs as a plain ``jax.jit`` function. Inside
-another trace (``vmap``, ``grad`` or a user's ``jit``) a kernel is its plain
-``jax.jit`` function.
+shapes and dtypes, the JAX settings a call traces under (x64, default
+device, matmul precision, dtype and rank promotion), the JAX version, the
+backend and a digest of lmm_jax's own source, so a change of any of them
+writes a new entry instead of running a stale one. An executable's key adds
+what compiled code depends on: jaxlib's version, the device kind and runtime
+version, ``XLA_FLAGS``, and on CPU the host's instruction-set flags. An
+executable entry carries its key and a checksum of its bytes, and loads only
+if its argument and result types are the exported module's; an unreadable,
+corrupt, stale or unloadable entry is ignored and rewritten. Writes are
+atomic (a temporary file renamed into place). A kernel that cannot be
+exported runs as a plain ``jax.jit`` function. Inside another trace
+(``vmap``, ``grad`` or a user's ``jit``) a kernel is its plain ``jax.jit``
+function.
 
-Where: ``<cache dir>/export`` (the compilation cache's directory, see
-:func:`lmm_jax.runtime.compilation_cache.default_cache_dir`); nothing is kept when
-the cache is off (``LMM_JAX_COMPILATION_CACHE=0``) or not writable.
+A loaded executable is code: the folder must be as trusted as the Python
+that reads it (:func:`jax.experimental.serialize_executable.deserialize_and_load`).
+
+Where: ``<lmm_jax cache folder>/export``
+(:func:`lmm_jax.runtime.compilation_cache.own_cache_dir`: ``$LMM_JAX_CACHE_DIR``
+or ``~/.cache/lmm_jax``); nothing is kept when
+``LMM_JAX_COMPILATION_CACHE=0`` or the folder is not writable.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import functools
 import hashlib
 import inspect
 import os
+import platform
 import tempfile
 import threading
 import weakref
@@ -39,12 +55,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jaxlib
 import numpy as np
+from jax.experimental import serialize_executable
 
 from . import compilation_cache
 
 _SOURCE_DIGEST: str | None = None
+_HOST: str | None = None
 _KERNELS: "weakref.WeakSet[Kernel]" = weakref.WeakSet()
+# First line of an executable entry: this tag, the entry's key digest and a sha256 of the rest.
+_EXECUTABLE_TAG = b"lmm_jax-executable-1"
+# JAX settings that change what a kernel traces and compiles to: each is thread-local when entered
+# with its context manager ``jax.<name>(value)``, and read (thread-local, else global) from
+# ``jax.config.jax_<name>``.
+SETTINGS = ("enable_x64", "default_device", "default_matmul_precision", "numpy_dtype_promotion",
+            "numpy_rank_promotion")
 
 
 def clear_all() -> None:
@@ -66,6 +92,20 @@ def source_digest() -> str:
     return _SOURCE_DIGEST
 
 
+def host_digest() -> str:
+    """The host's architecture and, on Linux, its CPU's instruction-set flags
+    (``/proc/cpuinfo``): XLA:CPU compiles for the CPU it runs on, so an
+    executable from another machine sharing the folder must not load."""
+    global _HOST
+    if _HOST is None:
+        flags = ""
+        with contextlib.suppress(OSError):
+            flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith(("flags", "Features"))), "")
+        _HOST = hashlib.sha256(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:16]
+    return _HOST
+
+
 def export_dir() -> Path | None:
     """Where kernels are kept: ``export`` in lmm_jax's own cache folder
     (:func:`lmm_jax.runtime.compilation_cache.own_cache_dir`), whether or not
@@ -74,14 +114,39 @@ def export_dir() -> Path | None:
     return None if root is None else root / "export"
 
 
+def settings() -> tuple[tuple[str, Any], ...]:
+    """The calling thread's values of :data:`SETTINGS`: part of a call's key,
+    and entered by :meth:`Kernel.prepare`'s thread (a new thread starts from
+    JAX's global settings, not from its creator's context managers)."""
+    return tuple((name, getattr(jax.config, f"jax_{name}")) for name in SETTINGS)
+
+
+@contextlib.contextmanager
+def entered(values: tuple[tuple[str, Any], ...]):
+    """Enter :func:`settings`' ``values`` in this thread, as ``jax.<name>(value)``."""
+    with contextlib.ExitStack() as stack:
+        for name, value in values:
+            stack.enter_context(getattr(jax, name)(value))
+        yield
+
+
+def _platform(values: tuple[tuple[str, Any], ...]) -> str:
+    """The platform a call under these settings compiles for (the default device's, else the default backend)."""
+    device = dict(values).get("default_device")
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
+
+
 def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
 class Kernel:
-    """``jax.jit(fun, static_argnames=...)`` whose lowered form is cached on
-    disk (module docstring). Called like the function it wraps;
-    :meth:`prepare` compiles it ahead of a call, on a background thread."""
+    """``jax.jit(fun, static_argnames=...)`` whose exported program and
+    compiled executable are cached on disk (module docstring). Called like
+    the function it wraps; :meth:`prepare` compiles it ahead of a call, on a
+    background thread."""
 
     def __init__(self, fun: Callable, static_argnames: tuple[str, ...]):
         self.fun = fun
@@ -113,10 +178,12 @@ class Kernel:
         ``jax.ShapeDtypeStruct`` for the ones whose values are not known
         yet) on a background thread: XLA compiles without holding Python's
         lock, so a fit's Newton loop and its summary's kernels compile side
-        by side. A later call with arguments of the same shapes waits for it
-        and runs it; an error surfaces there. The thread is not a daemon: a
-        process that exits while it compiles waits for it (ending a thread
-        inside XLA's compiler at exit aborts the process)."""
+        by side. The thread runs under the caller's :func:`settings` (x64,
+        default device, ...). A later call with arguments of the same shapes
+        under the same settings waits for it and runs it; an error surfaces
+        there. The thread is not a daemon: a process that exits while it
+        compiles waits for it (ending a thread inside XLA's compiler at exit
+        aborts the process)."""
         key, statics, dynamic = self._key(args, kwargs)
         if key is None or key in self._calls:
             return
@@ -125,12 +192,14 @@ class Kernel:
 
     def _prepared(self, key: tuple, statics: tuple, dynamic: list) -> None:
         try:
-            self._compiled(key, statics, dynamic)
+            with entered(key[-1]):
+                self._compiled(key, statics, dynamic)
         except BaseException:                     # noqa: BLE001 - raised again by the call that needs it
             pass
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
-        """(key, static arguments, dynamic arguments); key None inside a trace."""
+        """(key, static arguments, dynamic arguments); key None inside a trace.
+        The key ends with the caller's :func:`settings`."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         statics = tuple((k, bound.arguments[k]) for k in self.static_argnames)
@@ -140,7 +209,7 @@ class Kernel:
             return None, statics, dynamic
         avals = tuple((tuple(x.shape) if hasattr(x, "shape") else np.shape(x),
                        (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
-        return (statics, tree, avals), statics, dynamic
+        return (statics, tree, avals, settings()), statics, dynamic
 
     def _compiled(self, key: tuple, statics: tuple, dynamic: list) -> Callable:
         """The compiled call for ``key``, built once (by whichever thread asks first)."""
@@ -159,27 +228,66 @@ class Kernel:
         return future.result()
 
     def _build(self, statics: tuple, dynamic: list, key: tuple) -> Callable:
-        """The compiled function of the dynamic arguments: the exported kernel
-        (loaded, or exported now), or the plain jitted one when export is off
-        or fails."""
+        """The compiled function of the dynamic arguments: the stored
+        executable, else the exported kernel (loaded, or exported now)
+        compiled and its executable stored; the plain jitted one when the
+        cache is off or export fails."""
         fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
-        target = fixed
         folder = export_dir()
-        if folder is not None:
-            digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
-                                          jax.default_backend(), source_digest())).encode()).hexdigest()[:32]
-            path = folder / f"{self.fun.__name__}-{digest}.bin"
-            exported = _load(path)
-            if exported is None:
-                try:
-                    exported = jax.export.export(fixed)(*dynamic)
-                except Exception:                  # a kernel JAX cannot export still runs, as plain jit
-                    exported = None
-                else:
-                    _store(path, exported)
-            if exported is not None:
-                target = jax.jit(exported.call)
-        return target.lower(*dynamic).compile()
+        if folder is None:
+            return fixed.lower(*dynamic).compile()
+        backend = _platform(key[-1])
+        digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
+                                      backend, source_digest())).encode()).hexdigest()[:32]
+        stem = folder / f"{self.fun.__name__}-{digest}"
+        exported = _load(stem.with_suffix(".bin"))
+        if exported is None:
+            try:
+                exported = jax.export.export(fixed)(*dynamic)
+            except Exception:                      # a kernel JAX cannot export still runs, as plain jit
+                return fixed.lower(*dynamic).compile()
+            with contextlib.suppress(Exception):   # not serializable here: the next process exports again
+                _store(stem.with_suffix(".bin"), exported.serialize())
+        device = jax.devices(backend)[0]
+        machine = hashlib.sha256(repr((digest, jaxlib.__version__, device.device_kind, device.client.platform_version,
+                                       os.environ.get("XLA_FLAGS", ""), host_digest())).encode()).hexdigest()[:32]
+        path = stem.with_suffix(".xla")
+
+        def compile_and_store(args: list) -> Callable:
+            compiled, fresh = _compile(exported, args)
+            if fresh:
+                _store_executable(path, machine, compiled)
+            return compiled
+
+        loaded = _load_executable(path, machine, exported, backend)
+        return compile_and_store(dynamic) if loaded is None else _Loaded(loaded, path, compile_and_store)
+
+
+class _Loaded:
+    """An executable loaded from disk whose first call is checked: should it
+    fail at run time (an entry that passed every check at load but cannot run
+    here), the entry is removed, the kernel compiled and stored again, and the
+    call repeated. Kernels are pure functions of their arguments, so the
+    repeat is the call that should have happened."""
+
+    def __init__(self, compiled, path: Path, rebuild: Callable[[list], Callable]):
+        self.compiled = compiled
+        self._path = path
+        self._rebuild: Callable[[list], Callable] | None = rebuild
+
+    def __call__(self, *args):
+        rebuild = self._rebuild
+        if rebuild is None:
+            return self.compiled(*args)
+        try:
+            out = jax.block_until_ready(self.compiled(*args))
+        except jax.errors.JaxRuntimeError:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            self.compiled = rebuild(list(args))
+            out = self.compiled(*args)
+        self._rebuild = None                       # checked: keep neither the exported module nor a closure
+        return out
 
 
 def _load(path: Path):
@@ -193,14 +301,103 @@ def _load(path: Path):
         return None
 
 
-def _store(path: Path, exported) -> None:
-    """Write atomically (a temporary file renamed into place); a failure to
-    write only means the next process exports again."""
+def _types(avals) -> list[tuple[tuple[int, ...], str]]:
+    return [(tuple(a.shape), np.dtype(a.dtype).str) for a in avals]
+
+
+_READY: set[str] = set()
+_READY_LOCK = threading.Lock()
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_compiling = threading.local()
+_listening = False
+
+
+def _count_cache_hit(event: str, **_: Any) -> None:
+    if event == _CACHE_HIT and getattr(_compiling, "hits", None) is not None:
+        _compiling.hits += 1
+
+
+def _compile(exported, dynamic: list):
+    """(``exported``'s call compiled for these arguments, whether XLA
+    compiled it here). Where JAX's global persistent cache is on, the
+    executable may come from it instead, deserialized; serializing such an
+    executable again writes an entry without its machine code, which loads
+    and then fails at run time ("Function ... not found"), so it is not
+    stored. JAX records a hit on the compiling thread: a thread-local count
+    tells this compile's hits from another thread's."""
+    global _listening
+    with _READY_LOCK:
+        if not _listening:
+            jax.monitoring.register_event_listener(_count_cache_hit)
+            _listening = True
+    _compiling.hits = 0
     try:
-        data = exported.serialize()
+        compiled = jax.jit(exported.call).lower(*dynamic).compile()
+        return compiled, _compiling.hits == 0
+    finally:
+        _compiling.hits = None
+
+
+def _runtime_ready(backend: str) -> None:
+    """Initialize what a deserialized executable calls into but does not
+    initialize itself. On CPU that is jaxlib's LAPACK kernels (Cholesky,
+    solves, eigendecompositions), whose function pointers are set when a
+    program using them is lowered: a fresh process that only loads an
+    executable would call null pointers and die (jax-ml/jax#28908). Lowering
+    a call of an exported module initializes them (as ``Exported.call``
+    does); a trivial one costs about 30 ms, once per process."""
+    with _READY_LOCK:
+        if backend in _READY:
+            return
+        if backend == "cpu":
+            scalar = jax.ShapeDtypeStruct((), np.float32)
+            jax.jit(jax.export.export(jax.jit(lambda x: x), platforms=("cpu",))(scalar).call).lower(scalar)
+        _READY.add(backend)
+
+
+def _load_executable(path: Path, key: str, exported, backend: str):
+    """The executable stored at ``path`` for ``key``, loaded onto ``backend``
+    with ``exported``'s pytrees; None when it is missing, corrupt, stored for
+    another key, of other argument or result types than ``exported``'s, or
+    not loadable here."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    header, _, payload = data.partition(b"\n")
+    if header != b" ".join((_EXECUTABLE_TAG, key.encode(), hashlib.sha256(payload).hexdigest().encode())):
+        return None                                # truncated, overwritten or another entry's bytes
+    try:
+        _runtime_ready(backend)
+        compiled = serialize_executable.deserialize_and_load(payload, exported.in_tree, exported.out_tree,
+                                                             backend=backend)
+        ins = _types(jax.tree_util.tree_leaves(compiled.args_info))
+        outs = _types(jax.tree_util.tree_leaves(compiled.out_info))
+    except Exception:                              # another jaxlib or runtime, or no executable serialization here
+        return None
+    if ins != _types(exported.in_avals) or outs != _types(exported.out_avals):
+        return None
+    return compiled
+
+
+def _store_executable(path: Path, key: str, compiled) -> None:
+    """Serialize ``compiled`` and write it for ``key``; a backend that cannot
+    serialize executables writes nothing (the next process compiles again)."""
+    try:
+        payload, _, _ = serialize_executable.serialize(compiled)
+    except Exception:
+        return
+    header = b" ".join((_EXECUTABLE_TAG, key.encode(), hashlib.sha256(payload).hexdigest().encode()))
+    _store(path, header + b"\n" + payload)
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write atomically (a temporary file renamed into place); a failure to
+    write only means the next process builds again."""
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    except Exception:                              # not serializable here, or no writable folder
+    except OSError:                                # no writable folder
         return
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -15,7 +15,10 @@ Outside x64 JAX computes on them in float32, so convert them with
 
 The decorator also runs :func:`lmm_jax.runtime.code_memory.check`, the
 compiled-code guard (O(1) unless compiled code nears the process's
-memory-mapping cap), at every entry point.
+memory-mapping cap), at every entry point. Inside a JAX trace (a user's
+``jit``, ``vmap`` or ``grad`` around, say, :meth:`lmm_jax.LMM.cross_products`)
+an entry point does neither: the function runs under the user's settings,
+as pure JAX code does, and nothing is cleared mid-trace.
 
 Where x64 cannot be enabled (a JAX without a scoped switch, or one that
 refuses it), lmm_jax raises :class:`~lmm_jax.errors.PrecisionError` naming
@@ -84,6 +87,19 @@ def float64() -> Iterator[None]:
         yield
 
 
+def _tracing() -> Callable[[], bool]:
+    """A probe of whether JAX is tracing in this thread (private in this JAX: ``trace_state_clean``);
+    where the probe is missing, never tracing."""
+    try:
+        from jax._src.core import trace_state_clean
+    except ImportError:
+        return lambda: False
+    return lambda: not trace_state_clean()
+
+
+_TRACING = _tracing()
+
+
 def _wrap_function(fn: Callable) -> Callable:
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -103,6 +119,8 @@ def _wrap_function(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if _TRACING():                          # inside the user's jit, vmap or grad: the user's settings
+            return fn(*args, **kwargs)
         if x64_enabled():
             code_memory.check()
             return fn(*args, **kwargs)
