@@ -1,14 +1,14 @@
 """What each switch of ``lmm_jax.runtime.configure()`` buys, in fresh processes.
 
-    python benchmarks/bench_configure.py [--repeats 3] [--insteval] [--out benchmarks/configure_results.json]
+    python benchmarks/bench_configure.py [--repeats 3] [--cases sleepstudy,insteval] [--out benchmarks/configure_results.json]
 
 1. sleepstudy: a fresh process imports lmm_jax, calls ``configure`` with one switch on (or all, or
    none: lmm_jax's default, which changes nothing of the process), fits ``Reaction ~ Days + (Days |
    Subject)`` and prints its summary. "cold": an empty lmm_jax cache folder (``LMM_JAX_CACHE_DIR``,
    a temp dir per run; JAX's own cache, when ``compilation_cache`` is on, lives inside it); "warm": a
    second process with the folder the cold one left. Interleaved repeats, medians.
-2. InstEval (``--insteval``; slow): ``y ~ service + (1|s) + (1|d) + (1|dept:service)``, one fresh
-   process per setting, empty cache: the first fit, then the median of 5 warm refits of the model.
+2. InstEval (in ``--cases``; slower): ``y ~ service + (1|s) + (1|d) + (1|dept:service)``, a fresh
+   process per setting and repeat, empty cache: the first fit, then the median of 5 warm refits of the model.
 
 Children start from a scratch directory with ``LMM_JAX_*``, ``XLA_FLAGS``, ``JAX_*``, ``PJRT_NPROC``
 and ``OPENBLAS_NUM_THREADS`` removed from their environment; ``PYTHONPATH`` names this checkout.
@@ -102,7 +102,7 @@ def summarize(runs: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--insteval", action="store_true")
+    parser.add_argument("--cases", default="sleepstudy", help="comma-separated: sleepstudy, insteval")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "configure_results.json"))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "cwd"
         scratch.mkdir()
-        for rep in range(args.repeats):
+        cases = args.cases.split(",")
+        for rep in range(args.repeats if "sleepstudy" in cases else 0):
             for name, cfg in SETTINGS.items():
                 cache = Path(tmp) / f"{name}-{rep}"
                 got = run(SLEEPSTUDY, [json.dumps(cfg)], cache, scratch)
@@ -121,12 +122,12 @@ def main(argv=None) -> int:
                     runs.setdefault(f"sleepstudy warm {name}", []).append(got)
                     print(f"repeat {rep} warm {name}: {got.get('total_s', got.get('error'))}", flush=True)
                 shutil.rmtree(cache, ignore_errors=True)
-        if args.insteval:
+        for rep in range(args.repeats if "insteval" in cases else 0):
             for name in ("none", "cpu_memory", "cpu_compile", "cpu_threads", "all"):
-                cache = Path(tmp) / f"insteval-{name}"
+                cache = Path(tmp) / f"insteval-{name}-{rep}"
                 got = run(INSTEVAL_CHILD, [json.dumps(SETTINGS[name]), str(INSTEVAL)], cache, scratch)
                 runs.setdefault(f"insteval {name}", []).append(got)
-                print(f"insteval {name}: {got}", flush=True)
+                print(f"repeat {rep} insteval {name}: {got.get('warm_fit_s', got.get('error'))}", flush=True)
                 shutil.rmtree(cache, ignore_errors=True)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                           "load_before": load_before, "load_after": os.getloadavg(),

@@ -245,7 +245,7 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
     """
     if not jax.config.jax_enable_x64:
         raise PrecisionError(f"{name} computes in float64, but JAX's 64-bit types are off where it was called: "
-                        + _X64_HELP)
+                             + _X64_HELP)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float64)          # integers: exact in float64
@@ -277,7 +277,7 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
         dtype = jnp.result_type(leaf)
         if jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float64:
             raise PrecisionError(f"{name} computes in float64, but {what} has dtype {dtype}: pass float64 arrays "
-                            "(created while JAX's 64-bit types are on)")
+                                 "(created while JAX's 64-bit types are on)")
     return x
 
 

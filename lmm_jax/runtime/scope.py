@@ -47,7 +47,7 @@ DUNDERS = ("__init__", "__call__")
 
 
 def _x64_switch() -> Callable[[bool], contextlib.AbstractContextManager] | None:
-    """This JAX's thread-local x64 switch: ``jax.enable_x64`` (JAX >= 0.7) or
+    """This JAX's thread-local x64 switch: ``jax.enable_x64`` (newer JAX) or
     ``jax.experimental.enable_x64``; None where there is neither."""
     switch = getattr(jax, "enable_x64", None)
     if callable(switch):
