@@ -162,6 +162,7 @@ def time_statsmodels(data, spec, response, Y, reps):
 
 
 def main() -> None:
+    lmm_jax.runtime.configure()    # the process-wide tuning these benchmarks measure lmm_jax with (docs/performance.md)
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer peer replicates")
     ap.add_argument("--repeats", type=int, default=5)

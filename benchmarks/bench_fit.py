@@ -29,6 +29,7 @@ import jax
 import lmm_jax
 from lmm_jax.core.estimates import fit_theta
 from lmm_jax.core.parametrization import phi_from_theta, theta_start
+from lmm_jax.runtime.scope import float64
 
 CASES = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy",
@@ -63,7 +64,8 @@ def time_lmm_jax(formula, data, repeats):
     phi0, act0 = phi_from_theta(theta_start(m.structure.ks), m.structure.ks)
 
     def opt():
-        jax.block_until_ready(fit_theta(m.products, m.response, phi0, act0, m.structure, True))
+        with float64():                          # lmm_jax's optimiser alone, outside its entry points
+            jax.block_until_ready(fit_theta(m.products, m.response, phi0, act0, m.structure, True))
 
     opt()
     optimiser = median_time(opt, max(repeats, 20))
@@ -144,6 +146,7 @@ def time_mixedlm(formula, data, repeats):
 
 
 def main(argv=None):
+    lmm_jax.runtime.configure()    # the process-wide tuning these benchmarks measure lmm_jax with (docs/performance.md)
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results_fit.json")))

@@ -69,6 +69,7 @@ def time_first_and_warm(make_fit, call, reps: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    lmm_jax.runtime.configure()    # the process-wide tuning these benchmarks measure lmm_jax with (docs/performance.md)
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("inference_results.json"))

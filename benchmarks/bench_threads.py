@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
     import lmm_jax
+
+    configured = lmm_jax.runtime.configure()     # LMM_JAX_CPU_THREADS and the user's settings choose what it does
     formula, df = _data(args.case)
     all_cpus, own_cpus = set(range(os.cpu_count())), os.sched_getaffinity(0)
     with warnings.catch_warnings():
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                objective=float(first.objective), xla_flags=os.environ.get("XLA_FLAGS", ""),
                env={k: os.environ[k] for k in ("PJRT_NPROC", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                 "LMM_JAX_CPU_THREADS") if k in os.environ},
-               affinity=sorted(own_cpus), thread_names=names,
+               configured=configured, affinity=sorted(own_cpus), thread_names=names,
                median={c: statistics.median(r["wall"] for r in v) for c, v in runs.items()}, runs=runs)
     print(json.dumps(out))
     with open(args.out, "a") as fh:

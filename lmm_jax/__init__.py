@@ -5,36 +5,19 @@ Quick start::
     import lmm_jax
     fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
     print(fit.summary())
+
+Importing or using lmm_jax leaves the process's JAX as the user set it: lmm_jax computes in
+float64 inside its own calls (:mod:`lmm_jax.runtime.scope`), and process-wide tuning is the
+user's explicit call, ``lmm_jax.runtime.configure()`` (:mod:`lmm_jax.runtime.process`).
 """
 
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-import jax as _jax
-
-_jax.config.update("jax_enable_x64", True)
-
-from .runtime.cpu_memory import enable_by_default as _keep_cpu_scratch  # noqa: E402
-
-_keep_cpu_scratch()  # before anything starts JAX's backends; LMM_JAX_CPU_MEMORY=system turns it off (see its docstring)
-
-from .runtime.cpu_compile import enable_by_default as _fast_cpu_compile  # noqa: E402
-
-_fast_cpu_compile()  # XLA:CPU's older fusion emitters (compile ~40% faster); LMM_JAX_CPU_COMPILE=default turns it off
-
-from .runtime.cpu_threads import enable_by_default as _cpu_threads  # noqa: E402
-
-_cpu_threads()  # single-threaded LAPACK (OpenBLAS spins on busy machines); LMM_JAX_CPU_THREADS=N caps XLA's pool
-
-from .runtime.compilation_cache import enable_by_default as _enable_compilation_cache  # noqa: E402
-
-_enable_compilation_cache()  # persistent XLA cache in ~/.cache/lmm_jax/xla; LMM_JAX_COMPILATION_CACHE=0 turns it off
-
-from .runtime.code_memory import clear_caches  # noqa: E402  (importing it starts the compiled-code guard)
-
-from .errors import (ConvergenceError, ConvergenceWarning, DataError, FormulaError, InferenceError,  # noqa: E402
-                     LMMError, RankDeficiencyWarning, ScalingWarning, SingularFitWarning, CompiledCodeWarning,
-                     ForkError)
+from .errors import (CompiledCodeWarning, ConfigurationWarning, ConvergenceError, ConvergenceWarning, DataError,
+                     ForkError, FormulaError, InferenceError, LMMError, PrecisionError, RankDeficiencyWarning,
+                     ScalingWarning, SingularFitWarning)
+from .runtime import fork as _fork  # noqa: F401  (at-fork hook: ForkError, not a hang, in a child forked after JAX ran)
 
 if _TYPE_CHECKING:
     from . import datasets
@@ -47,22 +30,24 @@ if _TYPE_CHECKING:
     from .inference.anova import anova
     from .model import LMM, fit, fit_many, make_deviance, make_estimates
     from .results import LMMResult
+    from .runtime.code_memory import clear_caches
 
 __version__ = "0.1.0"
 
 __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "parse_formula", "LMMError", "FormulaError",
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
-           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "clear_caches",
-           "simulate", "BootstrapResult", "BatchResult", "fit_many",
+           "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "PrecisionError",
+           "ConfigurationWarning", "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many",
            "make_estimates", "CrossProducts", "Estimates"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
-# (PEP 562), so ``import lmm_jax`` costs JAX and the settings above; pandas, formulaic and scipy load with the
-# code that uses them.
+# (PEP 562), so ``import lmm_jax`` loads its errors and the fork guard only; JAX, pandas, formulaic and scipy load
+# with the code that uses them.
 _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "model", "LMMResult": "results",
          "anova": "inference.anova", "parse_formula": "build.formula", "simulate": "batched.simulate",
          "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
-         "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates"}
+         "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates",
+         "clear_caches": "runtime.code_memory"}
 # Public modules that live in a subpackage: ``from lmm_jax import plotting``.
 _MODULES = {"plotting": "report.plotting"}
 

@@ -84,6 +84,20 @@ class CompiledCodeWarning(UserWarning):
     afterwards compile again. See :mod:`lmm_jax.runtime.code_memory`."""
 
 
+class PrecisionError(LMMError, TypeError, RuntimeError):
+    """lmm_jax could not compute in float64: JAX's 64-bit types cannot be
+    enabled for its entry points (see :mod:`lmm_jax.runtime.scope`), or a
+    function it returned (:func:`lmm_jax.make_deviance`,
+    :func:`lmm_jax.make_estimates`) was called or traced with 64-bit types
+    off or with float32 inputs. A TypeError (inputs of the wrong precision)
+    and a RuntimeError (JAX's state)."""
+
+
+class ConfigurationWarning(UserWarning):
+    """:func:`lmm_jax.runtime.configure` could not apply a process setting
+    (most often because JAX's backends had already started)."""
+
+
 # -- argument checks of public functions ----------------------------------------
 def check_bool(value: object, name: str) -> bool:
     """``value`` if it is a bool (Python's or numpy's); else a TypeError naming

@@ -29,9 +29,10 @@ from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from .core.sparse import SparseA21
 from .core.start import MomentEquations, default_start, moment_equations, pad_moment_equations
 from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
-from .errors import ConvergenceError, ConvergenceWarning, DataError, SingularFitWarning, check_bool, check_count
+from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionError, SingularFitWarning, check_bool,
+                     check_count)
 from .inference.satterthwaite import vcov_beta_jacobian
-from .runtime import code_memory, cpu_threads
+from .runtime.scope import entry_point
 
 from .results import LMMResult
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
+@entry_point
 class LMM:
     """A linear mixed model in lme4 syntax, ready to fit.
 
@@ -67,14 +69,12 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: Any):
-        code_memory.check()  # an entry point: free compiled code near the OS cap (code_memory.py)
         self.formula = formula
         self.design: Design = build_design(formula, data)
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
         self.response: ResponseProducts = response_products_host(self.design.y, self.design)
         self.padded: Padded = pad_products(self.products, self.response, self.structure)
-        cpu_threads.check()  # scipy's LAPACK has loaded with the design: single-threaded (cpu_threads.py)
 
     def __repr__(self) -> str:
         d = self.design
@@ -120,7 +120,6 @@ class LMM:
         call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
         from .batched.batch import fit_batch
 
-        code_memory.check()
         return fit_batch(self, Y, reml=reml, **kwargs)
 
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
@@ -163,11 +162,9 @@ class LMM:
         Returns:
             An immutable :class:`~lmm_jax.results.LMMResult`.
         """
-        code_memory.check()
         reml, throw = check_bool(reml, "reml"), check_bool(throw, "throw")
         max_iter = check_count(max_iter, "max_iter")
         reml = reml and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
-        cpu_threads.check()
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.n_theta,):
@@ -241,14 +238,14 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
     Shapes and dtypes are static, so under ``jit`` this runs once, at tracing.
 
     Raises:
-        TypeError: 64-bit types are off, or an input is float32 (or another
-            float narrower than float64).
+        PrecisionError: (a TypeError) 64-bit types are off, or an input is
+            float32 (or another float narrower than float64).
         DataError: ``products`` are not a :class:`CrossProducts` of the
             model's structure, or carry a batch axis that was not vmapped over.
     """
     if not jax.config.jax_enable_x64:
-        raise TypeError(f"{name} computes in float64, but JAX's 64-bit types are off where it was called: "
-                        + _X64_HELP)
+        raise PrecisionError(f"{name} computes in float64, but JAX's 64-bit types are off where it was called: "
+                             + _X64_HELP)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float64)          # integers: exact in float64
@@ -279,11 +276,12 @@ def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) ->
     for what, leaf in leaves:
         dtype = jnp.result_type(leaf)
         if jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float64:
-            raise TypeError(f"{name} computes in float64, but {what} has dtype {dtype}: pass float64 arrays "
-                            "(created while JAX's 64-bit types are on)")
+            raise PrecisionError(f"{name} computes in float64, but {what} has dtype {dtype}: pass float64 arrays "
+                                 "(created while JAX's 64-bit types are on)")
     return x
 
 
+@entry_point
 def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] = "phi", *,
                   data: Literal["fixed", "argument"] = "fixed") -> Callable:
     """The profiled objective as a pure, jit-able function: lme4's ``devFunOnly``.
@@ -317,8 +315,9 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
     lmm_jax computes in float64, and these functions run inside your code:
     call them with JAX's 64-bit types on (``jax.config.update(
     "jax_enable_x64", True)``, or inside ``with jax.enable_x64(True):``,
-    around your ``jit`` as well). They raise ``TypeError`` otherwise, or when
-    given float32 inputs.
+    around your ``jit`` as well). They raise
+    :class:`~lmm_jax.errors.PrecisionError` (a ``TypeError``) otherwise, or
+    when given float32 inputs.
 
     Args:
         model: an :class:`LMM`.
@@ -334,8 +333,8 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
 
     Raises:
         ValueError: ``param`` or ``data`` not one of the choices (at once).
-        TypeError: when ``f`` is called or traced with 64-bit types off or
-            float32 inputs.
+        PrecisionError: (a TypeError) when ``f`` is called or traced with
+            64-bit types off or float32 inputs.
         DataError: when ``f`` is given products of another structure, or
             stacked products without a ``vmap`` over their batch axis.
 
@@ -369,6 +368,7 @@ def make_deviance(model: LMM, reml: bool = True, param: Literal["phi", "theta"] 
     raise ValueError(f"data must be 'fixed' (f(x)) or 'argument' (f(x, products)), got {data!r}")
 
 
+@entry_point
 def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"] = "theta", *,
                    data: Literal["fixed", "argument"] = "fixed") -> Callable:
     """The estimates at given covariance parameters as a pure, jit-able function.
@@ -397,7 +397,7 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
         field gets the batch axis.
 
     Raises:
-        ValueError, TypeError, DataError: as :func:`make_deviance`.
+        ValueError, PrecisionError, DataError: as :func:`make_deviance`.
 
     Example:
         >>> import jax, jax.numpy as jnp, lmm_jax
@@ -432,12 +432,14 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
     raise ValueError(f"data must be 'fixed' (g(x)) or 'argument' (g(x, products)), got {data!r}")
 
 
+@entry_point
 def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
     """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
     check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data).fit(reml=reml, **kwargs)
 
 
+@entry_point
 def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = True, *, max_iter: int = 200,
              method: str = "bfgs") -> "list[BatchResult]":
     """Fit many (formula, data) pairs, one compiled vmapped call per shape.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .runtime import code_memory
+from .runtime.scope import entry_point
 from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                              unpad_estimates, varpar_hessian)
 from .core.parametrization import lambdas_host
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .core.optimize import NewtonResult
 
 
+@entry_point
 @dataclass(frozen=True, eq=False)
 class LMMResult:
     """A fitted linear mixed model.
@@ -164,7 +165,6 @@ class LMMResult:
     def varpar_cov(self) -> np.ndarray:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
-        code_memory.check()
         from .inference.satterthwaite import varpar_covariance
 
         pad = self.model.padded
@@ -210,7 +210,6 @@ class LMMResult:
         terms of a repeated factor, as in lme4 and in the parameter names of
         :meth:`confint` (:mod:`lmm_jax.core.theta_layout`).
         """
-        code_memory.check()
         lay = self.design.theta_layout
         se = self.varcomp_se
         rows = []
@@ -236,7 +235,6 @@ class LMMResult:
     @cached_property
     def ranef_sd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the random effects (lme4's ``condsd``)."""
-        code_memory.check()
         pad = self.model.padded
         cov = conditional_covariances_at(self.theta, pad.products, pad.response, pad.structure)
         sds = [self.sigma * np.sqrt(np.diagonal(np.asarray(c)[:t.m], axis1=1, axis2=2))
@@ -278,7 +276,6 @@ class LMMResult:
         """vcov(beta) and its exact Jacobian in (theta, sigma), shape (p, p,
         n_theta + 1): what Satterthwaite's df of any contrast needs
         (:func:`lmm_jax.inference.tests.vcov_jacobian`)."""
-        code_memory.check()
         from .inference.tests import vcov_jacobian
 
         return vcov_jacobian(self)
@@ -287,7 +284,6 @@ class LMMResult:
     def kr_adjustment(self) -> "KRAdjustment":
         """pbkrtest's Kenward-Roger adjusted covariance of beta and what its df
         need, for a REML fit (:func:`lmm_jax.inference.tests.kr_adjustment`)."""
-        code_memory.check()
         from .inference.tests import kr_adjustment
 
         return kr_adjustment(self)
@@ -296,14 +292,12 @@ class LMMResult:
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects with Satterthwaite df and t-test p-values (lmerTest's
         ``summary``): columns ``estimate, std_error, df, t, p``."""
-        code_memory.check()
         return self._satterthwaite.copy()
 
     def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
         """Fixed effects with t tests and intervals: ``estimate, std_error, df,
         t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
         ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference.tests`)."""
-        code_memory.check()
         from .inference.tests import coefs
 
         return coefs(self, ddf, level)
@@ -311,14 +305,12 @@ class LMMResult:
     def contrast(self, L: Any, ddf: str = "satterthwaite", level: float = 0.95,
                  joint: bool | None = None) -> pd.DataFrame:
         """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
-        code_memory.check()
         from .inference.tests import contrast
 
         return contrast(self, L, ddf, level, joint)
 
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
-        code_memory.check()
         from .inference.anova import anova_table
 
         return anova_table(self, ddf)
@@ -327,7 +319,6 @@ class LMMResult:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
         (:func:`lmm_jax.inference.tests.confint`)."""
-        code_memory.check()
         from .inference.tests import confint
 
         return confint(self, method, level, **kwargs)
@@ -335,7 +326,6 @@ class LMMResult:
     def varcorr_table(self, level: float = 0.95) -> pd.DataFrame:
         """Variance components with Hessian SEs and Wald intervals (variance,
         SD and Fisher-z correlation scales)."""
-        code_memory.check()
         from .inference.tests import varcorr_table
 
         return varcorr_table(self, level)
@@ -343,7 +333,6 @@ class LMMResult:
     def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
                 se_fit: bool = False):
         """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
-        code_memory.check()
         from .inference.predict import predict
 
         return predict(self, newdata, re_form, allow_new_levels, se_fit)
@@ -367,7 +356,6 @@ class LMMResult:
             A :class:`~lmm_jax.batched.bootstrap.BootstrapResult` (``.table``,
             ``.confint(level, method)``).
         """
-        code_memory.check()
         from .batched.bootstrap import run_bootstrap
 
         return run_bootstrap(self, n, key, chunk_size=chunk_size, progress=progress, params=params,
@@ -376,7 +364,6 @@ class LMMResult:
     # -- printing --------------------------------------------------------------
     def summary(self) -> str:
         """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
-        code_memory.check()
         from .report.summary import format_summary
 
         return format_summary(self)

@@ -228,10 +228,11 @@ for n_ingots in (7, 35, 175, 700):
     Xd = np.column_stack([np.ones(len(d)), (d.metal == "i").to_numpy(float), (d.metal == "n").to_numpy(float)])
     Zd = pd.get_dummies(d.ingot).to_numpy(float)
     dense = median_time(lambda: log_reml_stable(np.array([11.4, 10.4]), Xd, Zd, d.pres.to_numpy()), repeat=3)
-    dev = jax.jit(lmm_jax.make_deviance(lmm_jax.LMM("pres ~ metal + (1 | ingot)", d), reml=True, param="theta"))
-    th = jax.numpy.asarray([1.05])
-    dev(th).block_until_ready()
-    blocked = median_time(lambda: dev(th).block_until_ready(), number=20)
+    with jax.enable_x64(True):   # make_deviance's function computes in float64: call it where x64 is on
+        dev = jax.jit(lmm_jax.make_deviance(lmm_jax.LMM("pres ~ metal + (1 | ingot)", d), reml=True, param="theta"))
+        th = jax.numpy.asarray([1.05])
+        dev(th).block_until_ready()
+        blocked = median_time(lambda: dev(th).block_until_ready(), number=20)
     rows.append((len(d), n_ingots, dense * 1e3, blocked * 1e3, dense / blocked))
 pd.DataFrame(rows, columns=["n", "ingots", "dense ms / evaluation", "lmm_jax ms / evaluation", "ratio"]).round(3)
 """),

@@ -13,6 +13,13 @@ import pytest
 from hypothesis import settings
 
 import lmm_jax
+from lmm_jax.runtime.scope import float64
+
+# The suite is lmm_jax's own process: it takes the process-wide tuning a user opts into (faster compiles,
+# resident scratch memory, JAX's persistent cache). It does not turn on x64 for the process: lmm_jax's entry
+# points compute in float64 on their own, and a leak shows as float32 results failing the reference tolerances.
+# Tests that call lmm_jax's internals directly run them inside ``with float64():`` (or the ``x64`` fixture).
+lmm_jax.runtime.configure()
 
 # Property tests draw the same examples on every run (CI must not fail on a new random draw);
 # HYPOTHESIS_PROFILE=explore searches fresh examples, with Hypothesis's example database.
@@ -40,6 +47,13 @@ def load_data(name: str) -> pd.DataFrame:
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+@pytest.fixture
+def x64():
+    """JAX's 64-bit types for a test that calls lmm_jax's internals (not entry points) directly."""
+    with float64():
+        yield
 
 
 @pytest.fixture(scope="session")

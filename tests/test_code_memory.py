@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def test_compilations_are_counted(monkeypatch):
+    assert code_memory.start()                  # what the first entry point does (idempotent)
     monkeypatch.setattr(code_memory, "_compiles_since_check", 0)
     jax.jit(lambda x: jnp.cos(x) * 3.25)(jnp.arange(7.0)).block_until_ready()   # a function never seen
     assert code_memory._compiles_since_check >= 1
@@ -62,9 +63,20 @@ def test_the_listener_scans_every_check_every_compilations(monkeypatch):
         return False
 
     x = jnp.arange(5.0)
+    assert code_memory.start()
     monkeypatch.setattr(code_memory, "scan", fake_scan)
     monkeypatch.setattr(code_memory, "_compiles_since_check", code_memory.CHECK_EVERY - 2)
     jax.jit(lambda v: jnp.sin(v) + 1.25)(x)
     assert scans == []
     jax.jit(lambda v: jnp.sin(v) + 2.25)(x)
     assert scans == [code_memory.CHECK_EVERY]
+
+
+def test_stop_leaves_the_users_compilations_uncounted(monkeypatch):
+    code_memory.stop()
+    try:
+        monkeypatch.setattr(code_memory, "_compiles_since_check", 0)
+        jax.jit(lambda x: jnp.tan(x) * 1.75)(jnp.arange(3.0)).block_until_ready()
+        assert code_memory._compiles_since_check == 0 and not code_memory._listening
+    finally:
+        assert code_memory.start()

@@ -1,4 +1,4 @@
-"""lmm_jax.runtime.cpu_compile: XLA:CPU compiles fusions with its older emitters.
+"""lmm_jax.runtime.cpu_compile: with configure(), XLA:CPU compiles fusions with its older emitters.
 
 Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
 backends start, which in the test process they long have.
@@ -15,13 +15,18 @@ import pytest
 # fusion code generators, so it shows whether the flag reached the compiler; and a small fit's deviance
 PROBE = """
 import json, os
+import warnings
 import jax, jax.numpy as jnp
 import lmm_jax
+with warnings.catch_warnings(record=True) as warned:
+    warnings.simplefilter("always")
+    done = lmm_jax.runtime.configure()["cpu_compile"]
 f = lambda x, i: jax.ops.segment_sum(jnp.sin(x) * x, i, num_segments=10).sum() + jnp.cumsum(x)[-1]
 hlo = jax.jit(f).lower(jnp.ones(1000), jnp.zeros(1000, jnp.int32)).compile().as_text()
 fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
-print(json.dumps({"state": lmm_jax.runtime.cpu_compile.state(), "flags": os.environ.get("XLA_FLAGS", ""),
-                  "hlo": hlo, "deviance": fit.deviance}))
+print(json.dumps({"state": lmm_jax.runtime.cpu_compile.state(), "done": done,
+                  "flags": os.environ.get("XLA_FLAGS", ""), "hlo": hlo, "deviance": fit.deviance,
+                  "warned": [str(w.message) for w in warned]}))
 """
 
 
@@ -35,9 +40,9 @@ def _run(code: str, **env) -> dict:
 def test_the_flag_reaches_xla_and_changes_no_fit():
     on = _run(PROBE)
     off = _run(PROBE, LMM_JAX_CPU_COMPILE="default")
-    assert on["state"] == {"enabled": True, "reason": ""}
+    assert on["state"] == on["done"] == {"enabled": True, "reason": ""}
     assert "xla_cpu_disable_new_fusion_emitters=true" in on["flags"]
-    assert off["state"] == {"enabled": False, "reason": "LMM_JAX_CPU_COMPILE=default"}
+    assert off["done"] == {"enabled": False, "reason": "LMM_JAX_CPU_COMPILE=default"}
     assert off["flags"] == ""
     assert on["hlo"] != off["hlo"]                      # a different code generator compiled it
     assert on["deviance"] == pytest.approx(off["deviance"], rel=1e-12, abs=0)
@@ -56,5 +61,7 @@ def test_the_users_xla_flags_stand():
 def test_left_alone_once_backends_have_started():
     code = "import jax; jax.devices()\n" + PROBE
     got = _run(code)
-    assert got["state"] == {"enabled": False, "reason": "JAX's backends had started before lmm_jax was imported"}
+    assert got["state"] == {"enabled": False,
+                            "reason": "JAX's backends had started before lmm_jax.runtime.configure() was called"}
     assert got["flags"] == ""
+    assert len(got["warned"]) == 1 and "cpu_compile" in got["warned"][0]

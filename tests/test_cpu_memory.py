@@ -1,4 +1,4 @@
-"""lmm_jax.runtime.cpu_memory: XLA's per-call scratch stays resident (no page faults per refit).
+"""lmm_jax.runtime.cpu_memory: with configure(), XLA's per-call scratch stays resident (no page faults per refit).
 
 Each case runs in a fresh Python process: the settings apply only before
 JAX's backends start, which in the test process they long have.
@@ -21,6 +21,7 @@ REFIT = """
 import json, resource
 import numpy as np, pandas as pd
 import lmm_jax
+done = lmm_jax.runtime.configure()["cpu_memory"]
 rng = np.random.default_rng(2)
 a, b = rng.integers(0, 500, 20000), rng.integers(0, 200, 20000)
 y = 0.8 * rng.normal(size=500)[a] + 0.5 * rng.normal(size=200)[b] + rng.normal(size=20000)
@@ -29,7 +30,8 @@ model.fit()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 fits = [model.fit() for _ in range(3)]
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-print(json.dumps({"state": lmm_jax.runtime.cpu_memory.state(), "faults": faults, "deviance": fits[-1].deviance}))
+print(json.dumps({"state": lmm_jax.runtime.cpu_memory.state(), "done": done, "faults": faults,
+                  "deviance": fits[-1].deviance}))
 """
 
 
@@ -42,23 +44,28 @@ def _run(code: str, **env) -> dict:
 def test_refits_reuse_their_scratch_and_give_the_same_fit():
     kept = _run(REFIT)
     system = _run(REFIT, LMM_JAX_CPU_MEMORY="system")
-    assert kept["state"] == {"enabled": True, "reason": ""}
-    assert system["state"] == {"enabled": False, "reason": "LMM_JAX_CPU_MEMORY=system"}
+    assert kept["state"] == kept["done"] == {"enabled": True, "reason": ""}
+    assert system["done"] == {"enabled": False, "reason": "LMM_JAX_CPU_MEMORY=system"}
+    assert system["state"]["enabled"] is False
     assert kept["faults"] < system["faults"] / 3, (kept, system)
     assert kept["deviance"] == pytest.approx(system["deviance"], rel=1e-12, abs=0)
 
 
 def test_left_alone_once_backends_have_started():
-    code = ("import json, jax; jax.numpy.ones(1); import lmm_jax; "
-            "print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), "
+    code = ("import json, warnings, jax; jax.numpy.ones(1); import lmm_jax\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); lmm_jax.runtime.configure()\n"
+            "print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), 'warned': [str(x.message) for x in w], "
             "'async': jax.config.read('jax_cpu_enable_async_dispatch')}))")
     got = _run(code)
     assert got["state"]["enabled"] is False and "started" in got["state"]["reason"]
     assert got["async"] is True
+    assert len(got["warned"]) == 1 and "cpu_memory" in got["warned"][0] and "before any JAX" in got["warned"][0]
 
 
 def test_an_explicit_jax_dispatch_setting_wins():
-    code = ("import json, lmm_jax, jax; print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), "
+    code = ("import json, lmm_jax, jax; lmm_jax.runtime.configure(); "
+            "print(json.dumps({'state': lmm_jax.runtime.cpu_memory.state(), "
             "'async': jax.config.read('jax_cpu_enable_async_dispatch')}))")
     got = _run(code, JAX_CPU_ENABLE_ASYNC_DISPATCH="1")
     assert got["state"]["enabled"] is False and "JAX_CPU_ENABLE_ASYNC_DISPATCH" in got["state"]["reason"]

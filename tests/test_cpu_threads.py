@@ -1,4 +1,4 @@
-"""lmm_jax.runtime.cpu_threads: single-threaded LAPACK, and XLA's pool capped by LMM_JAX_CPU_THREADS.
+"""lmm_jax.runtime.cpu_threads: with configure(), single-threaded LAPACK, and XLA's pool capped by LMM_JAX_CPU_THREADS.
 
 Each case runs in a fresh Python process: XLA sizes its pool when JAX's
 backends start, and OpenBLAS reads its environment when it loads, both long
@@ -19,7 +19,11 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/sel
 PROBE = """
 import ctypes, json, os
 import numpy as np, pandas as pd
+import warnings
 import lmm_jax
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", lmm_jax.ConfigurationWarning)   # the test that starts JAX first expects one
+    done = lmm_jax.runtime.configure()["cpu_threads"]
 rng = np.random.default_rng(2)
 a, b = rng.integers(0, 500, 20000), rng.integers(0, 200, 20000)
 y = 0.8 * rng.normal(size=500)[a] + 0.5 * rng.normal(size=200)[b] + rng.normal(size=20000)
@@ -28,7 +32,7 @@ tasks = os.listdir("/proc/self/task")
 pool = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "tf_XLAEigen" for t in tasks)
 lapack = [p for p in lmm_jax.runtime.cpu_threads._loaded_openblas() if hasattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads")]
 blas = ctypes.CDLL(lapack[0]).scipy_openblas_get_num_threads() if lapack else None
-print(json.dumps({"state": lmm_jax.runtime.cpu_threads.state(), "pjrt_nproc": os.environ.get("PJRT_NPROC"),
+print(json.dumps({"state": lmm_jax.runtime.cpu_threads.state(), "done": done, "pjrt_nproc": os.environ.get("PJRT_NPROC"),
                   "pool": pool, "blas": blas, "cpus": len(os.sched_getaffinity(0)), "deviance": fit.deviance}))
 """
 
@@ -53,8 +57,8 @@ def test_lapack_single_threaded_and_the_pool_capped_with_the_same_fit():
     assert auto["pool"] == auto["cpus"]                                 # XLA's default: one thread per core
     assert one["state"] == {"lapack": auto["state"]["lapack"], "xla": {"threads": 1, "reason": ""}}
     assert one["pjrt_nproc"] == "1" and one["pool"] == 1 and one["blas"] == 1
-    assert off["state"]["lapack"] == {"single_threaded": False, "reason": "LMM_JAX_CPU_THREADS=default",
-                                      "library": None}
+    assert off["done"]["lapack"] == {"single_threaded": False, "reason": "LMM_JAX_CPU_THREADS=default",
+                                     "library": None}
     assert off["pool"] == off["cpus"] and (off["blas"] > 1 or off["cpus"] == 1)   # XLA's and OpenBLAS's defaults
     assert one["deviance"] == pytest.approx(auto["deviance"], rel=1e-12, abs=0)
     assert off["deviance"] == pytest.approx(auto["deviance"], rel=1e-10, abs=0)
@@ -73,5 +77,5 @@ def test_the_users_thread_settings_stand():
 def test_pool_left_alone_once_backends_have_started():
     got = _run("import jax; jax.devices()\n" + PROBE, LMM_JAX_CPU_THREADS="1")
     assert got["state"]["xla"] == {"threads": None,
-                                   "reason": "JAX's backends had started before lmm_jax was imported"}
+                                   "reason": "JAX's backends had started before lmm_jax.runtime.configure() was called"}
     assert got["pjrt_nproc"] is None and got["pool"] == got["cpus"]

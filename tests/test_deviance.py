@@ -19,6 +19,8 @@ import pytest
 import lmm_jax
 from lmm_jax.core.parametrization import phi_from_theta, theta_from_phi
 
+pytestmark = pytest.mark.usefixtures("x64")   # the pure functions run in the user's code, which turns x64 on (README)
+
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
 # lme4 1.1-31 (R 4.2.2), the deviance function alone, at fixed theta on lme4's own sleepstudy:

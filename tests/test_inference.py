@@ -95,7 +95,7 @@ def _dense_kr(fit):
 
 @pytest.mark.parametrize("case", ["sleepstudy_reml", "pastes_nested",
                                   pytest.param("penicillin_crossed", marks=pytest.mark.slow)])
-def test_kenward_roger_structured_equals_dense(fits, case):
+def test_kenward_roger_structured_equals_dense(fits, case, x64):
     """No-n x n Woodbury path against pbkrtest's formulas with the n x n V (crossed and nested too)."""
     fit = fits(case)
     m = fit.model

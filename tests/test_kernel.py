@@ -119,7 +119,7 @@ def test_without_the_cache_nothing_is_written(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
-def test_inside_a_trace_a_kernel_is_its_jitted_function():
+def test_inside_a_trace_a_kernel_is_its_jitted_function(x64):
     m = lmm_jax.LMM("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
     pad = m.padded
     assert isinstance(deviance_at, Kernel)

@@ -17,6 +17,8 @@ import lmm_jax
 from lmm_jax.core.likelihood import deviance_at_sigma, factorize, profiled_deviance
 from lmm_jax.core.parametrization import lambdas, n_theta, phi_from_theta, theta_from_phi
 
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
+
 MODELS = {
     "slope": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
     "crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),

@@ -25,6 +25,8 @@ from lmm_jax.core.parametrization import diagonal_mask, phi_from_theta, theta_fr
 
 from conftest import load_data, load_reference
 
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
+
 CASES = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),       # k = 2, correlated
     "Penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),  # crossed, dense Schur block

@@ -27,6 +27,8 @@ from lmm_jax.core.estimates import estimates_at, fit_theta, unpad_estimates
 from lmm_jax.core.parametrization import lambdas, lower_tri_indices, phi_from_theta, theta_start
 from lmm_jax.inference.satterthwaite import varcomp_jacobian, varcomp_of
 
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
+
 MODELS = {
     "slope": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
     "crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),

@@ -20,6 +20,9 @@ from lmm_jax.errors import DataError
 from lmm_jax.core.likelihood import conditional_covariances, deviance_at_sigma, factorize, profiled_deviance, spherical_modes
 from lmm_jax.core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from lmm_jax.core.sparse import SparseA21, dense_coupling, n_pairs
+from lmm_jax.runtime.scope import float64
+
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
 
 
 def _crossed(n: int, m_g: int, m_h: int, seed: int, per_g: int) -> pd.DataFrame:
@@ -49,8 +52,9 @@ def pair(request):
     """(model, dense products, sparse products) of one case."""
     formula, data = CASES[request.param]
     model = lmm_jax.LMM(formula, data())
-    dense = design_products(model.design, sparse=False)
-    sparse = design_products(model.design, sparse=True)
+    with float64():                             # internals: arrays on the device in float64, as an entry point makes them
+        dense = design_products(model.design, sparse=False)
+        sparse = design_products(model.design, sparse=True)
     return model, dense, sparse
 
 

@@ -12,6 +12,8 @@ import lmm_jax
 from lmm_jax.core.parametrization import theta_start
 from lmm_jax.core.start import THETA_MIN, default_start, moment_equations, moment_estimates
 
+pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
+
 
 def unbalanced_crossed(seed=3):
     """Crossed (1|a) + (1|b) and a scalar slope term (0 + x|c), unbalanced, two covariates."""

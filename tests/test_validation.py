@@ -373,7 +373,8 @@ def test_residual_variance_near_zero():
     # scatter over theta * (1 +- 1e-9): 1.5-2.3e-7), so criteria cannot rank points closer than that.
     # Newton ends where the gradient vanishes (|g| 3e-11; at lme4's theta, 982.3469, 4e-8), with a
     # criterion within that noise of lme4's; logLik matches, and the group variance to 2e-5
-    grad = jax.grad(fit.model.deviance_function(reml=True, param="theta"))(jnp.asarray(fit.theta))
+    with jax.enable_x64(True):       # make_deviance's function computes in float64, as its docstring says
+        grad = jax.grad(fit.model.deviance_function(reml=True, param="theta"))(jnp.asarray(fit.theta))
     assert abs(float(grad[0])) < 1e-9
     assert fit.objective <= ref["objective"] + 2.5e-7
     assert_matches_lme4(fit, ref, varcomp_rtol=5e-5)
@@ -408,7 +409,7 @@ def test_diagnostics_hessian_checks():
     assert at_boundary.ok and at_boundary.gradient[0] == 0.0
 
 
-def test_diagnostics_from_newton_equal_autodiff_in_theta():
+def test_diagnostics_from_newton_equal_autodiff_in_theta(x64):
     """Fast path (the optimiser's phi derivatives mapped to theta) against the
     slow one (autodiff of the objective in theta), for a 2x2 term."""
     import jax.numpy as jnp

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
 
+from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
 from ..build.crossprod import response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
@@ -295,6 +296,7 @@ def is_singular_rows(theta: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     return np.any(np.abs(np.asarray(theta)[:, diagonal_mask(ks)]) < SINGULAR_TOL, axis=1)
 
 
+@entry_point
 @dataclass(frozen=True, eq=False)
 class BatchResult:
     """Many fits of one model structure (arrays with a leading fit axis).
@@ -387,6 +389,7 @@ def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jnp.asarray(phi0), jnp.asarray(active0)
 
 
+@entry_point
 def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | None = None,
               max_iter: int = 200, method: str = "bfgs") -> BatchResult:
     """Fit many responses on the design of ``model`` in one vmapped call.
@@ -426,6 +429,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     return _as_batch_result(out, model.design, bool(reml))
 
 
+@entry_point
 def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 200,
                method: str = "bfgs") -> list[BatchResult]:
     """Fit many models, one compiled vmapped call per padded structure

@@ -36,6 +36,7 @@ import pandas as pd
 
 from .batch import (BatchResult, _as_batch_result, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
+from ..runtime.scope import entry_point
 from ..errors import ConvergenceWarning, check_bool, check_count
 from ..core.parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
@@ -92,6 +93,7 @@ def default_chunk_size(n: int, n_obs: int, n_dev: int = 1, platform: str = "cpu"
     return int(math.ceil(c / n_dev) * n_dev)
 
 
+@entry_point
 def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | None = None,
                   progress: bool = False, params: dict | None = None, max_iter: int = 200,
                   method: str = "bfgs") -> "BootstrapResult":
@@ -140,6 +142,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     return boot
 
 
+@entry_point
 @dataclass(frozen=True, eq=False)
 class BootstrapResult:
     """Replicates of a parametric bootstrap.

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure
 from ..core.parametrization import lambdas, n_theta
 from ..errors import check_count
-from ..runtime import code_memory
 
 if TYPE_CHECKING:
     from ..model import LMM
@@ -114,6 +114,7 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
 _simulate_jit = jax.jit(simulate_batch, static_argnames=("s",))
 
 
+@entry_point
 def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict | None = None, *,
              chunk_size: int | None = None) -> jnp.ndarray | Iterator[jnp.ndarray]:
     """Draw ``n`` responses from the model (lme4 ``simulate``).
@@ -138,7 +139,6 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
         >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
         >>> Y = lmm_jax.simulate(fit, 1000, key=1)          # (180, 1000)
     """
-    code_memory.check()
     n = check_count(n, "n")
     chunk = None if chunk_size is None else check_count(chunk_size, "chunk_size")
     model, p = resolve_params(model_or_result, params)
@@ -148,6 +148,7 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
     return _simulate_chunks(model, p, key, n, chunk)
 
 
+@entry_point
 def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int) -> Iterator[jnp.ndarray]:
     for start in range(0, n, chunk):
         size = min(chunk, n - start)

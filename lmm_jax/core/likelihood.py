@@ -45,6 +45,7 @@ costs one q_r^3 product instead of two per parameter.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -60,7 +61,7 @@ from .parametrization import lambdas
 from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
                      schur_update, symmetric_from_lower, times_dense, transpose_times_vector)
 
-LOG_2PI = float(jnp.log(2 * jnp.pi))
+LOG_2PI = math.log(2 * math.pi)
 SCALAR_FAST_MIN = 1e-2   # |theta_t| above which the scalar Hessian rule divides by theta_t (_scalar_derivatives)
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from formulaic import model_matrix
 from scipy import stats
 
+from ..runtime.scope import entry_point
 from ..build.design import R_FUNCTIONS, r_name, treatment_coded
 from ..errors import InferenceError, check_bool
 from .tests import F_COLUMNS, f_test, normalize_ddf
@@ -149,6 +150,7 @@ def _type3_treatment(result: "LMMResult") -> dict[str, np.ndarray]:
     return out
 
 
+@entry_point
 def anova_table(result: "LMMResult", ddf: str = "satterthwaite") -> pd.DataFrame:
     """Type III F tests, one row per fixed-effect term (lmerTest's ``anova``)."""
     ddf = normalize_ddf(ddf)
@@ -166,6 +168,7 @@ def anova_table(result: "LMMResult", ddf: str = "satterthwaite") -> pd.DataFrame
     return table
 
 
+@entry_point
 def likelihood_ratio_table(*results: "LMMResult", refit: bool = True,
                            names: list[str] | None = None) -> pd.DataFrame:
     """Likelihood-ratio tests between nested models (lme4's ``anova(m0, m1, ...)``).
@@ -225,6 +228,7 @@ def likelihood_ratio_table(*results: "LMMResult", refit: bool = True,
     return table
 
 
+@entry_point
 def anova(*results: "LMMResult", refit: bool = True, names: list[str] | None = None) -> pd.DataFrame:
     """``lmm_jax.anova(m0, m1, ...)``: likelihood-ratio tests between nested
     fits, lme4's ``anova`` table (see :func:`likelihood_ratio_table`). With a

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
+from ..runtime.scope import entry_point
 from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes
 from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
@@ -141,6 +142,7 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
     return X[:, list(d.kept_columns)] if d.kept_columns else X
 
 
+@entry_point
 def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
             se_fit: bool = False) -> "np.ndarray | pd.DataFrame":
     """Predicted responses (see the module docstring).

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
 from ..core.linalg import batched_cholesky
 from ..core.optimize import newton_minimize
@@ -403,6 +404,7 @@ def _first_step(fit: "LMMResult", p: ProfileParameter, z: float) -> float:
     return z * (0.15 if p.kind == "cor" else 0.1)
 
 
+@entry_point
 def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] | None = None,
                     tol: float = 1e-7, max_iter: int = 60) -> pd.DataFrame:
     """lme4's profile confidence intervals, each end solved to |zeta -+ z| < tol.
@@ -452,6 +454,7 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
     return out
 
 
+@entry_point
 def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataFrame:
     """zeta (lme4's ``as.data.frame(profile(fit))$.zeta``) and the ML deviance
     of one parameter at the given values, solved as one vmapped batch."""

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..runtime.scope import entry_point
 from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError, check_bool
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
@@ -95,6 +96,7 @@ def as_contrast(result: "LMMResult", L: Any) -> np.ndarray:
     return L
 
 
+@entry_point
 def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", level: float = 0.95,
             names: list[str] | None = None) -> pd.DataFrame:
     """t tests of each row l of L: ``l'beta = 0`` (lmerTest's ``contest1D``).
@@ -144,6 +146,7 @@ def _combined_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
     return float(2.0 * E / (E - len(nu)))
 
 
+@entry_point
 def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
            eps: float = float(np.sqrt(np.finfo(float).eps))) -> dict[str, float]:
     """F test of ``L beta = 0`` (lmerTest's ``contestMD``): a dict with the
@@ -192,6 +195,7 @@ def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
     return row(F, q, den)
 
 
+@entry_point
 def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: float = 0.95,
              joint: bool | None = None) -> pd.DataFrame:
     """Test a contrast matrix (lmerTest's ``contest``): one row -> t test,
@@ -206,6 +210,7 @@ def contrast(result: "LMMResult", L: Any, ddf: str = "satterthwaite", level: flo
     return pd.DataFrame([f_test(result, L, ddf)], columns=F_COLUMNS, index=["L"])
 
 
+@entry_point
 def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
     """Fixed-effects table: ``estimate, std_error, df, t, p, lower, upper``."""
     names = list(result.design.fixef_names)
@@ -225,6 +230,7 @@ def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
     return jnp.stack(out)
 
 
+@entry_point
 def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Variance components with Hessian-based SEs and Wald intervals.
 
@@ -277,6 +283,7 @@ def _wald_sdcor(sdcor, se_s, is_cor, z):
     return lo_s, hi_s
 
 
+@entry_point
 def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Wald intervals in lme4's naming and order: variance parameters on the
     SD / correlation scale from :func:`varcorr_table`, then the fixed effects
@@ -292,6 +299,7 @@ def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     return out
 
 
+@entry_point
 def boot_confint(result: "LMMResult", level: float = 0.95, n: int = 1000, key: Any = None, seed: int = 0,
                  **kwargs) -> pd.DataFrame:
     """Parametric bootstrap percentile intervals (lme4's ``confint(method = "boot")``):
@@ -305,6 +313,7 @@ CONFINT_METHODS = {"wald": wald_confint, "profile": profile_confint, "boot": boo
                    "bootstrap": boot_confint}
 
 
+@entry_point
 def confint(result: "LMMResult", method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
     """Confidence intervals for SDs, correlations, sigma and fixed effects
     (lme4's ``confint``).

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LMMError
+from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import LMMResult
@@ -202,6 +203,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 # -- entry point --------------------------------------------------------------------
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lmm-jax`` and ``python -m lmm_jax``.
 

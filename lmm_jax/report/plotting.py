@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import check_bool
+from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -67,6 +68,7 @@ def _new_axes(ax: "Axes | None", figsize: tuple[float, float]) -> tuple["Figure"
 
 # -- random effects -----------------------------------------------------------------
 
+@entry_point
 def caterpillar(result: "LMMResult", group: str | Sequence[str] | None = None, level: float = 0.95,
                 order: bool = True, figsize: tuple[float, float] | None = None) -> "Figure":
     """Caterpillar plot: conditional modes of the random effects with intervals.
@@ -199,6 +201,7 @@ def _kernel_smooth(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None,
     return grid, (w @ y) / w.sum(axis=1)
 
 
+@entry_point
 def residuals_vs_fitted(result: "LMMResult", group: str | None | bool = None, ax: "Axes | None" = None,
                         smooth: bool = True) -> "Figure":
     """Residuals against fitted values (conditional on the random effects).
@@ -229,6 +232,7 @@ def residuals_vs_fitted(result: "LMMResult", group: str | None | bool = None, ax
     return fig
 
 
+@entry_point
 def qq(result: "LMMResult", group: str | None | bool = None, ax: "Axes | None" = None) -> "Figure":
     """Normal QQ plot of the scaled residuals ``(y - fitted) / sigma``.
 
@@ -264,6 +268,7 @@ def qq(result: "LMMResult", group: str | None | bool = None, ax: "Axes | None" =
     return fig
 
 
+@entry_point
 def diagnostics(result: "LMMResult", group: str | None | bool = None,
                 figsize: tuple[float, float] = (10.0, 4.2)) -> "Figure":
     """Residuals vs fitted and a normal QQ plot, side by side, coloured by group.
@@ -296,6 +301,7 @@ def _coef_intervals(result: "LMMResult", level: float, ddf: str | None) -> pd.Da
     return table[["estimate", "lower", "upper"]]
 
 
+@entry_point
 def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, intercept: bool | None = None,
            annotate: bool = True, ax: "Axes | None" = None) -> "Figure":
     """Forest plot of the fixed effects with confidence intervals.
@@ -345,6 +351,7 @@ def forest(result: "LMMResult", level: float = 0.95, ddf: str | None = None, int
 
 # -- one-page overview -----------------------------------------------------------------
 
+@entry_point
 def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
              figsize: tuple[float, float] = (11.0, 8.0)) -> "Figure":
     """One page per fit: fixed effects, the first factor's random effects,
@@ -396,6 +403,7 @@ def _panel_grid(count: int, ncols: int, panel: tuple[float, float]):
     return fig, flat[:count]
 
 
+@entry_point
 def bootstrap(boot: Any, level: float = 0.95, method: str = "percentile", which: Sequence[str] | None = None,
               bins: int = 40, ncols: int = 3) -> "Figure":
     """Bootstrap distribution of every parameter, with the estimate and the interval marked.
@@ -444,6 +452,7 @@ def bootstrap(boot: Any, level: float = 0.95, method: str = "percentile", which:
     return fig
 
 
+@entry_point
 def profile(result: "LMMResult", which: Sequence[str] | None = None, level: float = 0.95, points: int = 13,
             ncols: int = 3) -> "Figure":
     """Profile-likelihood traces: zeta against each parameter (lme4's

@@ -9,23 +9,29 @@ default); past the cap ``mmap`` fails inside the JIT and the process dies with
 a segmentation fault, not a Python error. A session that fits about 40 models
 of distinct shapes gets there: our test suite did, 15 minutes in.
 
-The guard: a ``jax.monitoring`` listener counts backend compilations (O(1)
+The guard: from the first lmm_jax entry point on (not on import), a
+``jax.monitoring`` listener counts the process's backend compilations (O(1)
 each) and, every :data:`CHECK_EVERY` of them, reads the mapping count from
-``/proc/self/maps`` (about 1 ms per 1,000 mappings). Above :data:`HEADROOM`
-of the cap it marks the caches for clearing, and the next lmm_jax entry point
-(a new :class:`lmm_jax.LMM`, a fit, a result's summary, tests, intervals,
+``/proc/self/maps`` (about 1 ms per 1,000 mappings). It only counts: the
+user's own compilations are neither changed nor delayed. Above
+:data:`HEADROOM` of the cap it marks the caches for clearing, and the next
+lmm_jax entry point (:func:`lmm_jax.runtime.scope.entry_point`: a new
+:class:`lmm_jax.LMM`, a fit, a result's summary, tests, intervals,
 predictions, bootstrap) empties JAX's in-memory compilation caches
-(``jax.clear_caches``), which unmaps the executables nothing else holds. The
-clearing waits for an entry point because JAX may be mid-compilation when the
-listener runs. Later calls compile again, or load from the persistent cache
-(:mod:`lmm_jax.runtime.compilation_cache`). Off Linux (no ``/proc``) the guard does
-nothing. :func:`clear_caches` does the same on demand.
+(``jax.clear_caches``), which unmaps the executables nothing else holds, the
+user's own included, and says so with a
+:class:`~lmm_jax.errors.CompiledCodeWarning`: past the cap the process would
+crash. The clearing waits for an entry point because JAX may be
+mid-compilation when the listener runs. Later calls compile again, or load
+from disk (:mod:`lmm_jax.runtime.compilation_cache`). Off Linux (no
+``/proc``) the guard does nothing. :func:`clear_caches` does the same on
+demand; ``LMM_JAX_CODE_GUARD=0`` (read when the guard starts) or
+:func:`stop` leaves the guard off.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -33,6 +39,7 @@ from pathlib import Path
 import jax
 
 from . import fork, kernel
+from .switches import env_switch
 from ..errors import CompiledCodeWarning
 
 # Backend compilations between two looks at /proc/self/maps (a look costs ~20-50 ms near the cap,
@@ -49,6 +56,8 @@ _lock = threading.Lock()
 _compiles_since_check = 0
 _pending: tuple[int, int] | None = None     # (mappings, cap) seen over the headroom, not yet cleared
 _listening = False
+_started = False                            # start() has run: the guard listens, or was switched off
+ENV_SWITCH = "LMM_JAX_CODE_GUARD"
 
 
 def _count_compile(event: str, duration: float, **_: object) -> None:
@@ -60,13 +69,32 @@ def _count_compile(event: str, duration: float, **_: object) -> None:
         scan()
 
 
-def install() -> None:
-    """Start counting backend compilations (idempotent; called on import)."""
-    global _listening
+def start(enabled: bool | None = None) -> bool:
+    """Start counting backend compilations (idempotent; the first entry point calls it).
+
+    Args:
+        enabled: False leaves the guard off (and stops a running one); None: on unless
+            ``LMM_JAX_CODE_GUARD`` is off.
+
+    Returns:
+        Whether the guard listens (never off Linux: there is no ``/proc/self/maps`` to read).
+    """
+    global _listening, _started
+    on = env_switch(ENV_SWITCH) is not False if enabled is None else bool(enabled)
     with _lock:
-        if not _listening and _MAPS.exists():
+        _started = True
+        if on and not _listening and _MAPS.exists():
             jax.monitoring.register_event_duration_secs_listener(_count_compile)
             _listening = True
+        elif not on and _listening:
+            jax.monitoring.unregister_event_duration_listener(_count_compile)
+            _listening = False
+        return _listening
+
+
+def stop() -> None:
+    """Stop counting compilations: the guard stays off for the rest of the process."""
+    start(enabled=False)
 
 
 def max_map_count() -> int:
@@ -114,10 +142,13 @@ def clear_caches() -> None:
 
 def check() -> bool:
     """At an entry point: clear JAX's caches if :func:`scan` found compiled
-    code near the mapping cap (O(1) otherwise). Returns True when it cleared.
-    Every entry point calls this first, so it also refuses to run in a child
-    forked after JAX started in its parent (:func:`lmm_jax.runtime.fork.check`)."""
+    code near the mapping cap (O(1) otherwise); the first call starts the
+    guard. Returns True when it cleared. Every entry point calls this first,
+    so it also refuses to run in a child forked after JAX started in its
+    parent (:func:`lmm_jax.runtime.fork.check`)."""
     fork.check()
+    if not _started:
+        start()
     if _pending is None:
         return False
     used, cap = _pending
@@ -128,7 +159,3 @@ def check() -> bool:
                   f"(sysctl -w vm.max_map_count={4 * cap}) or fit fewer distinct model shapes per process.",
                   CompiledCodeWarning, stacklevel=3)
     return True
-
-
-if os.environ.get("LMM_JAX_CODE_GUARD", "1").strip().lower() not in ("0", "false", "off", "no"):
-    install()

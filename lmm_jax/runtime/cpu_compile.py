@@ -15,29 +15,31 @@ XLA's boolean ``xla_cpu_use_fusion_emitters=false``, which a single ``jit``
 can take as a compiler option, is not the same switch: it compiled in 5.1-6.1
 s but made the crossed fits 8-40% slower.
 
-What, on import of :mod:`lmm_jax` (:func:`enable_by_default`): appends
+What :func:`enable` does, when asked (``lmm_jax.runtime.configure(cpu_compile=True)``;
+nothing on import): appends
 ``--xla_backend_extra_options=xla_cpu_disable_new_fusion_emitters=true`` to
 ``XLA_FLAGS``, which XLA reads when JAX's backends start. It is a map-valued
 option, which JAX's per-function ``compiler_options`` cannot carry, so it
-applies to the whole process (as ``jax_enable_x64`` does, which lmm_jax also
-sets). GPU compilation does not read it.
+applies to the whole process: every CPU compilation of the process, the
+user's own functions included, uses the older emitters. GPU compilation does
+not read it.
 
 Only when it can take effect: before JAX's backends start, and unless
-``LMM_JAX_CPU_COMPILE=default`` (or ``0``/``off``) or ``XLA_FLAGS`` already
-sets ``xla_backend_extra_options`` (the user's choice stands). :func:`state`
-says what was done.
+``XLA_FLAGS`` already sets ``xla_backend_extra_options`` (the user's choice
+stands). :func:`state` says what was done. ``LMM_JAX_CPU_COMPILE=default``
+(or ``0``/``off``) keeps :func:`lmm_jax.runtime.configure` from calling it.
 """
 
 from __future__ import annotations
 
 import os
 
-from .cpu_memory import _backends_started
+from .switches import TOO_LATE, backends_started
 
 ENV_SWITCH = "LMM_JAX_CPU_COMPILE"
 FLAG = "--xla_backend_extra_options=xla_cpu_disable_new_fusion_emitters=true"
 
-_state: dict[str, object] = {"enabled": False, "reason": "not attempted"}
+_state: dict[str, object] = {"enabled": False, "reason": "not configured (lmm_jax.runtime.configure turns it on)"}
 
 
 def enable() -> dict[str, object]:
@@ -52,21 +54,12 @@ def enable() -> dict[str, object]:
         _state = {"enabled": True, "reason": ""}
     elif "xla_backend_extra_options" in flags:
         _state = {"enabled": False, "reason": "XLA_FLAGS sets xla_backend_extra_options: left as the user chose"}
-    elif _backends_started():
-        _state = {"enabled": False, "reason": "JAX's backends had started before lmm_jax was imported"}
+    elif backends_started():
+        _state = {"enabled": False, "reason": TOO_LATE}
     else:
         os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
         _state = {"enabled": True, "reason": ""}
     return state()
-
-
-def enable_by_default() -> dict[str, object]:
-    """Called on import: :func:`enable` unless ``LMM_JAX_CPU_COMPILE`` switches it off."""
-    global _state
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no", "default"):
-        _state = {"enabled": False, "reason": f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"}
-        return state()
-    return enable()
 
 
 def state() -> dict[str, object]:

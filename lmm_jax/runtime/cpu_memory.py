@@ -12,7 +12,8 @@ fit (about 3.6 us each on the benchmark VM: 0.4 s of a 1.8 s fit), 460,000 per
 crossed-200k fit. MixedModels.jl (Julia's GC) and PyTorch (its caching
 allocator) keep such memory instead of returning it to the kernel.
 
-What, on import of :mod:`lmm_jax` (:func:`enable_by_default`):
+What :func:`enable` does, for the whole process, when asked
+(``lmm_jax.runtime.configure(cpu_memory=True)``; nothing on import):
 
 1. ``jax_cpu_enable_async_dispatch = False``: CPU computations run on the
    calling thread rather than on one of XLA's worker threads. The scratch
@@ -33,10 +34,16 @@ fit 1.87 s -> 1.46 s with 173,000 -> 100 faults per fit; crossed 200k 5.0 s
 -> 3.9 s (460,000 -> 30 faults); the sleepstudy bootstrap (small scratch)
 unchanged. ``benchmarks/RESULTS.md`` has the side-by-side runs.
 
+What it changes beyond lmm_jax: every JAX computation of the process on
+the CPU is dispatched synchronously (a caller no longer overlaps Python work
+with a running computation), and glibc's malloc keeps freed memory instead
+of returning large blocks at once, for all of the process's allocations.
+
 Only when it can take effect: on Linux with glibc, before JAX's backends
 start (the dispatch mode is fixed when the CPU client is created), and
-unless ``LMM_JAX_CPU_MEMORY=system`` (or ``0``/``off``) or the user set
-``JAX_CPU_ENABLE_ASYNC_DISPATCH`` themselves. :func:`state` says what was done.
+unless the user set ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` themselves.
+:func:`state` says what was done. ``LMM_JAX_CPU_MEMORY=system`` (or
+``0``/``off``) keeps :func:`lmm_jax.runtime.configure` from calling it.
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ import sys
 
 import jax
 
+from .switches import TOO_LATE, backends_started
+
 ENV_SWITCH = "LMM_JAX_CPU_MEMORY"
 M_TRIM_THRESHOLD = -1     # glibc <malloc.h>
 M_MMAP_MAX = -4
 NO_TRIM = -1              # man mallopt: "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 
-_state: dict[str, object] = {"enabled": False, "reason": "not attempted"}
+_state: dict[str, object] = {"enabled": False, "reason": "not configured (lmm_jax.runtime.configure turns it on)"}
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -65,14 +74,6 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _backends_started() -> bool:
-    try:
-        from jax._src import xla_bridge
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):     # an older or newer JAX without the probe: assume started
-        return True
-
-
 def enable() -> dict[str, object]:
     """Apply steps 1-3 of the module docstring if they can take effect.
 
@@ -80,27 +81,20 @@ def enable() -> dict[str, object]:
         :func:`state`: ``enabled`` and, when not enabled, ``reason``.
     """
     global _state
+    if _state["enabled"]:                       # applied by an earlier call
+        return state()
     libc = _libc()
     if libc is None:
         _state = {"enabled": False, "reason": f"not glibc Linux ({sys.platform}, {platform.libc_ver()[0] or 'no libc'})"}
     elif "JAX_CPU_ENABLE_ASYNC_DISPATCH" in os.environ:
         _state = {"enabled": False, "reason": "JAX_CPU_ENABLE_ASYNC_DISPATCH is set: left as the user chose"}
-    elif _backends_started():
-        _state = {"enabled": False, "reason": "JAX's backends had started before lmm_jax was imported"}
+    elif backends_started():
+        _state = {"enabled": False, "reason": TOO_LATE}
     else:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
         ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1
         _state = {"enabled": ok, "reason": "" if ok else "mallopt refused"}
     return state()
-
-
-def enable_by_default() -> dict[str, object]:
-    """Called on import: :func:`enable` unless ``LMM_JAX_CPU_MEMORY`` switches it off."""
-    global _state
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no", "system"):
-        _state = {"enabled": False, "reason": f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"}
-        return state()
-    return enable()
 
 
 def state() -> dict[str, object]:

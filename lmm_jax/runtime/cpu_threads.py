@@ -16,48 +16,48 @@ beside one CPU-bound process 5.8 s (2.1-8.8) and 1.23 s. XLA's own pool
 blocks rather than spins (under 0.1% of its ``perf`` samples), and a
 one-thread pool (``PJRT_NPROC=1``) made the idle fit 1.15 s.
 
-What:
+What :func:`enable` does, when asked (``lmm_jax.runtime.configure(cpu_threads=...)``;
+nothing on import), for the whole process:
 
-1. LAPACK, on by default: at the first lmm_jax entry point after scipy has
-   loaded its OpenBLAS (it loads with a model's design), :func:`check` sets
-   that library to one thread (its ``openblas_set_num_threads``), once, for
-   the whole process: scipy's own ``scipy.linalg`` calls run single-threaded
-   too. The library is the loaded OpenBLAS with 32-bit LAPACK integers, the
-   one scipy's ``cython_lapack`` (and so JAX) calls; numpy's 64-bit-integer
-   OpenBLAS of the same wheels is left alone (where numpy and scipy share one
-   OpenBLAS, as conda-forge's builds do, numpy's calls go single-threaded too).
-2. XLA's pool, on request: ``LMM_JAX_CPU_THREADS=N`` sets ``PJRT_NPROC=N``
-   before JAX's backends start (XLA sizes its pool from it when the CPU
-   client is created): N threads instead of one per core, for sharing a
-   machine. It costs speed on an idle one.
+1. LAPACK: it loads scipy's LAPACK (``import scipy.linalg``) and sets that
+   library to one thread (its ``openblas_set_num_threads``): JAX's CPU
+   Cholesky and triangular solves run single-threaded inside XLA's pool, and
+   so do the process's own ``scipy.linalg`` calls. The library is the loaded
+   OpenBLAS with 32-bit LAPACK integers, the one scipy's ``cython_lapack``
+   (and so JAX) calls; numpy's 64-bit-integer OpenBLAS of the same wheels is
+   left alone (where numpy and scipy share one OpenBLAS, as conda-forge's
+   builds do, numpy's calls go single-threaded too). OpenBLAS's thread count
+   is one setting of the library, not of a thread or a call, so lmm_jax does
+   not change it unless asked.
+2. XLA's pool, with ``threads=N``: sets ``PJRT_NPROC=N`` before JAX's
+   backends start (XLA sizes its pool from it when the CPU client is
+   created): N threads instead of one per core, for every JAX computation
+   of the process, for sharing a machine. It costs speed on an idle one.
 
-Switches, read on import of :mod:`lmm_jax` (:func:`enable_by_default`):
-``LMM_JAX_CPU_THREADS`` unset or ``auto``: 1 only; a positive integer N: 1
-and 2; ``default`` (or ``0``/``off``): neither (XLA's and OpenBLAS's own
-defaults). The user's own settings stand: with ``OPENBLAS_NUM_THREADS``,
+The user's own settings stand: with ``OPENBLAS_NUM_THREADS``,
 ``GOTO_NUM_THREADS`` or ``OMP_NUM_THREADS`` in the environment LAPACK is left
-alone, with ``PJRT_NPROC`` or ``NPROC`` the pool. :func:`state` says what
-was done.
+alone, with ``PJRT_NPROC`` or ``NPROC`` the pool. :func:`state` says what was
+done. ``LMM_JAX_CPU_THREADS`` is :func:`lmm_jax.runtime.configure`'s default:
+unset or ``auto``, 1 only; a positive integer N, 1 and 2; ``default`` (or
+``0``/``off``), neither (XLA's and OpenBLAS's own defaults).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
-from .cpu_memory import _backends_started
+from .switches import TOO_LATE, backends_started
 
 ENV_SWITCH = "LMM_JAX_CPU_THREADS"
-OFF = ("0", "off", "false", "no", "default")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 POOL_ENV = ("PJRT_NPROC", "NPROC")
 # OpenBLAS's thread setter: the name in scipy's wheels (symbols prefixed ``scipy_``) and elsewhere
 SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
-_lapack: dict[str, object] = {"single_threaded": False, "reason": "not attempted", "library": None}
-_xla: dict[str, object] = {"threads": None, "reason": "not attempted"}
-_pending = False       # LAPACK to be set single-threaded at the next entry point where scipy is loaded
+NOT_CONFIGURED = "not configured (lmm_jax.runtime.configure turns it on)"
+_lapack: dict[str, object] = {"single_threaded": False, "reason": NOT_CONFIGURED, "library": None}
+_xla: dict[str, object] = {"threads": None, "reason": NOT_CONFIGURED}
 
 
 def _loaded_openblas() -> list[str] | None:
@@ -90,62 +90,32 @@ def _set_lapack_single_threaded() -> dict[str, object]:
             "(scipy's LAPACK is another library): left alone", "library": None}
 
 
-def check() -> None:
-    """At an entry point: make LAPACK single-threaded once scipy has loaded it (see the module docstring)."""
-    global _pending, _lapack
-    if _pending and "scipy.linalg" in sys.modules:
-        _pending = False
-        _lapack = _set_lapack_single_threaded()
-
-
 def enable(threads: int | None = None) -> dict[str, object]:
-    """Single-threaded LAPACK at the next entry point; with ``threads``, XLA's pool of that many threads.
+    """Single-threaded LAPACK; with ``threads``, XLA's pool of that many threads (module docstring).
 
     Returns:
         :func:`state`.
     """
-    global _pending, _lapack, _xla
+    global _lapack, _xla
     blas = [k for k in BLAS_ENV if k in os.environ]
     if blas:
         _lapack = {"single_threaded": False, "reason": f"{blas[0]} is set: left as the user chose", "library": None}
-    else:
-        _pending = True
-        _lapack = {"single_threaded": False, "reason": "pending: scipy's LAPACK is not loaded yet", "library": None}
-        check()
+    elif not _lapack["single_threaded"]:
+        import scipy.linalg  # noqa: F401  (loads the LAPACK library that JAX's CPU kernels call)
+
+        _lapack = _set_lapack_single_threaded()
     pool = [k for k in POOL_ENV if k in os.environ]
-    if threads is None:
-        _xla = {"threads": None, "reason": f"{ENV_SWITCH} not set: one thread per core"}
+    if threads is None or _xla["threads"] == threads:     # nothing asked, or applied by an earlier call
+        if _xla["threads"] is None:
+            _xla = {"threads": None, "reason": "no thread count asked for: one thread per core"}
     elif pool:
         _xla = {"threads": None, "reason": f"{pool[0]} is set: left as the user chose"}
-    elif _backends_started():
-        _xla = {"threads": None, "reason": "JAX's backends had started before lmm_jax was imported"}
+    elif backends_started():
+        _xla = {"threads": None, "reason": TOO_LATE}
     else:
         os.environ["PJRT_NPROC"] = str(threads)
         _xla = {"threads": threads, "reason": ""}
     return state()
-
-
-def enable_by_default() -> dict[str, object]:
-    """Called on import: :func:`enable` as ``LMM_JAX_CPU_THREADS`` says."""
-    global _lapack, _xla
-    value = os.environ.get(ENV_SWITCH, "").strip().lower()
-    if value in OFF:
-        why = f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
-        _lapack = {"single_threaded": False, "reason": why, "library": None}
-        _xla = {"threads": None, "reason": why}
-        return state()
-    if value in ("", "auto"):
-        return enable()
-    try:
-        threads = int(value)
-        if threads < 1:
-            raise ValueError
-    except ValueError:
-        import warnings
-        warnings.warn(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r} is not a positive integer, 'auto' or 'default': "
-                      f"XLA's thread pool left as it is", stacklevel=2)
-        return enable()
-    return enable(threads)
 
 
 def state() -> dict[str, object]:

@@ -15,6 +15,7 @@ computation in the parent is safe and runs normally.
 from __future__ import annotations
 
 import os
+import sys
 
 from ..errors import ForkError
 
@@ -23,10 +24,12 @@ _forked_after_jax = False      # set in the child: its parent had started JAX
 
 
 def _jax_started() -> bool:
-    """Whether JAX has initialised its backends (threads, device clients) in this process."""
+    """Whether JAX has initialised its backends (threads, device clients) in this process (never before
+    JAX is imported: the hook must not import it at fork time)."""
+    xla_bridge = sys.modules.get("jax._src.xla_bridge")
+    if xla_bridge is None:
+        return False
     try:
-        from jax._src import xla_bridge
-
         backends = getattr(xla_bridge, "_backends", None)   # read without the lock: we are about to fork
         return bool(backends) if backends is not None else bool(xla_bridge.backends_are_initialized())
     except Exception:  # noqa: BLE001 - another JAX layout: do not block children

@@ -35,7 +35,7 @@ that reads it (:func:`jax.experimental.serialize_executable.deserialize_and_load
 
 Where: ``<lmm_jax cache folder>/export``
 (:func:`lmm_jax.runtime.compilation_cache.own_cache_dir`: ``$LMM_JAX_CACHE_DIR``
-or ``~/.cache/lmm_jax/xla``); nothing is kept when
+or ``~/.cache/lmm_jax``); nothing is kept when
 ``LMM_JAX_COMPILATION_CACHE=0`` or the folder is not writable.
 """
 
