@@ -1,11 +1,10 @@
-"""Shared test helpers: reference fits from lme4 and their data."""
+"""pytest's set-up for the suite: the process settings, Hypothesis's profile and the shared fixtures
+(helper functions are in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,8 @@ from hypothesis import settings
 
 import lmm_jax
 from lmm_jax.runtime.scope import float64
+
+from tests.helpers import load_data, load_reference, quiet_fit
 
 # The suite is lmm_jax's own process: it takes the process-wide tuning a user opts into (faster compiles,
 # resident scratch memory, JAX's persistent cache). It does not turn on x64 for the process: lmm_jax's entry
@@ -26,28 +27,6 @@ lmm_jax.runtime.configure()
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-REF_DIR = Path(__file__).parent / "reference"
-CASES = [line.split("\t")[0] for line in (REF_DIR / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
-EXTRA_CASES = ["extra/" + line.split("\t")[0] for line in
-               (REF_DIR / "extra" / "cases.tsv").read_text().splitlines()[1:] if line.strip()]
-SMALL_CASES = [c for c in CASES if c != "insteval_crossed"] + EXTRA_CASES
-
-
-def load_reference(case: str) -> dict:
-    return json.loads((REF_DIR / f"{case}.json").read_text())
-
-
-def load_data(name: str) -> pd.DataFrame:
-    if name == "InstEval":
-        return pd.read_csv(REF_DIR / "InstEval.csv.gz", dtype={"s": str, "d": str, "dept": str})
-    return lmm_jax.datasets.load(name)
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
-
 
 @pytest.fixture
 def x64():
@@ -64,10 +43,31 @@ def fits():
     def get(case: str):
         if case not in cache:
             ref = load_reference(case)
-            import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", lmm_jax.SingularFitWarning)
                 cache[case] = lmm_jax.fit(ref["formula"], load_data(ref["dataset"]), reml=ref["reml"])
         return cache[case]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sleepstudy_fit() -> lmm_jax.LMMResult:
+    """lme4's sleepstudy model, ``Reaction ~ Days + (Days | Subject)`` by REML."""
+    return lmm_jax.fit("Reaction ~ Days + (Days | Subject)", load_data("sleepstudy"))
+
+
+@pytest.fixture(scope="session")
+def frame() -> pd.DataFrame:
+    """80 rows, 8 groups of 10, y = 1 + 0.5 x + group effect + noise."""
+    rng = np.random.default_rng(20261122)
+    g = np.repeat(np.arange(8), 10)
+    x = rng.normal(size=80)
+    y = 1.0 + 0.5 * x + rng.normal(size=8)[g] + rng.normal(size=80)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g]})
+
+
+@pytest.fixture(scope="session")
+def base_fit(frame) -> lmm_jax.LMMResult:
+    """``y ~ x + (1 | g)`` on :func:`frame`, with no warning."""
+    return quiet_fit("y ~ x + (1 | g)", frame)

@@ -6,13 +6,11 @@ Each case runs in a fresh Python process: the test process has long imported
 everything.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lmm_jax
+
+from tests.helpers import run_python
 
 HEAVY = ["formulaic", "pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "matplotlib", "tqdm"]
 # what `import lmm_jax` itself runs: the package's lazy names, its errors and the fork guard (its at-fork hook must
@@ -21,13 +19,8 @@ LOADED_ON_IMPORT = ["lmm_jax", "lmm_jax.errors", "lmm_jax.runtime", "lmm_jax.run
 
 
 def _run(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter that imports this lmm_jax; return its last line of JSON."""
-    root = str(Path(lmm_jax.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
-                         check=False)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    """Run ``code`` in a fresh interpreter; check that it imported this lmm_jax."""
+    got = run_python(code)
     assert Path(got.pop("file")).resolve() == Path(lmm_jax.__file__).resolve()
     return got
 

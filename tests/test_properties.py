@@ -5,7 +5,7 @@
   variance components to a^2 times themselves, leaves theta unchanged and
   shifts the REML criterion by (n - p) log a^2 (for |b| up to 100 |a| SDs of
   y: larger offsets lose digits in the cross-products, see
-  the note above test_validation.CANCELLATION_LOGLIK_TOL);
+  the note above test_robustness.CANCELLATION_LOGLIK_TOL);
 * a column that the formula does not use changes nothing (bit for bit);
 * a batched fit of many responses equals the fits one at a time.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SMALL_CASES, load_reference, rel_err
+from tests.helpers import SMALL_CASES, load_reference, rel_err
 
 
 @pytest.mark.parametrize("case", SMALL_CASES)

@@ -1,4 +1,4 @@
-# Inference references from lme4 / lmerTest / pbkrtest for tests/test_inference.py:
+# Inference references from lme4 / lmerTest / pbkrtest for tests/inference/test_inference.py:
 # type III anova tables (Satterthwaite and Kenward-Roger), contrast tests,
 # likelihood-ratio anova between nested models, and predictions.
 # Usage (from the repository root):

@@ -1,4 +1,4 @@
-# Reference fits from lme4 for the numerically hard inputs of tests/test_validation.py
+# Reference fits from lme4 for the numerically hard inputs of tests/test_robustness.py
 # (covariates on very different scales, large offsets, near-zero / zero
 # variance components, tiny residual variance, unbalanced groups, groups of
 # size 1). Each case writes CASE.csv (the simulated data) and CASE.json (the

@@ -22,14 +22,9 @@ from lmm_jax.batched.batch import _fit_stacked
 from lmm_jax.batched.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
-from conftest import load_data, load_reference
+from tests.helpers import load_data, load_reference
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
-
-
-@pytest.fixture(scope="module")
-def sleep_fit():
-    return lmm_jax.fit(SLEEP, load_data("sleepstudy"))
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +74,15 @@ def test_simulate_checks_params(ingot_fit):
 
 # -- batched fits -------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["newton", "bfgs"])
-def test_fit_batch_equals_one_at_a_time(sleep_fit, method):
+def test_fit_batch_equals_one_at_a_time(sleepstudy_fit, method):
     """Batching changes nothing: with ``method="newton"`` (the single fit's
     optimiser) the batched fits equal one-at-a-time fits to 1e-8. The default
     BFGS reaches the same optimum: objective to 1e-10 relative; theta to the
     precision the objective determines it (a change of 1e-6 relative moves
     the REML criterion by ~1e-11, below both optimisers' stopping rule)."""
     data = load_data("sleepstudy")
-    Y = np.asarray(lmm_jax.simulate(sleep_fit, 4, key=11))
-    batch = sleep_fit.model.fit_batch(Y, method=method)
+    Y = np.asarray(lmm_jax.simulate(sleepstudy_fit, 4, key=11))
+    batch = sleepstudy_fit.model.fit_batch(Y, method=method)
     assert batch.converged.all()
     theta_rtol = 1e-8 if method == "newton" else 1e-5
     for i in range(Y.shape[1]):
@@ -100,10 +95,10 @@ def test_fit_batch_equals_one_at_a_time(sleep_fit, method):
     assert list(tab.columns[4:10]) == ["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
                                        "sigma", "(Intercept)", "Days"]
     # the model's own response gives the model's own fit
-    own = sleep_fit.model.fit_batch(sleep_fit.design.y, method=method)
-    np.testing.assert_allclose(own.theta[0], sleep_fit.theta, rtol=theta_rtol)
+    own = sleepstudy_fit.model.fit_batch(sleepstudy_fit.design.y, method=method)
+    np.testing.assert_allclose(own.theta[0], sleepstudy_fit.theta, rtol=theta_rtol)
     with pytest.raises(ValueError, match="n_obs"):
-        sleep_fit.model.fit_batch(Y[:-1])
+        sleepstudy_fit.model.fit_batch(Y[:-1])
 
 
 def test_fit_many_one_compile_per_shape():
@@ -209,12 +204,12 @@ def _quantile_se(v: np.ndarray, prob: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def boot2000(sleep_fit, ingot_fit):
+def boot2000(sleepstudy_fit, ingot_fit):
     cache = {}
 
     def get(case):
         if case not in cache:
-            fit = sleep_fit if case == "sleepstudy_reml" else ingot_fit
+            fit = sleepstudy_fit if case == "sleepstudy_reml" else ingot_fit
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 # ingot in chunks of 40: the chunk shape the chunking tests compile already

@@ -23,7 +23,7 @@ from lmm_jax.core.optimize import (BFGS, NEWTON, armijo, backtrack, bfgs_minimiz
                                    masked, newton_minimize, reactivate, zero_tiny)
 from lmm_jax.core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
 
-from conftest import load_data, load_reference
+from tests.helpers import load_data, load_reference
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
 

@@ -22,7 +22,7 @@ from lmm_jax.inference.kenward_roger import dense_products, kenward_roger_adjust
 from lmm_jax.core.parametrization import lambdas, lower_tri_indices
 from lmm_jax.inference.profile import profile_zeta
 
-from conftest import REF_DIR, load_data, load_reference, rel_err
+from tests.helpers import REF_DIR, load_data, load_reference, rel_err
 
 INF = json.loads((REF_DIR / "inference.json").read_text())
 KR_CASES = ["ingot_reml", "sleepstudy_reml", "sleepstudy_intercept", "cake_factors"]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import lmm_jax
-from conftest import load_data, load_reference, rel_err
+from tests.helpers import load_data, load_reference, rel_err
 from lmm_jax.build.crossprod import design_products
 from lmm_jax.errors import DataError
 from lmm_jax.core.likelihood import conditional_covariances, deviance_at_sigma, factorize, profiled_deviance, spherical_modes

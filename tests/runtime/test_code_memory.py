@@ -14,7 +14,7 @@ import lmm_jax
 import lmm_jax.results  # noqa: F401  (a fit's modules, and the shared libraries they map, load before a baseline)
 from lmm_jax.runtime import code_memory
 
-from conftest import load_data
+from tests.helpers import load_data
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 

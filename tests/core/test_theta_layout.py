@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import load_reference
+from tests.helpers import load_reference
 from lmm_jax.core.parametrization import lambdas_host
 from lmm_jax.core.theta_layout import ThetaLayout, make_unique
 from lmm_jax.inference.profile import parameters

@@ -4,13 +4,12 @@ Each case runs in a fresh Python process: the settings apply only before
 JAX's backends start, which in the test process they long have.
 """
 
-import json
-import os
 import platform
-import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the settings are glibc's (mallopt)")
@@ -36,9 +35,7 @@ print(json.dumps({"state": lmm_jax.runtime.cpu_memory.state(), "done": done, "fa
 
 
 def _run(code: str, **env) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, **env}, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_python(code, **env)
 
 
 def test_refits_reuse_their_scratch_and_give_the_same_fit():

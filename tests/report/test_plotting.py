@@ -22,11 +22,6 @@ from lmm_jax import plotting  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sleep():
-    return lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
-
-
-@pytest.fixture(scope="module")
 def penicillin():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lmm_jax.SingularFitWarning)
@@ -56,11 +51,11 @@ def _errorbar_data(ax):
     return np.asarray(x), np.asarray(y), half
 
 
-def test_caterpillar_draws_modes_and_condsd_intervals(sleep, tmp_path):
-    fig = plotting.caterpillar(sleep, level=0.9)
+def test_caterpillar_draws_modes_and_condsd_intervals(sleepstudy_fit, tmp_path):
+    fig = plotting.caterpillar(sleepstudy_fit, level=0.9)
     _render(fig, tmp_path / "caterpillar.png")
     assert len(fig.axes) == 2
-    b, sd = sleep.ranef["Subject"], sleep.ranef_sd["Subject"]
+    b, sd = sleepstudy_fit.ranef["Subject"], sleepstudy_fit.ranef_sd["Subject"]
     order = np.argsort(b["(Intercept)"].to_numpy(), kind="stable")
     z = stats.norm.ppf(0.95)
     for ax, col in zip(fig.axes, ["(Intercept)", "Days"]):
@@ -86,17 +81,17 @@ def test_caterpillar_one_row_per_factor(penicillin, tmp_path):
         plotting.caterpillar(penicillin, level=95)
 
 
-def test_diagnostics_plots_residuals_and_quantiles(sleep, tmp_path):
-    fig = plotting.diagnostics(sleep)
+def test_diagnostics_plots_residuals_and_quantiles(sleepstudy_fit, tmp_path):
+    fig = plotting.diagnostics(sleepstudy_fit)
     _render(fig, tmp_path / "diagnostics.png")
     left, right = fig.axes
     pts = np.vstack([c.get_offsets() for c in left.collections])
-    expect = np.column_stack([sleep.fitted, sleep.residuals])
+    expect = np.column_stack([sleepstudy_fit.fitted, sleepstudy_fit.residuals])
     assert pts.shape == expect.shape
     np.testing.assert_allclose(np.sort(pts, axis=0), np.sort(expect, axis=0))
     assert len(left.collections) == 18  # one colour per subject
     qq_pts = np.vstack([c.get_offsets() for c in right.collections])
-    scaled = np.sort(sleep.residuals / sleep.sigma)
+    scaled = np.sort(sleepstudy_fit.residuals / sleepstudy_fit.sigma)
     theo = stats.norm.ppf((np.arange(1, 181) - 0.5) / 180)
     np.testing.assert_allclose(np.sort(qq_pts[:, 1]), scaled)
     np.testing.assert_allclose(np.sort(qq_pts[:, 0]), theo)
@@ -116,34 +111,34 @@ def test_diagnostics_colour_by_other_factor_or_none(penicillin, tmp_path):
     assert len(many.axes[0].collections) == 1 and many.axes[0].get_legend() is None
 
 
-def test_forest_draws_t_intervals(sleep, tmp_path):
-    fig = plotting.forest(sleep, intercept=True, level=0.9)
+def test_forest_draws_t_intervals(sleepstudy_fit, tmp_path):
+    fig = plotting.forest(sleepstudy_fit, intercept=True, level=0.9)
     _render(fig, tmp_path / "forest.png")
-    ct = sleep.coef_table
+    ct = sleepstudy_fit.coef_table
     x, y, half = _errorbar_data(fig.axes[0])
     np.testing.assert_allclose(x, ct["estimate"].to_numpy())
     np.testing.assert_allclose(half, stats.t.ppf(0.95, ct["df"].to_numpy()) * ct["std_error"].to_numpy(),
                                rtol=1e-6)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["(Intercept)", "Days"]
-    default = plotting.forest(sleep)  # intercept left out beside other effects
+    default = plotting.forest(sleepstudy_fit)  # intercept left out beside other effects
     assert [t.get_text() for t in default.axes[0].get_yticklabels()] == ["Days"]
 
 
-def test_overview_has_four_panels(sleep, tmp_path):
-    fig = plotting.overview(sleep)
+def test_overview_has_four_panels(sleepstudy_fit, tmp_path):
+    fig = plotting.overview(sleepstudy_fit)
     img = _render(fig, tmp_path / "overview.png")
     assert len(fig.axes) >= 4 and img.shape[1] > img.shape[0]
     assert "Reaction ~ Days" in fig._suptitle.get_text()
 
 
-def test_missing_matplotlib_says_how_to_install(sleep, monkeypatch):
+def test_missing_matplotlib_says_how_to_install(sleepstudy_fit, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install 'lmm_jax\[plot\]'"):
-        plotting.caterpillar(sleep)
+        plotting.caterpillar(sleepstudy_fit)
 
 
-def test_bootstrap_histograms_mark_estimate_and_interval(sleep, tmp_path):
-    boot = sleep.bootstrap(40, 3)
+def test_bootstrap_histograms_mark_estimate_and_interval(sleepstudy_fit, tmp_path):
+    boot = sleepstudy_fit.bootstrap(40, 3)
     fig = plotting.bootstrap(boot, level=0.9)
     _render(fig, tmp_path / "bootstrap.png")
     ci = boot.confint(level=0.9)
@@ -161,11 +156,11 @@ def test_bootstrap_histograms_mark_estimate_and_interval(sleep, tmp_path):
         plotting.bootstrap(boot, which=["sd_Days"])
 
 
-def test_profile_traces_cross_z_at_the_profile_interval(sleep, tmp_path):
+def test_profile_traces_cross_z_at_the_profile_interval(sleepstudy_fit, tmp_path):
     from lmm_jax.inference.profile import profile_confint
-    fig = plotting.profile(sleep, which=["sd_Days|Subject", "sigma", "Days"], points=9)
+    fig = plotting.profile(sleepstudy_fit, which=["sd_Days|Subject", "sigma", "Days"], points=9)
     _render(fig, tmp_path / "profile.png")
-    ci = profile_confint(sleep, which=["sd_Days|Subject", "sigma", "Days"])
+    ci = profile_confint(sleepstudy_fit, which=["sd_Days|Subject", "sigma", "Days"])
     z = stats.norm.ppf(0.975)
     visible = [ax for ax in fig.axes if ax.axison]
     assert [ax.get_title() for ax in visible] == list(ci.index)

@@ -5,12 +5,11 @@ backends start, and OpenBLAS reads its environment when it loads, both long
 done in the test process.
 """
 
-import json
-import os
-import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/task and /proc/self/maps")
 
@@ -38,12 +37,8 @@ print(json.dumps({"state": lmm_jax.runtime.cpu_threads.state(), "done": done, "p
 
 
 def _run(code: str, **env) -> dict:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("LMM_JAX_CPU_THREADS", "PJRT_NPROC", "NPROC", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-                         "OMP_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**base, "JAX_PLATFORMS": "cpu", **env}, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_python(code, drop=("LMM_JAX_CPU_THREADS", "PJRT_NPROC", "NPROC", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                  "OMP_NUM_THREADS"), JAX_PLATFORMS="cpu", **env)
 
 
 def test_lapack_single_threaded_and_the_pool_capped_with_the_same_fit():

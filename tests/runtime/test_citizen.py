@@ -25,7 +25,7 @@ import pytest
 import lmm_jax
 from lmm_jax.runtime import scope
 
-from conftest import load_reference
+from tests.helpers import load_reference
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 

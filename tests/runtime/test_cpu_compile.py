@@ -4,12 +4,9 @@ Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
 backends start, which in the test process they long have.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.helpers import run_python
 
 # the compiled (optimised) HLO of a segment sum and a cumulative sum differs between XLA:CPU's two
 # fusion code generators, so it shows whether the flag reached the compiler; and a small fit's deviance
@@ -31,10 +28,7 @@ print(json.dumps({"state": lmm_jax.runtime.cpu_compile.state(), "done": done,
 
 
 def _run(code: str, **env) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LMM_JAX_CPU_COMPILE")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**base, "JAX_PLATFORMS": "cpu", **env}, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_python(code, drop=("XLA_FLAGS", "LMM_JAX_CPU_COMPILE"), JAX_PLATFORMS="cpu", **env)
 
 
 def test_the_flag_reaches_xla_and_changes_no_fit():
