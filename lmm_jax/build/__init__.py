@@ -1,0 +1,1 @@
+"""From formula and data to a model: the formula parser, the design, its cross-products."""
