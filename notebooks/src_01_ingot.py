@@ -26,6 +26,10 @@ from scipy.optimize import minimize
 import lmm_jax
 from lmm_jax import inference, plotting
 
+# This notebook is its own process: take lmm_jax's process-wide tuning (faster XLA:CPU compiles, JAX's
+# persistent cache for every compilation, resident scratch memory; docs/performance.md)
+lmm_jax.runtime.configure()
+
 ROOT = Path.cwd().resolve()
 while not (ROOT / "pyproject.toml").exists():
     ROOT = ROOT.parent

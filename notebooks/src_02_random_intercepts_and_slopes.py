@@ -21,6 +21,10 @@ import lmm_jax
 from lmm_jax import plotting
 from lmm_jax.inference.anova import likelihood_ratio_table
 
+# This notebook is its own process: take lmm_jax's process-wide tuning (faster XLA:CPU compiles, JAX's
+# persistent cache for every compilation, resident scratch memory; docs/performance.md)
+lmm_jax.runtime.configure()
+
 def simulate_classrooms(n_class, n_per_class, intercepts, slope=0.13, slope_sd=0.0, sigma=0.93, seed=0):
     # score = intercept_j + (slope + u_j) * edu + e; edu: parents' education, 0..10 years
     rng = np.random.default_rng(seed)

@@ -24,6 +24,10 @@ import statsmodels.formula.api as smf
 import lmm_jax
 from lmm_jax import plotting
 
+# This notebook is its own process: take lmm_jax's process-wide tuning (faster XLA:CPU compiles, JAX's
+# persistent cache for every compilation, resident scratch memory; docs/performance.md)
+lmm_jax.runtime.configure()
+
 rng = np.random.default_rng(3)
 n_prov, n_school, n_class, n_stud, n_grader = 4, 5, 4, 12, 15
 rows = []

@@ -30,6 +30,10 @@ from scipy import stats
 import lmm_jax
 from lmm_jax import plotting
 
+# This notebook is its own process: take lmm_jax's process-wide tuning (faster XLA:CPU compiles, JAX's
+# persistent cache for every compilation, resident scratch memory; docs/performance.md)
+lmm_jax.runtime.configure()
+
 # Our own JAX code below (section 2) calls lmm_jax's pure functions, which compute in float64
 jax.config.update("jax_enable_x64", True)
 
