@@ -433,6 +433,12 @@ def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
     return base._replace(**{k: v for k, v in given.items() if v is not None})
 
 
+def _in_phi(f_theta: Callable, ks: tuple[int, ...]) -> Callable:
+    """The objective as a function of (phi, active): theta from the unconstrained phi, with the inactive
+    (boundary) diagonal entries at zero."""
+    return lambda phi, active: f_theta(theta_from_phi(phi, ks, active))
+
+
 # -- the two methods -----------------------------------------------------------------------------
 def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
                     ks: tuple[int, ...], *, max_iter: int | None = None, tol: float | None = None,
@@ -462,10 +468,7 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     diag = jnp.asarray(diagonal_mask(ks))
     dtype = phi0.dtype
     n = phi0.shape[0]
-
-    def f_phi(phi, active):
-        return f_theta(theta_from_phi(phi, ks, active))
-
+    f_phi = _in_phi(f_theta, ks)
     value_and_grad = jax.value_and_grad(f_phi)
 
     def evaluate(phi, active):
@@ -542,10 +545,7 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
     diag = jnp.asarray(diagonal_mask(ks))
     dtype = phi0.dtype
     n = phi0.shape[0]
-
-    def f_phi(phi, active):
-        return f_theta(theta_from_phi(phi, ks, active))
-
+    f_phi = _in_phi(f_theta, ks)
     value_and_grad = jax.value_and_grad(f_phi)
 
     def evaluate(phi, active):

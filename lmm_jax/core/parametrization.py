@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .theta_layout import ThetaLayout, lower_tri_indices  # noqa: F401  (lower_tri_indices: re-exported)
+from .theta_layout import ThetaLayout
 
 
 def n_theta(ks: tuple[int, ...]) -> int:

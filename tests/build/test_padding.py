@@ -24,7 +24,8 @@ import lmm_jax
 from lmm_jax.build.crossprod import LEVEL_BUCKET_MIN, pad_products, size_bucket
 from lmm_jax.core.likelihood import deviance_at_sigma, profiled_deviance
 from lmm_jax.core.estimates import estimates_at, fit_theta, unpad_estimates
-from lmm_jax.core.parametrization import lambdas, lower_tri_indices, phi_from_theta, theta_start
+from lmm_jax.core.parametrization import lambdas, phi_from_theta, theta_start
+from lmm_jax.core.theta_layout import lower_tri_indices
 from lmm_jax.inference.satterthwaite import varcomp_jacobian, varcomp_of
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points

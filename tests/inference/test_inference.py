@@ -19,7 +19,8 @@ from scipy import stats
 import lmm_jax
 from lmm_jax.errors import InferenceError
 from lmm_jax.inference.kenward_roger import dense_products, kenward_roger_adjustment
-from lmm_jax.core.parametrization import lambdas, lower_tri_indices
+from lmm_jax.core.parametrization import lambdas
+from lmm_jax.core.theta_layout import lower_tri_indices
 from lmm_jax.inference.profile import profile_zeta
 
 from tests.helpers import REF_DIR, load_data, load_reference, rel_err
