@@ -51,6 +51,12 @@ class LMM:
         formula: e.g. ``"Reaction ~ Days + (Days | Subject)"``; see the README
             for the supported syntax (``||``, ``/``, ``:``, ``0 +``).
         data: a pandas DataFrame (or a dict of equal-length arrays).
+        weights: prior weights (lme4's ``weights``): a column name or an
+            array with one entry per row of ``data``; observation i has
+            residual variance sigma^2 / w_i. Rows of weight 0 are dropped.
+        offset: a known term of the linear predictor with no coefficient
+            (lme4's ``offset``): a column name or an array, added to the
+            formula's ``offset(expr)`` terms.
 
     Attributes:
         formula: the formula text.
@@ -68,12 +74,13 @@ class LMM:
         >>> fit = m.fit(reml=True)
     """
 
-    def __init__(self, formula: str, data: Any):
+    def __init__(self, formula: str, data: Any, *, weights: Any = None, offset: Any = None):
         self.formula = formula
-        self.design: Design = build_design(formula, data)
+        self.design: Design = build_design(formula, data, weights=weights, offset=offset)
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
-        self.response: ResponseProducts = response_products_host(self.design.y, self.design)
+        wk = self.design.working
+        self.response: ResponseProducts = response_products_host(wk.y, self.design, wk.shift)
         self.padded: Padded = pad_products(self.products, self.response, self.structure)
 
     def __repr__(self) -> str:
@@ -123,8 +130,10 @@ class LMM:
         return fit_batch(self, Y, reml=reml, **kwargs)
 
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
-        """Z'y, X'y, y'y for another response on this design (pure, vmappable)."""
-        return response_products(y, self.arrays, self.structure)
+        """Z'y, X'y, y'y of another response on this design, on the working
+        scale (weights and offset applied, :mod:`lmm_jax.build.working`;
+        pure, vmappable)."""
+        return response_products(self.design.working.response(y), self.arrays, self.structure)
 
     def cross_products(self, y: jnp.ndarray | None = None) -> CrossProducts:
         """The data as the likelihood sees it, a pytree: the second argument of
@@ -227,8 +236,9 @@ def _expected_shapes(s: Structure) -> dict[str, tuple[int, ...]]:
     block A21 is checked apart, it may be stored sparse)."""
     (m1, *_), (k1, *_), p, qr = s.ms, s.ks, s.p, s.q_rest
     return {"design.A11": (m1, k1, k1), "design.A22": (qr, qr), "design.Z1X": (m1, k1, p), "design.ZrX": (qr, p),
-            "design.XtX": (p, p), "design.nobs": (), "design.rank": (), "response.Z1y": (m1, k1),
-            "response.Zry": (qr,), "response.Xy": (p,), "response.yy": ()}
+            "design.XtX": (p, p), "design.nobs": (), "design.rank": (), "design.basis": (p, p),
+            "design.log_det_basis": (), "design.log_weights": (), "response.Z1y": (m1, k1),
+            "response.Zry": (qr,), "response.Xy": (p,), "response.yy": (), "response.shift": (p,)}
 
 
 def _checked(name: str, x: Any, products: CrossProducts | None, s: Structure) -> jnp.ndarray:
@@ -433,10 +443,11 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
 
 
 @entry_point
-def fit(formula: str, data: Any, reml: bool = True, **kwargs) -> "LMMResult":
-    """Shorthand for ``LMM(formula, data).fit(reml=reml, **kwargs)``."""
+def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offset: Any = None,
+        **kwargs) -> "LMMResult":
+    """Shorthand for ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``."""
     check_bool(reml, "reml")                  # before the design is built
-    return LMM(formula, data).fit(reml=reml, **kwargs)
+    return LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)
 
 
 @entry_point

@@ -250,9 +250,9 @@ class LMMResult:
 
     @cached_property
     def fitted(self) -> np.ndarray:
-        """X beta + Z b for the rows used."""
+        """X beta + Z b (+ the offset) for the rows used (lme4's ``fitted``)."""
         d = self.design
-        out = d.X @ self.beta
+        out = d.X @ self.beta if d.offset is None else d.X @ self.beta + d.offset
         for t, b in zip(d.terms, self.b):
             out = out + np.sum(t.Z * b[t.codes], axis=1)
         return out
@@ -331,11 +331,13 @@ class LMMResult:
         return varcorr_table(self, level)
 
     def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
-                se_fit: bool = False):
-        """Predictions with (``re_form=None``) or without (``"~0"``) random effects."""
+                se_fit: bool = False, offset: Any = None):
+        """Predictions with (``re_form=None``) or without (``"~0"``) random
+        effects, on the fitted rows or ``newdata``; see
+        :func:`lmm_jax.inference.predict.predict` for every argument."""
         from .inference.predict import predict
 
-        return predict(self, newdata, re_form, allow_new_levels, se_fit)
+        return predict(self, newdata, re_form, allow_new_levels, se_fit, offset)
 
     def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
                   params: dict | None = None, max_iter: int = 200, method: str = "bfgs"):

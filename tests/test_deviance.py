@@ -107,12 +107,16 @@ def test_equals_fit_objective_and_estimates_at_the_optimum(model):
 
 
 def test_cross_products_of_a_response_are_the_models_own(model):
-    """``cross_products(y)`` (traced segment sums) matches the products a
-    model forms for its own y (host bincounts), and a model built on another
-    response: the vmapped criteria equal those of one model per response."""
-    same = model.cross_products(jnp.asarray(model.design.y))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9), same, model.cross_products())
+    """``cross_products(y)`` (traced segment sums of the working response)
+    gives the criterion and estimates of the products a model forms for its
+    own y (host bincounts of its least-squares residuals, shift added back),
+    and of a model built on another response: the vmapped criteria equal
+    those of one model per response."""
     theta = jnp.asarray(_theta(model, 2))
+    same = model.cross_products(jnp.asarray(model.design.y))
+    est = lmm_jax.make_estimates(model, reml=True, data="argument")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9), est(theta, same),
+                 est(theta, model.cross_products()))
     Y = _responses(model, 3, seed=3)
     pure = lmm_jax.make_deviance(model, reml=True, param="theta", data="argument")
     batched = jax.jit(jax.vmap(lambda y: pure(theta, model.cross_products(y)), in_axes=1))(Y)

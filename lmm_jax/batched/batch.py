@@ -30,7 +30,7 @@ from jax.scipy.linalg import solve_triangular
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
 from ..build.crossprod import response_products
-from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat
+from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
 from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
@@ -47,8 +47,9 @@ DENSE_MAX_ENTRIES = 1 << 24  # use the dense map G (q1 + qr + p) x n up to 16M e
 
 # -- response products of a batch ---------------------------------------------------------------
 def response_map(design: "Design") -> np.ndarray | None:
-    """Dense ``G`` with rows ``[Z_1' (level-major); Z_r'; X']`` so that the
-    products of a response y are ``G y`` (None if G would be too large)."""
+    """Dense ``G`` with rows ``[Z_1' (level-major); Z_r'; X']`` of the working
+    design (:mod:`lmm_jax.build.working`) so that the products of a working
+    response y are ``G y`` (None if G would be too large)."""
     q1 = design.terms[0].m * design.terms[0].k
     qr = sum(t.m * t.k for t in design.terms[1:])
     rows = q1 + qr + design.p
@@ -57,23 +58,28 @@ def response_map(design: "Design") -> np.ndarray | None:
     G = np.zeros((rows, design.n))
     obs = np.arange(design.n)
     offset = 0
-    for t in design.terms:
+    wk = design.working
+    for t, Z in zip(design.terms, wk.Z):
         for c in range(t.k):
-            np.add.at(G, (offset + t.codes.astype(np.int64) * t.k + c, obs), t.Z[:, c])
+            np.add.at(G, (offset + t.codes.astype(np.int64) * t.k + c, obs), Z[:, c])
         offset += t.m * t.k
-    G[offset:] = design.X.T
+    G[offset:] = wk.X.T
     return G
 
 
 def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: DesignArrays,
-                            s: Structure) -> ResponseProducts:
-    """Products of every column of Y (n, B), with a leading batch axis B."""
+                            s: Structure, shift: jnp.ndarray | None = None) -> ResponseProducts:
+    """Products of every column of a working Y (n, B), with a leading batch
+    axis B; ``shift`` (B, p): the working fixed effects taken out of each
+    column (default none)."""
+    if shift is None:
+        shift = jnp.zeros((Y.shape[1], s.p), dtype=Y.dtype)
     if G is None:
-        return jax.vmap(lambda y: response_products(y, arrays, s))(Y.T)
+        return jax.vmap(lambda y, b: response_products(y, arrays, s, b))(Y.T, shift)
     q1 = s.ms[0] * s.ks[0]
     P = (G @ Y).T                                                   # (B, q1 + qr + p)
     return ResponseProducts(Z1y=P[:, :q1].reshape(-1, s.ms[0], s.ks[0]), Zry=P[:, q1:q1 + s.q_rest],
-                            Xy=P[:, q1 + s.q_rest:], yy=jnp.sum(Y * Y, axis=0))
+                            Xy=P[:, q1 + s.q_rest:], yy=jnp.sum(Y * Y, axis=0), shift=shift)
 
 
 # -- the vmapped fit ----------------------------------------------------------------------------
@@ -227,7 +233,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     def estimates(dp1, rp1, theta):
         F = factorize(theta, dp1, rp1, s)
-        return fixed_effects(F), sigma_hat(F, dp1, reml)
+        return user_fixed_effects(fixed_effects(F), dp1, rp1), sigma_hat(F, dp1, reml)
 
     beta, sigma = jax.vmap(estimates, in_axes=(design_axis, 0, 0))(dp, rps, opt.theta)
     return dict(theta=opt.theta, beta=beta, sigma=sigma, objective=opt.objective, converged=opt.converged,
@@ -251,11 +257,10 @@ def ols_residuals(Y: jnp.ndarray, X: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndar
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
 def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, method):
     E, B0 = ols_residuals(Y, arrays.X)
-    rps = batch_response_products(E, G, arrays, s)
+    rps = batch_response_products(E, G, arrays, s, B0)
     if phi0 is None:
         phi0, active0 = moment_starts(eq, rps, s)
-    out = fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method)
-    return dict(out, beta=out["beta"] + B0)
+    return fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method)
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
@@ -424,7 +429,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0 = (None, None) if start is None else _start(s, start)
-    out = _fit_responses(Y, model.response_map, model.arrays, model.products, model.moment_equations, phi0, active0, s,
+    out = _fit_responses(model.design.working.response(Y), model.response_map, model.arrays, model.products, model.moment_equations, phi0, active0, s,
                          bool(reml), int(max_iter), check_method(method))
     return _as_batch_result(out, model.design, bool(reml))
 

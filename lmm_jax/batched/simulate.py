@@ -7,6 +7,10 @@ MixedModels.jl ``simulate!``)
     u_t ~ N(0, I) of shape (m_t, k_t),        e ~ N(0, I_n),
 
 so that ``b_t`` has the per-level covariance ``sigma^2 Lambda_t Lambda_t'``.
+A model with prior weights and an offset (:mod:`lmm_jax.build.working`) draws
+``y* = X beta + o + (sum_t Z_t b_t + sigma e) / sqrt(w)``: residual variances
+``sigma^2 / w_i``. The compiled draws are of the working model's random part
+(:func:`simulate_one`), which is what a bootstrap refits.
 
 Reproducibility: replicate ``i`` draws from ``jax.random.fold_in(key, i)``
 only, so replicate i is the same whatever the number of replicates, the
@@ -95,7 +99,9 @@ def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> t
 
 
 def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:
-    """One response vector y* (n,) drawn at ``params`` (module docstring)."""
+    """One working response (n,) drawn at ``params`` (module docstring), on
+    the working design ``arrays`` (:func:`lmm_jax.build.crossprod.design_arrays`):
+    ``params.beta`` in the working basis (zero for the random part alone)."""
     keys = jax.random.split(key, len(s.ks) + 1)
     lams = lambdas(params.theta, s.ks)
     y = arrays.X @ params.beta
@@ -144,8 +150,19 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
     model, p = resolve_params(model_or_result, params)
     key = as_key(key)
     if chunk is None:
-        return _simulate_jit(replicate_keys(key, 0, n), p, model.arrays, model.structure)
+        return _draw(model, p, replicate_keys(key, 0, n))
     return _simulate_chunks(model, p, key, n, chunk)
+
+
+def _draw(model: "LMM", p: Params, keys: jax.Array) -> jnp.ndarray:
+    """Responses on the user's scale: the working model's random part (one
+    compiled function for any beta), then ``X beta + o`` and the weights."""
+    E = _simulate_jit(keys, p._replace(beta=jnp.zeros_like(p.beta)), model.arrays, model.structure)
+    d = model.design
+    mean = jnp.asarray(d.X) @ p.beta
+    if d.offset is not None:
+        mean = mean + d.offset
+    return d.working.user_response(E, mean)
 
 
 @entry_point
@@ -153,4 +170,4 @@ def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         # always draw full chunks (one compilation), trim the last
-        yield _simulate_jit(replicate_keys(key, start, chunk), p, model.arrays, model.structure)[:, :size]
+        yield _draw(model, p, replicate_keys(key, start, chunk))[:, :size]

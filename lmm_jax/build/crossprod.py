@@ -37,7 +37,7 @@ PAIR_COST = 100                # one sparse pair costs about this many dense mat
 # 200 x 100 (5k) 31 / 18, 100 x 50 (2k) 10 / 11, 100 x 80 (5k) 13 / 17, 300 x 100 (20k) 47 / 111.
 SCALAR_PAIR_COST = 20
 MAX_DENSE_REST = 20_000        # columns of the remaining terms' dense block
-CHUNK_ROWS = 1 << 18           # rows per chunk of the O(n) bincounts
+CHUNK_ROWS = 1 << 16           # rows per chunk of the O(n) bincounts (and of X_w, formed per chunk)
 
 
 def structure_of(design: Design) -> Structure:
@@ -45,15 +45,17 @@ def structure_of(design: Design) -> Structure:
 
 
 def design_arrays(design: Design) -> DesignArrays:
-    return DesignArrays(X=jax.device_put(design.X), codes=tuple(jax.device_put(t.codes) for t in design.terms),
-                        Z=tuple(jax.device_put(t.Z) for t in design.terms))
+    """The working X and Z (:mod:`lmm_jax.build.working`) and the level codes, on the device."""
+    wk = design.working
+    return DesignArrays(X=jax.device_put(wk.X), codes=tuple(jax.device_put(t.codes) for t in design.terms),
+                        Z=tuple(jax.device_put(Z) for Z in wk.Z))
 
 
 def _rest_terms(design: Design) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
-    """For each remaining term: (codes, Z, offset of the term in Z_r, levels)."""
+    """For each remaining term: (codes, working Z, offset of the term in Z_r, levels)."""
     out, o = [], 0
-    for t in design.terms[1:]:
-        out.append((t.codes.astype(np.int64), t.Z, o, t.m))
+    for t, Z in zip(design.terms[1:], design.working.Z[1:]):
+        out.append((t.codes.astype(np.int64), Z, o, t.m))
         o += t.m * t.k
     return out
 
@@ -82,7 +84,8 @@ def use_sparse_coupling(structure: Structure, pairs: int) -> bool:
 
 
 def design_products(design: Design, sparse: bool | None = None, chunk_rows: int = CHUNK_ROWS) -> DesignProducts:
-    """Z'Z, Z'X and X'X in blocked form, in O(n) with bincount (no dense Z).
+    """Z'Z, Z'X and X'X of the working design (:mod:`lmm_jax.build.working`)
+    in blocked form, in O(n) with bincount (no dense Z).
 
     Args:
         design: the evaluated design.
@@ -98,8 +101,9 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
     """
     t1 = design.terms[0]
     m1, k1 = t1.m, t1.k
-    X = design.X
-    n, p = X.shape
+    wk = design.working
+    Z1 = wk.Z[0]
+    n, p = design.n, design.p
     c1 = t1.codes.astype(np.int64)
     rest = _rest_terms(design)
     qr = sum(t.m * t.k for t in design.terms[1:])
@@ -112,17 +116,20 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
     ZrX = np.zeros((qr, p))
     A22 = np.zeros((qr, qr))
     A22_flat = A22.reshape(-1)
+    XtX = np.zeros((p, p))
     for sl in _chunks(n, chunk_rows):
+        X = wk.X_rows(sl)                     # X_w by blocks: never the whole matrix here
+        XtX += X.T @ X
         for a in range(k1):
             for b in range(a, k1):
-                A11[:, a, b] += np.bincount(c1[sl], weights=t1.Z[sl, a] * t1.Z[sl, b], minlength=m1)
+                A11[:, a, b] += np.bincount(c1[sl], weights=Z1[sl, a] * Z1[sl, b], minlength=m1)
             for j in range(p):
-                Z1X[:, a, j] += np.bincount(c1[sl], weights=t1.Z[sl, a] * X[sl, j], minlength=m1)
+                Z1X[:, a, j] += np.bincount(c1[sl], weights=Z1[sl, a] * X[:, j], minlength=m1)
         for codes, Z, o, m in rest:
             for c in range(Z.shape[1]):
                 row = o + codes[sl] * Z.shape[1] + c
                 for j in range(p):
-                    ZrX[:, j] += np.bincount(row, weights=Z[sl, c] * X[sl, j], minlength=qr)
+                    ZrX[:, j] += np.bincount(row, weights=Z[sl, c] * X[:, j], minlength=qr)
                 for codes2, Z2, o2, m2 in rest:
                     for d in range(Z2.shape[1]):
                         # scatter-add into the flat view: no second q_r x q_r temporary
@@ -133,7 +140,7 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
     if qr == 0:
         A21 = jax.device_put(np.zeros((0, m1, k1)))
     elif sparse or sparse is None:
-        A21 = sparse_coupling(rest, c1, t1.Z, m1, qr, chunk_rows)
+        A21 = sparse_coupling(rest, c1, Z1, m1, qr, chunk_rows)
         if sparse is None and not use_sparse_coupling(structure_of(design), n_pairs(A21)):
             A21 = jax.device_put(dense_coupling(A21, qr, m1))
     else:
@@ -143,33 +150,66 @@ def design_products(design: Design, sparse: bool | None = None, chunk_rows: int 
                 for c in range(Z.shape[1]):
                     flat = (o + codes[sl] * Z.shape[1] + c) * m1 + c1[sl]
                     for a in range(k1):
-                        A21[..., a] += np.bincount(flat, weights=Z[sl, c] * t1.Z[sl, a],
+                        A21[..., a] += np.bincount(flat, weights=Z[sl, c] * Z1[sl, a],
                                                    minlength=qr * m1).reshape(qr, m1)
         A21 = jax.device_put(A21)
     return DesignProducts(A11=jax.device_put(A11), A21=A21, A22=jax.device_put(A22),
-                          Z1X=jax.device_put(Z1X), ZrX=jax.device_put(ZrX), XtX=jax.device_put(X.T @ X),
-                          nobs=jax.device_put(np.float64(n)), rank=jax.device_put(np.float64(p)))
+                          Z1X=jax.device_put(Z1X), ZrX=jax.device_put(ZrX), XtX=jax.device_put(XtX),
+                          nobs=jax.device_put(np.float64(n)), rank=jax.device_put(np.float64(p)),
+                          basis=jax.device_put(wk.basis), log_det_basis=jax.device_put(np.float64(wk.log_det_basis)),
+                          log_weights=jax.device_put(np.float64(wk.log_weights)))
 
 
-def response_products(y: jnp.ndarray, arrays: DesignArrays, structure: Structure) -> ResponseProducts:
-    """Z_1'y, Z_r'y, X'y and y'y as a pure JAX function of y (vmappable)."""
+def response_products(y: jnp.ndarray, arrays: DesignArrays, structure: Structure,
+                      shift: jnp.ndarray | None = None) -> ResponseProducts:
+    """Z_1'y, Z_r'y, X'y and y'y of a working response y as a pure JAX
+    function of y (vmappable); ``shift``: the working fixed effects taken
+    out of y (default none)."""
     ks, ms = structure.ks, structure.ms
     Z1y = jax.ops.segment_sum(arrays.Z[0] * y[:, None], arrays.codes[0], num_segments=ms[0])
     parts = [jax.ops.segment_sum(Z * y[:, None], c, num_segments=m).reshape(m * k)
              for Z, c, m, k in zip(arrays.Z[1:], arrays.codes[1:], ms[1:], ks[1:])]
     Zry = jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype=y.dtype)
-    return ResponseProducts(Z1y=Z1y, Zry=Zry, Xy=arrays.X.T @ y, yy=y @ y)
+    shift = jnp.zeros(arrays.X.shape[1], dtype=y.dtype) if shift is None else shift
+    return ResponseProducts(Z1y=Z1y, Zry=Zry, Xy=arrays.X.T @ y, yy=y @ y, shift=shift)
 
 
-def response_products_host(y: np.ndarray, design: Design) -> ResponseProducts:
-    """:func:`response_products` of one response, in numpy (bincounts): what
-    a model forms once when it is built, with no device computation to
-    compile for its sizes."""
+def response_products_host(y: np.ndarray, design: Design, shift: np.ndarray | None = None) -> ResponseProducts:
+    """:func:`response_products` of one working response, in numpy
+    (bincounts): what a model forms once when it is built, with no device
+    computation to compile for its sizes."""
     y = np.asarray(y, dtype=float)
-    Zty = [np.stack([np.bincount(t.codes, weights=t.Z[:, a] * y, minlength=t.m) for a in range(t.k)], axis=-1)
-           for t in design.terms]                                            # Z_t'y, (m_t, k_t) per term
+    wk = design.working
+    Zty = [np.stack([np.bincount(t.codes, weights=Z[:, a] * y, minlength=t.m) for a in range(t.k)], axis=-1)
+           for t, Z in zip(design.terms, wk.Z)]                              # Z_t'y, (m_t, k_t) per term
     Zry = np.concatenate([z.reshape(-1) for z in Zty[1:]]) if len(Zty) > 1 else np.zeros(0)
-    return jax.device_put(ResponseProducts(Z1y=Zty[0], Zry=Zry, Xy=design.X.T @ y, yy=np.float64(y @ y)))
+    shift = np.zeros(design.p) if shift is None else np.asarray(shift, dtype=float)
+    Xy = sum((wk.X_rows(sl).T @ y[sl] for sl in _chunks(design.n, CHUNK_ROWS)), np.zeros(design.p))
+    return jax.device_put(ResponseProducts(Z1y=Zty[0], Zry=Zry, Xy=Xy, yy=np.float64(y @ y), shift=shift))
+
+
+def user_basis_products(dp: DesignProducts, rp: ResponseProducts) -> tuple[DesignProducts, ResponseProducts]:
+    """The products in the user's fixed-effects basis (``X_u = sqrt(W) X``, y
+    unshifted), from the working ones: for computations that address single
+    fixed effects through the products (a profile fixes beta_j by moving its
+    column into the response). With ``R = S^{-1}``:
+    ``Z'X_u = Z'X_w R``, ``X_u'X_u = R'X_w'X_w R``, ``y = y_w + X_w shift``.
+    Unpadded products only (host computation)."""
+    S = np.asarray(dp.basis)
+    p = S.shape[0]
+    R = np.linalg.inv(S) if p else S
+    b0 = np.asarray(rp.shift)
+    XtX, Xy = np.asarray(dp.XtX), np.asarray(rp.Xy)
+    Z1X, ZrX = np.asarray(dp.Z1X), np.asarray(dp.ZrX)
+    Xy0 = Xy + XtX @ b0
+    rp_u = ResponseProducts(Z1y=jax.device_put(np.asarray(rp.Z1y) + Z1X @ b0),
+                            Zry=jax.device_put(np.asarray(rp.Zry) + ZrX @ b0),
+                            Xy=jax.device_put(R.T @ Xy0),
+                            yy=jax.device_put(np.float64(rp.yy) + 2 * b0 @ Xy + b0 @ XtX @ b0),
+                            shift=jax.device_put(np.zeros(p)))
+    dp_u = dp._replace(Z1X=jax.device_put(Z1X @ R), ZrX=jax.device_put(ZrX @ R), XtX=jax.device_put(R.T @ XtX @ R),
+                       basis=jax.device_put(np.eye(p)), log_det_basis=jax.device_put(np.float64(0.0)))
+    return dp_u, rp_u
 
 
 # Size buckets of the padded levels (pad_products): up to FINE_BUCKET_FROM a count is rounded up to a
@@ -210,7 +250,7 @@ def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> Respo
     Z1y[:s.ms[0]] = np.asarray(rp.Z1y)
     Zry = np.zeros(padded.q_rest)
     Zry[_rest_rows(s, padded)] = np.asarray(rp.Zry)
-    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=rp.Xy, yy=rp.yy)
+    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=rp.Xy, yy=rp.yy, shift=rp.shift)
 
 
 def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padded:

@@ -28,6 +28,7 @@ from formulaic import Formula, model_matrix
 from ..core.theta_layout import ThetaLayout
 from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
 from .formula import ParsedFormula, RandomTerm, parse_formula
+from .working import Working, working_data
 
 _RANK_TOL = 1e-7  # lme4's rankMatrix / qr tolerance
 # Names a formula may call besides formulaic's transforms (log, log10, log2, exp, center, scale, poly, C, I, np)
@@ -86,6 +87,12 @@ class Design:
         dropped_columns: names of X columns dropped for rank deficiency.
         n_dropped_rows: rows dropped for missing values (lme4's na.omit).
         data: the rows used (index kept from the input).
+        weights: (n,) prior weights (lme4's ``weights``: residual variance
+            sigma^2 / w_i), or None.
+        offset: (n,) the offset (the ``offset()`` terms and the ``offset``
+            argument, summed), or None.
+        n_zero_weight_rows: rows dropped for a zero weight.
+        offset_column: the column named by the ``offset`` argument, if it named one.
     """
 
     formula: ParsedFormula
@@ -98,6 +105,10 @@ class Design:
     data: pd.DataFrame
     fixed_spec: Any = field(repr=False)
     kept_columns: tuple[int, ...] = ()
+    weights: np.ndarray | None = field(default=None, repr=False)
+    offset: np.ndarray | None = field(default=None, repr=False)
+    n_zero_weight_rows: int = 0
+    offset_column: str | None = None
 
     @property
     def n(self) -> int:
@@ -114,6 +125,12 @@ class Design:
     @property
     def ms(self) -> tuple[int, ...]:
         return tuple(t.m for t in self.terms)
+
+    @functools.cached_property
+    def working(self) -> Working:
+        """The working data the likelihood sees (:mod:`lmm_jax.build.working`):
+        weights and offset applied, fixed effects in an orthonormal basis."""
+        return working_data(self.X, tuple(t.Z for t in self.terms), self.y, self.weights, self.offset)
 
     @functools.cached_property
     def theta_layout(self) -> ThetaLayout:
@@ -437,13 +454,21 @@ def _independent_columns(X: np.ndarray, chunk_rows: int = 1 << 16) -> list[int]:
 
     Column j is kept when its distance from the span of the columns before it,
     ``|R_jj|`` of the unpivoted QR ``X = QR``, exceeds ``_RANK_TOL`` times its
-    norm. R comes from a QR by row blocks (TSQR: ``R = qr([R_prev; X_block])``),
-    so the memory is O(chunk_rows p), not a copy of X."""
+    norm, or, when X has a constant column, the norm of its deviations from
+    its mean: a covariate's location is then irrelevant (x + 1e8 SD is x),
+    where R's relative test on the raw norm would drop it. R comes from a QR
+    by row blocks (TSQR: ``R = qr([R_prev; X_block])``), so the memory is
+    O(chunk_rows p), not a copy of X."""
     n, p = X.shape
     R = np.zeros((0, p))
     for lo in range(0, n, chunk_rows):
         R = np.linalg.qr(np.vstack([R, X[lo:lo + chunk_rows]]), mode="r")
     scale = np.linalg.norm(X, axis=0)
+    mean = X.mean(axis=0)
+    spread = np.sqrt(sum(np.sum((X[lo:lo + chunk_rows] - mean) ** 2, axis=0) for lo in range(0, n, chunk_rows)))
+    constant = (spread == 0) & (scale > 0)
+    if constant.any():
+        scale = np.where(constant, scale, spread)
     diag = np.zeros(p)                        # R has min(n, p) rows
     diag[:R.shape[0]] = np.abs(np.diagonal(R))
     return [j for j in range(p) if scale[j] > 0 and diag[j] > _RANK_TOL * scale[j]]
@@ -456,12 +481,16 @@ def _formulaic(text: str) -> Formula:
     return Formula(text)
 
 
-def build_design(formula: str | ParsedFormula, data: Any) -> Design:
+def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, offset: Any = None) -> Design:
     """Evaluate a formula on data.
 
     Args:
         formula: lme4 formula text or a :class:`ParsedFormula`.
         data: a DataFrame or a dict of equal-length arrays.
+        weights: prior weights, a column name or an array with one entry per
+            row of ``data`` (lme4's ``weights``); rows of weight 0 are dropped.
+        offset: a column name or an array with one entry per row of ``data``,
+            added to the formula's ``offset()`` terms (lme4's ``offset``).
 
     Returns:
         The :class:`Design`.
@@ -495,17 +524,34 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
             raise DataError(_missing_message(sorted(unknown)[0], f"variable of the random-effects term {term}:",
                                              columns))
         used |= slope_vars
+    for expr in pf.offsets:
+        offset_vars, unknown = _required(expr, pf.text, columns)
+        if unknown:
+            raise DataError(_missing_message(sorted(unknown)[0], f"variable of offset({expr}):", columns))
+        used |= offset_vars
     _check_response_column(pf.response, df)
+    w_all = None if weights is None else _row_values(weights, "weights", df)
+    o_all = None if offset is None else _row_values(offset, "offset", df)
+    if w_all is not None:
+        _check_weights(*w_all)
 
     # -- missing values: drop rows with NA in a used column (lme4's na.omit) ----
     complete = np.ones(len(df), dtype=bool)
     for c in sorted(used):                    # column by column: no copy of the used columns
         complete &= df[c].notna().to_numpy()
+    if o_all is not None:
+        complete &= ~np.isnan(o_all[0])
     n_dropped = int((~complete).sum())
+    n_zero_weight = 0
+    if w_all is not None:
+        zero = complete & (w_all[0] == 0)
+        n_zero_weight = int(zero.sum())
+        complete &= ~zero
     if not complete.any():
         per_col = {c: int(df[c].isna().sum()) for c in sorted(used) if df[c].isna().any()}
+        zeros = f" and {n_zero_weight} have weight 0" if n_zero_weight else ""
         raise DataError(f"all {len(df)} rows have a missing value in a used column (missing per column: "
-                        f"{per_col}); nothing is left to fit")
+                        f"{per_col}){zeros}; nothing is left to fit")
     # no copy when every row is complete and pandas copies on write (pandas 3): the lazy copy keeps the
     # caller's later edits of ``data`` out of the design
     df_used = df.copy(deep=not _COPY_ON_WRITE) if complete.all() else df.loc[complete]
@@ -541,6 +587,10 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
         raise DataError(f"fixed-effects column(s) {[names_full[i] for i in np.flatnonzero(bad)]} have infinite "
                         "or NaN values (after transforms such as log); remove those rows or set them to NaN in "
                         "the data (rows with NaN are dropped)")
+    w_used = None if w_all is None else w_all[0][complete]
+    o_used = None if o_all is None else o_all[0][complete]
+    for expr in pf.offsets:
+        o_used = _offset_values(expr, pf.text, df, df_used) + (0.0 if o_used is None else o_used)
     keep = _independent_columns(X_full)
     dropped = tuple(names_full[j] for j in range(X_full.shape[1]) if j not in keep)
     if dropped:
@@ -549,7 +599,6 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
     X = X_full if len(keep) == X_full.shape[1] else X_full[:, keep]
     del X_full
     fixef_names = tuple(names_full[j] for j in keep)
-    _warn_offsets(y, X, pf.response, fixef_names)
     if X.shape[0] <= X.shape[1]:
         raise DataError(f"{X.shape[1]} fixed-effects columns for {X.shape[0]} observations; there must be more "
                         "observations than fixed effects: simplify the fixed part (a factor with many levels "
@@ -601,9 +650,83 @@ def build_design(formula: str | ParsedFormula, data: Any) -> Design:
                                 expr=expr, factors=tuple(f.strip("`") for f in term.factors)))
     order = sorted(range(len(terms)), key=lambda i: -terms[i].m)  # stable: formula order among ties
     terms = [terms[i] for i in order]
+    _warn_far_slopes(terms)
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
-                  kept_columns=tuple(keep))
+                  kept_columns=tuple(keep), weights=w_used, offset=o_used, n_zero_weight_rows=n_zero_weight,
+                  offset_column=offset if isinstance(offset, str) else None)
+
+
+def new_offset(design: Design, data: pd.DataFrame, offset: Any = None) -> np.ndarray | float:
+    """The offset of new data's rows: the formula's ``offset()`` terms on
+    ``data`` plus the ``offset`` argument's column there (or ``offset``, a
+    column name or an array, given for the new rows); 0 for a model without one.
+
+    Raises:
+        DataError: the model was fitted with an offset array and ``offset``
+            is not given, or the values cannot be used.
+    """
+    total: np.ndarray | float = 0.0
+    for expr in design.formula.offsets:
+        total = total + _offset_values(expr, design.formula.text, data, data)
+    if offset is None and design.offset_column is not None:
+        offset = design.offset_column
+    if offset is None:
+        fitted_with_array = design.offset is not None and len(design.formula.offsets) == 0
+        if fitted_with_array:
+            raise DataError("the model was fitted with an offset array: pass offset= (an array or a column of "
+                            "newdata) with the new rows' offsets")
+        return total
+    values, label = _row_values(offset, "offset", data)
+    if not np.isfinite(values).all():
+        raise DataError(f"{label} has missing or infinite values for the new rows; give every row an offset")
+    return total + values
+
+
+def _row_values(spec: Any, what: str, df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """``weights`` or ``offset`` as a float array with one entry per row of
+    ``df`` (NaN where missing), and how to name it in messages."""
+    if isinstance(spec, str):
+        if spec not in df.columns:
+            raise DataError(_missing_message(spec, f"{what} column", list(df.columns)))
+        col, label = df[spec], f"{what} column {spec!r}"
+    else:
+        col, label = spec, what
+        if np.ndim(spec) != 1 or len(spec) != len(df):
+            raise DataError(f"{what} must be a column name or an array with one entry per row of the data "
+                            f"({len(df)}), got shape {np.shape(spec)}")
+    try:
+        values = pd.to_numeric(pd.Series(np.asarray(col, dtype=object)), errors="raise").to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"{label} is not numeric (e.g. {np.asarray(col, dtype=object)[0]!r}); give numbers") from None
+    return values, label
+
+
+def _check_weights(w: np.ndarray, label: str) -> None:
+    """Prior weights must be finite and >= 0 (0 drops the row)."""
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        kinds = [k for k, m in (("NaN", np.isnan(w)), ("infinite", np.isinf(w)), ("negative", w < 0)) if m.any()]
+        raise DataError(f"{label} has {int(bad.sum())} {'/'.join(kinds)} value(s) (first {w[i]!r} at row {i}); "
+                        "prior weights must be finite and non-negative (a weight of 0 drops the row): fix or "
+                        "remove those rows")
+
+
+def _offset_values(expr: str, text: str, df: pd.DataFrame, df_used: pd.DataFrame) -> np.ndarray:
+    """An ``offset(expr)`` term evaluated on the rows used."""
+    try:
+        mm = model_matrix(_formulaic(f"0 + I({formulaic_text(expr, df)})"), df_used, na_action="ignore",
+                          context=R_FUNCTIONS)
+        values = mm.to_numpy(dtype=float)
+    except Exception as e:
+        raise FormulaError(f"cannot evaluate offset({expr}): {e}", text, expr, text.find(expr)) from None
+    if values.shape[1] != 1:
+        raise DataError(f"offset({expr}) gives {values.shape[1]} columns; an offset is one numeric value per row")
+    if not np.isfinite(values).all():
+        raise DataError(f"offset({expr}) has infinite or NaN values among the rows used (after transforms such as "
+                        "log); remove those rows or set them to NaN in the data (rows with NaN are dropped)")
+    return values[:, 0]
 
 
 def treatment_coded(design: Design) -> Design | None:
@@ -623,27 +746,30 @@ def treatment_coded(design: Design) -> Design | None:
                                fixed_spec=rhs.model_spec, kept_columns=tuple(keep))
 
 
-def _warn_offsets(y: np.ndarray, X: np.ndarray, response: str, names: tuple[str, ...]) -> None:
-    """Warn when the response or a covariate sits more than
-    :data:`OFFSET_WARN_RATIO` SDs from zero while X has an intercept.
+def _warn_far_slopes(terms: list[TermDesign]) -> None:
+    """Warn when a random-effects column of a correlated term with an
+    intercept sits more than :data:`OFFSET_WARN_RATIO` SDs from zero.
 
-    The likelihood works on the cross-products X'X, X'y, y'y; their rounding
-    errors grow like eps * mean^2 while the information is in the variance,
-    so the profiled objective loses about 2 log10(mean / SD) digits
-    (x = 1e4 + N(0, 1): log-likelihood off by ~1e-6). Centering such a
-    variable changes only the intercept.
+    Fixed effects and the response are fitted in a working basis that makes
+    their location irrelevant (:mod:`lmm_jax.build.working`); the random
+    effects' columns are not reparametrised (their covariance parameters are
+    reported in the user's columns), so Z'Z's rounding errors grow like
+    eps * mean^2 while the information is in the variance, and the
+    objective loses about 2 log10(mean / SD) digits. Centring such a
+    variable changes the intercept's variance and the correlation only.
     """
-    sd_x, mean_x = X.std(axis=0), X.mean(axis=0)
-    if not np.any(sd_x == 0):  # no intercept-like column: an offset is not removable by centering
-        return
-    far = [f"{names[j]} (mean {mean_x[j]:.4g}, SD {sd_x[j]:.3g})" for j in range(X.shape[1])
-           if sd_x[j] > 0 and abs(mean_x[j]) > OFFSET_WARN_RATIO * sd_x[j]]
-    if y.std() > 0 and abs(y.mean()) > OFFSET_WARN_RATIO * y.std():
-        far.insert(0, f"response {response} (mean {y.mean():.4g}, SD {y.std():.3g})")
+    far = []
+    for t in terms:
+        sd, mean = t.Z.std(axis=0), t.Z.mean(axis=0)
+        if t.k < 2 or not np.any(sd == 0):
+            continue
+        far += [f"{t.columns[j]} in ({' + '.join(t.columns)} | {t.group}) (mean {mean[j]:.4g}, SD {sd[j]:.3g})"
+                for j in range(t.k) if sd[j] > 0 and abs(mean[j]) > OFFSET_WARN_RATIO * sd[j]]
     if far:
-        warnings.warn(f"{', '.join(far)} lie more than {OFFSET_WARN_RATIO:g} SDs from zero; the cross-products "
-                      "lose digits and the log-likelihood may be off by ~1e-6: center these variables (only the "
-                      "intercept changes)", ScalingWarning, stacklevel=4)
+        warnings.warn(f"{', '.join(far)} lie more than {OFFSET_WARN_RATIO:g} SDs from zero; the random effects' "
+                      "cross-products lose digits and the log-likelihood may be off by ~1e-6: center these "
+                      "variables in the random-effects term (the intercept's variance and the correlation "
+                      "change, the fit's log-likelihood does not)", ScalingWarning, stacklevel=4)
 
 
 def _check_response_column(response: str, df: pd.DataFrame) -> None:

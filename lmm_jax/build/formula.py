@@ -57,12 +57,15 @@ class ParsedFormula:
         response: the left of ``~``.
         fixed: the fixed part's right-hand side (formulaic syntax).
         random: the random-effects terms, in formula order.
+        offsets: the expressions of the ``offset(expr)`` terms (lme4's: known
+            parts of the linear predictor, summed, with no coefficient).
     """
 
     text: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()
 
     @property
     def fixed_formula(self) -> str:
@@ -271,7 +274,7 @@ def parse_formula(formula: str) -> ParsedFormula:
                                text, "|", rhs_off + i)
         i += 1
     fixed_pieces.append(rhs[last:])
-    fixed = "".join(fixed_pieces)
+    fixed, offsets = _split_offsets("".join(fixed_pieces), text)
     fixed = re.sub(r"(\+\s*)+\+", "+", fixed)
     fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
     fixed = re.sub(r"^\s*\+", "", fixed).strip()
@@ -285,4 +288,35 @@ def parse_formula(formula: str) -> ParsedFormula:
                            "(for a model without random effects use ordinary least squares)", text)
     fixed = _r_operators(_r_arithmetic(fixed))
     random = [RandomTerm(_r_operators(_r_arithmetic(t.expr)), t.factors, t.uncorrelated) for t in random]
-    return ParsedFormula(text=text, response=_r_arithmetic(response), fixed=fixed, random=tuple(random))
+    return ParsedFormula(text=text, response=_r_arithmetic(response), fixed=fixed, random=tuple(random),
+                         offsets=offsets)
+
+
+_OFFSET = re.compile(r"(?<![\w.`])offset\s*\(")
+
+
+def _split_offsets(fixed: str, text: str) -> tuple[str, tuple[str, ...]]:
+    """Take the ``offset(expr)`` terms out of the fixed part: (the rest, the expressions).
+
+    An offset is a term of the sum: ``y ~ x + offset(log(t))``. Inside
+    another term (``x:offset(t)``) or subtracted it has no meaning in R
+    either, and is an error."""
+    offsets, out, last = [], [], 0
+    for m in _OFFSET.finditer(fixed):
+        if m.start() < last:
+            continue
+        close = _matching_paren(fixed, m.end() - 1, text, text.find(fixed) if fixed in text else 0)
+        expr = fixed[m.end():close].strip()
+        before, after = fixed[last:m.start()].rstrip(), fixed[close + 1:].lstrip()
+        if (before and not before.endswith("+")) or (after and not after.startswith("+")):
+            raise FormulaError(f"offset({expr}) must be a term of its own in the sum (y ~ x + offset({expr}) + "
+                               "(1 | g)); it cannot be subtracted or enter an interaction", text, "offset",
+                               text.find("offset"))
+        if not expr:
+            raise FormulaError("offset() needs an expression, e.g. offset(log(exposure))", text, "offset",
+                               text.find("offset"))
+        offsets.append(expr)
+        out.append(fixed[last:m.start()])
+        last = close + 1
+    out.append(fixed[last:])
+    return "".join(out), tuple(offsets)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..runtime.kernel import kernel
 from .likelihood import (conditional_covariances, conditional_modes, deviance_at_sigma, factorize, fixed_effects,
-                         profiled_deviance, sigma_hat, unscaled_vcov_beta)
+                         profiled_deviance, sigma_hat, unscaled_vcov_beta, user_fixed_effects, user_vcov)
 from .optimize import NewtonResult, newton_minimize
 from .parametrization import diagonal_mask
 from .types import DesignProducts, ResponseProducts, Structure
@@ -64,8 +64,9 @@ def estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
 def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     F = factorize(theta, dp, rp, s)
     beta = fixed_effects(F)
-    return dict(beta=beta, sigma=sigma_hat(F, dp, reml), unscaled_vcov=unscaled_vcov_beta(F),
-                b=conditional_modes(theta, F, beta, s), deviance=profiled_deviance(theta, dp, rp, s, reml))
+    return dict(beta=user_fixed_effects(beta, dp, rp), sigma=sigma_hat(F, dp, reml),
+                unscaled_vcov=user_vcov(unscaled_vcov_beta(F), dp), b=conditional_modes(theta, F, beta, s),
+                deviance=profiled_deviance(theta, dp, rp, s, reml))
 
 
 @kernel(static_argnames=("s", "reml"))

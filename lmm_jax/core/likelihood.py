@@ -472,8 +472,8 @@ def profiled_deviance(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
     n = dp.nobs
     if reml:
         nu = n - dp.rank
-        return ldz + ldx + nu * (1.0 + LOG_2PI + jnp.log(rss / nu))
-    return ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n))
+        return ldz + ldx + nu * (1.0 + LOG_2PI + jnp.log(rss / nu)) - dp.log_weights - 2.0 * dp.log_det_basis
+    return ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n)) - dp.log_weights
 
 
 def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts,
@@ -488,16 +488,28 @@ def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts
     """
     ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     s2 = sigma ** 2
-    dev = ldz + rss / s2 + dp.nobs * (LOG_2PI + jnp.log(s2))
+    dev = ldz + rss / s2 + dp.nobs * (LOG_2PI + jnp.log(s2)) - dp.log_weights
     if reml:
-        dev = dev + ldx - dp.rank * (LOG_2PI + jnp.log(s2))
+        dev = dev + ldx - dp.rank * (LOG_2PI + jnp.log(s2)) - 2.0 * dp.log_det_basis
     return dev
 
 
 def fixed_effects(F: Factor) -> jnp.ndarray:
-    """beta-hat(theta) = L_X'^{-1} r."""
+    """beta-hat(theta) = L_X'^{-1} r, in the working basis of the products
+    (the conditional modes need this one; :func:`user_fixed_effects` maps it)."""
     p = F.L33.shape[0] - 1
     return batched_backward_solve(F.L33[:p, :p], F.L33[p, :p, None])[:, 0]
+
+
+def user_fixed_effects(beta_w: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts) -> jnp.ndarray:
+    """The user's beta from the working one: ``S (beta_w + shift)``
+    (:class:`~lmm_jax.core.types.DesignProducts`, :class:`~lmm_jax.core.types.ResponseProducts`)."""
+    return dp.basis @ (beta_w + rp.shift)
+
+
+def user_vcov(V_w: jnp.ndarray, dp: DesignProducts) -> jnp.ndarray:
+    """A covariance of the working fixed effects in the user's basis: ``S V S'``."""
+    return dp.basis @ V_w @ dp.basis.T
 
 
 def sigma_hat(F: Factor, dp: DesignProducts, reml: bool) -> jnp.ndarray:

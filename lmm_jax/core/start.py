@@ -102,14 +102,14 @@ def moment_equations(design: "Design") -> MomentEquations | None:
     """The design's part of MIVQUE(0) (module docstring); None when the
     system is singular (a variance parameter the design cannot separate)."""
     terms = design.terms
-    X = np.asarray(design.X, dtype=float)
+    X = np.asarray(design.working.X, dtype=float)        # the working design (lmm_jax.build.working)
     n, p = X.shape
     try:
         K = np.linalg.inv(X.T @ X) if p else np.zeros((0, 0))
     except np.linalg.LinAlgError:
         return None
     codes = [np.asarray(t.codes) for t in terms]
-    Zs = [np.asarray(t.Z, dtype=float) for t in terms]
+    Zs = [np.asarray(Z, dtype=float) for Z in design.working.Z]
     # B_t (m_t, k_t, p) and its Gram blocks G_t[x, y] = B_tx'B_ty (k_t, k_t, p, p)
     Bs = [np.stack([np.stack([np.bincount(c, weights=Z[:, x] * X[:, j], minlength=t.m) for j in range(p)], axis=-1)
                     for x in range(t.k)], axis=1) if p else np.zeros((t.m, t.k, 0))

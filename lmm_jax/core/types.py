@@ -48,9 +48,20 @@ class Structure(NamedTuple):
 
 @serializable
 class DesignProducts(NamedTuple):
-    """Cross-products that do not involve y (see module docstring), and the
-    two counts the criteria need: ``nobs`` (n) and ``rank`` (the estimated
-    fixed effects, REML's p), runtime scalars rather than shapes."""
+    """Cross-products that do not involve y (see module docstring), of the
+    working design (:mod:`lmm_jax.build.working`: rows scaled by the square
+    roots of the prior weights, fixed effects in an orthonormal basis
+    ``X_w = sqrt(W) X S``), and the runtime scalars the criteria need.
+
+    Attributes:
+        A11, A21, A22, Z1X, ZrX, XtX: the blocks of the module docstring.
+        nobs: n; rank: the estimated fixed effects (REML's p).
+        basis: S (p, p): the user's fixed effects are ``beta = S beta_w``.
+        log_det_basis: ``log|det S|``: the REML criterion of the user's X is
+            the working one minus ``2 log|det S|``.
+        log_weights: ``sum(log w_i)``: the criteria of a weighted model are
+            the working ones minus it (residual variances sigma^2 / w_i).
+    """
 
     A11: jnp.ndarray
     A21: "jnp.ndarray | SparseA21"
@@ -60,16 +71,23 @@ class DesignProducts(NamedTuple):
     XtX: jnp.ndarray
     nobs: jnp.ndarray
     rank: jnp.ndarray
+    basis: jnp.ndarray
+    log_det_basis: jnp.ndarray
+    log_weights: jnp.ndarray
 
 
 @serializable
 class ResponseProducts(NamedTuple):
-    """Cross-products that involve y: Z_1'y (m_1, k_1), Z_r'y (q_r,), X'y (p,), y'y."""
+    """Cross-products that involve y: Z_1'y (m_1, k_1), Z_r'y (q_r,), X'y (p,),
+    y'y, of a working response ``y_w - X_w shift``; ``shift`` (p,) is added
+    back to the working fixed effects (a response far from zero keeps its
+    digits: its products are those of least-squares residuals)."""
 
     Z1y: jnp.ndarray
     Zry: jnp.ndarray
     Xy: jnp.ndarray
     yy: jnp.ndarray
+    shift: jnp.ndarray
 
 
 class CrossProducts(NamedTuple):

@@ -64,7 +64,9 @@ class KRAdjustment:
 
 def dense_products(dp: DesignProducts, s: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense Z'Z (q x q), Z'X (q x p) and X'X from the blocked cross-products
-    (columns of Z in the structure's order: first term level-major, then the rest)."""
+    (columns of Z in the structure's order: first term level-major, then the
+    rest), X in the user's basis (``X_w S^{-1}``, :mod:`lmm_jax.build.working`):
+    the adjustment is of the user's beta."""
     m1, k1 = s.ms[0], s.ks[0]
     q1 = m1 * k1
     qr = s.q_rest
@@ -86,7 +88,8 @@ def dense_products(dp: DesignProducts, s: Structure) -> tuple[np.ndarray, np.nda
         ZtZ[:q1, q1:] = A21.T
         ZtZ[q1:, q1:] = np.asarray(dp.A22)
     ZtX = np.concatenate([np.asarray(dp.Z1X).reshape(q1, s.p), np.asarray(dp.ZrX)], axis=0)
-    return ZtZ, ZtX, np.asarray(dp.XtX)
+    R = np.linalg.inv(np.asarray(dp.basis)) if s.p else np.zeros((0, 0))
+    return ZtZ, ZtX @ R, R.T @ np.asarray(dp.XtX) @ R
 
 
 def lambda_dense(theta: np.ndarray, s: Structure) -> np.ndarray:

@@ -23,7 +23,7 @@ import pandas as pd
 from formulaic import model_matrix
 
 from ..runtime.scope import entry_point
-from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes
+from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes, new_offset
 from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
 
@@ -131,10 +131,53 @@ def _raise_new_levels(t: "TermDesign", data: pd.DataFrame, new: np.ndarray) -> N
                     "or pass allow_new_levels=True for population-level predictions (b = 0) on them")
 
 
+_CATEGORICAL_CALL = re.compile(r"^C\(\s*`?([^`,]+?)`?\s*(,.*)?\)$")
+
+
+def check_fixed_columns(result: "LMMResult", data: pd.DataFrame) -> None:
+    """New data for the fixed part must have the fitted columns, with the
+    fitted kinds, and only the fitted levels of its factors (formulaic would
+    turn an unseen level into a row of zeros: the reference level's
+    prediction).
+
+    Raises:
+        DataError: naming the column and the offending values or types.
+    """
+    d = result.design
+    spec = d.fixed_spec
+    response = d.formula.response.strip("`")
+    missing = sorted(v for v in spec.required_variables if v not in data.columns and v != response)
+    if missing:
+        raise DataError(f"newdata has no column(s) {missing}, which the fixed part "
+                        f"{d.formula.fixed!r} uses; add them")
+    for name, (kind, state) in spec.encoder_state.items():
+        m = _CATEGORICAL_CALL.match(name)
+        col = m.group(1).strip() if m else name
+        if col not in data.columns or col not in d.data.columns:
+            continue                          # an expression of several columns: formulaic checks it
+        new = data[col]
+        if getattr(kind, "value", kind) == "categorical":
+            levels = list(state.get("categories", []))
+            present = new.dropna()
+            unseen = sorted({str(v) for v, ok in zip(present, present.isin(levels)) if not ok})
+            if unseen:
+                fitted_type = type(levels[0]).__name__ if levels else "?"
+                typed = {type(v).__name__ for v in present} - {fitted_type}
+                hint = (f" (newdata's values are {sorted(typed)}, the fitted levels {fitted_type}: convert the "
+                        "column to the fitted type)" if typed else "")
+                raise DataError(f"newdata column {col!r} has level(s) {unseen[:10]} not seen in the fit (levels "
+                                f"{[str(v) for v in levels][:10]}){hint}; a fixed-effect factor has no estimate for "
+                                "a new level: remove those rows or recode them")
+        elif name == col and not (pd.api.types.is_numeric_dtype(new) or pd.api.types.is_bool_dtype(new)):
+            raise DataError(f"newdata column {col!r} has dtype {new.dtype} (e.g. {new.dropna().iloc[0]!r}) but was "
+                            f"numeric in the fit ({d.data[col].dtype}); convert it with pd.to_numeric")
+
+
 def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
     """X for new data: the fitted ModelSpec's columns kept after the rank check."""
     d = result.design
     data = as_frame(newdata)
+    check_fixed_columns(result, data)
     try:
         X = np.asarray(d.fixed_spec.get_model_matrix(data, na_action="ignore", context=R_FUNCTIONS), dtype=float)
     except Exception as e:  # formulaic: missing columns, unseen factor levels
@@ -144,7 +187,7 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
 
 @entry_point
 def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
-            se_fit: bool = False) -> "np.ndarray | pd.DataFrame":
+            se_fit: bool = False, offset: Any = None) -> "np.ndarray | pd.DataFrame":
     """Predicted responses (see the module docstring).
 
     Args:
@@ -158,6 +201,10 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
             naming them, so a typo in a label is not silently a population
             prediction.
         se_fit: also return the SEs of the fixed part.
+        offset: with ``newdata``, the offset of its rows (a column name or an
+            array) where the model was fitted with an ``offset=`` array; an
+            ``offset=`` column and the formula's ``offset()`` terms are
+            evaluated on ``newdata`` (lme4's ``predict`` does the same).
 
     Returns:
         The predictions (n_new,), or with ``se_fit`` a DataFrame with
@@ -168,14 +215,14 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
     keep = _included_terms(result, re_form)
     if newdata is None:
         X = d.X
-        out = X @ result.beta
+        out = X @ result.beta if d.offset is None else X @ result.beta + d.offset
         for i in keep:
             t = d.terms[i]
             out = out + np.sum(t.Z * result.b[i][t.codes], axis=1)
     else:
         data = as_frame(newdata)
         X = fixed_matrix(result, data)
-        out = X @ result.beta
+        out = X @ result.beta + new_offset(d, data, offset)
         for i in keep:
             t = d.terms[i]
             codes = _level_codes(result, t, data)

@@ -51,6 +51,7 @@ from ..core.optimize import newton_minimize
 from ..core.parametrization import phi_from_theta
 from ..core.theta_layout import ThetaLayout
 from ..core.types import DesignProducts, ResponseProducts, Structure
+from ..build.crossprod import user_basis_products
 from ..errors import InferenceError, SingularFitWarning
 
 if TYPE_CHECKING:
@@ -162,7 +163,8 @@ def _fix_fixed_effect(con: Constraint, dp: DesignProducts, rp: ResponseProducts,
     dpj = dp._replace(Z1X=dp.Z1X * keepx, ZrX=dp.ZrX * keepx,
                       XtX=dp.XtX * keepx[:, None] * keepx[None, :] + jnp.diag(e.astype(dtype)))
     rpj = ResponseProducts(Z1y=rp.Z1y - cf * dp.Z1X[..., jj], Zry=rp.Zry - cf * dp.ZrX[:, jj],
-                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj])
+                           Xy=(rp.Xy - cf * xj_X) * keepx, yy=rp.yy - 2 * cf * rp.Xy[jj] + cf ** 2 * xj_X[jj],
+                           shift=rp.shift)
     return dpj, rpj
 
 
@@ -199,7 +201,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     n = dp.nobs
     dev_sigma = ldz + rss / sigma2 + n * (LOG_2PI + jnp.log(sigma2))
     dev_profiled = ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n))
-    return jnp.where(is_sd, dev_sigma, dev_profiled)
+    return jnp.where(is_sd, dev_sigma, dev_profiled) - dp.log_weights    # prior weights: lme4's -sum(log w)
 
 
 @partial(jax.jit, static_argnames=("s",))
@@ -226,7 +228,9 @@ class _Profiler:
     def __init__(self, fit: "LMMResult", batch: int):
         m = fit.model
         self.fit = fit
-        self.dp, self.rp, self.s = m.products, m.response, m.structure
+        # a fixed effect is profiled by moving its column into the response: the user's basis
+        self.dp, self.rp = user_basis_products(m.products, m.response)
+        self.s = m.structure
         self.layout = fit.design.theta_layout
         phi, active = phi_from_theta(np.asarray(fit.theta), self.s.ks)
         # start every constrained problem in the interior, next to the optimum

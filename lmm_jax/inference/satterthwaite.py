@@ -24,7 +24,7 @@ from scipy.special import stdtr
 
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..runtime.kernel import kernel
-from ..core.likelihood import factorize, unscaled_vcov_beta
+from ..core.likelihood import factorize, unscaled_vcov_beta, user_vcov
 from ..core.parametrization import lambdas_host
 from ..core.theta_layout import ThetaLayout
 
@@ -78,7 +78,7 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
 def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
     """C(varpar) = sigma^2 (L_X L_X')^{-1} and its Jacobian (p, p, len(varpar))."""
     def C(vp):
-        return vp[-1] ** 2 * unscaled_vcov_beta(factorize(vp[:-1], dp, rp, s))
+        return vp[-1] ** 2 * user_vcov(unscaled_vcov_beta(factorize(vp[:-1], dp, rp, s)), dp)
     return C(varpar), jax.jacfwd(C)(varpar)
 
 
