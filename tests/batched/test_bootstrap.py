@@ -92,13 +92,43 @@ def test_fit_batch_equals_one_at_a_time(sleepstudy_fit, method):
         np.testing.assert_allclose(batch.sigma[i], one.sigma, rtol=theta_rtol)
         np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
     tab = batch.table
-    assert list(tab.columns[4:10]) == ["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
+    assert list(tab.columns[4:11]) == ["failure", "sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
                                        "sigma", "(Intercept)", "Days"]
+    assert (tab["failure"] == "").all() and batch.n_failed == 0
     # the model's own response gives the model's own fit
     own = sleepstudy_fit.model.fit_batch(sleepstudy_fit.design.y, method=method)
     np.testing.assert_allclose(own.theta[0], sleepstudy_fit.theta, rtol=theta_rtol)
     with pytest.raises(ValueError, match="n_obs"):
         sleepstudy_fit.model.fit_batch(Y[:-1])
+
+
+def test_fit_batch_flags_responses_that_cannot_be_fitted(sleepstudy_fit):
+    """A constant column (lmm_jax.fit raises DataError) and one in the column
+    space of X (sigma would be 0: the fit reported 3.8e-15 and converged) are
+    failed fits with their reason and NaN estimates; the other columns are
+    fitted as alone. Four columns: the shape of test_fit_batch_equals_one_at_a_time."""
+    data = load_data("sleepstudy")
+    Y = np.array(lmm_jax.simulate(sleepstudy_fit, 4, key=11))
+    Y[:, 1] = 250.0
+    Y[:, 3] = 3.0 + 2.0 * data["Days"].to_numpy()
+    with pytest.raises(lmm_jax.DataError, match="constant"):
+        lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, 1]))
+    batch = sleepstudy_fit.model.fit_batch(Y)
+    assert batch.n_failed == 2 and batch.n_nonconverged == 0
+    assert list(batch.failed) == [False, True, False, True]
+    assert batch.failure[1].startswith("the response is constant (every value is 250.0)")
+    assert batch.failure[3].startswith("the response is a linear combination of the fixed-effects columns")
+    assert np.isnan(batch.sigma[[1, 3]]).all() and np.isnan(batch.theta[[1, 3]]).all()
+    assert np.isnan(batch.beta[[1, 3]]).all() and np.isnan(batch.objective[[1, 3]]).all()
+    assert not batch.converged[[1, 3]].any() and list(batch.ok) == [True, False, True, False]
+    assert list(batch.table["failure"]) == list(batch.failure)
+    for i in (0, 2):
+        one = lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, i]))
+        np.testing.assert_allclose(batch.theta[i], one.theta, rtol=1e-5, atol=1e-10)
+        np.testing.assert_allclose(batch.beta[i], one.beta, rtol=1e-8)
+        np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
+    Y[5, 2] = np.nan
+    assert "1 infinite or NaN value(s)" in sleepstudy_fit.model.fit_batch(Y).failure[2]
 
 
 def test_fit_many_one_compile_per_shape():
@@ -119,6 +149,16 @@ def test_fit_many_one_compile_per_shape():
         np.testing.assert_allclose(r.theta[0], one.theta, rtol=1e-5)
         np.testing.assert_allclose(r.beta[0], one.beta, rtol=1e-6)
         np.testing.assert_allclose(r.objective[0], one.objective, rtol=1e-10)
+    # a response in the column space of X: a failed fit with its reason, the others unchanged (same shapes)
+    formula, d = specs[2]
+    specs[2] = (formula, d.assign(Reaction=3.0 + 2.0 * d["Days"]))
+    again = lmm_jax.fit_many(specs)
+    assert _fit_stacked._cache_size() - before == 1
+    assert again[2].n_failed == 1 and np.isnan(again[2].sigma[0]) and not again[2].converged[0]
+    assert again[2].failure[0].startswith("the response is a linear combination of the fixed-effects columns")
+    for i in (0, 1, 3, 4):
+        assert again[i].n_failed == 0
+        np.testing.assert_array_equal(again[i].theta, out[i].theta)
 
 
 # -- bootstrap: reproducibility, chunking, compilation --------------------------------------------
