@@ -427,13 +427,13 @@ class BatchResult:
 def _as_batch_result(out: dict, design: "Design", reml: bool, failure: np.ndarray | None = None) -> BatchResult:
     """A :class:`BatchResult` of the arrays ``out``; the fits with a
     ``failure`` reason get NaN estimates and ``converged=False``."""
-    out = {k: np.array(v) for k, v in out.items()}
+    out = {k: np.asarray(v) for k, v in out.items()}
     out["converged"] = out["converged"].astype(bool)
     if failure is not None and np.any(failure != ""):
         bad = failure != ""
         for k in ("theta", "beta", "sigma", "objective"):
-            out[k][bad] = np.nan
-        out["converged"][bad] = False
+            out[k] = np.where(bad.reshape((-1,) + (1,) * (out[k].ndim - 1)), np.nan, out[k])
+        out["converged"] = out["converged"] & ~bad
     return BatchResult(theta=out["theta"], beta=out["beta"], sigma=out["sigma"], objective=out["objective"],
                        converged=out["converged"], iterations=out["iterations"],
                        ks=design.ks, component_names=design.theta_layout.names,

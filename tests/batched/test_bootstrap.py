@@ -22,7 +22,7 @@ from lmm_jax.batched.batch import _fit_stacked
 from lmm_jax.batched.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
-from tests.helpers import load_data, load_reference
+from tests.helpers import count_compilations, load_data, load_reference
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -188,23 +188,41 @@ def test_bootstrap_key_chunking_and_trace_count(ingot_fit):
                            b3.replicates.objective)
 
 
-def test_default_chunks_are_balanced_and_capped():
-    """Every chunk is computed whole, so the default splits n into the fewest equal chunks under the
-    caps: 2,048 replicates on the CPU (XLA:CPU stalled on wider vmaps), none on a GPU; 128 MB of
-    simulated responses everywhere; a multiple of the device count."""
+def test_default_chunks_are_powers_of_two_and_capped():
+    """Chunks are powers of two, so that other numbers of replicates reuse a compiled chunk:
+    the smallest >= n (at least 8), under the caps of 2,048 replicates on the CPU (XLA:CPU
+    stalled on wider vmaps), none on a GPU, and 128 MB of simulated responses everywhere;
+    a multiple of the device count."""
     from lmm_jax.batched.bootstrap import CHUNK_MAX, CHUNK_MAX_ENTRIES, default_chunk_size
 
-    assert default_chunk_size(500, 180) == 500
-    assert default_chunk_size(10_000, 180) == 2_000                   # 5 x 2,000, not 5 x 2,048
-    assert default_chunk_size(10_000, 180, platform="gpu") == 10_000  # one chunk on a GPU
-    per_chunk = CHUNK_MAX_ENTRIES // 180                              # 93,206 responses of 180 rows
-    assert default_chunk_size(100_000, 180, platform="gpu") == 50_000 < per_chunk
-    assert default_chunk_size(10**6, 10**6, platform="gpu") == CHUNK_MAX_ENTRIES // 10**6
+    assert default_chunk_size(301, 180) == default_chunk_size(302, 180) == 512
+    assert default_chunk_size(512, 180) == 512 and default_chunk_size(513, 180) == 1024
+    assert [default_chunk_size(n, 180) for n in (1, 5, 8, 9)] == [8, 8, 8, 16]
+    assert default_chunk_size(10_000, 180) == CHUNK_MAX == 2_048                    # 5 x 2,048
+    assert default_chunk_size(10_000, 180, platform="gpu") == 16_384                # one chunk on a GPU
+    assert CHUNK_MAX_ENTRIES // 180 == 93_206                                       # responses of 180 rows
+    assert default_chunk_size(100_000, 180, platform="gpu") == 65_536               # 2 x 65,536
+    assert default_chunk_size(10**6, 10**6, platform="gpu") == 16                   # 16 <= 2^24 / 10^6 < 32
     assert default_chunk_size(3, 10**9) == 1
-    assert default_chunk_size(10_000, 180, n_dev=3) % 3 == 0
+    assert default_chunk_size(10_000, 180, n_dev=3) == 2_049
     for n in (1, 999, 2_049, 10_001, 123_457):
         c = default_chunk_size(n, 180)
-        assert c <= CHUNK_MAX and -(-n // c) == -(-n // CHUNK_MAX)   # as few chunks as the cap allows
+        assert c <= CHUNK_MAX and c & (c - 1) == 0 and (c >= n or c == CHUNK_MAX)
+
+
+def test_bootstrap_sizes_in_one_bucket_share_a_compiled_chunk(sleepstudy_fit):
+    """A chunk shape compiles once per model structure (sleepstudy's chunk of 512: 30 s on the
+    2-core VM), and every number of replicates in its bucket reuses it: 20 and 25 (the CLI
+    test's) run the chunk of 32 and the second traces and compiles nothing. Replicate i is the
+    same whatever n."""
+    lmm_jax.clear_caches()         # the compiled-code guard then cannot empty the caches while we count
+    b20 = sleepstudy_fit.bootstrap(20, key=5)
+    with count_compilations() as compiled:
+        b25 = sleepstudy_fit.bootstrap(25, key=5)
+    assert compiled == {"trace": 0, "compile": 0}
+    assert b20.chunk_size == b25.chunk_size == 32 and (len(b20), len(b25)) == (20, 25)
+    for name in ("theta", "beta", "sigma", "objective", "iterations"):
+        np.testing.assert_array_equal(getattr(b25.replicates, name)[:20], getattr(b20.replicates, name))
 
 
 def test_bootstrap_replicates_are_refits(ingot_fit):
