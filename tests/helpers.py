@@ -10,8 +10,11 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -109,3 +112,22 @@ def assert_matches_lme4(fit: lmm_jax.LMMResult, ref: dict, varcomp_rtol: float =
     vc_ref = np.asarray(ref["varcomp"], dtype=float)
     np.testing.assert_allclose(varcomp(fit), vc_ref, rtol=varcomp_rtol, atol=1e-12 * np.max(np.abs(vc_ref)))
     assert np.all(np.isfinite(fit.std_errors))
+
+
+@contextmanager
+def count_compilations() -> Iterator[dict[str, int]]:
+    """Count JAX's traces of jitted functions and backend compilations in the
+    block (a function called at shapes it has seen before adds to neither)."""
+    events = {"trace": 0, "compile": 0}
+    names = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+             "/jax/core/compile/backend_compile_duration": "compile"}
+
+    def listen(event, duration, **_):
+        if event in names:
+            events[names[event]] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)

@@ -43,6 +43,42 @@ if TYPE_CHECKING:
     from ..model import LMM
 
 DENSE_MAX_ENTRIES = 1 << 24  # use the dense map G (q1 + qr + p) x n up to 16M entries (128 MB)
+# A response whose least-squares residual on X is below this fraction of its norm has no residual
+# variation: its fit would report sigma ~ 0 (the residual is rounding, ~1e-16 relative for a response
+# in X's column space) and is flagged as failed. Measured data are never this close to a linear model.
+RESIDUAL_RTOL = 1e-10
+NONFINITE_ESTIMATES = "non-finite estimates or objective"
+
+
+# -- responses that cannot be fitted ------------------------------------------------------------
+def response_checks(Y, E, xp=jnp) -> dict:
+    """Per column of ``Y`` (n, B) with least-squares residuals ``E`` on X:
+    its number of non-finite values, whether it is constant, its first
+    value and ``|E| / |Y|``; ``xp`` is ``jax.numpy`` (inside a jitted fit)
+    or ``numpy``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dict(n_nonfinite=xp.sum(~xp.isfinite(Y), axis=0), constant=xp.all(Y == Y[:1], axis=0), first=Y[0],
+                    relative_residual=xp.linalg.norm(E, axis=0) / xp.linalg.norm(Y, axis=0))
+
+
+def failure_reasons(checks: dict) -> np.ndarray:
+    """(B,) object array: why each response cannot be fitted, "" where it can
+    (the conditions under which :func:`lmm_jax.fit` raises ``DataError``, and a
+    response in the column space of X, whose sigma would be 0)."""
+    c = {k: np.asarray(v) for k, v in checks.items()}
+    reasons = np.full(c["constant"].shape, "", dtype=object)
+    for j in range(reasons.size):
+        if c["n_nonfinite"][j]:
+            reasons[j] = (f"the response has {int(c['n_nonfinite'][j])} infinite or NaN value(s); a batch fits "
+                          "every column on the model's rows: drop those rows from the model, or fit the column alone")
+        elif c["constant"][j]:
+            reasons[j] = (f"the response is constant (every value is {float(c['first'][j])!r}); there is no "
+                          "variation to model")
+        elif not c["relative_residual"][j] > RESIDUAL_RTOL:
+            reasons[j] = (f"the response is a linear combination of the fixed-effects columns (least-squares "
+                          f"residual {float(c['relative_residual'][j]):.1e} of its norm, below {RESIDUAL_RTOL:g}); "
+                          "there is no residual variation to model (sigma would be 0)")
+    return reasons
 
 
 # -- response products of a batch ---------------------------------------------------------------
@@ -260,7 +296,7 @@ def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, metho
     rps = batch_response_products(E, G, arrays, s, B0)
     if phi0 is None:
         phi0, active0 = moment_starts(eq, rps, s)
-    return fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method)
+    return fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method), response_checks(Y, E)
 
 
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method"))
@@ -318,6 +354,10 @@ class BatchResult:
             (:attr:`~lmm_jax.core.theta_layout.ThetaLayout.names`).
         fixef_names: fixed-effects names.
         reml: REML (True) or ML fits.
+        failure: (B,) why each fit failed, "" where it did not: a response
+            that cannot be fitted (:func:`failure_reasons`; its estimates
+            are NaN and ``converged`` False) or non-finite estimates
+            (``NONFINITE_ESTIMATES``, filled in from the arrays).
     """
 
     theta: np.ndarray
@@ -330,6 +370,13 @@ class BatchResult:
     component_names: tuple[str, ...]
     fixef_names: tuple[str, ...]
     reml: bool
+    failure: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        failure = (np.full(len(self), "", dtype=object) if self.failure is None
+                   else np.array(self.failure, dtype=object).reshape(len(self)))
+        failure[(failure == "") & ~self.finite] = NONFINITE_ESTIMATES
+        object.__setattr__(self, "failure", failure)
 
     def __len__(self) -> int:
         return self.theta.shape[0]
@@ -341,9 +388,14 @@ class BatchResult:
                 & np.all(np.isfinite(self.beta), axis=1) & np.isfinite(self.sigma))
 
     @property
+    def failed(self) -> np.ndarray:
+        """(B,) True where the fit failed (:attr:`failure` says why)."""
+        return self.failure != ""
+
+    @property
     def ok(self) -> np.ndarray:
-        """(B,) converged with finite estimates: the fits that enter summaries."""
-        return self.converged & self.finite
+        """(B,) converged and not failed: the fits that enter summaries."""
+        return self.converged & ~self.failed
 
     @property
     def singular(self) -> np.ndarray:
@@ -351,13 +403,14 @@ class BatchResult:
 
     @property
     def n_failed(self) -> int:
-        """Fits with non-finite estimates or objective."""
-        return int(np.sum(~self.finite))
+        """Fits that failed: responses that cannot be fitted, or non-finite
+        estimates or objective (:attr:`failure`)."""
+        return int(np.sum(self.failed))
 
     @property
     def n_nonconverged(self) -> int:
-        """Finite fits whose optimiser did not meet its criterion."""
-        return int(np.sum(self.finite & ~self.converged))
+        """Fits that did not fail but whose optimiser did not meet its criterion."""
+        return int(np.sum(~self.failed & ~self.converged))
 
     def estimates(self) -> pd.DataFrame:
         """(B, ...) sd/cor components, sigma and fixed effects in lme4's
@@ -367,20 +420,29 @@ class BatchResult:
 
     @property
     def table(self) -> pd.DataFrame:
-        """One row per fit: objective, converged, singular, iterations, then
-        the estimates (:meth:`estimates`) and theta_1.. (lme4's theta)."""
+        """One row per fit: objective, converged, singular, iterations,
+        failure ("" or why the fit failed), then the estimates
+        (:meth:`estimates`) and theta_1.. (lme4's theta)."""
         head = pd.DataFrame({"objective": self.objective, "converged": self.converged, "singular": self.singular,
-                             "iterations": self.iterations})
+                             "iterations": self.iterations, "failure": self.failure})
         th = pd.DataFrame(self.theta, columns=[f"theta_{i + 1}" for i in range(self.theta.shape[1])])
         return pd.concat([head, self.estimates(), th], axis=1)
 
 
-def _as_batch_result(out: dict, design: "Design", reml: bool) -> BatchResult:
+def _as_batch_result(out: dict, design: "Design", reml: bool, failure: np.ndarray | None = None) -> BatchResult:
+    """A :class:`BatchResult` of the arrays ``out``; the fits with a
+    ``failure`` reason get NaN estimates and ``converged=False``."""
     out = {k: np.asarray(v) for k, v in out.items()}
+    out["converged"] = out["converged"].astype(bool)
+    if failure is not None and np.any(failure != ""):
+        bad = failure != ""
+        for k in ("theta", "beta", "sigma", "objective"):
+            out[k] = np.where(bad.reshape((-1,) + (1,) * (out[k].ndim - 1)), np.nan, out[k])
+        out["converged"] = out["converged"] & ~bad
     return BatchResult(theta=out["theta"], beta=out["beta"], sigma=out["sigma"], objective=out["objective"],
-                       converged=out["converged"].astype(bool), iterations=out["iterations"],
+                       converged=out["converged"], iterations=out["iterations"],
                        ks=design.ks, component_names=design.theta_layout.names,
-                       fixef_names=tuple(design.fixef_names), reml=reml)
+                       fixef_names=tuple(design.fixef_names), reml=reml, failure=failure)
 
 
 def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -419,6 +481,11 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
 
     Returns:
         A :class:`BatchResult`; ``.table`` is a DataFrame with one row per column of Y.
+        A column that :func:`lmm_jax.fit` would refuse (non-finite values, a
+        constant) or that lies in the column space of X (sigma would be 0)
+        is a failed fit: NaN estimates, ``converged=False``, counted in
+        ``n_failed``, with the reason in ``failure`` (the other columns are
+        fitted as usual).
     """
     reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     Y = jnp.asarray(Y, dtype=jnp.float64)
@@ -429,9 +496,10 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0 = (None, None) if start is None else _start(s, start)
-    out = _fit_responses(model.design.working.response(Y), model.response_map, model.arrays, model.products, model.moment_equations, phi0, active0, s,
-                         bool(reml), int(max_iter), check_method(method))
-    return _as_batch_result(out, model.design, bool(reml))
+    out, checks = _fit_responses(model.design.working.response(Y), model.response_map, model.arrays, model.products,
+                                 model.moment_equations, phi0, active0, s, bool(reml), int(max_iter),
+                                 check_method(method))
+    return _as_batch_result(out, model.design, bool(reml), failure_reasons(checks))
 
 
 @entry_point
@@ -456,7 +524,9 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
         method: ``"bfgs"`` or ``"newton"``, as for :func:`fit_batch`.
 
     Returns:
-        One single-fit :class:`BatchResult` per model, in the input order.
+        One single-fit :class:`BatchResult` per model, in the input order; a
+        model whose response lies in the column space of X (sigma would be
+        0) is a failed fit, as in :func:`fit_batch`.
     """
     reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     groups: dict[tuple, list[int]] = {}
@@ -474,7 +544,11 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
         res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method))
         res = {k: np.asarray(v) for k, v in res.items()}
         for row, i in enumerate(idx):
-            out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, models[i].design, bool(reml))
+            d = models[i].design
+            y = d.working.response(np.asarray(d.y, dtype=float))[:, None]
+            e = d.working.y[:, None]                   # y's least-squares residual (lmm_jax.build.working)
+            out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, d, bool(reml),
+                                      failure_reasons(response_checks(y, e, np)))
     return out  # type: ignore[return-value]
 
 

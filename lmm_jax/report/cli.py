@@ -5,11 +5,14 @@ Examples::
     lmm-jax example
     lmm-jax fit data.csv "y ~ x + (x | g)" --ml --json fit.json --plot fit.png
     lmm-jax fit data.csv "y ~ x + (1 | g)" --ddf kenward-roger --bootstrap 1000 --seed 1
+    lmm-jax example --bootstrap 100000 --chunk-size 4096     # progress on stderr, chunk by chunk
     python -m lmm_jax example
 
 Exit status: 0 on success, 2 for a problem with the input (unreadable file,
-bad formula, data that do not fit the formula, bad option), 1 for an
-unexpected internal error (``--debug`` shows its traceback).
+bad formula, data that do not fit the formula, bad option, a ``--bootstrap``
+whose replicate estimates would not fit in half of the machine's memory,
+checked before the fit), 1 for an unexpected internal error (``--debug`` shows
+its traceback).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument("--bootstrap", type=_positive_int, metavar="N",
                         help="also run a parametric bootstrap with N replicates and print percentile intervals")
     common.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default 0)")
+    common.add_argument("--chunk-size", type=_positive_int, metavar="C",
+                        help="bootstrap replicates per compiled call (default: a power of two, at most 2,048 on "
+                             "the CPU and 2^24 simulated values); progress is shown when there is more than one")
     common.add_argument("--json", metavar="OUT", help="write the estimates (and intervals) as JSON to OUT")
     common.add_argument("--plot", metavar="OUT.png",
                         help="write a one-page figure (coefficients, random effects, residuals, QQ) to OUT.png; "
@@ -145,11 +151,58 @@ def coefficient_table(result: "LMMResult", ddf: str = "satterthwaite", level: fl
     return result.coefs(ddf=ddf, level=level)
 
 
-def run_bootstrap(result: "LMMResult", n: int, seed: int, level: float) -> tuple[Any, pd.DataFrame, float]:
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(x: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if x < 1000 or unit == "TB":
+            return f"{x:.0f} {unit}" if unit == "bytes" else f"{x:.1f} {unit}"
+        x /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_bootstrap_memory(n: int, per_replicate: int, memory: int | None) -> None:
+    """Refuse (:class:`InputError`) a bootstrap whose replicate estimates
+    (``per_replicate`` bytes each, :func:`~lmm_jax.batched.bootstrap.replicate_bytes`)
+    need more than half of ``memory``: the simulated responses stream a
+    chunk at a time, but every replicate's estimates are kept for the
+    intervals."""
+    if memory is None:
+        return
+    limit = memory // 2
+    if n * per_replicate > limit:
+        raise InputError(f"--bootstrap {n} would hold about {_bytes(n * per_replicate)} of replicate estimates "
+                         f"({per_replicate} bytes each), more than half of this machine's "
+                         f"{_bytes(memory)} of memory ({_bytes(limit)}); give --bootstrap {limit // per_replicate} "
+                         "or fewer (percentile intervals settle with 1,000 to 10,000 replicates)")
+
+
+def bootstrap_chunk_size(result: "LMMResult", n: int, chunk_size: int | None) -> int:
+    """The chunk :func:`~lmm_jax.batched.bootstrap.run_bootstrap` uses: ``chunk_size`` or its default."""
+    import jax
+
+    from ..batched.bootstrap import default_chunk_size
+
+    if chunk_size is not None:
+        return chunk_size
+    return default_chunk_size(n, result.nobs, jax.device_count(), jax.default_backend())
+
+
+def run_bootstrap(result: "LMMResult", n: int, seed: int, level: float, chunk_size: int | None = None
+                  ) -> tuple[Any, pd.DataFrame, float]:
     """Parametric bootstrap through ``result.bootstrap``: (bootstrap result,
-    percentile intervals, seconds)."""
+    percentile intervals, seconds). Runs in chunks of ``chunk_size``
+    replicates (default: :func:`~lmm_jax.batched.bootstrap.default_chunk_size`),
+    with a progress bar on stderr when there is more than one chunk."""
+    chunk = bootstrap_chunk_size(result, n, chunk_size)
     t0 = time.perf_counter()
-    boot = result.bootstrap(n, seed)
+    boot = result.bootstrap(n, seed, chunk_size=chunk, progress=n > chunk)
     ci = boot.confint(level=level)
     return boot, ci, time.perf_counter() - t0
 
@@ -245,12 +298,18 @@ def _run(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")
     if args.command == "example":
         data, formula = datasets.load(EXAMPLE_DATASET), EXAMPLE_FORMULA
-        print(f"lmm_jax example: {formula} on the bundled {EXAMPLE_DATASET} data\n")
     else:
         data, formula = read_data(args.data), args.formula
 
     t0 = time.perf_counter()
-    result = LMM(formula, data).fit(reml=not args.ml)
+    model = LMM(formula, data)
+    if args.bootstrap:
+        from ..batched.bootstrap import replicate_bytes
+
+        check_bootstrap_memory(args.bootstrap, replicate_bytes(model), physical_memory())
+    if args.command == "example":
+        print(f"lmm_jax example: {formula} on the bundled {EXAMPLE_DATASET} data\n")
+    result = model.fit(reml=not args.ml)
     elapsed = time.perf_counter() - t0
     print(result.summary())
     print(f"\n(fitted in {elapsed:.2f} s, including JAX compilation; {result.iterations} Newton iterations)")
@@ -264,11 +323,13 @@ def _run(args: argparse.Namespace) -> int:
     out["coefficients"] = coefs.reset_index(names="term").to_dict(orient="records")
 
     if args.bootstrap:
-        boot, ci, seconds = run_bootstrap(result, args.bootstrap, args.seed, args.level)
+        boot, ci, seconds = run_bootstrap(result, args.bootstrap, args.seed, args.level, args.chunk_size)
         print("\n" + _format_table(ci, f"Parametric bootstrap ({args.bootstrap} replicates, seed {args.seed}, "
                                        f"{seconds:.2f} s): {pct} percentile intervals"))
         ci_records = ci.reset_index(names="parameter") if ci.index.name is None else ci.reset_index()
         out["bootstrap"] = {"n": args.bootstrap, "seed": args.seed, "seconds": seconds,
+                            "chunk_size": boot.chunk_size, "n_failed": boot.n_failed,
+                            "n_nonconverged": boot.n_nonconverged,
                             "confint": ci_records.to_dict(orient="records")}
 
     if args.json:

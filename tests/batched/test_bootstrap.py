@@ -22,7 +22,7 @@ from lmm_jax.batched.batch import _fit_stacked
 from lmm_jax.batched.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
-from tests.helpers import load_data, load_reference
+from tests.helpers import count_compilations, load_data, load_reference
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -92,13 +92,43 @@ def test_fit_batch_equals_one_at_a_time(sleepstudy_fit, method):
         np.testing.assert_allclose(batch.sigma[i], one.sigma, rtol=theta_rtol)
         np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
     tab = batch.table
-    assert list(tab.columns[4:10]) == ["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
+    assert list(tab.columns[4:11]) == ["failure", "sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
                                        "sigma", "(Intercept)", "Days"]
+    assert (tab["failure"] == "").all() and batch.n_failed == 0
     # the model's own response gives the model's own fit
     own = sleepstudy_fit.model.fit_batch(sleepstudy_fit.design.y, method=method)
     np.testing.assert_allclose(own.theta[0], sleepstudy_fit.theta, rtol=theta_rtol)
     with pytest.raises(ValueError, match="n_obs"):
         sleepstudy_fit.model.fit_batch(Y[:-1])
+
+
+def test_fit_batch_flags_responses_that_cannot_be_fitted(sleepstudy_fit):
+    """A constant column (lmm_jax.fit raises DataError) and one in the column
+    space of X (sigma would be 0: the fit reported 3.8e-15 and converged) are
+    failed fits with their reason and NaN estimates; the other columns are
+    fitted as alone. Four columns: the shape of test_fit_batch_equals_one_at_a_time."""
+    data = load_data("sleepstudy")
+    Y = np.array(lmm_jax.simulate(sleepstudy_fit, 4, key=11))
+    Y[:, 1] = 250.0
+    Y[:, 3] = 3.0 + 2.0 * data["Days"].to_numpy()
+    with pytest.raises(lmm_jax.DataError, match="constant"):
+        lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, 1]))
+    batch = sleepstudy_fit.model.fit_batch(Y)
+    assert batch.n_failed == 2 and batch.n_nonconverged == 0
+    assert list(batch.failed) == [False, True, False, True]
+    assert batch.failure[1].startswith("the response is constant (every value is 250.0)")
+    assert batch.failure[3].startswith("the response is a linear combination of the fixed-effects columns")
+    assert np.isnan(batch.sigma[[1, 3]]).all() and np.isnan(batch.theta[[1, 3]]).all()
+    assert np.isnan(batch.beta[[1, 3]]).all() and np.isnan(batch.objective[[1, 3]]).all()
+    assert not batch.converged[[1, 3]].any() and list(batch.ok) == [True, False, True, False]
+    assert list(batch.table["failure"]) == list(batch.failure)
+    for i in (0, 2):
+        one = lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, i]))
+        np.testing.assert_allclose(batch.theta[i], one.theta, rtol=1e-5, atol=1e-10)
+        np.testing.assert_allclose(batch.beta[i], one.beta, rtol=1e-8)
+        np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
+    Y[5, 2] = np.nan
+    assert "1 infinite or NaN value(s)" in sleepstudy_fit.model.fit_batch(Y).failure[2]
 
 
 def test_fit_many_one_compile_per_shape():
@@ -119,6 +149,16 @@ def test_fit_many_one_compile_per_shape():
         np.testing.assert_allclose(r.theta[0], one.theta, rtol=1e-5)
         np.testing.assert_allclose(r.beta[0], one.beta, rtol=1e-6)
         np.testing.assert_allclose(r.objective[0], one.objective, rtol=1e-10)
+    # a response in the column space of X: a failed fit with its reason, the others unchanged (same shapes)
+    formula, d = specs[2]
+    specs[2] = (formula, d.assign(Reaction=3.0 + 2.0 * d["Days"]))
+    again = lmm_jax.fit_many(specs)
+    assert _fit_stacked._cache_size() - before == 1
+    assert again[2].n_failed == 1 and np.isnan(again[2].sigma[0]) and not again[2].converged[0]
+    assert again[2].failure[0].startswith("the response is a linear combination of the fixed-effects columns")
+    for i in (0, 1, 3, 4):
+        assert again[i].n_failed == 0
+        np.testing.assert_array_equal(again[i].theta, out[i].theta)
 
 
 # -- bootstrap: reproducibility, chunking, compilation --------------------------------------------
@@ -148,23 +188,41 @@ def test_bootstrap_key_chunking_and_trace_count(ingot_fit):
                            b3.replicates.objective)
 
 
-def test_default_chunks_are_balanced_and_capped():
-    """Every chunk is computed whole, so the default splits n into the fewest equal chunks under the
-    caps: 2,048 replicates on the CPU (XLA:CPU stalled on wider vmaps), none on a GPU; 128 MB of
-    simulated responses everywhere; a multiple of the device count."""
+def test_default_chunks_are_powers_of_two_and_capped():
+    """Chunks are powers of two, so that other numbers of replicates reuse a compiled chunk:
+    the smallest >= n (at least 8), under the caps of 2,048 replicates on the CPU (XLA:CPU
+    stalled on wider vmaps), none on a GPU, and 128 MB of simulated responses everywhere;
+    a multiple of the device count."""
     from lmm_jax.batched.bootstrap import CHUNK_MAX, CHUNK_MAX_ENTRIES, default_chunk_size
 
-    assert default_chunk_size(500, 180) == 500
-    assert default_chunk_size(10_000, 180) == 2_000                   # 5 x 2,000, not 5 x 2,048
-    assert default_chunk_size(10_000, 180, platform="gpu") == 10_000  # one chunk on a GPU
-    per_chunk = CHUNK_MAX_ENTRIES // 180                              # 93,206 responses of 180 rows
-    assert default_chunk_size(100_000, 180, platform="gpu") == 50_000 < per_chunk
-    assert default_chunk_size(10**6, 10**6, platform="gpu") == CHUNK_MAX_ENTRIES // 10**6
+    assert default_chunk_size(301, 180) == default_chunk_size(302, 180) == 512
+    assert default_chunk_size(512, 180) == 512 and default_chunk_size(513, 180) == 1024
+    assert [default_chunk_size(n, 180) for n in (1, 5, 8, 9)] == [8, 8, 8, 16]
+    assert default_chunk_size(10_000, 180) == CHUNK_MAX == 2_048                    # 5 x 2,048
+    assert default_chunk_size(10_000, 180, platform="gpu") == 16_384                # one chunk on a GPU
+    assert CHUNK_MAX_ENTRIES // 180 == 93_206                                       # responses of 180 rows
+    assert default_chunk_size(100_000, 180, platform="gpu") == 65_536               # 2 x 65,536
+    assert default_chunk_size(10**6, 10**6, platform="gpu") == 16                   # 16 <= 2^24 / 10^6 < 32
     assert default_chunk_size(3, 10**9) == 1
-    assert default_chunk_size(10_000, 180, n_dev=3) % 3 == 0
+    assert default_chunk_size(10_000, 180, n_dev=3) == 2_049
     for n in (1, 999, 2_049, 10_001, 123_457):
         c = default_chunk_size(n, 180)
-        assert c <= CHUNK_MAX and -(-n // c) == -(-n // CHUNK_MAX)   # as few chunks as the cap allows
+        assert c <= CHUNK_MAX and c & (c - 1) == 0 and (c >= n or c == CHUNK_MAX)
+
+
+def test_bootstrap_sizes_in_one_bucket_share_a_compiled_chunk(sleepstudy_fit):
+    """A chunk shape compiles once per model structure (sleepstudy's chunk of 512: 30 s on the
+    2-core VM), and every number of replicates in its bucket reuses it: 20 and 25 (the CLI
+    test's) run the chunk of 32 and the second traces and compiles nothing. Replicate i is the
+    same whatever n."""
+    lmm_jax.clear_caches()         # the compiled-code guard then cannot empty the caches while we count
+    b20 = sleepstudy_fit.bootstrap(20, key=5)
+    with count_compilations() as compiled:
+        b25 = sleepstudy_fit.bootstrap(25, key=5)
+    assert compiled == {"trace": 0, "compile": 0}
+    assert b20.chunk_size == b25.chunk_size == 32 and (len(b20), len(b25)) == (20, 25)
+    for name in ("theta", "beta", "sigma", "objective", "iterations"):
+        np.testing.assert_array_equal(getattr(b25.replicates, name)[:20], getattr(b20.replicates, name))
 
 
 def test_bootstrap_replicates_are_refits(ingot_fit):

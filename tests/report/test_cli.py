@@ -67,6 +67,7 @@ def test_kenward_roger_and_bootstrap(tmp_path, capsys):
         outs.append(json.loads(out_json.read_text()))
     assert "Fixed effects with kenward-roger df" in captured.out
     assert "Parametric bootstrap (25 replicates, seed 7" in captured.out
+    assert "bootstrap:" not in captured.err          # one chunk (of 32): no progress bar
     got = outs[0]
     assert got["ddf"] == "kenward-roger"
     np.testing.assert_allclose([r["df"] for r in got["coefficients"]], ref["df_kenward_roger"], rtol=1e-5)
@@ -83,6 +84,40 @@ def test_kenward_roger_and_bootstrap(tmp_path, capsys):
     else:  # a GPU's scatter-adds (Z'y) sum in no fixed order: the same replicates, to rounding
         for a, b in zip(outs[1]["bootstrap"]["confint"], boot["confint"]):
             np.testing.assert_allclose([a["lower"], a["upper"]], [b["lower"], b["upper"]], rtol=1e-6)
+
+
+def test_bootstrap_in_chunks_shows_progress(tmp_path, capsys):
+    """40 replicates in chunks of 32 (the chunk the other bootstrap tests compile): two chunks, a
+    progress bar on stderr, the estimates of all 40 kept and summarised."""
+    out_json = tmp_path / "boot.json"
+    rc = main(["example", "--bootstrap", "40", "--chunk-size", "32", "--seed", "7", "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "bootstrap: 100%" in captured.err and "2/2" in captured.err
+    assert "Parametric bootstrap (40 replicates, seed 7" in captured.out
+    boot = json.loads(out_json.read_text())["bootstrap"]
+    assert (boot["n"], boot["chunk_size"], boot["n_failed"]) == (40, 32, 0)
+    assert len(boot["confint"]) == 6
+
+
+def test_bootstrap_that_cannot_fit_in_memory_is_refused_before_the_fit(capsys):
+    """--bootstrap 10^12 would keep 217 TB of sleepstudy estimates (217 bytes per replicate):
+    exit status 2 and one message naming the number, the limit and the largest that fits,
+    before anything is fitted or printed."""
+    from lmm_jax.report.cli import InputError, check_bootstrap_memory
+
+    rc = main(["example", "--bootstrap", str(10**12)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert captured.err.startswith("lmm-jax: --bootstrap 1000000000000 would hold about 217.0 TB of replicate "
+                                   "estimates (217 bytes each), more than half of this machine's ")
+    assert "give --bootstrap " in captured.err and " or fewer" in captured.err
+    # the limit is half the memory: 921 x 217 = 199,857 bytes fit in 200,000, 922 do not
+    check_bootstrap_memory(921, 217, 400_000)
+    with pytest.raises(InputError, match=r"--bootstrap 922 would hold about 200.1 kB .* 400.0 kB of memory "
+                                         r"\(200.0 kB\); give --bootstrap 921 or fewer"):
+        check_bootstrap_memory(922, 217, 400_000)
+    check_bootstrap_memory(10**15, 217, None)            # the OS does not say: no check
 
 
 def test_fit_csv_by_ml_matches_lme4(ingot_csv, tmp_path, capsys):
@@ -136,6 +171,9 @@ def test_bad_input_exits_2_with_one_message(case, tmp_path, ingot_csv, capsys):
 
 
 @pytest.mark.parametrize("args, expect", [(["example", "--bootstrap", "0"], "positive whole number"),
+                                          (["example", "--bootstrap", "1e8"], "positive whole number"),
+                                          (["example", "--bootstrap", "10", "--chunk-size", "-1"],
+                                           "positive whole number"),
                                           (["example", "--level", "1.5"], "number in (0, 1)"),
                                           (["example", "--ddf", "containment"], "invalid choice")])
 def test_bad_options_exit_2(args, expect, capsys):
