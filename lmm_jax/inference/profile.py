@@ -266,7 +266,7 @@ class _Profiler:
         self.not_converged = 0
         self.caps: dict[str, tuple[float, str]] = {}
 
-    def _constraint(self, p: ProfileParameter, value: float, start: "Start | None" = None) -> dict:
+    def _constraint(self, p: ProfileParameter, value: float, start: Start | None = None) -> dict:
         """The arrays of one constrained problem and its start: ``start`` (the
         solution at a neighbouring value of the same parameter), else the ML fit."""
         s = self.s
@@ -307,7 +307,7 @@ class _Profiler:
         return d
 
     def _solve(self, items: list[tuple[ProfileParameter, float]],
-               starts: "list[Start | None] | None" = None) -> tuple[np.ndarray, list[Start]]:
+               starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
         """ML deviance minimised under each (parameter, value) constraint, as
         solved from ``starts`` (None: from the ML fit), and the solutions."""
         starts = [None] * len(items) if starts is None else starts
@@ -364,7 +364,7 @@ class _Profiler:
             self.caps[p.name] = (float(at[r]), sd_name[r])
 
     def deviance(self, items: list[tuple[ProfileParameter, float]],
-                 starts: "list[Start | None] | None" = None) -> tuple[np.ndarray, list[Start]]:
+                 starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
         """The profile's ML deviance at each (parameter, value): the constrained
         minimum (from ``starts``), for a correlation capped by
         :meth:`correlation_caps`; and the constrained solutions."""
@@ -376,7 +376,7 @@ class _Profiler:
         return dev, sols
 
     def zeta(self, items: list[tuple[ProfileParameter, float]],
-             starts: "list[Start | None] | None" = None) -> tuple[np.ndarray, list[Start]]:
+             starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
         dev, sols = self.deviance(items, starts)
         sign = np.array([np.sign(v - p.estimate) if np.isfinite(p.estimate) else 0.0 for p, v in items])
         return sign * np.sqrt(np.maximum(dev - self.base, 0.0)), sols
