@@ -26,9 +26,24 @@ The constrained problems are reparametrised so that the constraint disappears:
   is replaced by a neutral column (zero products, unit ``x_j'x_j``), so one
   compiled function profiles every fixed effect.
 
-Boundaries: an SD whose deviance at 0 stays within the cutoff gets lower
-limit 0 (Dyestuff2, Pastes); a correlation whose profile never reaches the
-cutoff gets the limit -1 or 1.
+Boundaries. Each constrained fit runs the optimiser's boundary rule, so its
+optimum may have diagonal entries of Lambda at exactly 0 (Orthodont's sigma
+at its upper limit 1.5884 has the age SD at 0). An SD whose deviance at 0
+stays within the cutoff gets lower limit 0 (Dyestuff2, Pastes). A
+correlation's profile is capped by the deviance with either of its two SDs
+at 0 (where every correlation gives the same fit): if that is within the
+cutoff, its limits are -1 and 1 (Orthodont: the age SD at 0 has zeta =
+-0.913); a correlation estimated at -1 or 1 has that limit on its side and
+is searched on the correlation scale on the other; one whose term has an
+SD estimated at 0 is not identified and gets -1 and 1.
+
+Each search follows one branch of constrained optima outward from the
+estimate: a point starts from the solution at the nearest point tried
+between it and the estimate (lme4 continues its profile likewise). The
+work is bounded (``max_iter`` steps per end, each constrained fit at most
+:data:`NEWTON_MAX_ITER` Newton steps), and every end is a number; how it
+was found is in the table's ``attrs["status"]`` and ``attrs["notes"]``
+(:func:`profile_confint`).
 """
 
 from __future__ import annotations
@@ -52,7 +67,7 @@ from ..core.parametrization import phi_from_theta
 from ..core.theta_layout import ThetaLayout
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..build.crossprod import user_basis_products
-from ..errors import InferenceError, SingularFitWarning
+from ..errors import ConvergenceWarning, InferenceError, SingularFitWarning, check_bool, check_count
 
 if TYPE_CHECKING:
     from ..results import LMMResult
@@ -98,7 +113,7 @@ def parameters(fit: "LMMResult") -> list[ProfileParameter]:
         if i == j:
             out.append(ProfileParameter(name, "sd", float(sd_i), (int(row),)))
         else:
-            cor = S[i, j] / (sd_i * sd_j) if sd_i * sd_j > 0 else np.nan
+            cor = float(np.clip(S[i, j] / (sd_i * sd_j), -1.0, 1.0)) if sd_i * sd_j > 0 else np.nan
             out.append(ProfileParameter(name, "cor", float(cor), (t, i, j)))
     out.append(ProfileParameter("sigma", "sigma", float(fit.sigma), (sum(lay.ks),)))
     for j, name in enumerate(fit.design.fixef_names):
@@ -123,6 +138,7 @@ def _row_layout(ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 SD, ZERO, COR, FIXED = 0, 1, 2, 3
 NEWTON_TOL = 1e-10      # Newton decrement (deviance units) of the constrained fits: zeta to ~1e-10
+NEWTON_MAX_ITER = 200   # Newton steps per constrained fit
 RHO_MAX = 1.0 - 1e-10   # a correlation of exactly +-1 is evaluated just inside the boundary
 
 
@@ -208,17 +224,28 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
 def solve_constrained(cons: Constraint, row_idx, row_mask, phi0, active0, dp: DesignProducts,
                       rp: ResponseProducts, s: Structure):
     """Minimum ML deviance of a batch of constrained problems: one compiled
-    Newton solve (:func:`lmm_jax.core.optimize.newton_minimize`) vmapped over the
-    batch (``cons`` and the starting points ``phi0`` carry the batch axis).
+    Newton solve (:func:`lmm_jax.core.optimize.newton_minimize`, with its
+    boundary rule: a diagonal entry of Lambda reaches exactly 0) vmapped over
+    the batch (``cons``, the starting points ``phi0`` and their active masks
+    ``active0`` carry the batch axis), each at most :data:`NEWTON_MAX_ITER` steps.
 
     Returns:
-        (deviance, theta of the free parameters, converged), each batched.
+        (deviance, phi and active mask of the free parameters, converged), each batched.
     """
-    def one(con, phi0):
+    def one(con, phi0, active0):
         res = newton_minimize(lambda th: constrained_deviance(th, con, row_idx, row_mask, dp, rp, s), phi0,
-                              active0, s.ks, max_iter=200, tol=NEWTON_TOL)
-        return res.objective, res.theta, res.converged
-    return jax.vmap(one)(cons, phi0)
+                              active0, s.ks, max_iter=NEWTON_MAX_ITER, tol=NEWTON_TOL)
+        return res.objective, res.phi, res.active, res.converged
+    return jax.vmap(one)(cons, phi0, active0)
+
+
+class Start(NamedTuple):
+    """Where a constrained solve starts: free parameters phi, their active
+    mask, and the parameter's value they solved (or its estimate)."""
+
+    phi: np.ndarray
+    active: np.ndarray
+    value: float
 
 
 class _Profiler:
@@ -235,27 +262,32 @@ class _Profiler:
         phi, active = phi_from_theta(np.asarray(fit.theta), self.s.ks)
         # start every constrained problem in the interior, next to the optimum
         self.phi0 = jnp.asarray(np.where(active, phi, np.log(1e-2)))
-        self.active0 = jnp.ones(len(phi), dtype=bool)
+        self.active0 = np.ones(len(phi), dtype=bool)
         self.base = float(fit.objective)
         self.row_idx, self.row_mask = (jnp.asarray(a) for a in _row_layout(self.s.ks))
         self.batch = batch
         self.evaluations = 0
         self.not_converged = 0
+        self.caps: dict[str, tuple[float, str]] = {}
 
-    def _constraint(self, p: ProfileParameter, value: float) -> dict:
+    def _constraint(self, p: ProfileParameter, value: float, start: Start | None = None) -> dict:
+        """The arrays of one constrained problem and its start: ``start`` (the
+        solution at a neighbouring value of the same parameter), else the ML fit."""
         s = self.s
         nt = len(self.fit.theta)
         d = dict(kind=SD, c=float(value), row=0, keep=np.ones(nt), target=0, rest=np.zeros(nt, bool),
                  perm=[np.eye(k) for k in s.ks if k > 2], j=s.p)
-        d["phi0"] = np.asarray(self.phi0)
+        if start is None or (p.kind == "sd" and value <= 0):
+            start = Start(np.asarray(self.phi0), self.active0, p.estimate)
+        d["phi0"], d["active0"] = np.asarray(start.phi), np.asarray(start.active)
         if p.kind in ("sd", "sigma"):
             d["row"] = p.index[0]
-            if p.kind == "sd" and value > 0 and p.estimate > 0:
-                # start with the row scaled by c / estimate, so that sigma starts at its estimate
+            if p.kind == "sd" and value > 0 and start.value > 0:
+                # start with the row scaled by c / (the start's value), so that sigma starts where it was
                 pos = np.asarray(self.row_idx[p.index[0]])[np.asarray(self.row_mask[p.index[0]])]
                 diag = self.layout.diagonal
                 phi0 = d["phi0"].copy()
-                ratio = value / p.estimate
+                ratio = value / start.value
                 phi0[pos] = np.where(diag[pos], phi0[pos] + np.log(ratio), phi0[pos] * ratio)
                 d["phi0"] = phi0
             if value <= 0:
@@ -278,12 +310,15 @@ class _Profiler:
             d["kind"], d["j"] = FIXED, p.index[0]
         return d
 
-    def deviance(self, items: list[tuple[ProfileParameter, float]]) -> np.ndarray:
-        """ML deviance minimised under each (parameter, value) constraint."""
-        out = []
+    def _solve(self, items: list[tuple[ProfileParameter, float]],
+               starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
+        """ML deviance minimised under each (parameter, value) constraint, as
+        solved from ``starts`` (None: from the ML fit), and the solutions."""
+        starts = [None] * len(items) if starts is None else starts
+        out, sols = [], []
         for lo in range(0, len(items), self.batch):
             chunk = items[lo:lo + self.batch]
-            ds = [self._constraint(p, v) for p, v in chunk]
+            ds = [self._constraint(p, v, st) for (p, v), st in zip(chunk, starts[lo:lo + self.batch])]
             ds += [ds[-1]] * (self.batch - len(ds))
             cons = Constraint(kind=jnp.asarray([d["kind"] for d in ds], dtype=jnp.int32),
                               c=jnp.asarray([d["c"] for d in ds]), row=jnp.asarray([d["row"] for d in ds],
@@ -295,85 +330,167 @@ class _Profiler:
                                          for b in range(len(ds[0]["perm"]))),
                               j=jnp.asarray([d["j"] for d in ds], dtype=jnp.int32))
             phi0 = jnp.asarray(np.stack([d["phi0"] for d in ds]))
-            dev, _, conv = solve_constrained(cons, self.row_idx, self.row_mask, phi0, self.active0,
-                                             self.dp, self.rp, self.s)
+            active0 = jnp.asarray(np.stack([d["active0"] for d in ds]))
+            dev, phi, active, conv = solve_constrained(cons, self.row_idx, self.row_mask, phi0, active0,
+                                                       self.dp, self.rp, self.s)
             self.not_converged += int(np.sum(~np.asarray(conv)[:len(chunk)]))
             out.append(np.asarray(dev)[:len(chunk)])
+            phi, active = np.asarray(phi), np.asarray(active)
+            sols += [Start(phi[b], active[b], v) for b, (_, v) in enumerate(chunk)]
         self.evaluations += len(items)
-        return np.concatenate(out) if out else np.zeros(0)
+        return (np.concatenate(out) if out else np.zeros(0)), sols
 
-    def zeta(self, items: list[tuple[ProfileParameter, float]]) -> np.ndarray:
-        dev = self.deviance(items)
-        sign = np.sign([v - p.estimate for p, v in items])
-        return sign * np.sqrt(np.maximum(dev - self.base, 0.0))
+    def correlation_caps(self, params: list[ProfileParameter]) -> None:
+        """For each correlation (i, j) of a term: the least ML deviance with the
+        SD of column i or of column j at 0 (row i or j of Lambda_t zero), and
+        that SD's name, in ``self.caps``.
+
+        A correlation fixed at rho is still free to have either SD tend to 0,
+        where the deviance tends to that of the zero-SD problem whatever rho
+        is: the profile of rho is the least of its interior optimum and this
+        cap, and never rises above the cap. The interior problem cannot see
+        it (its optimum is separated from the boundary by a ridge: Orthodont's
+        ``cor_age.(Intercept)|Subject`` at -0.914 has an interior optimum at
+        zeta = -1.96 and the boundary at zeta = -0.913).
+        """
+        need = [p for p in params if p.kind == "cor" and p.name not in self.caps]
+        if not need:
+            return
+        lay = self.layout
+        first = np.cumsum((0,) + lay.ks)[:-1]
+        sd_name = {int(first[t] + i): name for name, (t, i, j) in zip(lay.names, lay.entries) if i == j}
+        rows = sorted({int(first[p.index[0]] + a) for p in need for a in p.index[1:]})
+        dev, _ = self._solve([(ProfileParameter(sd_name[r], "sd", 1.0, (r,)), 0.0) for r in rows])
+        at = dict(zip(rows, dev))
+        for p in need:
+            t, i, j = p.index
+            r = min((int(first[t] + i), int(first[t] + j)), key=lambda row: at[row])
+            self.caps[p.name] = (float(at[r]), sd_name[r])
+
+    def deviance(self, items: list[tuple[ProfileParameter, float]],
+                 starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
+        """The profile's ML deviance at each (parameter, value): the constrained
+        minimum (from ``starts``), for a correlation capped by
+        :meth:`correlation_caps`; and the constrained solutions."""
+        self.correlation_caps([p for p, _ in items])
+        dev, sols = self._solve(items, starts)
+        for n, (p, _) in enumerate(items):
+            if p.kind == "cor":
+                dev[n] = min(dev[n], self.caps[p.name][0])
+        return dev, sols
+
+    def zeta(self, items: list[tuple[ProfileParameter, float]],
+             starts: list[Start | None] | None = None) -> tuple[np.ndarray, list[Start]]:
+        dev, sols = self.deviance(items, starts)
+        sign = np.array([np.sign(v - p.estimate) if np.isfinite(p.estimate) else 0.0 for p, v in items])
+        return sign * np.sqrt(np.maximum(dev - self.base, 0.0)), sols
 
 
-def _to_u(p: ProfileParameter, v):
-    if p.kind in ("sd", "sigma"):
-        return np.log(v)
-    if p.kind == "cor":
-        return np.arctanh(v)
-    return np.asarray(v, dtype=float)
-
-
-def _from_u(p: ProfileParameter, u):
-    if p.kind in ("sd", "sigma"):
-        return np.exp(u)
-    if p.kind == "cor":
-        return np.tanh(u)
-    return np.asarray(u, dtype=float)
-
-
-U_MAX_COR = float(np.arctanh(1 - 1e-10))
+U_MAX_COR = float(np.arctanh(RHO_MAX))
 U_MIN_SD = 25.0        # an SD below exp(-25) times its estimate is treated as 0
+
+# How an end was found (``attrs["status"]`` of :func:`profile_confint`'s table)
+ROOT = "root"           # zeta = -+z to within tol
+ESTIMATE = "estimate"   # the estimate is on the boundary of the parameter's range, on this side
+BOUNDARY = "boundary"   # the profile stays within the cutoff up to the boundary (SD 0, correlation -+1)
+BUDGET = "budget"       # not found within the root-search budget (see the note)
 
 
 class _End:
     """Root search for one end of one interval: zeta(u) = side * z on the
     search scale u (secant / extrapolation until bracketed, then secant
-    inside the bracket with bisection every third step)."""
+    inside the bracket with bisection every third step).
+
+    Scales: log for SDs and sigma, atanh for correlations, the correlation
+    itself for one estimated at -1 or 1 (whose atanh is infinite), the value
+    for fixed effects."""
 
     def __init__(self, p: ProfileParameter, side: int, z: float, step: float, sigma: float, tol: float):
         self.p, self.side, self.target, self.tol = p, side, side * z, tol
-        self.done, self.value = False, np.nan
+        self.done, self.value, self.status, self.note = False, np.nan, "", ""
         self.pts: list[tuple[float, float]] = []
+        self.sols: list[tuple[float, Start]] = []       # (u, constrained solution) of the points tried
         self.zero_pending = False
         self.steps_in_bracket = 0
-        if p.kind == "sd" and p.estimate <= 0:          # estimated at the boundary
+        self.scale = {"sd": "log", "sigma": "log", "cor": "atanh", "fixed": "linear"}[p.kind]
+        self.u_max = U_MAX_COR
+        if p.kind == "cor" and not np.isfinite(p.estimate):     # an SD of the term estimated at 0
+            self.finish(float(side), BOUNDARY, "an SD of its term is estimated at 0: the correlation is "
+                                               "not identified")
+            return
+        if p.kind == "cor" and abs(p.estimate) >= RHO_MAX:     # estimated at -1 or 1
+            self.scale, self.u_max = "rho", RHO_MAX
+            edge = float(np.sign(p.estimate))
+            if side == edge:
+                self.finish(edge, ESTIMATE, f"estimated at {edge:+g}")
+            self.u_hat = edge
+            self.pts.append((self.u_hat, 0.0))
+            self.next_u = self.u_hat + side * step
+        elif p.kind == "sd" and p.estimate <= 0:          # estimated at the boundary
             self.u_hat = float(np.log(max(sigma, 1e-12) * 1e-3))
             if side < 0:
-                self.done, self.value = True, 0.0
+                self.finish(0.0, ESTIMATE, "estimated at 0")
             self.next_u = self.u_hat + 2.0
         else:
-            self.u_hat = float(_to_u(p, p.estimate))
+            self.u_hat = float(self.to_u(p.estimate))
             self.pts.append((self.u_hat, 0.0))
             self.next_u = self.u_hat + side * step
 
-    def proposal(self) -> float:
-        return 0.0 if self.zero_pending else float(_from_u(self.p, self.next_u))
+    def to_u(self, v):
+        return {"log": np.log, "atanh": np.arctanh}.get(self.scale, lambda x: np.asarray(x, dtype=float))(v)
 
-    def update(self, zeta: float) -> None:
+    def from_u(self, u):
+        return {"log": np.exp, "atanh": np.tanh}.get(self.scale, lambda x: np.asarray(x, dtype=float))(u)
+
+    def finish(self, value: float, status: str, note: str = "") -> None:
+        self.done, self.value, self.status, self.note = True, float(value), status, note
+
+    def proposal(self) -> float:
+        return 0.0 if self.zero_pending else float(self.from_u(self.next_u))
+
+    def start(self) -> Start | None:
+        """The solution at the point tried nearest to the next one on the
+        estimate's side of it (None: there is none, start from the fit): the
+        search follows one branch of constrained optima outward from the
+        estimate, as lme4's profile does, instead of jumping between local
+        optima (a start past the next point may sit on another branch)."""
+        inner = [(u, sol) for u, sol in self.sols if self.side * (self.next_u - u) > 0]
+        if self.zero_pending or not inner:
+            return None
+        return max(inner, key=lambda us: self.side * us[0])[1]
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The points tried so far, short of the target and past it."""
+        arr = np.array(self.pts).reshape(-1, 2)
+        gap = self.side * (arr[:, 1] - self.target)
+        return arr[gap < 0], arr[gap > 0]
+
+    def _bracket(self, before: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """The innermost bracket (a short of the target, b past it) and the secant root inside it."""
+        side, target = self.side, self.target
+        a = before[np.argmax(side * before[:, 0])]
+        b = past[np.argmin(side * past[:, 0])]
+        return a, b, float(a[0] + (target - a[1]) * (b[0] - a[0]) / (b[1] - a[1]))
+
+    def update(self, zeta: float, sol: Start) -> None:
         if self.zero_pending:                    # the SD at exactly 0
             self.zero_pending = False
             if zeta > self.target:
-                self.done, self.value = True, 0.0
+                self.finish(0.0, BOUNDARY, f"the profile at 0 is within the cutoff (zeta = {zeta:.4g})")
             else:
                 self.next_u = self.u_hat - U_MIN_SD
             return
         u = self.next_u
         self.pts.append((u, zeta))
+        self.sols.append((u, sol))
         if abs(zeta - self.target) < self.tol:
-            self.done, self.value = True, float(_from_u(self.p, u))
+            self.finish(float(self.from_u(u)), ROOT)
             return
         side, target = self.side, self.target
-        arr = np.array(self.pts)
-        before = arr[side * (arr[:, 1] - target) < 0]
-        past = arr[side * (arr[:, 1] - target) > 0]
+        before, past = self._split()
         if len(past) and len(before):
-            a = before[np.argmax(side * before[:, 0])]
-            b = past[np.argmin(side * past[:, 0])]
+            a, b, cand = self._bracket(before, past)
             self.steps_in_bracket += 1
-            cand = a[0] + (target - a[1]) * (b[0] - a[0]) / (b[1] - a[1])
             lo, hi = min(a[0], b[0]), max(a[0], b[0])
             if not lo < cand < hi or self.steps_in_bracket % 3 == 0:
                 cand = 0.5 * (a[0] + b[0])
@@ -388,16 +505,35 @@ class _End:
                 cand = b[0] + side * 2 * width
         else:
             cand = u + side * 1.0
-        if self.p.kind == "cor" and abs(cand) > U_MAX_COR:
-            if abs(u) >= U_MAX_COR - 1e-9:
-                self.done, self.value = True, float(np.sign(cand))
+        if self.p.kind == "cor" and abs(cand) > self.u_max:
+            if abs(u) >= self.u_max - 1e-9:
+                edge = float(np.sign(cand))
+                self.finish(edge, BOUNDARY, f"the profile is within the cutoff at {edge:+g} (zeta = {zeta:.4g})")
                 return
-            cand = float(np.sign(cand)) * U_MAX_COR
+            cand = float(np.sign(cand)) * self.u_max
         if self.p.kind == "sd" and side < 0 and cand < self.u_hat - U_MIN_SD:
             if len(past) == 0:
                 self.zero_pending = True
             cand = max(cand, self.u_hat - U_MIN_SD)
         self.next_u = cand
+
+    def give_up(self, steps: int) -> None:
+        """The end after ``steps`` root-search steps without reaching tol: the
+        secant root of the innermost bracket, or where there is none, the end
+        of the parameter's range on this side (the profile stays within the
+        cutoff as far as the search went)."""
+        before, past = self._split()
+        if len(before) and len(past):
+            a, b, cand = self._bracket(before, past)
+            lo, hi = sorted((float(self.from_u(a[0])), float(self.from_u(b[0]))))
+            self.finish(float(self.from_u(cand)), BUDGET,
+                        f"not converged in {steps} steps: between {lo:.6g} and {hi:.6g} (secant root reported)")
+            return
+        far = before[np.argmax(self.side * before[:, 0])] if len(before) else (self.u_hat, 0.0)
+        edge = {"sd": 0.0 if self.side < 0 else np.inf, "sigma": 0.0 if self.side < 0 else np.inf,
+                "cor": float(self.side), "fixed": self.side * np.inf}[self.p.kind]
+        self.finish(edge, BUDGET, f"not reached in {steps} steps: zeta = {far[1]:.4g} at "
+                                  f"{float(self.from_u(far[0])):.6g}, the farthest value tried")
 
 
 def _first_step(fit: "LMMResult", p: ProfileParameter, z: float) -> float:
@@ -410,8 +546,18 @@ def _first_step(fit: "LMMResult", p: ProfileParameter, z: float) -> float:
 
 @entry_point
 def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] | None = None,
-                    tol: float = 1e-7, max_iter: int = 60) -> pd.DataFrame:
+                    tol: float = 1e-7, max_iter: int = 60, progress: bool = False) -> pd.DataFrame:
     """lme4's profile confidence intervals, each end solved to |zeta -+ z| < tol.
+
+    Every end is a number: a root of zeta, or the end of the parameter's
+    range (an SD's 0, a correlation's -1 or 1) where the profile stays within
+    the cutoff up to it, or where the estimate itself lies there. The work is
+    bounded: at most ``max_iter`` root-search steps per end (each one
+    vmapped batch of constrained Newton solves, each at most 200 Newton
+    steps); an end the budget does not reach is reported as the secant root
+    of its bracket, or without one as the range's end on that side (0, inf,
+    -1 or 1, -inf / inf for a fixed effect), with a note and a
+    :class:`~lmm_jax.errors.ConvergenceWarning`.
 
     Args:
         result: a fit (REML fits are refitted by ML first, as lme4 does).
@@ -419,17 +565,23 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
         which: parameter names to profile (default all, in lme4's order).
         tol: tolerance on zeta at each end.
         max_iter: root-search steps per end.
+        progress: show a tqdm bar over the root-search steps.
 
     Returns:
         DataFrame indexed by lme4's names with columns ``lower, upper``;
-        ``attrs`` holds the level, the number of constrained fits solved and
+        ``attrs`` holds the level, the number of constrained fits solved,
         how many stopped short of the strict Newton-decrement criterion
-        (``not_converged``; in flat directions the objective is still accurate
-        to ~1e-9, which is what zeta needs).
+        (``not_converged``; in flat directions the objective is still
+        accurate to ~1e-9, which is what zeta needs), ``status``: per name
+        the pair (lower, upper) of ``"root"``, ``"estimate"``,
+        ``"boundary"`` or ``"budget"`` (module constants ROOT, ...), and
+        ``notes``: per name, what the ends that are not roots mean.
     """
 
     if not 0 < level < 1:
         raise InferenceError(f"level must be in (0, 1), got {level}")
+    max_iter = check_count(max_iter, "max_iter")
+    progress = check_bool(progress, "progress")
     fit = _ml_fit(result)
     params = parameters(fit)
     if which is not None:
@@ -439,29 +591,70 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
             raise InferenceError(f"cannot profile {unknown}: parameters are {names}")
         params = [p for p in params if p.name in which]
     prof = _Profiler(fit, batch=2 * len(parameters(fit)))   # fixed batch: one compilation per model
-    params = [p for p in params if np.isfinite(p.estimate)]
     z = float(stats.norm.ppf(0.5 + level / 2.0))
     ends = [_End(p, side, z, _first_step(fit, p, z), fit.sigma, tol) for p in params for side in (-1, 1)]
-    for _ in range(max_iter):
-        todo = [e for e in ends if not e.done]
-        if not todo:
-            break
-        zetas = prof.zeta([(e.p, e.proposal()) for e in todo])
-        for e, zt in zip(todo, zetas):
-            e.update(float(zt))
-    values = {(e.p.name, e.side): e.value for e in ends}
+    searched = [e.p for e in ends if not e.done]
+    prof.correlation_caps(searched)
+    for e in ends:
+        if e.p.kind == "cor" and not e.done:
+            cap, sd = prof.caps[e.p.name]
+            zeta_cap = float(np.sqrt(max(cap - prof.base, 0.0)))
+            if zeta_cap < z:
+                e.finish(float(e.side), BOUNDARY, f"the profile stays within the cutoff: {sd} can be 0 "
+                                                  f"(|zeta| = {zeta_cap:.4g}), where the correlation is undefined")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc="profile", unit="step")
+    try:
+        for _ in range(max_iter):
+            todo = [e for e in ends if not e.done]
+            if not todo:
+                break
+            zetas, sols = prof.zeta([(e.p, e.proposal()) for e in todo], [e.start() for e in todo])
+            for e, zt, sol in zip(todo, zetas, sols):
+                e.update(float(zt), sol)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(open_ends=sum(not e.done for e in ends))
+    finally:
+        if bar is not None:
+            bar.close()
+    short = [e for e in ends if not e.done]
+    for e in short:
+        e.give_up(max_iter)
+    by = {(e.p.name, e.side): e for e in ends}
     names = [p.name for p in parameters(fit)] if which is None else [p.name for p in params]
-    out = pd.DataFrame([(values.get((n, -1), np.nan), values.get((n, 1), np.nan)) for n in names],
-                       index=names, columns=["lower", "upper"])
+    out = pd.DataFrame([(by[(n, -1)].value, by[(n, 1)].value) for n in names], index=names,
+                       columns=["lower", "upper"])
+    notes = {}
+    for n in names:
+        text = "; ".join(f"{s}: {by[(n, side)].note}" for s, side in (("lower", -1), ("upper", 1))
+                         if by[(n, side)].note)
+        if text:
+            notes[n] = text
     out.attrs.update(level=level, method="profile", evaluations=prof.evaluations,
-                     not_converged=prof.not_converged, refitted_ml=bool(result.reml))
+                     not_converged=prof.not_converged, refitted_ml=bool(result.reml),
+                     status={n: (by[(n, -1)].status, by[(n, 1)].status) for n in names}, notes=notes)
+    if short:
+        listed = ", ".join(f"{e.p.name} ({'lower' if e.side < 0 else 'upper'}: {e.note})" for e in short)
+        warnings.warn(f"profile ends not found to tol={tol:g} within max_iter={max_iter} steps: {listed}; "
+                      f"raise max_iter or tol", ConvergenceWarning, stacklevel=3)
     return out
 
 
 @entry_point
 def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataFrame:
     """zeta (lme4's ``as.data.frame(profile(fit))$.zeta``) and the ML deviance
-    of one parameter at the given values, solved as one vmapped batch."""
+    of one parameter at the given values (a correlation's deviance capped as
+    in :meth:`_Profiler.correlation_caps`; zeta of a correlation whose term
+    has an SD estimated at 0 is 0).
+
+    As in :func:`profile_confint`'s search, the values on each side of the
+    estimate are solved outward from it, each from the solution at the one
+    before: round r solves the r-th nearest value of each side, as one
+    vmapped batch."""
 
     fit = _ml_fit(result)
     params = {p.name: p for p in parameters(fit)}
@@ -469,7 +662,17 @@ def profile_zeta(result: "LMMResult", name: str, values: np.ndarray) -> pd.DataF
         raise InferenceError(f"cannot profile {name!r}: parameters are {list(params)}")
     values = np.atleast_1d(np.asarray(values, dtype=float))
     prof = _Profiler(fit, batch=2 * len(params))      # the batch of profile_confint: one compilation
-    items = [(params[name], float(v)) for v in values]
-    dev = prof.deviance(items)
-    zeta = np.sign(values - params[name].estimate) * np.sqrt(np.maximum(dev - prof.base, 0.0))
+    p = params[name]
+    est = p.estimate if np.isfinite(p.estimate) else 0.0
+    sides = [sorted(np.flatnonzero(values < est), key=lambda n: -values[n]),
+             sorted(np.flatnonzero(values >= est), key=lambda n: values[n])]
+    dev = np.zeros(len(values))
+    last: list[Start | None] = [None, None]
+    for r in range(max(map(len, sides))):
+        idx = [(k, side[r]) for k, side in enumerate(sides) if r < len(side)]
+        d, sols = prof.deviance([(p, float(values[n])) for _, n in idx], [last[k] for k, _ in idx])
+        for (k, n), dn, sol in zip(idx, d, sols):
+            dev[n], last[k] = dn, sol
+    sign = np.sign(values - p.estimate) if np.isfinite(p.estimate) else np.zeros_like(values)
+    zeta = sign * np.sqrt(np.maximum(dev - prof.base, 0.0))
     return pd.DataFrame({"value": values, "zeta": zeta, "deviance": dev})
