@@ -57,6 +57,10 @@ class LMM:
         offset: a known term of the linear predictor with no coefficient
             (lme4's ``offset``): a column name or an array, added to the
             formula's ``offset(expr)`` terms.
+        planned: a planned design (simr's ``makeLmer``): ``data`` holds the
+            covariates and grouping columns and may lack the response, which
+            is then simulated (:func:`lmm_jax.simulate` with ``params``,
+            :func:`lmm_jax.power`); such a model cannot be fitted itself.
 
     Attributes:
         formula: the formula text.
@@ -74,9 +78,10 @@ class LMM:
         >>> fit = m.fit(reml=True)
     """
 
-    def __init__(self, formula: str, data: Any, *, weights: Any = None, offset: Any = None):
+    def __init__(self, formula: str, data: Any, *, weights: Any = None, offset: Any = None, planned: bool = False):
         self.formula = formula
-        self.design: Design = build_design(formula, data, weights=weights, offset=offset)
+        self.design: Design = build_design(formula, data, weights=weights, offset=offset,
+                                           planned=check_bool(planned, "planned"))
         self.structure: Structure = structure_of(self.design)
         self.products: DesignProducts = design_products(self.design)
         wk = self.design.working
@@ -173,6 +178,10 @@ class LMM:
         """
         reml, throw = check_bool(reml, "reml"), check_bool(throw, "throw")
         max_iter = check_count(max_iter, "max_iter")
+        if not self.design.has_response:
+            raise DataError(f"this planned model has no response ({self.design.formula.response!r} is not a column "
+                            "of its data): simulate responses (lmm_jax.simulate(model, n, key, params=...)) and fit "
+                            "them with model.fit_batch(Y), or build the LMM on data with the response")
         reml = reml and self.design.p > 0     # no fixed effects: the REML criterion is the deviance (lme4: ML)
         ks = self.structure.ks
         theta0 = default_start(self) if start is None else np.asarray(start, dtype=float)

@@ -27,8 +27,9 @@ import numpy as np
 
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure
-from ..core.parametrization import lambdas, n_theta
-from ..errors import check_count
+from ..core.parametrization import lambdas
+from ..errors import DataError, check_bool, check_count
+from .params import named_params
 
 if TYPE_CHECKING:
     from ..model import LMM
@@ -67,35 +68,24 @@ def replicate_keys(key: jax.Array, start: int | jnp.ndarray, size: int) -> jax.A
 
 
 def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> tuple["LMM", Params]:
-    """The model and the parameters to simulate at (given, or the fit's)."""
+    """The model and the parameters to simulate at: ``params`` (by name or
+    theta, :mod:`lmm_jax.batched.params`), else the fit's."""
     if hasattr(model_or_result, "model") and hasattr(model_or_result, "theta"):
         model, fitted = model_or_result.model, model_or_result
     elif hasattr(model_or_result, "design") and hasattr(model_or_result, "structure"):
         model, fitted = model_or_result, None
     else:
-        raise TypeError(f"expected an LMM or an LMMResult, got {type(model_or_result).__name__}")
-    s = model.structure
+        raise TypeError(f"expected an LMM, an LMMResult or a (formula, data) pair, got "
+                        f"{type(model_or_result).__name__}")
     if params is None:
         if fitted is None:
-            raise ValueError("an unfitted LMM has no parameters: pass params=dict(beta=..., theta=..., sigma=...) "
+            names = ", ".join(f"{n!r}: ..." for n in model.design.theta_layout.names)
+            raise ValueError("an unfitted LMM has no parameters: pass params={'beta': ..., " + names
+                             + ", 'sigma': ...} (or 'theta' in lme4's layout instead of the SDs and correlations), "
                              "or simulate from a fitted result")
         return model, Params(jnp.asarray(fitted.beta), jnp.asarray(fitted.theta), jnp.asarray(fitted.sigma))
-    missing = {"beta", "theta", "sigma"} - set(params)
-    if missing:
-        raise ValueError(f"params is missing {sorted(missing)}; give beta (length {s.p}), theta (length "
-                         f"{n_theta(s.ks)}, lme4's layout) and sigma")
-    beta = jnp.asarray(params["beta"], dtype=jnp.float64).reshape(-1)
-    theta = jnp.asarray(params["theta"], dtype=jnp.float64).reshape(-1)
-    sigma = jnp.asarray(params["sigma"], dtype=jnp.float64)
-    if beta.shape != (s.p,):
-        raise ValueError(f"params['beta'] must have {s.p} entries ({list(model.design.fixef_names)}), "
-                         f"got {beta.shape[0]}")
-    if theta.shape != (n_theta(s.ks),):
-        raise ValueError(f"params['theta'] must have {n_theta(s.ks)} entries (lme4's theta layout), "
-                         f"got {theta.shape[0]}")
-    if sigma.shape != () or not float(sigma) > 0:
-        raise ValueError(f"params['sigma'] must be a positive scalar, got {params['sigma']!r}")
-    return model, Params(beta, theta, sigma)
+    beta, theta, sigma = named_params(params, model.design)
+    return model, Params(jnp.asarray(beta), jnp.asarray(theta), jnp.asarray(sigma))
 
 
 def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:
@@ -122,8 +112,11 @@ _simulate_jit = jax.jit(simulate_batch, static_argnames=("s",))
 
 @entry_point
 def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict | None = None, *,
-             chunk_size: int | None = None) -> jnp.ndarray | Iterator[jnp.ndarray]:
-    """Draw ``n`` responses from the model (lme4 ``simulate``).
+             use_u: bool = False, chunk_size: int | None = None) -> jnp.ndarray | Iterator[jnp.ndarray]:
+    """Draw ``n`` responses from the model (lme4 ``simulate``) on its own rows.
+
+    The public :func:`lmm_jax.simulate` (:mod:`lmm_jax.planning`) adds planned
+    designs and new data.
 
     Args:
         model_or_result: a fitted :class:`~lmm_jax.results.LMMResult` (simulate
@@ -132,8 +125,11 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
         key: an int seed or a ``jax.random`` key. Replicate ``i`` uses
             ``jax.random.fold_in(key, i)``, so it does not depend on ``n`` or
             ``chunk_size``.
-        params: optional ``dict(beta=..., theta=..., sigma=...)`` overriding
-            the fitted values (theta in lme4's layout).
+        params: parameters overriding the fitted values, by lme4's names
+            (``{"beta": ..., "sd_(Intercept)|Subject": ..., "sigma": ...}``) or
+            with ``theta`` (:mod:`lmm_jax.batched.params`).
+        use_u: condition on the fit's random effects (lme4's ``use.u = TRUE``):
+            ``y* = fitted + sigma e / sqrt(w)``; default False draws new ones.
         chunk_size: if given, return a generator of (n_obs, <= chunk_size)
             arrays instead of one (n_obs, n) array (memory-bounded).
 
@@ -147,27 +143,39 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
     """
     n = check_count(n, "n")
     chunk = None if chunk_size is None else check_count(chunk_size, "chunk_size")
+    use_u = check_bool(use_u, "use_u")
     model, p = resolve_params(model_or_result, params)
+    mean = None
+    if use_u:
+        if model is model_or_result:
+            raise DataError("use_u=True conditions on a fit's random effects: simulate from the fitted result")
+        if params is not None:
+            raise DataError("use_u=True simulates around the fit's own fitted values; params cannot be given with it")
+        mean = jnp.asarray(model_or_result.fitted)
+        p = p._replace(theta=jnp.zeros_like(p.theta))          # no new random effects: the residuals only
     key = as_key(key)
     if chunk is None:
-        return _draw(model, p, replicate_keys(key, 0, n))
-    return _simulate_chunks(model, p, key, n, chunk)
+        return _draw(model, p, replicate_keys(key, 0, n), mean)
+    return _simulate_chunks(model, p, key, n, chunk, mean)
 
 
-def _draw(model: "LMM", p: Params, keys: jax.Array) -> jnp.ndarray:
+def _draw(model: "LMM", p: Params, keys: jax.Array, mean: jnp.ndarray | None = None) -> jnp.ndarray:
     """Responses on the user's scale: the working model's random part (one
-    compiled function for any beta), then ``X beta + o`` and the weights."""
+    compiled function for any beta), then the mean (``X beta + o`` unless
+    given) and the weights."""
     E = _simulate_jit(keys, p._replace(beta=jnp.zeros_like(p.beta)), model.arrays, model.structure)
     d = model.design
-    mean = jnp.asarray(d.X) @ p.beta
-    if d.offset is not None:
-        mean = mean + d.offset
+    if mean is None:
+        mean = jnp.asarray(d.X) @ p.beta
+        if d.offset is not None:
+            mean = mean + d.offset
     return d.working.user_response(E, mean)
 
 
 @entry_point
-def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int) -> Iterator[jnp.ndarray]:
+def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int,
+                     mean: jnp.ndarray | None) -> Iterator[jnp.ndarray]:
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         # always draw full chunks (one compilation), trim the last
-        yield _draw(model, p, replicate_keys(key, start, chunk))[:, :size]
+        yield _draw(model, p, replicate_keys(key, start, chunk), mean)[:, :size]

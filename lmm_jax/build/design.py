@@ -93,6 +93,7 @@ class Design:
             argument, summed), or None.
         n_zero_weight_rows: rows dropped for a zero weight.
         offset_column: the column named by the ``offset`` argument, if it named one.
+        has_response: False for a planned design (``y`` is zeros; see :func:`build_design`).
     """
 
     formula: ParsedFormula
@@ -109,6 +110,7 @@ class Design:
     offset: np.ndarray | None = field(default=None, repr=False)
     n_zero_weight_rows: int = 0
     offset_column: str | None = None
+    has_response: bool = True
 
     @property
     def n(self) -> int:
@@ -481,7 +483,8 @@ def _formulaic(text: str) -> Formula:
     return Formula(text)
 
 
-def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, offset: Any = None) -> Design:
+def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, offset: Any = None, *,
+                 planned: bool = False) -> Design:
     """Evaluate a formula on data.
 
     Args:
@@ -491,6 +494,9 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
             row of ``data`` (lme4's ``weights``); rows of weight 0 are dropped.
         offset: a column name or an array with one entry per row of ``data``,
             added to the formula's ``offset()`` terms (lme4's ``offset``).
+        planned: a planned design: the response (a column name) may be
+            absent from ``data``; its ``y`` is then zeros and ``has_response``
+            False (for simulation, :func:`lmm_jax.planned_model`).
 
     Returns:
         The :class:`Design`.
@@ -506,7 +512,9 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     columns = list(df.columns)
 
     # -- which columns are used ----------------------------------------------
-    fixed_vars, unknown = _required(pf.fixed_formula, pf.text, columns)
+    response_name = pf.response.strip("`")
+    has_response = not (planned and response_name not in df.columns)
+    fixed_vars, unknown = _required(pf.fixed_formula if has_response else f"~ {pf.fixed}", pf.text, columns)
     if unknown:
         name = sorted(unknown)[0]
         what = "the response" if name == pf.response.strip("`") else "fixed-effects variable"
@@ -529,7 +537,10 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
         if unknown:
             raise DataError(_missing_message(sorted(unknown)[0], f"variable of offset({expr}):", columns))
         used |= offset_vars
-    _check_response_column(pf.response, df)
+    if has_response:
+        _check_response_column(pf.response, df)
+    elif not re.fullmatch(r"`?[A-Za-z_.][\w.]*`?", pf.response.strip()):
+        raise DataError(f"a planned design's response must be a plain name (it is simulated), got {pf.response!r}")
     w_all = None if weights is None else _row_values(weights, "weights", df)
     o_all = None if offset is None else _row_values(offset, "offset", df)
     if w_all is not None:
@@ -558,8 +569,9 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
 
     # -- fixed part --------------------------------------------------------
     try:
-        mm = model_matrix(_formulaic(formulaic_text(pf.fixed_formula, df)), df_used, na_action="ignore",
-                          context=R_FUNCTIONS)
+        text = pf.fixed_formula if has_response else f"{response_name}__planned ~ {pf.fixed}"
+        frame = df_used if has_response else df_used.assign(**{f"{response_name}__planned": 0.0})
+        mm = model_matrix(_formulaic(formulaic_text(text, df)), frame, na_action="ignore", context=R_FUNCTIONS)
     except Exception as e:
         raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
                            pf.fixed, pf.text.find(pf.fixed)) from None
@@ -573,13 +585,13 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     for j in range(X_full.shape[1]):
         X_full[:, j] = mm.rhs.iloc[:, j].to_numpy(dtype=float)
     names_full = [r_name(c) for c in mm.rhs.columns]
-    del mm, lhs                               # formulaic's frames: X_full and y are all we keep
+    del mm, lhs, frame                        # formulaic's frames: X_full and y are all we keep
     if not np.isfinite(y).all():
         n_inf, n_nan = int(np.isinf(y).sum()), int(np.isnan(y).sum())
         raise DataError(f"the response {pf.response!r} has {n_inf} infinite and {n_nan} NaN value(s) among the "
                         f"rows used (first at row {df_used.index[np.flatnonzero(~np.isfinite(y))[0]]!r}); remove "
                         "those rows or set them to NaN in the data (rows with NaN are dropped)")
-    if y.max() == y.min():
+    if has_response and y.max() == y.min():
         raise DataError(f"the response {pf.response!r} is constant (every value is {y[0]!r}); there is no "
                         "variation to model")
     bad = ~np.isfinite(X_full).all(axis=0)
@@ -654,7 +666,7 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
                   kept_columns=tuple(keep), weights=w_used, offset=o_used, n_zero_weight_rows=n_zero_weight,
-                  offset_column=offset if isinstance(offset, str) else None)
+                  offset_column=offset if isinstance(offset, str) else None, has_response=has_response)
 
 
 def new_offset(design: Design, data: pd.DataFrame, offset: Any = None) -> np.ndarray | float:
