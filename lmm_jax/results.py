@@ -330,6 +330,21 @@ class LMMResult:
 
         return ranova(self, reduce_terms)
 
+    def r2(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
+        """Nakagawa's marginal and conditional R-squared, random slopes by
+        Johnson's extension (performance's ``r2_nakagawa``;
+        :func:`lmm_jax.inference.r2.r2`)."""
+        from .inference.r2 import r2
+
+        return r2(self, by_group, tolerance)
+
+    def icc(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
+        """Adjusted and unadjusted intraclass correlation (performance's
+        ``icc``; :func:`lmm_jax.inference.r2.icc`)."""
+        from .inference.r2 import icc
+
+        return icc(self, by_group, tolerance)
+
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
