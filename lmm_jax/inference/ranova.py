@@ -66,8 +66,8 @@ class Bar:
 
     @property
     def label(self) -> str:
-        """The term as lmerTest names it (grouping factor without backticks)."""
-        return f"({self.expr} | {':'.join(f.strip('`') for f in self.factors)})"
+        """The term as lmerTest names it (calls as R deparses them, grouping factor without backticks)."""
+        return f"({r_name(self.expr)} | {':'.join(f.strip('`') for f in self.factors)})"
 
 
 def _tidy(expr: str) -> str:
