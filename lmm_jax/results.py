@@ -315,6 +315,36 @@ class LMMResult:
 
         return anova_table(self, ddf)
 
+    def drop1(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """F tests of the fixed-effect terms that can be dropped respecting
+        marginality (lmerTest's ``drop1``; :func:`lmm_jax.inference.ranova.drop1`)."""
+        from .inference.ranova import drop1
+
+        return drop1(self, ddf)
+
+    def ranova(self, reduce_terms: bool = True) -> pd.DataFrame:
+        """Likelihood-ratio tests of the random-effects terms, each reduced or
+        removed and the model refitted (lmerTest's ``ranova``;
+        :func:`lmm_jax.inference.ranova.ranova`)."""
+        from .inference.ranova import ranova
+
+        return ranova(self, reduce_terms)
+
+    def r2(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
+        """Nakagawa's marginal and conditional R-squared, random slopes by
+        Johnson's extension (performance's ``r2_nakagawa``;
+        :func:`lmm_jax.inference.r2.r2`)."""
+        from .inference.r2 import r2
+
+        return r2(self, by_group, tolerance)
+
+    def icc(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
+        """Adjusted and unadjusted intraclass correlation (performance's
+        ``icc``; :func:`lmm_jax.inference.r2.icc`)."""
+        from .inference.r2 import icc
+
+        return icc(self, by_group, tolerance)
+
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
