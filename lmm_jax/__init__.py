@@ -28,6 +28,7 @@ if _TYPE_CHECKING:
     from .core.estimates import Estimates
     from .core.types import CrossProducts
     from .inference.anova import anova
+    from .inference.emmeans import emmeans
     from .model import LMM, fit, fit_many, make_deviance, make_estimates
     from .results import LMMResult
     from .runtime.code_memory import clear_caches
@@ -38,13 +39,13 @@ __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "par
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
            "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "PrecisionError",
            "ConfigurationWarning", "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many",
-           "make_estimates", "CrossProducts", "Estimates", "power", "power_curve", "extend"]
+           "make_estimates", "CrossProducts", "Estimates", "power", "power_curve", "extend", "emmeans"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
 # (PEP 562), so ``import lmm_jax`` loads its errors and the fork guard only; JAX, pandas, formulaic and scipy load
 # with the code that uses them.
 _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "model", "LMMResult": "results",
-         "anova": "inference.anova", "parse_formula": "build.formula", "simulate": "planning", "power": "planning", "power_curve": "planning", "extend": "planning",
+         "anova": "inference.anova", "emmeans": "inference.emmeans", "parse_formula": "build.formula", "simulate": "planning", "power": "planning", "power_curve": "planning", "extend": "planning",
          "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
          "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates",
          "clear_caches": "runtime.code_memory"}

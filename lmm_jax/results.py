@@ -345,6 +345,15 @@ class LMMResult:
 
         return icc(self, by_group, tolerance)
 
+    def emmeans(self, specs: Any, by: Any = None, at: dict | None = None, weights: str = "equal",
+                ddf: str = "satterthwaite", level: float = 0.95):
+        """Estimated marginal means over the reference grid (R's ``emmeans``): an
+        :class:`~lmm_jax.inference.emmeans.EMMeans` with ``.table`` and
+        ``.contrast(method, adjust)``; see :func:`lmm_jax.inference.emmeans.emmeans`."""
+        from .inference.emmeans import emmeans
+
+        return emmeans(self, specs, by, at, weights, ddf, level)
+
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``

@@ -159,8 +159,9 @@ def test_without_a_scoped_x64_switch_lmm_jax_raises_rather_than_fit_in_float32(m
 def test_every_public_callable_is_an_entry_point():
     from lmm_jax.batched.batch import BatchResult
     from lmm_jax.batched.bootstrap import BootstrapResult
+    from lmm_jax.inference.emmeans import EMMeans
 
-    for cls in (lmm_jax.LMM, lmm_jax.LMMResult, BatchResult, BootstrapResult):
+    for cls in (lmm_jax.LMM, lmm_jax.LMMResult, BatchResult, BootstrapResult, EMMeans):
         for name, attr in vars(cls).items():
             if name.startswith("_") and name not in scope.DUNDERS:
                 continue
@@ -173,7 +174,7 @@ def test_every_public_callable_is_an_entry_point():
     from lmm_jax.report import cli
 
     functions = [lmm_jax.fit, lmm_jax.fit_many, lmm_jax.make_deviance, lmm_jax.simulate, lmm_jax.anova,
-                 predict.predict, profile.profile_confint, profile.profile_zeta, cli.main]
+                 lmm_jax.emmeans, predict.predict, profile.profile_confint, profile.profile_zeta, cli.main]
     functions += [getattr(inference, n) for n in inference._TESTS if n != "normalize_ddf"]
     functions += [getattr(plotting, n) for n in plotting.__all__]
     for fn in functions:
