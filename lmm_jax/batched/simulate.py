@@ -79,7 +79,8 @@ def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> t
         if fitted is None:
             raise ValueError("an unfitted LMM has no parameters: pass params=dict(beta=..., theta=..., sigma=...) "
                              "or simulate from a fitted result")
-        return model, Params(jnp.asarray(fitted.beta), jnp.asarray(fitted.theta), jnp.asarray(fitted.sigma))
+        # float64 arrays, not weakly typed: given params have the same types and reuse the compiled code
+        return model, Params(*(jnp.asarray(v, dtype=jnp.float64) for v in (fitted.beta, fitted.theta, fitted.sigma)))
     missing = {"beta", "theta", "sigma"} - set(params)
     if missing:
         raise ValueError(f"params is missing {sorted(missing)}; give beta (length {s.p}), theta (length "
