@@ -23,6 +23,7 @@ if _TYPE_CHECKING:
     from . import datasets
     from .batched.batch import BatchResult
     from .batched.bootstrap import BootstrapResult
+    from .batched.modcomp import PBModComp, pb_modcomp
     from .planning import extend, power, power_curve, simulate
     from .build.formula import parse_formula
     from .core.estimates import Estimates
@@ -39,14 +40,17 @@ __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "par
            "DataError", "InferenceError", "ConvergenceError", "ConvergenceWarning", "SingularFitWarning",
            "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "PrecisionError",
            "ConfigurationWarning", "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many",
-           "make_estimates", "CrossProducts", "Estimates", "power", "power_curve", "extend", "emmeans"]
+           "make_estimates", "CrossProducts", "Estimates", "power", "power_curve", "extend", "emmeans", "pb_modcomp",
+           "PBModComp"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
 # (PEP 562), so ``import lmm_jax`` loads its errors and the fork guard only; JAX, pandas, formulaic and scipy load
 # with the code that uses them.
 _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "model", "LMMResult": "results",
-         "anova": "inference.anova", "emmeans": "inference.emmeans", "parse_formula": "build.formula", "simulate": "planning", "power": "planning", "power_curve": "planning", "extend": "planning",
+         "anova": "inference.anova", "emmeans": "inference.emmeans", "parse_formula": "build.formula",
+         "simulate": "planning", "power": "planning", "power_curve": "planning", "extend": "planning",
          "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
+         "pb_modcomp": "batched.modcomp", "PBModComp": "batched.modcomp",
          "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates",
          "clear_caches": "runtime.code_memory"}
 # Public modules that live in a subpackage: ``from lmm_jax import plotting``.

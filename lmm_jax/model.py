@@ -409,9 +409,10 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
         data: ``"fixed"``: ``g(x)``; ``"argument"``: ``g(x, products)``.
 
     Returns:
-        ``g -> Estimates``: a pytree (NamedTuple) of ``beta`` (p,),
-        ``sigma``, ``vcov`` (p, p), ``b`` (conditional modes, one (m_t, k_t)
-        array per term of ``model.design.terms``) and ``deviance``
+        ``g -> Estimates``: a pytree (NamedTuple) of ``theta`` (lme4's,
+        also for ``param="phi"``), ``beta`` (p,), ``sigma``, ``vcov`` (p, p),
+        ``b`` (conditional modes, one (m_t, k_t) array per term of
+        ``model.design.terms``) and ``deviance``
         (:class:`~lmm_jax.core.estimates.Estimates`). Under ``vmap`` every
         field gets the batch axis.
 

@@ -97,6 +97,7 @@ def test_equals_fit_objective_and_estimates_at_the_optimum(model):
         for est in (lmm_jax.make_estimates(model, reml=reml)(theta),
                     lmm_jax.make_estimates(model, reml=reml, data="argument")(theta, model.cross_products())):
             assert isinstance(est, lmm_jax.Estimates)
+            np.testing.assert_array_equal(est.theta, theta)
             assert float(est.deviance) == pytest.approx(fit.objective, rel=1e-10)
             assert float(est.sigma) == pytest.approx(fit.sigma, rel=1e-9)
             np.testing.assert_allclose(est.beta, fit.beta, rtol=1e-9)

@@ -28,7 +28,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ from .batch import (BatchResult, _as_batch_result, batch_response_products, chec
                     fit_products, moment_starts, start_inverse_hessian)
 from ..runtime.scope import entry_point
 from ..errors import ConvergenceWarning, check_bool, check_count
+from ..core.estimates import estimates
 from ..core.parametrization import phi_from_theta
 from .simulate import Params, as_key, simulate_batch
 
@@ -68,6 +69,47 @@ def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, eq, phi_fit, active_fi
     phi0, active0 = (phi_fit, active_fit) if eq is None else moment_starts(eq, rps, s)
     out = fit_products(dp, rps, phi0, active0, s, reml, max_iter, method=method, hinv0=hinv0)
     return dict(out, beta=out["beta"] + params.beta)
+
+
+@partial(jax.jit, static_argnames=("s", "reml", "statistic"))
+def _statistic_chunk(key, idx, params, G, arrays, dp, theta, beta, rp, theta_fit, s, reml, statistic):
+    """``statistic`` of each replicate's :class:`~lmm_jax.core.estimates.Estimates`
+    at its refitted ``theta`` (vmapped), and of the fit's own (``rp`` at
+    ``theta_fit``). The replicates' responses are drawn again from their
+    keys (as :func:`_bootstrap_chunk` draws them), which costs less than
+    keeping their products; their fixed effects are the refits' ``beta``."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+    E = simulate_batch(keys, params._replace(beta=jnp.zeros_like(params.beta)), arrays, s)
+    rps = batch_response_products(E, G, arrays, s)
+    est = jax.vmap(lambda th, r: estimates(th, dp, r, s, reml))(theta, rps)._replace(beta=beta)
+    return jax.vmap(statistic)(est), statistic(estimates(theta_fit, dp, rp, s, reml))
+
+
+def check_statistic(statistic: Any, model: "LMM", reml: bool) -> Any:
+    """The output structure of ``statistic`` (a pytree of ShapeDtypeStructs)
+    applied to one replicate's :class:`~lmm_jax.core.estimates.Estimates`,
+    traced once without compiling; a clear ``TypeError`` for a statistic
+    that is not a hashable callable or does not trace."""
+    if not callable(statistic):
+        raise TypeError(f"statistic must be a function of one replicate's lmm_jax.Estimates, got {statistic!r}")
+    try:
+        hash(statistic)
+    except TypeError as e:
+        raise TypeError(f"statistic must be hashable (it keys the compiled chunk): {statistic!r} is not ({e}); "
+                        "pass a function or a functools.partial") from e
+    s, dp, rp = model.structure, model.products, model.response
+    theta = jax.ShapeDtypeStruct((model.design.theta_layout.n_theta,), jnp.float64)
+    try:
+        shape = jax.eval_shape(lambda th: statistic(estimates(th, dp, rp, s, reml)), theta)
+    except Exception as e:
+        raise TypeError(f"statistic {getattr(statistic, '__name__', statistic)!r} could not be traced on an "
+                        f"lmm_jax.Estimates (fields theta, beta, sigma, vcov, b, deviance: JAX arrays): "
+                        f"{type(e).__name__}: {e}. It must be a JAX function (jax.numpy, no float() or "
+                        "NumPy on its argument) returning an array or a pytree of arrays") from e
+    if not jax.tree_util.tree_leaves(shape):
+        raise TypeError(f"statistic {getattr(statistic, '__name__', statistic)!r} returned no arrays "
+                        f"({shape!r}); return a scalar, an array or a pytree of arrays")
+    return shape
 
 
 def _replicate_sharding(n_dev: int):
@@ -118,7 +160,7 @@ def replicate_bytes(model: "LMM") -> int:
 @entry_point
 def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | None = None,
                   progress: bool = False, params: dict | None = None, max_iter: int = 200,
-                  method: str = "bfgs") -> "BootstrapResult":
+                  method: str = "bfgs", statistic: Callable | None = None) -> "BootstrapResult":
     """Parametric bootstrap of a fitted model (see :meth:`LMMResult.bootstrap`)."""
     from .simulate import resolve_params
 
@@ -126,6 +168,8 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     progress = check_bool(progress, "progress")
     method = check_method(method)
     model, p = resolve_params(result, params)
+    if statistic is not None:
+        check_statistic(statistic, model, result.reml)
     s = model.structure
     key = as_key(key)
     n_dev = jax.device_count()
@@ -143,7 +187,10 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, total=len(starts), desc="bootstrap", unit="chunk")
+    theta_fit = jnp.asarray(result.theta)
     out: dict[str, np.ndarray] = {}
+    stat_out: list[np.ndarray] | None = None
+    stat_tree, stat0 = None, None
     for start in starts:
         idx_np = np.arange(start, start + chunk, dtype=np.uint32)     # always a full chunk: one compilation
         if sharding is None:
@@ -153,13 +200,29 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         part = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, eq, phi0, active0, s,
                                 result.reml, int(max_iter), method)
         size = min(chunk, n - start)
+        if statistic is not None:
+            stat, stat0 = _statistic_chunk(key, idx, p, G, model.arrays, model.products, part["theta"],
+                                           part["beta"], model.response, theta_fit, s, result.reml, statistic)
+            leaves, stat_tree = jax.tree_util.tree_flatten(stat)
+            if stat_out is None:                 # float arrays, so that failed replicates can be NaN
+                stat_out = [np.empty((n,) + v.shape[1:], dtype=v.dtype if jnp.issubdtype(v.dtype, jnp.inexact)
+                                     else np.float64) for v in leaves]
+            for arr, v in zip(stat_out, leaves):
+                arr[start:start + size] = _gather(v)[:size]
         for k, v in part.items():                # each chunk's estimates straight into the arrays of all n
             v = _gather(v)
             if k not in out:
                 out[k] = np.empty((n,) + v.shape[1:], dtype=v.dtype)
             out[k][start:start + size] = v[:size]
     reps = _as_batch_result(out, model.design, result.reml)
-    boot = BootstrapResult(fit=result, replicates=reps, params=p, chunk_size=chunk)
+    stats = None
+    if stat_out is not None:
+        for arr in stat_out:
+            arr[reps.failed] = np.nan
+        stats = jax.tree_util.tree_unflatten(stat_tree, stat_out)
+        stat0 = jax.tree_util.tree_map(np.asarray, stat0)
+    boot = BootstrapResult(fit=result, replicates=reps, params=p, chunk_size=chunk, statistic=stats,
+                           statistic_estimate=stat0)
     if boot.n_failed or boot.n_nonconverged:
         warnings.warn(f"{boot.n_failed} of {n} bootstrap replicates failed (non-finite) and "
                       f"{boot.n_nonconverged} did not converge; they are kept in .table (converged=False) and "
@@ -177,12 +240,21 @@ class BootstrapResult:
         replicates: the refits, a :class:`~lmm_jax.batched.batch.BatchResult`.
         params: the parameters the responses were simulated at.
         chunk_size: replicates per compiled call.
+        statistic: the ``statistic`` of each replicate (``bootstrap(...,
+            statistic=f)``; None without one): ``f``'s output pytree with
+            each array stacked over the replicates, (n, ...), as NumPy
+            arrays (integer and boolean outputs as float64); NaN for the
+            replicates that failed (:attr:`n_failed`).
+        statistic_estimate: ``f`` of the bootstrapped fit's own estimates
+            (lme4 ``bootMer``'s ``t0``).
     """
 
     fit: "LMMResult"
     replicates: BatchResult
     params: Params
     chunk_size: int
+    statistic: Any = None
+    statistic_estimate: Any = None
 
     def __len__(self) -> int:
         return len(self.replicates)
@@ -240,29 +312,78 @@ class BootstrapResult:
             :attr:`n_failed` / :attr:`n_nonconverged`); correlations of
             replicates with a zero SD are undefined and left out of that row.
         """
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level}")
-        if method not in ("percentile", "shortest", "basic"):
-            raise ValueError(f"method must be 'percentile', 'shortest' or 'basic', got {method!r}")
-        est = self.replicates.estimates()[self.replicates.ok]
-        if len(est) == 0:
-            raise ValueError(f"no usable replicates: all {len(self)} failed or did not converge")
-        alpha = (1.0 - level) / 2.0
-        rows = {}
-        center = self.estimate
-        for name in est.columns:
-            v = est[name].to_numpy()
-            v = np.sort(v[np.isfinite(v)])
-            if v.size == 0:
-                rows[name] = (np.nan, np.nan)
-            elif method == "percentile":
-                rows[name] = tuple(np.quantile(v, [alpha, 1.0 - alpha]))
-            elif method == "basic":
-                lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-                rows[name] = (2.0 * center[name] - hi, 2.0 * center[name] - lo)
-            else:
-                rows[name] = _shortest(v, level)
-        return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
+        return _intervals(self.replicates.estimates(), self.estimate, self.replicates.ok, len(self), level,
+                          method)
+
+    @property
+    def statistic_table(self) -> pd.DataFrame:
+        """The :attr:`statistic` flattened, one row per replicate: a column
+        per scalar output, named by its pytree path (``t``, ``ratio``,
+        ``0``, ...; ``statistic`` for a bare output), with ``[i]`` or
+        ``[i,j]`` per element of a non-scalar array (``beta[1]``)."""
+        if self.statistic is None:
+            raise ValueError("this bootstrap has no statistic: pass bootstrap(..., statistic=f), f a JAX "
+                             "function of one replicate's lmm_jax.Estimates")
+        return pd.DataFrame(_flat_columns(self.statistic, per_replicate=True))
+
+    def statistic_confint(self, level: float = 0.95,
+                          method: Literal["percentile", "shortest", "basic"] = "percentile") -> pd.DataFrame:
+        """Bootstrap intervals of the :attr:`statistic` (lme4's ``boot.ci`` of
+        ``bootMer(FUN=)``): one row per column of :attr:`statistic_table`,
+        by the methods of :meth:`confint` ("basic" centres on
+        :attr:`statistic_estimate`). The replicates that failed or did not
+        converge are left out, as in :meth:`confint`."""
+        center = pd.Series(_flat_columns(self.statistic_estimate, per_replicate=False))
+        return _intervals(self.statistic_table, center, self.replicates.ok, len(self), level, method)
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):                # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat_columns(tree: Any, per_replicate: bool) -> dict[str, np.ndarray]:
+    """Each scalar of a pytree of arrays (with a leading replicate axis when
+    ``per_replicate``) as a named column (:attr:`BootstrapResult.statistic_table`)."""
+    cols: dict[str, np.ndarray] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        leaf = np.asarray(leaf)
+        base = ".".join(_key_name(k) for k in path) or "statistic"
+        shape = leaf.shape[1:] if per_replicate else leaf.shape
+        for ix in np.ndindex(shape):
+            name = base if not ix else f"{base}[{','.join(map(str, ix))}]"
+            cols[name] = leaf[(slice(None),) + ix] if per_replicate else leaf[ix]
+    return cols
+
+
+def _intervals(est: pd.DataFrame, center: pd.Series, ok: np.ndarray, n: int, level: float,
+               method: str) -> pd.DataFrame:
+    """Per column of ``est`` (one row per replicate), the bootstrap interval
+    of its finite values in the rows ``ok`` (:meth:`BootstrapResult.confint`)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if method not in ("percentile", "shortest", "basic"):
+        raise ValueError(f"method must be 'percentile', 'shortest' or 'basic', got {method!r}")
+    est = est[ok]
+    if len(est) == 0:
+        raise ValueError(f"no usable replicates: all {n} failed or did not converge")
+    alpha = (1.0 - level) / 2.0
+    rows = {}
+    for name in est.columns:
+        v = est[name].to_numpy()
+        v = np.sort(v[np.isfinite(v)])
+        if v.size == 0:
+            rows[name] = (np.nan, np.nan)
+        elif method == "percentile":
+            rows[name] = tuple(np.quantile(v, [alpha, 1.0 - alpha]))
+        elif method == "basic":
+            lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+            rows[name] = (2.0 * center[name] - hi, 2.0 * center[name] - lo)
+        else:
+            rows[name] = _shortest(v, level)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
 
 
 def _shortest(v_sorted: np.ndarray, level: float) -> tuple[float, float]:

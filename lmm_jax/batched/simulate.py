@@ -83,9 +83,10 @@ def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> t
             raise ValueError("an unfitted LMM has no parameters: pass params={'beta': ..., " + names
                              + ", 'sigma': ...} (or 'theta' in lme4's layout instead of the SDs and correlations), "
                              "or simulate from a fitted result")
-        return model, Params(jnp.asarray(fitted.beta), jnp.asarray(fitted.theta), jnp.asarray(fitted.sigma))
+        # float64 arrays, not weakly typed: given params have the same types and reuse the compiled code
+        return model, Params(*(jnp.asarray(v, dtype=jnp.float64) for v in (fitted.beta, fitted.theta, fitted.sigma)))
     beta, theta, sigma = named_params(params, model.design)
-    return model, Params(jnp.asarray(beta), jnp.asarray(theta), jnp.asarray(sigma))
+    return model, Params(*(jnp.asarray(v, dtype=jnp.float64) for v in (beta, theta, sigma)))
 
 
 def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:

@@ -38,6 +38,7 @@ class Estimates(NamedTuple):
     """The estimates at one theta, as a pytree (what :func:`lmm_jax.make_estimates` returns).
 
     Attributes:
+        theta: lme4's relative covariance parameters the estimates are at.
         beta: (p,) fixed effects, the GLS estimate at theta, ``L_X'^{-1} r``.
         sigma: residual SD, ``sqrt(pwrss / (n - p))`` (REML) or ``sqrt(pwrss / n)`` (ML).
         vcov: (p, p) covariance of beta, ``sigma^2 (L_X L_X')^{-1}`` (lme4's ``vcov``).
@@ -46,6 +47,7 @@ class Estimates(NamedTuple):
         deviance: the profiled REML criterion or ML deviance at theta.
     """
 
+    theta: jnp.ndarray
     beta: jnp.ndarray
     sigma: jnp.ndarray
     vcov: jnp.ndarray
@@ -57,7 +59,7 @@ def estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: S
     """:class:`Estimates` at theta: plain traceable JAX (no kernel), for code
     that jit/vmap/grad compiles itself (:func:`lmm_jax.make_estimates`)."""
     e = _estimates(theta, dp, rp, s, reml)
-    return Estimates(beta=e["beta"], sigma=e["sigma"], vcov=e["sigma"] ** 2 * e["unscaled_vcov"], b=e["b"],
+    return Estimates(theta=theta, beta=e["beta"], sigma=e["sigma"], vcov=e["sigma"] ** 2 * e["unscaled_vcov"], b=e["b"],
                      deviance=e["deviance"])
 
 

@@ -14,6 +14,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -248,6 +249,79 @@ def test_failed_and_nonconverged_replicates_are_counted(ingot_fit):
     assert bad.n_failed == 40 and len(bad.table) == 40
     with pytest.raises(ValueError, match="no usable replicates"):
         bad.confint()
+
+
+# -- bootstrap statistics (bootMer(FUN=)) ----------------------------------------------------------
+def days_t(e):
+    """t statistic of Days from one replicate's estimates."""
+    return e.beta[1] / jnp.sqrt(e.vcov[1, 1])
+
+
+def days_tree(e):
+    return dict(t=days_t(e), beta=e.beta, theta0=e.theta[0], positive=e.sigma > 0)
+
+
+def test_bootstrap_statistic_is_the_estimates_of_each_refit(sleepstudy_fit):
+    """bootstrap(statistic=f) gives f of each replicate's estimates: equal to
+    make_estimates at the replicate's theta on its simulated response (the
+    same draws, lmm_jax.simulate), for a scalar and for a pytree output; t0
+    is f at the fit. 20 replicates: the chunk of 32 that
+    test_bootstrap_sizes_in_one_bucket_share_a_compiled_chunk compiles."""
+    fit, m = sleepstudy_fit, sleepstudy_fit.model
+    boot = fit.bootstrap(20, key=5, statistic=days_t)
+    assert boot.statistic.shape == (20,) and boot.n_failed == 0
+    est = lmm_jax.make_estimates(m, reml=True, data="argument")
+    Y = lmm_jax.simulate(fit, 20, key=5)
+    with jax.enable_x64(True):
+        by_hand = [float(days_t(est(jnp.asarray(boot.replicates.theta[i]), m.cross_products(Y[:, i]))))
+                   for i in range(20)]
+    np.testing.assert_allclose(boot.statistic, by_hand, rtol=1e-10)
+    assert float(boot.statistic_estimate) == pytest.approx(fit.coef_table.loc["Days", "t"], rel=1e-10)
+    ci = boot.statistic_confint(0.9)
+    assert list(ci.index) == ["statistic"]
+    np.testing.assert_allclose(ci.loc["statistic"], np.quantile(boot.statistic, [0.05, 0.95]), rtol=1e-12)
+    # the same function again: nothing compiles; the refits do not depend on the statistic
+    with count_compilations() as compiled:
+        again = fit.bootstrap(20, key=5, statistic=days_t)
+    assert compiled["compile"] == 0
+    np.testing.assert_array_equal(again.statistic, boot.statistic)
+    np.testing.assert_array_equal(again.replicates.theta, fit.bootstrap(20, key=5).replicates.theta)
+
+    tree = fit.bootstrap(20, key=5, statistic=days_tree)
+    assert tree.statistic["beta"].shape == (20, 2) and tree.statistic["positive"].dtype == np.float64
+    np.testing.assert_allclose(tree.statistic["t"], boot.statistic, rtol=1e-12)
+    np.testing.assert_allclose(tree.statistic["beta"], boot.replicates.beta, rtol=1e-12)
+    np.testing.assert_array_equal(tree.statistic["theta0"], boot.replicates.theta[:, 0])
+    tab = tree.statistic_table
+    assert list(tab.columns) == ["beta[0]", "beta[1]", "positive", "t", "theta0"]
+    assert (tab["positive"] == 1.0).all()
+    basic = tree.statistic_confint(method="basic")
+    pct = tree.statistic_confint()
+    np.testing.assert_allclose(basic.loc["beta[1]", "upper"] + pct.loc["beta[1]", "lower"], 2 * fit.beta[1],
+                               rtol=1e-12)
+
+
+def test_bootstrap_statistic_of_failed_replicates_is_nan(sleepstudy_fit):
+    """A replicate that failed (here: NaN fixed effects to simulate at) has a
+    NaN statistic, also where f would be finite (theta, sigma > 0)."""
+    fit = sleepstudy_fit
+    p = dict(beta=[np.nan, 0.0], theta=fit.theta, sigma=fit.sigma)
+    with pytest.warns(ConvergenceWarning, match="20 of 20 bootstrap replicates failed"):
+        bad = fit.bootstrap(20, key=5, params=p, statistic=days_tree)
+    assert all(np.isnan(v).all() for v in bad.statistic.values())
+    with pytest.raises(ValueError, match="no usable replicates"):
+        bad.statistic_confint()
+
+
+def test_bootstrap_statistic_is_checked_before_the_refits(sleepstudy_fit):
+    with pytest.raises(TypeError, match="could not be traced on an lmm_jax.Estimates"):
+        sleepstudy_fit.bootstrap(20, key=5, statistic=lambda e: float(e.sigma))
+    with pytest.raises(TypeError, match="function of one replicate"):
+        sleepstudy_fit.bootstrap(20, key=5, statistic="t")
+    with pytest.raises(TypeError, match="returned no arrays"):
+        sleepstudy_fit.bootstrap(20, key=5, statistic=lambda e: None)
+    with pytest.raises(ValueError, match="has no statistic"):
+        sleepstudy_fit.bootstrap(20, key=5).statistic_confint()
 
 
 # -- bootstrap intervals against lme4 ------------------------------------------------------------
