@@ -575,8 +575,9 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
             (:meth:`BatchResult.coef_table`): ``"satterthwaite"`` (default;
             lmerTest's, from each fit's exact Hessian in (theta, sigma),
             computed in the same compiled call), ``"residual"`` (n - p) or
-            ``"none"`` (z tests); the last two skip the Hessians (sleepstudy:
-            about 20% less compile time, half the run time).
+            ``"none"`` (z tests); the last two skip the Hessians (1,000
+            sleepstudy responses on 2 CPU cores: 12 s of CPU to compile
+            instead of 14.5, 0.05 s per warm call instead of 0.09).
 
     Returns:
         A :class:`BatchResult`; ``.table`` is a DataFrame with one row per column of Y,
