@@ -106,18 +106,11 @@ def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s:
     return profiled_deviance(theta, dp, rp, s, reml)
 
 
-def deviance_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
-                     reml: bool) -> jnp.ndarray:
-    """Hessian of lmerTest's ``devfun_vp`` (:func:`~lmm_jax.core.likelihood.deviance_at_sigma`)
-    in varpar = (theta, sigma): plain traceable JAX (:func:`varpar_hessian` compiles it)."""
-    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
-
-
 @kernel(static_argnames=("s", "reml"))
 def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
                    reml: bool) -> jnp.ndarray:
-    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma), compiled."""
-    return deviance_hessian(varpar, dp, rp, s, reml)
+    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""
+    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
 
 
 def vcov_beta(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> jnp.ndarray:
@@ -147,7 +140,8 @@ def coefficient_inference(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProd
     Satterthwaite df of each coefficient: plain traceable JAX, for batched fits.
 
     With ``C(varpar)`` = :func:`vcov_beta`, ``A = 2 H^{-1}``
-    (:func:`varpar_covariance_of` of :func:`deviance_hessian`) and
+    (:func:`varpar_covariance_of` of H, the Hessian of
+    :func:`~lmm_jax.core.likelihood.deviance_at_sigma`, as :func:`varpar_hessian`) and
     ``g_j = d C_jj / d varpar``, coefficient j has ``df_j = 2 C_jj^2 / (g_j' A g_j)``
     (:func:`lmm_jax.inference.satterthwaite.satterthwaite_df` for unit contrasts).
 
@@ -158,6 +152,7 @@ def coefficient_inference(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProd
     C = vcov_beta(varpar, dp, rp, s)
     if not satterthwaite:
         return dict(vcov=C)
+
     def gradient_and_vcov(vp):
         return jax.grad(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, reml))(vp), vcov_beta(vp, dp, rp, s)
 
