@@ -122,3 +122,18 @@ def check_count(value: object, name: str, minimum: int = 1) -> int:
     if count < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
     return count
+
+
+DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
+
+
+def normalize_ddf(ddf: str) -> str:
+    """A denominator-df method of :data:`DDF_METHODS` from lmerTest's spellings
+    too (``"Satterthwaite"``, ``"Kenward-Roger"``, ``"kr"``; ``"lme4"``, ``"z"``
+    for ``"none"``); an InferenceError naming the methods otherwise."""
+    key = str(ddf).lower().replace("_", "-").replace(" ", "-")
+    key = {"kr": "kenward-roger", "kenwardroger": "kenward-roger", "lme4": "none", "asymptotic": "none",
+           "z": "none"}.get(key, key)
+    if key not in DDF_METHODS:
+        raise InferenceError(f"ddf must be one of {list(DDF_METHODS)}, got {ddf!r}")
+    return key

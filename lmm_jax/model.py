@@ -462,7 +462,7 @@ def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offs
 
 @entry_point
 def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = True, *, max_iter: int = 200,
-             method: str = "bfgs") -> "list[BatchResult]":
+             method: str = "bfgs", ddf: str = "satterthwaite") -> "list[BatchResult]":
     """Fit many (formula, data) pairs, one compiled vmapped call per shape.
 
     Models whose padded products share a structure (terms' columns, levels
@@ -476,14 +476,16 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
         reml: REML (default) or ML.
         max_iter: iterations per fit before it is reported unconverged.
         method: ``"bfgs"`` or ``"newton"``, as for :meth:`LMM.fit_batch`.
+        ddf: the coefficients' denominator df (``"satterthwaite"``,
+            ``"residual"`` or ``"none"``), as for :meth:`LMM.fit_batch`.
 
     Returns:
         One single-fit :class:`~lmm_jax.batched.batch.BatchResult` per spec,
         in the input order (``pd.concat([r.table for r in out])`` gives one
-        table).
+        table; ``r.coef_table()`` a fit's t tests).
     """
     from .batched.batch import fit_models
 
     check_bool(reml, "reml")
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
-    return fit_models(models, reml, max_iter=max_iter, method=method)
+    return fit_models(models, reml, max_iter=max_iter, method=method, ddf=ddf)

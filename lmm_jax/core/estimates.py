@@ -115,6 +115,57 @@ def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts
     return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
 
 
+def vcov_beta(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> jnp.ndarray:
+    """``C(varpar) = sigma^2 S (L_X L_X')^{-1} S'``: the covariance of beta-hat
+    in the user's basis at varpar = (theta, sigma)."""
+    return varpar[-1] ** 2 * user_vcov(unscaled_vcov_beta(factorize(varpar[:-1], dp, rp, s)), dp)
+
+
+PINV_RCOND = 1e-15   # eigenvalues of H below this fraction of the largest are dropped (numpy's pinv default)
+
+
+def varpar_covariance_of(H: jnp.ndarray) -> jnp.ndarray:
+    """``2 H^{-1}``, the asymptotic covariance of (theta, sigma), as a
+    pseudo-inverse: eigenvalues of the symmetrised H below ``PINV_RCOND``
+    times the largest in absolute value are dropped (a boundary fit's H can
+    be singular). The same matrix as ``2 numpy.linalg.pinv(H, PINV_RCOND,
+    hermitian=True)`` (:func:`lmm_jax.inference.satterthwaite.varpar_covariance`)."""
+    w, V = jnp.linalg.eigh(0.5 * (H + H.T))
+    a = jnp.abs(w)
+    keep = a > PINV_RCOND * jnp.max(a)
+    return 2.0 * (V * jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)) @ V.T
+
+
+def coefficient_inference(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts,
+                          s: Structure, reml: bool, satterthwaite: bool) -> dict:
+    """vcov(beta) at (theta, sigma) and, if ``satterthwaite``, lmerTest's
+    Satterthwaite df of each coefficient: plain traceable JAX, for batched fits.
+
+    With ``C(varpar)`` = :func:`vcov_beta`, ``A = 2 H^{-1}``
+    (:func:`varpar_covariance_of` of H, the Hessian of
+    :func:`~lmm_jax.core.likelihood.deviance_at_sigma`, as :func:`varpar_hessian`) and
+    ``g_j = d C_jj / d varpar``, coefficient j has ``df_j = 2 C_jj^2 / (g_j' A g_j)``
+    (:func:`lmm_jax.inference.satterthwaite.satterthwaite_df` for unit contrasts).
+
+    Returns:
+        ``dict(vcov=(p, p))``, with ``df=(p,)`` when ``satterthwaite``.
+    """
+    varpar = jnp.concatenate([theta, sigma[None]])
+    C = vcov_beta(varpar, dp, rp, s)
+    if not satterthwaite:
+        return dict(vcov=C)
+
+    def gradient_and_vcov(vp):
+        return jax.grad(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, reml))(vp), vcov_beta(vp, dp, rp, s)
+
+    # one forward-mode pass over both: H = d grad / d varpar and dC share the factorisation's tangents
+    H, dC = jax.jacfwd(gradient_and_vcov)(varpar)                          # (n_varpar,) * 2, (p, p, n_varpar)
+    A = varpar_covariance_of(H)
+    g = jnp.diagonal(dC, axis1=0, axis2=1).T                               # (p, n_varpar): d C_jj / d varpar
+    var = jnp.diagonal(C)
+    return dict(vcov=C, df=2.0 * var ** 2 / jnp.einsum("jk,kl,jl->j", g, A, g))
+
+
 def is_singular(theta: np.ndarray, ks: tuple[int, ...], tol: float = SINGULAR_TOL) -> bool:
     """lme4's ``isSingular``: a diagonal entry of some Lambda_t below tol."""
     diag = diagonal_mask(ks)

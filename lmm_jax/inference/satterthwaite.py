@@ -24,16 +24,17 @@ from scipy.special import stdtr
 
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..runtime.kernel import kernel
-from ..core.likelihood import factorize, unscaled_vcov_beta, user_vcov
+from ..core.estimates import PINV_RCOND, vcov_beta
 from ..core.parametrization import lambdas_host
 from ..core.theta_layout import ThetaLayout
 
 
 def varpar_covariance(H: np.ndarray) -> np.ndarray:
-    """``2 H^{-1}``: asymptotic covariance of (theta, sigma)."""
+    """``2 H^{-1}``: asymptotic covariance of (theta, sigma), a pseudo-inverse
+    with the cutoff of batched fits' :func:`~lmm_jax.core.estimates.varpar_covariance_of`."""
     H = np.asarray(H)
     H = 0.5 * (H + H.T)
-    return 2.0 * np.linalg.pinv(H, hermitian=True)
+    return 2.0 * np.linalg.pinv(H, rcond=PINV_RCOND, hermitian=True)
 
 
 def varcomp_of(varpar: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
@@ -76,9 +77,10 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
 
 @kernel(static_argnames=("s",))
 def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
-    """C(varpar) = sigma^2 (L_X L_X')^{-1} and its Jacobian (p, p, len(varpar))."""
+    """C(varpar) = sigma^2 (L_X L_X')^{-1} (:func:`~lmm_jax.core.estimates.vcov_beta`)
+    and its Jacobian (p, p, len(varpar))."""
     def C(vp):
-        return vp[-1] ** 2 * user_vcov(unscaled_vcov_beta(factorize(vp[:-1], dp, rp, s)), dp)
+        return vcov_beta(vp, dp, rp, s)
     return C(varpar), jax.jacfwd(C)(varpar)
 
 

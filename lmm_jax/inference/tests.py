@@ -31,7 +31,7 @@ from scipy import stats
 
 from ..runtime.scope import entry_point
 from ..core.theta_layout import ThetaLayout
-from ..errors import InferenceError, check_bool
+from ..errors import InferenceError, check_bool, normalize_ddf
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .profile import profile_confint
 from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
@@ -39,18 +39,7 @@ from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
 if TYPE_CHECKING:
     from ..results import LMMResult
 
-DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
 F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
-
-
-def normalize_ddf(ddf: str) -> str:
-    """Accept lmerTest's spellings (``"Satterthwaite"``, ``"Kenward-Roger"``, ``"kr"``)."""
-    key = str(ddf).lower().replace("_", "-").replace(" ", "-")
-    key = {"kr": "kenward-roger", "kenwardroger": "kenward-roger", "lme4": "none", "asymptotic": "none",
-           "z": "none"}.get(key, key)
-    if key not in DDF_METHODS:
-        raise InferenceError(f"ddf must be one of {list(DDF_METHODS)}, got {ddf!r}")
-    return key
 
 
 def vcov_jacobian(result: "LMMResult") -> tuple[np.ndarray, np.ndarray]:

@@ -123,11 +123,16 @@ def test_fit_batch_flags_responses_that_cannot_be_fitted(sleepstudy_fit):
     assert np.isnan(batch.beta[[1, 3]]).all() and np.isnan(batch.objective[[1, 3]]).all()
     assert not batch.converged[[1, 3]].any() and list(batch.ok) == [True, False, True, False]
     assert list(batch.table["failure"]) == list(batch.failure)
+    coefs = batch.coef_table()
+    failed = coefs["fit"].isin([1, 3])
+    assert coefs.loc[failed, ["estimate", "std_error", "df", "p", "lower"]].isna().all().all()
+    assert np.isfinite(coefs.loc[~failed, ["estimate", "std_error", "df", "p", "lower"]].to_numpy()).all()
     for i in (0, 2):
         one = lmm_jax.fit(SLEEP, data.assign(Reaction=Y[:, i]))
         np.testing.assert_allclose(batch.theta[i], one.theta, rtol=1e-5, atol=1e-10)
         np.testing.assert_allclose(batch.beta[i], one.beta, rtol=1e-8)
         np.testing.assert_allclose(batch.objective[i], one.objective, rtol=1e-10)
+        np.testing.assert_allclose(coefs[coefs["fit"] == i]["df"], one.coefs()["df"], rtol=1e-4)
     Y[5, 2] = np.nan
     assert "1 infinite or NaN value(s)" in sleepstudy_fit.model.fit_batch(Y).failure[2]
 
@@ -150,6 +155,11 @@ def test_fit_many_one_compile_per_shape():
         np.testing.assert_allclose(r.theta[0], one.theta, rtol=1e-5)
         np.testing.assert_allclose(r.beta[0], one.beta, rtol=1e-6)
         np.testing.assert_allclose(r.objective[0], one.objective, rtol=1e-10)
+        # t tests from the padded, stacked products: the single fit's (Satterthwaite df of Days: 53 and 80)
+        coefs, single = r.coef_table().set_index("term"), one.coefs()
+        assert list(coefs["fit"]) == [0, 0] and list(coefs.index) == list(single.index)
+        for c, rtol in (("std_error", 1e-6), ("df", 1e-4), ("p", 1e-3), ("lower", 1e-6), ("upper", 1e-6)):
+            np.testing.assert_allclose(coefs[c], single[c], rtol=rtol, err_msg=c)
     # a response in the column space of X: a failed fit with its reason, the others unchanged (same shapes)
     formula, d = specs[2]
     specs[2] = (formula, d.assign(Reaction=3.0 + 2.0 * d["Days"]))
@@ -166,6 +176,8 @@ def test_fit_many_one_compile_per_shape():
 def test_bootstrap_key_chunking_and_trace_count(ingot_fit):
     b1 = ingot_fit.bootstrap(96, key=3, chunk_size=96)
     assert len(b1) == 96 and b1.chunk_size == 96
+    with pytest.raises(lmm_jax.InferenceError, match="no covariance of the fixed effects"):
+        b1.replicates.coef_table()       # the bootstrap's refits compute no vcov: only their estimates
     # same key -> the same replicates, bit for bit
     b1again = ingot_fit.bootstrap(96, key=jax.random.PRNGKey(3), chunk_size=96)
     np.testing.assert_array_equal(b1.replicates.theta, b1again.replicates.theta)
