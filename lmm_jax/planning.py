@@ -197,8 +197,9 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def _t_test(fits: "BatchResult", term: str, ddf: str) -> tuple[np.ndarray, np.ndarray]:
-    table = fits.coef_table(ddf=ddf)
+def _t_test(fits: "BatchResult", term: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each fit's t statistic and p-value for ``term`` (the batch's own ddf)."""
+    table = fits.coef_table()
     rows = table[table["term"] == term].sort_values("fit")
     return rows["t"].to_numpy(), rows["p"].to_numpy()
 
@@ -258,7 +259,7 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         if k0 >= k1:
             raise DataError(f"the null model {test!r} has {k0} parameters, the model {k1}: the null model must "
                             "be nested in the model, with fewer parameters")
-        full, small = base.fit_batch(Y, reml=False), null.fit_batch(Y, reml=False)
+        full, small = base.fit_batch(Y, reml=False, ddf="none"), null.fit_batch(Y, reml=False, ddf="none")
         stat = np.maximum(small.objective - full.objective, 0.0)
         ok = ~(full.failed | small.failed) & np.isfinite(stat)
         p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
@@ -268,8 +269,8 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         if test not in base.design.fixef_names:
             raise DataError(f"test {test!r} is neither a fixed effect of the model ({list(base.design.fixef_names)})"
                             " nor a null-model formula (with '~')")
-        fits = base.fit_batch(Y, reml=reml)
-        stat, p = _t_test(fits, test, ddf)
+        fits = base.fit_batch(Y, reml=reml, ddf=ddf)
+        stat, p = _t_test(fits, test)
         p = np.where(fits.failed, np.nan, p)
         name = f"fixed effect {test!r} (t test, {ddf} df)"
         failed = int(np.sum(fits.failed))

@@ -41,19 +41,20 @@ def test_params_by_name_give_lme4s_theta():
 
 
 def test_a_planned_design_simulates_its_parameters_and_cannot_be_fitted():
-    """2,000 replicates of 20 subjects x 10 days: the batched refits recover
-    the parameters (means within 4 Monte Carlo SEs)."""
+    """256 replicates of 20 subjects x 10 days (every batch in this module has
+    256 columns: one compiled fit per model): the batched refits recover the
+    parameters (means within 4 Monte Carlo SEs)."""
     m = lmm_jax.LMM(FORMULA, planned_design(), planned=True)
     with pytest.raises(DataError, match="planned model has no response"):
         m.fit()
-    Y = lmm_jax.simulate((FORMULA, planned_design()), 2000, key=0, params=PARAMS)
-    assert Y.shape == (200, 2000)
+    Y = lmm_jax.simulate((FORMULA, planned_design()), 256, key=0, params=PARAMS)
+    assert Y.shape == (200, 256)
     fits = m.fit_batch(Y)
     assert fits.n_failed == 0
     beta = fits.beta
     se = beta.std(axis=0) / np.sqrt(len(beta))
     np.testing.assert_array_less(np.abs(beta.mean(axis=0) - [250.0, 3.0]), 4 * se)
-    assert np.mean(fits.sigma) == pytest.approx(25.0, rel=0.01)
+    assert np.mean(fits.sigma) == pytest.approx(25.0, rel=0.02)
 
 
 def test_power_of_a_planned_design_matches_the_closed_form():
@@ -64,12 +65,12 @@ def test_power_of_a_planned_design_matches_the_closed_form():
     se = np.sqrt(6.0 ** 2 / 20 + 25.0 ** 2 / (20 * np.sum((np.arange(10) - 4.5) ** 2)))
     z = 3.0 / se
     expected = stats.norm.sf(1.959964 - z) + stats.norm.cdf(-1.959964 - z)
-    res = lmm_jax.power((FORMULA, planned_design()), "Reaction ~ 1 + (Days | Subject)", n=600, key=1,
+    res = lmm_jax.power((FORMULA, planned_design()), "Reaction ~ 1 + (Days | Subject)", n=256, key=1,
                         params=PARAMS)
-    assert res.n == 600 and res.n_failed == 0
+    assert res.n == 256 and res.n_failed == 0
     assert abs(res.power - expected) < 4 * np.sqrt(expected * (1 - expected) / res.n)
     lo, hi = res.interval
-    assert lo < res.power < hi and hi - lo < 0.09
+    assert lo < res.power < hi and hi - lo < 0.14
     assert "LRT" in repr(res) and "%" in repr(res)
 
 
@@ -89,3 +90,25 @@ def test_conditional_and_new_data_simulation(sleepstudy_fit):
     assert np.abs(Yn.mean(axis=1) - mean).max() < 5 * 60 / np.sqrt(400)     # sd of y at Days 9 < 60
     with pytest.raises(DataError, match="not seen in the fit"):
         lmm_jax.simulate(fit, 3, key=0, newdata=more.drop(columns="Reaction"), use_u=True)
+
+
+def test_t_test_power_and_a_power_curve():
+    """The t test of the slope (Satterthwaite df, 19 for this balanced
+    design) has the power of a noncentral t: within 4 Monte Carlo SEs; a
+    power curve over numbers of subjects rises with them, each size one
+    batched fit, reproducible from its key."""
+    se = np.sqrt(6.0 ** 2 / 20 + 25.0 ** 2 / (20 * np.sum((np.arange(10) - 4.5) ** 2)))
+    crit = stats.t.ppf(0.975, 19)
+    expected = stats.nct.sf(crit, 19, 3.0 / se) + stats.nct.cdf(-crit, 19, 3.0 / se)
+    res = lmm_jax.power((FORMULA, planned_design()), "Days", n=256, key=3, params=PARAMS)
+    assert res.n_failed == 0
+    assert abs(res.power - expected) < 4 * np.sqrt(expected * (1 - expected) / res.n)
+    curve = lmm_jax.power_curve((FORMULA, planned_design()), "Days", along="Subject", sizes=[10, 30], n=256,
+                                key=4, params=PARAMS)
+    assert list(curve["size"]) == [10, 30] and list(curve["n_rows"]) == [100, 300]
+    assert curve["power"].iloc[0] < curve["power"].iloc[1]
+    again = lmm_jax.power_curve((FORMULA, planned_design()), "Days", along="Subject", sizes=[10], n=256, key=4,
+                                params=PARAMS)
+    assert again["power"].iloc[0] == curve["power"].iloc[0]
+    with pytest.raises(DataError, match="neither a fixed effect"):
+        lmm_jax.power((FORMULA, planned_design()), "Day", n=8, params=PARAMS)
