@@ -55,7 +55,8 @@ class Summary(str):
     ``str(s)``, ``s + "..."``, ``"REML" in s``, ``s.splitlines()`` and
     ``json.dumps(s)`` act on the text; ``repr(s)`` is the text too (an
     interactive prompt shows the layout, not a quoted string) and
-    ``_repr_html_`` renders it in notebooks. Its tables:
+    ``_repr_html_`` renders it in notebooks. Its tables (``random_effects``
+    and ``fit_statistics`` are built from the fit on first access):
 
     ``coefficients``
         One row per fixed effect (index: the coefficient names), columns
@@ -174,9 +175,9 @@ def summarize(fit: "LMMResult", ddf: str = "satterthwaite") -> Summary:
     lines += _table([["Min", "1Q", "Median", "3Q", "Max"], [f"{v:.4f}" for v in q]], ["r"] * 5)
     lines.append("")
     lines.append("Random effects:")
-    vc = fit.varcorr
-    records = [(g, v1, v2, vcov, np.nan if v2 else sdcor, sdcor if v2 else np.nan)       # plain tuples: no
-               for g, v1, v2, vcov, sdcor in zip(vc.grp, vc.var1, vc.var2, vc.vcov, vc.sdcor)]  # frame filtering
+    vc = fit.varcorr                    # plain tuples, not frame filtering: the text stays cheap
+    records = [(g, v1, v2, vcov, np.nan if v2 else sdcor, sdcor if v2 else np.nan)
+               for g, v1, v2, vcov, sdcor in zip(vc.grp, vc.var1, vc.var2, vc.vcov, vc.sdcor)]
     lines += [" " + s for s in _table(_random_effects_rows(records), ["l", "l", "r", "r", "l"])]
     groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
