@@ -50,7 +50,8 @@ class LMM:
     Args:
         formula: e.g. ``"Reaction ~ Days + (Days | Subject)"``; see the README
             for the supported syntax (``||``, ``/``, ``:``, ``0 +``).
-        data: a pandas DataFrame (or a dict of equal-length arrays).
+        data: a pandas or polars DataFrame (polars needs no pyarrow; Enum columns keep their order of
+            levels), or a dict of equal-length arrays.
         weights: prior weights (lme4's ``weights``): a column name or an
             array with one entry per row of ``data``; observation i has
             residual variance sigma^2 / w_i. Rows of weight 0 are dropped.

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .inference.kenward_roger import KRAdjustment
     from .model import LMM
     from .core.optimize import NewtonResult
+    from .report.summary import Summary
 
 
 @entry_point
@@ -415,11 +416,16 @@ class LMMResult:
                              max_iter=max_iter, method=method, statistic=statistic)
 
     # -- printing --------------------------------------------------------------
-    def summary(self) -> str:
-        """lme4's ``summary(lmer(...))`` layout, with lmerTest's df and p."""
-        from .report.summary import format_summary
+    def summary(self, ddf: str = "satterthwaite") -> "Summary":
+        """lme4's ``summary(lmer(...))``, with lmerTest's df and p-values by
+        ``ddf`` (``"satterthwaite"``, ``"kenward-roger"``, ``"residual"``,
+        ``"none"``): a :class:`~lmm_jax.report.summary.Summary`, a ``str``
+        holding the text (``print`` shows it, notebooks render its HTML) with
+        the tables ``.coefficients``, ``.random_effects`` and
+        ``.fit_statistics`` as DataFrames."""
+        from .report.summary import summarize
 
-        return format_summary(self)
+        return summarize(self, ddf)
 
     def __repr__(self) -> str:
         kind = "REML" if self.reml else "ML"

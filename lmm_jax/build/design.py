@@ -162,15 +162,40 @@ def _r_call(m: re.Match) -> str:
     return m.group(0).replace(" ** ", "^").replace("**", "^").replace(" / ", "/")
 
 
+def _from_polars(data: Any) -> pd.DataFrame:
+    """A polars DataFrame column by column, without pyarrow: numbers and dates
+    as numpy arrays (integer columns with nulls as float with NaN), text as
+    objects (None for null), Categorical and Enum as pandas Categorical with
+    polars' order of the categories (an Enum's declared categories; a
+    Categorical's values present, as polars sorts them)."""
+    import polars as pl
+
+    if not hasattr(data, "get_columns"):
+        raise DataError(f"data is a polars {type(data).__name__}; pass a polars DataFrame (a LazyFrame: "
+                        "data.collect())")
+    cols: dict[str, Any] = {}
+    for s in data.get_columns():
+        if isinstance(s.dtype, pl.Enum):
+            cols[s.name] = pd.Categorical(s.to_numpy(), categories=s.dtype.categories.to_list())
+        elif isinstance(s.dtype, pl.Categorical):
+            cols[s.name] = pd.Categorical(s.to_numpy(), categories=s.drop_nulls().unique().sort().to_list())
+        else:
+            cols[s.name] = s.to_numpy()
+    return pd.DataFrame(cols, index=pd.RangeIndex(data.height))
+
+
 def as_frame(data: Any) -> pd.DataFrame:
-    """Accept a pandas DataFrame, a mapping of equal-length 1-d arrays, or a
-    table with a ``to_pandas()`` method (polars, pyarrow).
+    """Accept a pandas DataFrame, a mapping of equal-length 1-d arrays, a
+    polars DataFrame (converted column by column, :func:`_from_polars`; no
+    pyarrow needed), or a table with a ``to_pandas()`` method (pyarrow).
 
     Raises:
         DataError: anything else, duplicated column names, or no rows.
     """
     if isinstance(data, pd.DataFrame):
         df = data
+    elif type(data).__module__.split(".")[0] == "polars":
+        df = _from_polars(data)
     elif isinstance(data, Mapping):
         cols = {}
         for k, v in data.items():

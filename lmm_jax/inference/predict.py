@@ -192,7 +192,7 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
 
     Args:
         result: the fit.
-        newdata: a DataFrame (or dict of columns); None for the fitted rows.
+        newdata: a pandas or polars DataFrame (or dict of columns); None for the fitted rows.
         re_form: None for all random terms, ``"~0"`` (or ``np.nan``) for the
             population level, or a formula of bars such as ``"~(1 | Subject)"``.
         allow_new_levels: give unseen levels (and missing values) of a

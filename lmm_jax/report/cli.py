@@ -311,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"lmm_jax example: {formula} on the bundled {EXAMPLE_DATASET} data\n")
     result = model.fit(reml=not args.ml)
     elapsed = time.perf_counter() - t0
-    print(result.summary())
+    print(result.summary(ddf=args.ddf))
     print(f"\n(fitted in {elapsed:.2f} s, including JAX compilation; {result.iterations} Newton iterations)")
 
     out = result_to_dict(result)

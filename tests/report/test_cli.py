@@ -34,6 +34,7 @@ def test_example_prints_lme4_summary_and_writes_json_and_png(tmp_path, capsys):
     assert rc == 0, captured.err
     assert f"REML criterion at convergence: {ref['reml_criterion']:.4f}" in captured.out
     assert "Fixed effects with satterthwaite df and 95% confidence intervals" in captured.out
+    assert "Degrees of freedom: Satterthwaite's method" in captured.out
 
     got = json.loads(out_json.read_text())
     assert got["formula"].replace(" ", "") == ref["formula"].replace(" ", "")
@@ -66,6 +67,8 @@ def test_kenward_roger_and_bootstrap(tmp_path, capsys):
         assert rc == 0, captured.err
         outs.append(json.loads(out_json.read_text()))
     assert "Fixed effects with kenward-roger df" in captured.out
+    # the summary's t tests follow --ddf too
+    assert "Degrees of freedom: Kenward-Roger's method" in captured.out and "Satterthwaite" not in captured.out
     assert "Parametric bootstrap (25 replicates, seed 7" in captured.out
     assert "bootstrap:" not in captured.err          # one chunk (of 32): no progress bar
     got = outs[0]
