@@ -18,6 +18,7 @@ on ``key``: replicate i of size j uses ``fold_in(fold_in(key, j), i)``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from .batched.batch import BatchResult
 
 TESTS_DDF = ("satterthwaite", "residual", "none")
+# Simulations per batched fit: batches up to this size run the single-stage vmapped optimiser
+# (lmm_jax.batched.batch.UNSTAGED_MAX_BATCH), whose compilation is a fraction of the staged one's, and
+# every call of a size bucket has this one shape (the last chunk is padded), so a power curve compiles
+# once per bucket.
+CHUNK = 256
 
 
 def _model(spec: Any) -> "LMM | LMMResult":
@@ -247,7 +253,7 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
             params = fitted_params(m)
         base = LMM(base.formula, data, planned=True, offset=base.design.offset_column)
         m = base
-    Y = simulate(m, n, key, params)
+    chunks = list(_chunks(m, n, key, params))
     if "~" in test:
         rows = base.design.data.drop(columns=[base.design.formula.response.strip("`")], errors="ignore")
         null = LMM(test, rows, planned=True, offset=base.design.offset_column)
@@ -259,7 +265,8 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         if k0 >= k1:
             raise DataError(f"the null model {test!r} has {k0} parameters, the model {k1}: the null model must "
                             "be nested in the model, with fewer parameters")
-        full, small = base.fit_batch(Y, reml=False, ddf="none"), null.fit_batch(Y, reml=False, ddf="none")
+        full = _fit_chunks(base, chunks, n, reml=False, ddf="none")
+        small = _fit_chunks(null, chunks, n, reml=False, ddf="none")
         stat = np.maximum(small.objective - full.objective, 0.0)
         ok = ~(full.failed | small.failed) & np.isfinite(stat)
         p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
@@ -269,13 +276,34 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         if test not in base.design.fixef_names:
             raise DataError(f"test {test!r} is neither a fixed effect of the model ({list(base.design.fixef_names)})"
                             " nor a null-model formula (with '~')")
-        fits = base.fit_batch(Y, reml=reml, ddf=ddf)
+        fits = _fit_chunks(base, chunks, n, reml=reml, ddf=ddf)
         stat, p = _t_test(fits, test)
         p = np.where(fits.failed, np.nan, p)
         name = f"fixed effect {test!r} (t test, {ddf} df)"
         failed = int(np.sum(fits.failed))
     return PowerResult(test=name, alpha=alpha, p_values=np.asarray(p, dtype=float),
                        statistic=np.asarray(stat, dtype=float), n_failed=failed, level=level)
+
+
+def _chunks(model: Any, n: int, key: Any, params: dict | None) -> Iterator[np.ndarray]:
+    """The n simulated responses in column chunks of :data:`CHUNK` (the last
+    padded to full size by repeating its first column)."""
+    for Y in simulate(model, n, key, params, chunk_size=CHUNK):
+        Y = np.asarray(Y)
+        if Y.shape[1] < CHUNK:
+            Y = np.concatenate([Y, np.repeat(Y[:, :1], CHUNK - Y.shape[1], axis=1)], axis=1)
+        yield Y
+
+
+def _fit_chunks(model: LMM, chunks: list[np.ndarray], n: int, **kwargs) -> "BatchResult":
+    """``model.fit_batch`` of every chunk, one result for the first n columns."""
+    parts = [model.fit_batch(Y, **kwargs) for Y in chunks]
+    out = {}
+    for f in dataclasses.fields(parts[0]):
+        first = getattr(parts[0], f.name)
+        out[f.name] = (np.concatenate([getattr(p, f.name) for p in parts])[:n] if isinstance(first, np.ndarray)
+                       else first)
+    return type(parts[0])(**out)
 
 
 @entry_point
