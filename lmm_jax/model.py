@@ -9,6 +9,7 @@ the very same function over simulated responses.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import warnings
@@ -19,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .build.crossprod import (design_arrays, design_products, pad_products, response_products, response_products_host,
-                              structure_of)
-from .build.design import Design, build_design
+from .build.crossprod import (design_arrays, design_products, pad_products, repad_response, response_products,
+                              response_products_host, structure_of)
+from .build.design import UNCHANGED, Design, build_design, response_rows, with_response
+from .build.formula import update_formula
 from .core.diagnostics import diagnose_newton
 from .core.estimates import Estimates, estimates, fit_and_estimate, unpad_estimates, varpar_hessian
 from .core.likelihood import profiled_deviance
@@ -65,6 +67,7 @@ class LMM:
 
     Attributes:
         formula: the formula text.
+        weights, offset: the arguments as given (what :meth:`update` reuses).
         design: the evaluated :class:`~lmm_jax.build.design.Design`.
         structure: static shapes (terms' columns and levels, p).
         products, response: the cross-products of the design and of y.
@@ -81,6 +84,7 @@ class LMM:
 
     def __init__(self, formula: str, data: Any, *, weights: Any = None, offset: Any = None, planned: bool = False):
         self.formula = formula
+        self.weights, self.offset = weights, offset
         self.design: Design = build_design(formula, data, weights=weights, offset=offset,
                                            planned=check_bool(planned, "planned"))
         self.structure: Structure = structure_of(self.design)
@@ -93,6 +97,67 @@ class LMM:
         d = self.design
         groups = ", ".join(f"{t.group}: {t.m}" for t in d.terms)
         return f"LMM({self.formula!r}; n={d.n}, p={d.p}, groups {groups})"
+
+    def update(self, formula: str | None = None, data: Any = None, *, weights: Any = UNCHANGED,
+               offset: Any = UNCHANGED) -> "LMM":
+        """The model of another formula or data (R's ``update``, unfitted).
+
+        Args:
+            formula: the new formula, in which ``.`` is the old formula's
+                side (``". ~ . - Days"``, ``". ~ . + (1 | h)"``, ``"log(.) ~ ."``;
+                :func:`lmm_jax.build.formula.update_formula`); None keeps it.
+            data: the new data; None re-reads this model's data, every row
+                of it (rows dropped for missing values in a column the new
+                formula no longer uses come back, as in R).
+            weights, offset: as for :class:`LMM`; by default this model's
+                (a column name, or an array over the rows of its data); None
+                for none.
+
+        Raises:
+            FormulaError: see :func:`~lmm_jax.build.formula.update_formula`.
+            DataError: this model's weights or offset are an array and
+                ``data`` has another number of rows (pass them for the new data).
+        """
+        text = self.formula if formula is None else update_formula(self.design.formula, formula)
+        if data is None:
+            data = self.design.source if self.design.source is not None else self.design.data
+        args = {"weights": weights, "offset": offset}
+        for name, value in list(args.items()):
+            if value is not UNCHANGED:
+                continue
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str) and len(value) != len(data):
+                raise DataError(f"this model's {name} are an array over the {len(value)} rows of its data, the new "
+                                f"data has {len(data)}: pass {name}= (a column name or an array) for the new data")
+            args[name] = value
+        return LMM(text, data, weights=args["weights"], offset=args["offset"],
+                   planned=not self.design.has_response)
+
+    def with_response(self, y: Any) -> "LMM":
+        """This model with another response on the same rows (the model of
+        lme4's ``refit``): the formula is not parsed again, X and Z are not
+        rebuilt, and the design's products and compiled code are reused; only
+        the response's products are formed.
+
+        Args:
+            y: one value per row the model uses (``design.n``), or per row of
+                its data (rows dropped for missing values are left out, as
+                lme4 does); a pandas Series is matched by index labels.
+                See :func:`lmm_jax.build.design.response_rows`.
+
+        Returns:
+            A new :class:`LMM` (this one is unchanged). Its data hold ``y`` in
+            the response's column (:func:`lmm_jax.build.design.with_response`).
+        """
+        design = with_response(self.design, response_rows(self.design, y))
+        new = copy.copy(self)           # the design's cached arrays, moment equations, response map are kept
+        new.design = design
+        if design.formula is not self.design.formula:      # an expression response became a column's name
+            new.formula = design.formula.text
+        wk = design.working
+        new.response = response_products_host(wk.y, design, wk.shift)
+        new.padded = repad_response(self.padded, new.response, self.structure)
+        return new
 
     @cached_property
     def arrays(self) -> DesignArrays:

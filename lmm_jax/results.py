@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .runtime.scope import entry_point
+from .build.design import UNCHANGED
 from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
                              unpad_estimates, varpar_hessian)
-from .core.parametrization import lambdas_host
+from .core.parametrization import diagonal_mask, lambdas_host
 
 if TYPE_CHECKING:
     from .inference.kenward_roger import KRAdjustment
@@ -249,18 +250,110 @@ class LMMResult:
             out[t.group] = df if t.group not in out else out[t.group].join(df, how="outer")
         return out
 
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef``: per grouping factor, a table of levels x every
+        fixed effect, each the fixed effect plus the level's random effect
+        where the factor's terms have that column; a random-effects column
+        that is not a fixed effect comes first, its fixed part 0
+        (:func:`lmm_jax.inference.fitted.coef_tables`)."""
+        from .inference.fitted import coef_tables
+
+        return coef_tables(self)
+
     @cached_property
     def fitted(self) -> np.ndarray:
-        """X beta + Z b (+ the offset) for the rows used (lme4's ``fitted``)."""
-        d = self.design
-        out = d.X @ self.beta if d.offset is None else d.X @ self.beta + d.offset
-        for t, b in zip(d.terms, self.b):
-            out = out + np.sum(t.Z * b[t.codes], axis=1)
-        return out
+        """X beta + Z b (+ the offset) for the rows used (lme4's ``fitted``),
+        an array in the model's row order: :meth:`fitted_values` labels it
+        by the data's index."""
+        from .inference.fitted import linear_predictor
+
+        return linear_predictor(self, "conditional")
 
     @property
     def residuals(self) -> np.ndarray:
+        """y - :attr:`fitted` for the rows used, an array (lme4's
+        ``residuals``): :meth:`resid` gives the other types and scales,
+        labelled by the data's index."""
         return self.design.y - self.fitted
+
+    def fitted_values(self, level: str = "conditional", na_action: str = "omit") -> pd.Series:
+        """Fitted values as a Series on the data's index (lme4's ``fitted``).
+
+        Args:
+            level: ``"conditional"`` (X beta + Z b + offset, the values of
+                :attr:`fitted`) or ``"marginal"`` (X beta + offset).
+            na_action: ``"omit"``: the rows used; ``"exclude"``: every row
+                of the data, NaN on those dropped for missing values or a
+                zero weight (lme4's ``na.exclude``).
+        """
+        from .inference.fitted import fitted_values
+
+        return fitted_values(self, level, na_action)
+
+    def resid(self, type: str = "response", scaled: bool = False, level: str = "conditional",
+              na_action: str = "omit") -> pd.Series:
+        """Residuals as a Series on the data's index (lme4's ``residuals``).
+
+        Args:
+            type: ``"response"`` (y - mu, the values of :attr:`residuals`),
+                ``"working"`` (the same), ``"pearson"`` or ``"deviance"``
+                (``sqrt(w) (y - mu)`` with prior weights w; the same as
+                ``"response"`` without).
+            scaled: divided by sigma.
+            level: mu is ``"conditional"`` (X beta + Z b + offset) or
+                ``"marginal"`` (X beta + offset).
+            na_action: ``"omit"`` or ``"exclude"``, as for :meth:`fitted_values`.
+        """
+        from .inference.fitted import residual_values
+
+        return residual_values(self, type, scaled, level, na_action)
+
+    # -- refits ----------------------------------------------------------------
+    def update(self, formula: str | None = None, data: Any = None, *, reml: bool | None = None,
+               weights: Any = UNCHANGED, offset: Any = UNCHANGED, **fit_kwargs) -> "LMMResult":
+        """Fit another formula or data (R's ``update``).
+
+        Args:
+            formula: the new formula, ``.`` standing for the old formula's
+                side: ``". ~ . - Days"`` removes a fixed term, ``". ~ . - 1"``
+                the intercept, ``". ~ . + (1 | h)"`` adds a random term,
+                ``". ~ . - (1 | g)"`` removes one, ``"log(.) ~ ."`` transforms
+                the response (:func:`lmm_jax.build.formula.update_formula`);
+                None keeps it.
+            data: new data; None re-reads the fit's data (every row, as R).
+            reml: REML or ML; None keeps the fit's.
+            weights, offset: by default the fit's; None for none.
+            fit_kwargs: ``start``, ``max_iter``, ``throw`` of :meth:`LMM.fit`.
+
+        Returns:
+            The new fit (this one is unchanged).
+        """
+        model = self.model.update(formula, data, weights=weights, offset=offset)
+        return model.fit(reml=self.reml if reml is None else reml, **fit_kwargs)
+
+    def refit(self, y: Any, *, start: Any = None, max_iter: int = 200, throw: bool = False) -> "LMMResult":
+        """Fit another response on the same design (lme4's ``refit``).
+
+        The formula is not parsed again and X, Z and their products are
+        reused (:meth:`LMM.with_response`): the new response's products are
+        formed and the same compiled fit runs, by REML or ML as this fit.
+
+        Args:
+            y: one value per row used (``nobs``) or per row of the data (the
+                rows the fit dropped are left out); a Series is matched by
+                index labels.
+            start: starting theta; by default this fit's theta (as lme4),
+                or the new response's moment estimates where a component of
+                this fit is 0 (a boundary the optimiser does not leave).
+            max_iter, throw: as for :meth:`LMM.fit`.
+
+        Returns:
+            A full :class:`LMMResult` of the new response.
+        """
+        model = self.model.with_response(y)
+        if start is None and not np.any(self.theta[diagonal_mask(self.model.structure.ks)] == 0):
+            start = self.theta
+        return model.fit(reml=self.reml, start=start, max_iter=max_iter, throw=throw)
 
     # -- inference -------------------------------------------------------------
     @cached_property
@@ -371,13 +464,14 @@ class LMMResult:
         return varcorr_table(self, level)
 
     def predict(self, newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
-                se_fit: bool = False, offset: Any = None):
+                se_fit: bool = False, offset: Any = None, na_action: str | None = None):
         """Predictions with (``re_form=None``) or without (``"~0"``) random
-        effects, on the fitted rows or ``newdata``; see
-        :func:`lmm_jax.inference.predict.predict` for every argument."""
+        effects, on the fitted rows or ``newdata``: an array, or with
+        ``na_action`` (``"omit"``, ``"exclude"``) a Series on the rows' index;
+        see :func:`lmm_jax.inference.predict.predict` for every argument."""
         from .inference.predict import predict
 
-        return predict(self, newdata, re_form, allow_new_levels, se_fit, offset)
+        return predict(self, newdata, re_form, allow_new_levels, se_fit, offset, na_action)
 
     def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, progress: bool = False,
                   params: dict | None = None, max_iter: int = 200, method: str = "bfgs",

@@ -297,3 +297,11 @@ def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padd
     out = dp._replace(A11=jax.device_put(A11), A21=jax.device_put(A21), A22=jax.device_put(A22),
                       Z1X=jax.device_put(Z1X), ZrX=jax.device_put(ZrX))
     return Padded(out, pad_response(rp, s, padded), padded)
+
+
+def repad_response(padded: Padded, rp: ResponseProducts, s: Structure) -> Padded:
+    """``padded`` (:func:`pad_products` of a design of structure ``s``) with
+    the response products ``rp`` of another response on the same design, in
+    its layout: the padded design products are reused as they are."""
+    return Padded(padded.products, rp if padded.structure == s else pad_response(rp, s, padded.structure),
+                  padded.structure)

@@ -94,6 +94,10 @@ class Design:
         n_zero_weight_rows: rows dropped for a zero weight.
         offset_column: the column named by the ``offset`` argument, if it named one.
         has_response: False for a planned design (``y`` is zeros; see :func:`build_design`).
+        source: every row of the input, used or not (the same frame as
+            ``data`` when none was dropped): what a refit of another formula
+            re-reads (:meth:`lmm_jax.model.LMM.update`, as R's ``update``).
+        used: (len(source),) bool, the rows of ``source`` in ``data``.
     """
 
     formula: ParsedFormula
@@ -111,6 +115,8 @@ class Design:
     n_zero_weight_rows: int = 0
     offset_column: str | None = None
     has_response: bool = True
+    source: pd.DataFrame | None = field(default=None, repr=False)
+    used: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -691,7 +697,8 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
                   n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
                   kept_columns=tuple(keep), weights=w_used, offset=o_used, n_zero_weight_rows=n_zero_weight,
-                  offset_column=offset if isinstance(offset, str) else None, has_response=has_response)
+                  offset_column=offset if isinstance(offset, str) else None, has_response=has_response,
+                  source=df_used if complete.all() else df.copy(deep=not _COPY_ON_WRITE), used=complete)
 
 
 def new_offset(design: Design, data: pd.DataFrame, offset: Any = None) -> np.ndarray | float:
@@ -764,6 +771,91 @@ def _offset_values(expr: str, text: str, df: pd.DataFrame, df_used: pd.DataFrame
         raise DataError(f"offset({expr}) has infinite or NaN values among the rows used (after transforms such as "
                         "log); remove those rows or set them to NaN in the data (rows with NaN are dropped)")
     return values[:, 0]
+
+
+class _Unchanged:
+    """The default of an argument of ``update``: the fitted model's value."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+
+
+def response_rows(design: Design, y: Any) -> np.ndarray:
+    """A new response on the rows ``design`` uses, as lme4's ``refit`` takes it.
+
+    Args:
+        design: the design.
+        y: one value per row used (``design.n``), or per row of the input
+            (``len(design.source)``: the rows dropped for missing values are
+            then left out, as lme4 does with a fit's ``na.action``); a pandas
+            Series is matched by its index labels to the rows used.
+
+    Raises:
+        DataError: another length, labels of a Series that miss rows used,
+            or missing, infinite or constant values.
+    """
+    n = design.n
+    if isinstance(y, pd.Series):
+        index = design.data.index
+        if not y.index.is_unique or not index.isin(y.index).all():
+            why = ("repeats labels" if not y.index.is_unique
+                   else f"lacks rows the fit used (e.g. {list(index[~index.isin(y.index)][:5])})")
+            raise DataError(f"the new response is a Series whose index {why}: give one value per row of the fit's "
+                            "data (index labels as in the data), or an array")
+        values = pd.to_numeric(y.reindex(index), errors="coerce").to_numpy(dtype=float)
+    else:
+        try:
+            values = np.asarray(y, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError(f"the new response must be numeric, got {type(y).__name__}") from None
+        total = None if design.source is None else len(design.source)
+        if values.ndim == 1 and values.shape[0] == total and total != n:
+            values = values[design.used]
+        elif values.shape != (n,):
+            rows = f"{n} (the rows the fit used)" + (f" or {total} (the rows of its data)" if total != n else "")
+            raise DataError(f"the new response has shape {values.shape}; give one value per row: {rows}. For "
+                            "many responses at once use model.fit_batch(Y)")
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise DataError(f"the new response has {bad} missing or infinite value(s) among the {n} rows the fit used; "
+                        "a refit keeps the fit's rows: give finite values (or update(data=...) with the rows to use)")
+    if values.max() == values.min():
+        raise DataError(f"the new response is constant (every value is {values[0]!r}); there is no variation to model")
+    return values
+
+
+def with_response(design: Design, y: np.ndarray) -> Design:
+    """The design with another response ``y`` (n,) on the same rows: X, Z,
+    the terms and the working basis are kept (:meth:`Working.with_response`).
+
+    The response's column of ``data`` (and of ``source``, missing on the rows
+    not used) holds ``y``, so that what re-reads the data (a refit of another
+    formula, :mod:`lmm_jax.inference.ranova`) sees it. A response that is an
+    expression (``log(y)``) becomes the column of that name: the formula's
+    response is then that name in backticks (```log(y)` ~ x + (1 | g)``).
+    """
+    pf = design.formula
+    response = pf.response
+    column = response[1:-1] if len(response) > 1 and response[0] == response[-1] == "`" else response
+    if column not in design.data.columns and not re.fullmatch(r"[A-Za-z_.][A-Za-z0-9_.]*", column):
+        rhs = pf.text.split("~", 1)[1]
+        pf = dataclasses.replace(pf, response=f"`{column}`", text=f"`{column}` ~{rhs}")
+    data = design.data.assign(**{column: y})
+    source = design.source
+    if source is design.data or source is None:
+        source = data
+    elif design.used is not None:
+        full = np.full(len(source), np.nan)
+        full[design.used] = y
+        source = source.assign(**{column: full})
+    out = dataclasses.replace(design, formula=pf, y=y, data=data, source=source, has_response=True)
+    out.__dict__["working"] = design.working.with_response(y)      # the cached property, seeded: no new QR
+    if "theta_layout" in design.__dict__:
+        out.__dict__["theta_layout"] = design.theta_layout
+    return out
 
 
 def treatment_coded(design: Design) -> Design | None:

@@ -320,3 +320,182 @@ def _split_offsets(fixed: str, text: str) -> tuple[str, tuple[str, ...]]:
         last = close + 1
     out.append(fixed[last:])
     return "".join(out), tuple(offsets)
+
+
+def _signed_pieces(rhs: str, text: str, offset: int) -> list[tuple[str, str, int]]:
+    """The top-level terms of a right-hand side with their signs: ``". - x +
+    (1 | g)"`` -> [("+", ".", 0), ("-", "x", 4), ("+", "(1 | g)", 8)]."""
+    out: list[tuple[str, str, int]] = []
+    depth, sign, start = 0, "+", 0
+    for i, c in enumerate(rhs + "+"):
+        depth += (c == "(") - (c == ")")
+        if depth == 0 and c in "+-" and (i == len(rhs) or not _exponent_sign(rhs, i)):
+            piece = rhs[start:i].strip()
+            if piece:
+                out.append((sign, piece, offset + start + len(rhs[start:i]) - len(rhs[start:i].lstrip())))
+            elif c == "-" and sign == "+":          # '- 1' at the start, 'x + -1'
+                start = i + 1
+                sign = "-"
+                continue
+            else:
+                raise FormulaError("two operators in a row; write one '+' or '-' between terms", text, c, offset + i)
+            sign, start = c, i + 1
+    return out
+
+
+def _exponent_sign(s: str, i: int) -> bool:
+    """``s[i]`` is the sign of a number's exponent (``1e-3``)."""
+    return i >= 2 and s[i - 1] in "eE" and s[i - 2].isdigit() and i + 1 < len(s) and s[i + 1].isdigit()
+
+
+def _is_bar_term(piece: str) -> bool:
+    if not piece.startswith("("):
+        return False
+    close = _matching_paren(piece, 0, piece, 0)
+    return close == len(piece) - 1 and _find_bar(piece[1:-1]) is not None
+
+
+def _fixed_terms(expr: str) -> list:
+    """formulaic's terms of a fixed part (the intercept as the term ``1``)."""
+    from formulaic import Formula           # on first use: parse_formula itself loads no heavy dependency
+
+    return list(Formula(expr))
+
+
+def _term_text(term) -> str:
+    """A formulaic term written back as formula text: ``a:b``, ``I(x ** 2)``,
+    a column name that is not a plain name in backticks."""
+    parts = []
+    for f in term.factors:
+        plain = f.eval_method.value != "lookup" or _NAME.match(f.expr)
+        parts.append(f.expr if plain else f"`{f.expr}`")
+    return ":".join(parts)
+
+
+def _random_key(t: RandomTerm) -> tuple:
+    """What makes two random terms the same: the columns' terms (``(Days |
+    g)`` is ``(1 + Days | g)``), the grouping factors and the bar."""
+    return (frozenset(_fixed_terms(t.expr)), tuple(f.strip("`") for f in t.factors), t.uncorrelated)
+
+
+def random_term_text(t: RandomTerm) -> str:
+    """``(expr | a:b)`` as formula text (backticks kept)."""
+    return f"({t.expr} {'||' if t.uncorrelated else '|'} {':'.join(t.factors)})"
+
+
+def update_formula(old: ParsedFormula, new: str) -> str:
+    """R's ``update.formula`` for lme4 formulas: ``new`` with ``.`` read as
+    the old formula's parts, whole terms added with ``+`` and removed with ``-``.
+
+    On the left of ``~``, ``.`` is the old response (``log(.) ~ .``); an
+    empty left side keeps it (``~ . + x``). On the right, ``.`` is the old
+    right-hand side: its fixed part, random terms and offsets. Then, term by
+    term, left to right:
+
+    * fixed terms follow R's (and formulaic's) term algebra: ``- x`` removes
+      the term ``x``, ``- a:b`` an interaction (from ``a*b``, which is
+      ``a + b + a:b``), ``- 1`` (or ``+ 0``) the intercept, ``+ 1`` restores it;
+    * a random term ``(expr | g)`` is added, or removed where the formula has
+      the same one: the same grouping factor and bar, and columns with the
+      same terms (``(Days | g)`` and ``(1 + Days | g)`` are one term);
+      ``(1 | a/b)`` stands for its two terms ``(1 | a)`` and ``(1 | b:a)``;
+    * ``offset(expr)`` is added, or removed (R cannot remove one: its
+      ``update`` keeps the offset).
+
+    The fixed terms are written back in R's order (by degree, then as they
+    come), so the text differs from R's in form, not in the model.
+
+    Args:
+        old: the fitted model's parsed formula.
+        new: e.g. ``". ~ . - Days"``, ``". ~ . + (1 | h)"``, ``"log(.) ~ ."``.
+
+    Returns:
+        The new formula text.
+
+    Raises:
+        FormulaError: no ``~``, ``- .``, a term to remove that the formula
+            does not have (R ignores it silently), or a piece that is not a
+            whole term.
+    """
+    if not isinstance(new, str):
+        raise FormulaError(f"the new formula must be a string like '. ~ . - x', got {type(new).__name__}")
+    if new.count("~") != 1:
+        raise FormulaError("the new formula needs one '~': write e.g. '. ~ . - x' ('.' is the old formula's side)",
+                           new, "~", new.find("~", new.find("~") + 1) if "~" in new else -1)
+    depth = 0
+    for i, c in enumerate(new):
+        depth += (c == "(") - (c == ")")
+        if depth < 0:
+            raise FormulaError("unbalanced parentheses: ')' without a matching '('", new, ")", i)
+    if depth:
+        raise FormulaError("unbalanced parentheses: '(' is never closed; add the missing ')'", new, "(",
+                           new.rfind("("))
+    lhs, rhs = new.split("~")
+    lhs = lhs.strip() or "."
+    response = "".join(piece if k % 2 else _DOT.sub(lambda _m: old.response, piece)
+                       for k, piece in enumerate(re.split(r"(`[^`]*`)", lhs)))
+    fixed: list[tuple[str, str]] = []
+    random: list[RandomTerm] = []
+    offsets: list[str] = []
+    removals: list[tuple[str, int]] = []
+    for sign, piece, pos in _signed_pieces(rhs, new, new.index("~") + 1):
+        if piece == ".":
+            if sign == "-":
+                raise FormulaError("'- .' would remove the whole old right-hand side; write the new one instead",
+                                   new, ".", pos)
+            fixed.append(("+", old.fixed))
+            random += [t for t in old.random if _random_key(t) not in {_random_key(r) for r in random}]
+            offsets += [o for o in old.offsets if o not in offsets]
+        elif _is_bar_term(piece):
+            terms = parse_formula(f"y ~ {piece}").random
+            if sign == "+":
+                random += [t for t in terms if _random_key(t) not in {_random_key(r) for r in random}]
+                continue
+            for t in terms:
+                kept = [r for r in random if _random_key(r) != _random_key(t)]
+                if len(kept) == len(random):
+                    raise FormulaError(f"cannot remove {random_term_text(t)}: the formula has no such random term "
+                                       f"(its random terms: {', '.join(map(random_term_text, random)) or 'none'})",
+                                       new, piece, pos)
+                random = kept
+        elif re.fullmatch(r"offset\s*\(.*\)", piece, flags=re.S) and _matching_paren(
+                piece, piece.index("("), new, pos) == len(piece) - 1:
+            expr = piece[piece.index("(") + 1:-1].strip()
+            if sign == "+":
+                offsets += [expr] if expr not in offsets else []
+            elif expr in offsets:
+                offsets.remove(expr)
+            else:
+                raise FormulaError(f"cannot remove offset({expr}): the formula has no such offset (its offsets: "
+                                   f"{[f'offset({o})' for o in offsets] or 'none'})", new, piece, pos)
+        else:
+            if "|" in piece:
+                raise FormulaError("a random-effects term must be one parenthesised term, (expr | group)", new,
+                                   "|", pos + piece.find("|"))
+            _reject_dot(piece)
+            piece = _r_operators(_r_arithmetic(piece))
+            fixed.append((sign, piece))
+            if sign == "-" and piece not in ("1", "0"):
+                removals.append((piece, pos))
+    fixed_text = " ".join(f"{sign} {piece}" for sign, piece in fixed).lstrip("+ ") or "1"
+    if fixed_text.startswith("- "):
+        fixed_text = "-" + fixed_text[2:]
+    try:
+        terms = _fixed_terms(fixed_text)
+        present = set(_fixed_terms(" + ".join(p for s, p in fixed if s == "+") or "1"))
+        for piece, pos in removals:
+            absent = [t for t in _fixed_terms(f"0 + {piece}") if t not in present]
+            if absent:
+                names = [_term_text(t) for t in present if str(t) != "1"]
+                raise FormulaError(f"cannot remove {piece!r}: {', '.join(map(_term_text, absent))} is not a fixed-"
+                                   f"effect term of the formula (its terms: {names or 'none'})", new, piece, pos)
+    except FormulaError:
+        raise
+    except Exception as e:      # formulaic's own parse errors
+        raise FormulaError(f"cannot read the fixed part {fixed_text!r}: {e}", new, rhs.strip(),
+                           new.index("~") + 1) from None
+    intercept = any(str(t) == "1" for t in terms)
+    names = [_term_text(t) for t in terms if str(t) != "1"]
+    fixed_out = " + ".join(names) if intercept else " + ".join(["0"] + names)
+    parts = [fixed_out or "1"] + [random_term_text(t) for t in random] + [f"offset({o})" for o in offsets]
+    return f"{response} ~ {' + '.join(parts)}"

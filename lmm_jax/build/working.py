@@ -99,6 +99,14 @@ class Working:
             y = y * (self.sqrt_w if y.ndim == 1 else self.sqrt_w[:, None])
         return y
 
+    def with_response(self, y: np.ndarray) -> "Working":
+        """The working data of another response (n,) on the same design: its
+        working response and ``shift`` (:func:`working_data`'s), the basis
+        and the arrays kept (no new QR)."""
+        yw = np.array(self.response(np.asarray(y, dtype=float)), dtype=float)
+        yw, shift = _least_squares_residual(self, yw)
+        return dataclasses.replace(self, y=yw, shift=shift)
+
     def user_response(self, y_w, mean):
         """The inverse of :meth:`response` for a draw ``y_w`` (n,) or (n, B) of
         the working model's random part, added to the user's mean ``mean`` (n,)
@@ -137,6 +145,14 @@ def working_data(X: np.ndarray, Zs: tuple[np.ndarray, ...], y: np.ndarray, weigh
     wk = Working(y=yw, shift=np.zeros(p), basis=basis, log_det_basis=-float(np.sum(np.log(np.diagonal(R)))),
                  sqrt_w=sqrt_w, offset=offset, log_weights=0.0 if weights is None else float(np.sum(np.log(weights))),
                  X_user=X, Zs_user=tuple(Zs))
+    yw, shift = _least_squares_residual(wk, yw)
+    return dataclasses.replace(wk, y=yw, shift=shift)
+
+
+def _least_squares_residual(wk: Working, yw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_w - X_w beta_0, beta_0)`` for the least-squares ``beta_0 = X_w' y_w``
+    (``yw`` is overwritten with the residual)."""
+    n, p = wk.X_user.shape
     shift = np.zeros(p)
     for _ in range(2):                   # least squares, then one step of refinement (X_w is orthonormal to ~eps cond)
         step = np.zeros(p)
@@ -145,7 +161,7 @@ def working_data(X: np.ndarray, Zs: tuple[np.ndarray, ...], y: np.ndarray, weigh
         for lo in range(0, n if p else 0, CHUNK_ROWS):
             yw[lo:lo + CHUNK_ROWS] -= wk.X_rows(slice(lo, lo + CHUNK_ROWS)) @ step
         shift += step
-    return dataclasses.replace(wk, y=yw, shift=shift)
+    return yw, shift
 
 
 def _upper_inverse(R: np.ndarray) -> np.ndarray:

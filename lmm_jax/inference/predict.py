@@ -26,6 +26,7 @@ from ..runtime.scope import entry_point
 from ..build.design import R_FUNCTIONS, as_frame, formulaic_text, level_codes, new_offset
 from ..errors import DataError, FormulaError, check_bool
 from ..build.formula import parse_formula
+from .fitted import check_na_action, on_rows
 
 if TYPE_CHECKING:
     from ..build.design import TermDesign
@@ -187,7 +188,8 @@ def fixed_matrix(result: "LMMResult", newdata: Any) -> np.ndarray:
 
 @entry_point
 def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow_new_levels: bool = False,
-            se_fit: bool = False, offset: Any = None) -> "np.ndarray | pd.DataFrame":
+            se_fit: bool = False, offset: Any = None,
+            na_action: str | None = None) -> "np.ndarray | pd.Series | pd.DataFrame":
     """Predicted responses (see the module docstring).
 
     Args:
@@ -205,12 +207,21 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
             array) where the model was fitted with an ``offset=`` array; an
             ``offset=`` column and the formula's ``offset()`` terms are
             evaluated on ``newdata`` (lme4's ``predict`` does the same).
+        na_action: None (default): an array, one prediction per fitted row
+            or per row of ``newdata`` (NaN where a covariate is missing).
+            ``"omit"`` or ``"exclude"``: a Series labelled by the rows'
+            index (lme4's ``na.action``). On the fitted rows, ``"omit"`` gives
+            the rows used and ``"exclude"`` every row of the data, NaN on
+            those dropped for missing values; on ``newdata``, ``"exclude"``
+            gives every row and ``"omit"`` drops those predicted NaN.
 
     Returns:
         The predictions (n_new,), or with ``se_fit`` a DataFrame with
-        columns ``fit, se_fit``.
+        columns ``fit, se_fit`` (indexed like the Series with ``na_action``).
     """
     allow_new_levels, se_fit = check_bool(allow_new_levels, "allow_new_levels"), check_bool(se_fit, "se_fit")
+    if na_action is not None:
+        check_na_action(na_action)
     d = result.design
     keep = _included_terms(result, re_form)
     if newdata is None:
@@ -232,8 +243,18 @@ def predict(result: "LMMResult", newdata: Any = None, re_form: Any = None, allow
             Z = _term_columns(result, t, data)
             b = np.where(new[:, None], 0.0, result.b[i][np.where(new, 0, codes)])
             out = out + np.sum(Z * b, axis=1)
-    if not se_fit:
-        return out
-    V = result.vcov.to_numpy()
-    se = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
-    return pd.DataFrame({"fit": out, "se_fit": se})
+    se = None
+    if se_fit:
+        V = result.vcov.to_numpy()
+        se = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
+    if na_action is None:
+        return out if se is None else pd.DataFrame({"fit": out, "se_fit": se})
+    if newdata is None:
+        fit = on_rows(out, d, na_action, "fit")
+        if se is None:
+            return fit
+        return pd.DataFrame({"fit": fit.to_numpy(), "se_fit": on_rows(se, d, na_action).to_numpy()}, index=fit.index)
+    rows = ~np.isnan(out) if na_action == "omit" else np.ones(len(out), dtype=bool)
+    if se is None:
+        return pd.Series(out[rows], index=data.index[rows], name="fit")
+    return pd.DataFrame({"fit": out[rows], "se_fit": se[rows]}, index=data.index[rows])
