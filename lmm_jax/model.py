@@ -191,11 +191,28 @@ class LMM:
 
     @property
     def n_theta(self) -> int:
+        """The number of covariance parameters theta (lme4's ``length(getME(fit, "theta"))``):
+        k (k + 1) / 2 per random-effects term of k columns, k per ``||`` term."""
         return self.design.theta_layout.n_theta
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
-        """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
-        call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
+        """Fit every column of ``Y`` on this design in one vmapped call
+        (:func:`lmm_jax.batched.batch.fit_batch`).
+
+        Args:
+            Y: (n_obs, B) responses, one per column, rows in the model's row
+                order; a 1-d array is one response.
+            reml: REML (default) or ML.
+            **kwargs: ``start``, ``max_iter``, ``method``, ``ddf`` of
+                :func:`~lmm_jax.batched.batch.fit_batch`.
+
+        Returns:
+            A :class:`~lmm_jax.batched.batch.BatchResult`, one fit per column.
+
+        Example:
+            >>> Y = np.column_stack([m.design.y, m.design.y * 2])
+            >>> m.fit_batch(Y).table  # doctest: +SKIP
+        """
         from .batched.batch import fit_batch
 
         return fit_batch(self, Y, reml=reml, **kwargs)
@@ -289,7 +306,16 @@ class LMM:
 
     def deviance_function(self, reml: bool = True, param: Literal["phi", "theta"] = "phi", *,
                           data: Literal["fixed", "argument"] = "fixed") -> Callable:
-        """See :func:`make_deviance`."""
+        """The profiled objective as a pure, jit-able function: :func:`make_deviance` of this model.
+
+        Args:
+            reml: REML criterion (True) or ML deviance (-2 log-likelihood).
+            param: ``"phi"`` (log-Cholesky) or ``"theta"`` (lme4's theta).
+            data: ``"fixed"``: ``f(x)``; ``"argument"``: ``f(x, products)``.
+
+        Returns:
+            ``f(x) -> scalar`` or ``f(x, products) -> scalar`` (see :func:`make_deviance`).
+        """
         return make_deviance(self, reml=reml, param=param, data=data)
 
 

@@ -170,10 +170,13 @@ class PowerResult:
 
     @property
     def n(self) -> int:
+        """The number of simulated replicates (failed fits included)."""
         return len(self.p_values)
 
     @property
     def successes(self) -> int:
+        """Replicates whose p-value is below :attr:`alpha` (the test rejected;
+        failed fits, whose p-value is NaN, do not count)."""
         return int(np.sum(self.p_values < self.alpha))
 
     @property

@@ -422,6 +422,8 @@ class BatchResult:
 
     @property
     def singular(self) -> np.ndarray:
+        """(B,) booleans: lme4's ``isSingular`` per fit, some diagonal of Lambda
+        below 1e-4 (:func:`is_singular_rows`)."""
         return is_singular_rows(self.theta, self.ks)
 
     @property
