@@ -220,7 +220,14 @@ class LMM:
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
         """Z'y, X'y, y'y of another response on this design, on the working
         scale (weights and offset applied, :mod:`lmm_jax.build.working`;
-        pure, vmappable)."""
+        pure, vmappable).
+
+        Args:
+            y: a response (n_obs,) in the model's row order (``design.y``'s).
+
+        Returns:
+            The :class:`~lmm_jax.core.types.ResponseProducts` of ``y``.
+        """
         return response_products(self.design.working.response(y), self.arrays, self.structure)
 
     def cross_products(self, y: jnp.ndarray | None = None) -> CrossProducts:
@@ -547,7 +554,32 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
 @entry_point
 def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offset: Any = None,
         **kwargs) -> "LMMResult":
-    """Shorthand for ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``."""
+    """Fit a linear mixed model (lme4's ``lmer``): shorthand for
+    ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``.
+
+    Args:
+        formula: lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``
+            (see :class:`LMM`).
+        data: a pandas or polars DataFrame, or a dict of equal-length arrays.
+        reml: REML (default, lme4's) or ML.
+        weights: prior weights, a column name or an array (see :class:`LMM`).
+        offset: a known term of the linear predictor, a column name or an array.
+        **kwargs: ``start``, ``max_iter``, ``throw`` of :meth:`LMM.fit`.
+
+    Returns:
+        The :class:`~lmm_jax.results.LMMResult`.
+
+    Raises:
+        FormulaError: a formula lmm_jax cannot parse or evaluate.
+        DataError: missing columns, non-finite values, too few levels, ...
+        ValueError: ``reml`` not a bool (before the design is built).
+
+    Example:
+        >>> import lmm_jax
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> fit.fixef.round(3).tolist()
+        [251.405, 10.467]
+    """
     check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)
 

@@ -92,6 +92,19 @@ def _arguments(value: object) -> list[str]:
             if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
+def _argument_section(doc: str) -> str:
+    """The text of a Google-style docstring's ``Args:``, ``Arguments:``, ``Parameters:`` or ``Attributes:`` sections."""
+    out, inside = [], False
+    for line in doc.splitlines():
+        if re.fullmatch(r"(Args|Arguments|Parameters|Attributes|Keyword Args):", line.strip()) and not line.startswith(" "):
+            inside = True
+        elif line and not line.startswith(" "):
+            inside = False
+        elif inside:
+            out.append(line)
+    return "\n".join(out)
+
+
 def test_public_api_is_found():
     """The collection reaches the names the checks are about (a broken collector must not pass)."""
     names = {name for name, _ in _public_api()}
@@ -112,7 +125,8 @@ def test_every_public_callable_documents_its_arguments():
         doc = _doc(value)
         if isinstance(value, type):
             doc += "\n" + inspect.cleandoc(getattr(value.__init__, "__doc__", None) or "")
-        absent = [a for a in _arguments(value) if not re.search(rf"(?<![\w.]){re.escape(a)}\b", doc)]
+        section = _argument_section(doc)
+        absent = [a for a in _arguments(value) if not re.search(rf"(?<![\w.]){re.escape(a)}\b", section)]
         if absent and doc:
             bad.append(f"{name} ({', '.join(absent)})")
     assert not bad, f"{len(bad)} public callables whose docstring omits arguments: {'; '.join(bad)}"

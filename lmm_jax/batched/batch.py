@@ -464,6 +464,12 @@ class BatchResult:
         the row of ``LMMResult.coefs(ddf, level)`` of that fit alone; a failed
         fit's rows are NaN. For the fits that enter a summary, filter on
         ``converged`` (False for failed fits) or ``fit`` in ``np.flatnonzero(ok)``.
+
+        Args:
+            level: confidence level of ``lower, upper``.
+
+        Returns:
+            DataFrame, one row per fit and fixed effect, the columns above.
         """
         if not 0 < level < 1:
             raise InferenceError(f"level must be in (0, 1), got {level}")

@@ -505,7 +505,15 @@ class EMMeans:
         return out
 
     def pairs(self, adjust: str | None = None) -> pd.DataFrame:
-        """Pairwise differences, ``contrast("pairwise", adjust)`` (R's ``pairs``)."""
+        """Pairwise differences, ``contrast("pairwise", adjust)`` (R's ``pairs``).
+
+        Args:
+            adjust: the p-value adjustment within each group; None for
+                Tukey's (see :meth:`contrast`).
+
+        Returns:
+            DataFrame ``contrast, by..., estimate, SE, df, t.ratio, p.value``.
+        """
         return self.contrast("pairwise", adjust)
 
     def __repr__(self) -> str:
