@@ -607,6 +607,11 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
         One single-fit :class:`~lmm_jax.batched.batch.BatchResult` per spec,
         in the input order (``pd.concat([r.table for r in out])`` gives one
         table; ``r.coef_table()`` a fit's t tests).
+
+    Example:
+        >>> data = lmm_jax.datasets.load("sleepstudy")
+        >>> out = lmm_jax.fit_many([("Reaction ~ Days + (Days | Subject)", data[data.Days < k]) for k in (6, 8, 10)])
+        >>> pd.concat([r.table for r in out])  # doctest: +SKIP
     """
     from .batched.batch import fit_models
 

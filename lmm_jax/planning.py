@@ -344,6 +344,10 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
 
     Returns:
         One row per size: ``size, n_rows, power, lower, upper, successes, n, n_failed``.
+
+    Example:
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> lmm_jax.power_curve(fit, "Days", along="Subject", sizes=[6, 10, 14], n=200)  # doctest: +SKIP
     """
     m = _model(model)
     if params is None:

@@ -559,6 +559,12 @@ def emmeans(result: "LMMResult", specs: Any, by: Any = None, at: dict | None = N
     Raises:
         InferenceError: unknown variables, weights or ddf; a model with an offset.
         DataError: an ``at`` level that is not in the fit.
+
+    Example:
+        >>> fit = lmm_jax.fit("angle ~ recipe * temperature + (1 | recipe:replicate)",
+        ...                   lmm_jax.datasets.load("cake"))
+        >>> emm = lmm_jax.emmeans(fit, "recipe")
+        >>> emm.pairs()  # doctest: +SKIP
     """
     ddf = normalize_ddf(ddf)
     if not 0 < level < 1:
