@@ -191,11 +191,28 @@ class LMM:
 
     @property
     def n_theta(self) -> int:
+        """The number of covariance parameters theta (lme4's ``length(getME(fit, "theta"))``):
+        k (k + 1) / 2 per random-effects term of k columns, k per ``||`` term."""
         return self.design.theta_layout.n_theta
 
     def fit_batch(self, Y: Any, reml: bool = True, **kwargs):
-        """Fit every column of ``Y`` (n_obs x B) on this design in one vmapped
-        call; see :func:`lmm_jax.batched.batch.fit_batch` (returns a ``BatchResult``)."""
+        """Fit every column of ``Y`` on this design in one vmapped call
+        (:func:`lmm_jax.batched.batch.fit_batch`).
+
+        Args:
+            Y: (n_obs, B) responses, one per column, rows in the model's row
+                order; a 1-d array is one response.
+            reml: REML (default) or ML.
+            **kwargs: ``start``, ``max_iter``, ``method``, ``ddf`` of
+                :func:`~lmm_jax.batched.batch.fit_batch`.
+
+        Returns:
+            A :class:`~lmm_jax.batched.batch.BatchResult`, one fit per column.
+
+        Example:
+            >>> Y = np.column_stack([m.design.y, m.design.y * 2])
+            >>> m.fit_batch(Y).table  # doctest: +SKIP
+        """
         from .batched.batch import fit_batch
 
         return fit_batch(self, Y, reml=reml, **kwargs)
@@ -203,7 +220,14 @@ class LMM:
     def response_products(self, y: jnp.ndarray) -> ResponseProducts:
         """Z'y, X'y, y'y of another response on this design, on the working
         scale (weights and offset applied, :mod:`lmm_jax.build.working`;
-        pure, vmappable)."""
+        pure, vmappable).
+
+        Args:
+            y: a response (n_obs,) in the model's row order (``design.y``'s).
+
+        Returns:
+            The :class:`~lmm_jax.core.types.ResponseProducts` of ``y``.
+        """
         return response_products(self.design.working.response(y), self.arrays, self.structure)
 
     def cross_products(self, y: jnp.ndarray | None = None) -> CrossProducts:
@@ -289,7 +313,16 @@ class LMM:
 
     def deviance_function(self, reml: bool = True, param: Literal["phi", "theta"] = "phi", *,
                           data: Literal["fixed", "argument"] = "fixed") -> Callable:
-        """See :func:`make_deviance`."""
+        """The profiled objective as a pure, jit-able function: :func:`make_deviance` of this model.
+
+        Args:
+            reml: REML criterion (True) or ML deviance (-2 log-likelihood).
+            param: ``"phi"`` (log-Cholesky) or ``"theta"`` (lme4's theta).
+            data: ``"fixed"``: ``f(x)``; ``"argument"``: ``f(x, products)``.
+
+        Returns:
+            ``f(x) -> scalar`` or ``f(x, products) -> scalar`` (see :func:`make_deviance`).
+        """
         return make_deviance(self, reml=reml, param=param, data=data)
 
 
@@ -521,7 +554,32 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
 @entry_point
 def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offset: Any = None,
         **kwargs) -> "LMMResult":
-    """Shorthand for ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``."""
+    """Fit a linear mixed model (lme4's ``lmer``): shorthand for
+    ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``.
+
+    Args:
+        formula: lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``
+            (see :class:`LMM`).
+        data: a pandas or polars DataFrame, or a dict of equal-length arrays.
+        reml: REML (default, lme4's) or ML.
+        weights: prior weights, a column name or an array (see :class:`LMM`).
+        offset: a known term of the linear predictor, a column name or an array.
+        **kwargs: ``start``, ``max_iter``, ``throw`` of :meth:`LMM.fit`.
+
+    Returns:
+        The :class:`~lmm_jax.results.LMMResult`.
+
+    Raises:
+        FormulaError: a formula lmm_jax cannot parse or evaluate.
+        DataError: missing columns, non-finite values, too few levels, ...
+        ValueError: ``reml`` not a bool (before the design is built).
+
+    Example:
+        >>> import lmm_jax
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> fit.fixef.round(3).tolist()
+        [251.405, 10.467]
+    """
     check_bool(reml, "reml")                  # before the design is built
     return LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)
 
@@ -549,6 +607,11 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
         One single-fit :class:`~lmm_jax.batched.batch.BatchResult` per spec,
         in the input order (``pd.concat([r.table for r in out])`` gives one
         table; ``r.coef_table()`` a fit's t tests).
+
+    Example:
+        >>> data = lmm_jax.datasets.load("sleepstudy")
+        >>> out = lmm_jax.fit_many([("Reaction ~ Days + (Days | Subject)", data[data.Days < k]) for k in (6, 8, 10)])
+        >>> pd.concat([r.table for r in out])  # doctest: +SKIP
     """
     from .batched.batch import fit_models
 

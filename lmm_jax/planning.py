@@ -127,7 +127,25 @@ def extend(data: Any, along: str, n: int) -> pd.DataFrame:
     """``data`` with ``n`` levels of the grouping column ``along`` (simr's
     ``extend(along=)``): the first n levels if there are at least n, else
     copies of the existing levels' rows under new labels (``"<level>.<k>"``),
-    cycling through the levels in their order of appearance."""
+    cycling through the levels in their order of appearance.
+
+    Args:
+        data: a DataFrame (or dict of columns) of a design.
+        along: the grouping column to extend or cut.
+        n: the number of levels wanted, a positive integer.
+
+    Returns:
+        A new DataFrame (index reset); new labels make ``along`` a string
+        column unless it was categorical.
+
+    Raises:
+        DataError: ``along`` is not a column of ``data``.
+
+    Example:
+        >>> data = lmm_jax.planning.extend(lmm_jax.datasets.load("sleepstudy"), "Subject", 40)
+        >>> data["Subject"].nunique()
+        40
+    """
     df = as_frame(data)
     n = check_count(n, "n")
     if along not in df.columns:
@@ -170,10 +188,13 @@ class PowerResult:
 
     @property
     def n(self) -> int:
+        """The number of simulated replicates (failed fits included)."""
         return len(self.p_values)
 
     @property
     def successes(self) -> int:
+        """Replicates whose p-value is below :attr:`alpha` (the test rejected;
+        failed fits, whose p-value is NaN, do not count)."""
         return int(np.sum(self.p_values < self.alpha))
 
     @property
@@ -323,6 +344,10 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
 
     Returns:
         One row per size: ``size, n_rows, power, lower, upper, successes, n, n_failed``.
+
+    Example:
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> lmm_jax.power_curve(fit, "Days", along="Subject", sizes=[6, 10, 14], n=200)  # doctest: +SKIP
     """
     m = _model(model)
     if params is None:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 @entry_point
 @dataclass(frozen=True, eq=False)
 class LMMResult:
-    """A fitted linear mixed model.
+    """A fitted linear mixed model: what :meth:`LMM.fit <lmm_jax.model.LMM.fit>` and
+    :func:`lmm_jax.fit` return.
 
     Attributes:
         model: the :class:`~lmm_jax.model.LMM` that was fitted.
@@ -39,12 +40,24 @@ class LMMResult:
         beta: fixed effects (array; :attr:`fixef` is the labelled Series).
         sigma: residual standard deviation.
         objective: REML criterion (REML) or deviance (ML) at the optimum.
+        unscaled_vcov: (X' V^{-1} X)^{-1} / sigma^2 = (L_X L_X')^{-1}, shape (p, p):
+            :attr:`vcov` is ``sigma**2`` times it.
+        b: the conditional modes of the random effects, one array
+            (levels, columns) per random-effects term (:attr:`ranef` labels them).
         converged: the optimiser met its criterion.
         iterations: Newton iterations.
         gradient_norm: infinity norm of the final gradient (in phi).
+        decrement: the last Newton decrement (NaN for a result built at a given theta).
         diagnostics: lme4-style gradient and Hessian checks at the optimum
             (:class:`~lmm_jax.core.diagnostics.ConvergenceDiagnostics`; None for a
             result built at a given theta).
+
+    Example:
+        >>> import lmm_jax
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> round(fit.objective, 2), fit.fixef.round(3).tolist()
+        (1743.63, [251.405, 10.467])
+        >>> fit.coefs()[["estimate", "df", "p"]]  # doctest: +SKIP
     """
 
     model: "LMM"
@@ -63,7 +76,18 @@ class LMMResult:
 
     @classmethod
     def from_theta(cls, model: "LMM", theta: Any, reml: bool, optimizer: "NewtonResult | None" = None) -> "LMMResult":
-        """Build the result at a given theta (the optimum, or any value)."""
+        """Build the result at a given theta (the optimum, or any value).
+
+        Args:
+            model: the :class:`~lmm_jax.model.LMM`.
+            theta: lme4's covariance parameters (``model.n_theta`` values).
+            reml: the estimates and objective by REML (True) or ML (False).
+            optimizer: the optimiser's result whose convergence record to keep;
+                None for a result at a given theta (converged, 0 iterations).
+
+        Returns:
+            An :class:`LMMResult` with beta, sigma and b profiled at theta.
+        """
         pad = model.padded
         est = estimates_at(np.asarray(theta, dtype=np.float64), pad.products, pad.response, pad.structure, reml)
         return cls.from_estimates(model, theta, unpad_estimates(est, model.design), reml, optimizer)
@@ -71,7 +95,19 @@ class LMMResult:
     @classmethod
     def from_estimates(cls, model: "LMM", theta: Any, est: dict, reml: bool,
                        optimizer: "NewtonResult | None" = None) -> "LMMResult":
-        """Build the result from :func:`~lmm_jax.core.estimates.unpad_estimates` at theta."""
+        """Build the result from :func:`~lmm_jax.core.estimates.unpad_estimates` at theta.
+
+        Args:
+            model: the :class:`~lmm_jax.model.LMM`.
+            theta: lme4's covariance parameters the estimates were computed at.
+            est: the unpadded estimates at theta: a dict with ``beta``, ``sigma``,
+                ``deviance``, ``unscaled_vcov`` and ``b``.
+            reml: whether ``est`` is by REML (True) or ML (False).
+            optimizer: as for :meth:`from_theta`.
+
+        Returns:
+            An :class:`LMMResult`.
+        """
         if optimizer is None:
             conv, it, gn, dec = True, 0, float("nan"), float("nan")
         else:
@@ -84,10 +120,12 @@ class LMMResult:
     # -- basic quantities ----------------------------------------------------
     @property
     def design(self):
+        """The model's :class:`~lmm_jax.build.design.Design` (X, Z's terms, y, names, dropped rows)."""
         return self.model.design
 
     @property
     def nobs(self) -> int:
+        """Rows used in the fit (lme4's ``nobs``): the data's rows less those dropped."""
         return self.design.n
 
     @property
@@ -110,6 +148,8 @@ class LMMResult:
 
     @property
     def fixef(self) -> pd.Series:
+        """Fixed-effect estimates (lme4's ``fixef``): :attr:`beta` as a Series
+        named ``estimate``, indexed by the columns of X."""
         return pd.Series(self.beta, index=list(self.design.fixef_names), name="estimate")
 
     @property
@@ -120,6 +160,8 @@ class LMMResult:
 
     @property
     def std_errors(self) -> pd.Series:
+        """Standard errors of the fixed effects: the square roots of the diagonal
+        of :attr:`vcov`, a Series indexed by the columns of X."""
         return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=list(self.design.fixef_names))
 
     @property
@@ -129,6 +171,8 @@ class LMMResult:
 
     @property
     def reml_criterion(self) -> float | None:
+        """The REML criterion at the optimum (lme4's ``REMLcrit``) for a REML fit;
+        None for an ML fit (see :attr:`deviance`)."""
         return self.objective if self.reml else None
 
     @cached_property
@@ -142,14 +186,20 @@ class LMMResult:
 
     @property
     def aic(self) -> float:
+        """Akaike's information criterion, :attr:`objective` + 2 :attr:`npar`
+        (lme4's ``AIC``; from the REML criterion for a REML fit, as lme4)."""
         return self.objective + 2 * self.npar
 
     @property
     def bic(self) -> float:
+        """Bayesian information criterion, :attr:`objective` + :attr:`npar`
+        log(:attr:`nobs`) (lme4's ``BIC``; REML criterion for a REML fit)."""
         return self.objective + self.npar * np.log(self.nobs)
 
     @property
     def df_resid(self) -> int:
+        """Residual degrees of freedom, :attr:`nobs` - :attr:`npar` (lme4's
+        ``df.residual``; the ``"residual"`` ddf of the t and F tests)."""
         return self.nobs - self.npar
 
     @property
@@ -389,29 +439,80 @@ class LMMResult:
         return self._satterthwaite.copy()
 
     def coefs(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
-        """Fixed effects with t tests and intervals: ``estimate, std_error, df,
-        t, p, lower, upper``; ``ddf`` is ``"satterthwaite"``, ``"kenward-roger"``,
-        ``"residual"`` or ``"none"`` (see :mod:`lmm_jax.inference.tests`)."""
+        """Fixed effects with t tests and confidence intervals
+        (:func:`lmm_jax.inference.tests.coefs`).
+
+        Args:
+            ddf: the denominator df: ``"satterthwaite"``, ``"kenward-roger"``
+                (REML fits), ``"residual"`` or ``"none"`` (normal; see
+                :mod:`lmm_jax.inference.tests`).
+            level: confidence level of ``lower, upper``.
+
+        Returns:
+            DataFrame indexed by the fixed effects, columns ``estimate,
+            std_error, df, t, p, lower, upper``.
+
+        Raises:
+            InferenceError: an unknown ``ddf``, or Kenward-Roger on an ML fit.
+
+        Example:
+            >>> fit.coefs("kenward-roger", level=0.9)  # doctest: +SKIP
+        """
         from .inference.tests import coefs
 
         return coefs(self, ddf, level)
 
     def contrast(self, L: Any, ddf: str = "satterthwaite", level: float = 0.95,
                  joint: bool | None = None) -> pd.DataFrame:
-        """Test ``L beta = 0``: one row -> t test, several -> F test (lmerTest's ``contest``)."""
+        """Test ``L beta = 0`` (lmerTest's ``contest``;
+        :func:`lmm_jax.inference.tests.contrast`).
+
+        Args:
+            L: the contrast: a vector or matrix with one column per fixed effect
+                (rows are hypotheses).
+            ddf: ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"`` or ``"none"``.
+            level: confidence level of the t tests' intervals.
+            joint: True: one F test of all rows; False: a t test per row; None
+                (default): a t test for one row, an F test for several.
+
+        Returns:
+            DataFrame: t tests (``estimate, std_error, df, t, p, lower, upper``)
+            or one F test (``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)``).
+
+        Example:
+            >>> fit.contrast([0, 1])  # the Days slope  # doctest: +SKIP
+        """
         from .inference.tests import contrast
 
         return contrast(self, L, ddf, level, joint)
 
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
-        """Type III F test per fixed-effect term (lmerTest's ``anova``)."""
+        """Type III F test per fixed-effect term (lmerTest's ``anova``;
+        :func:`lmm_jax.inference.anova.anova_table`). To compare fits by
+        likelihood ratio use :func:`lmm_jax.anova` with several fits.
+
+        Args:
+            ddf: ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"`` or ``"none"``.
+
+        Returns:
+            DataFrame, one row per term, columns ``Sum Sq, Mean Sq, NumDF,
+            DenDF, F value, Pr(>F)``.
+        """
         from .inference.anova import anova_table
 
         return anova_table(self, ddf)
 
     def drop1(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """F tests of the fixed-effect terms that can be dropped respecting
-        marginality (lmerTest's ``drop1``; :func:`lmm_jax.inference.ranova.drop1`)."""
+        marginality (lmerTest's ``drop1``; :func:`lmm_jax.inference.ranova.drop1`).
+
+        Args:
+            ddf: ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"`` or ``"none"``.
+
+        Returns:
+            DataFrame with lmerTest's columns ``Sum Sq, Mean Sq, NumDF, DenDF,
+            F value, Pr(>F)``, one row per marginal term.
+        """
         from .inference.ranova import drop1
 
         return drop1(self, ddf)
@@ -419,7 +520,16 @@ class LMMResult:
     def ranova(self, reduce_terms: bool = True) -> pd.DataFrame:
         """Likelihood-ratio tests of the random-effects terms, each reduced or
         removed and the model refitted (lmerTest's ``ranova``;
-        :func:`lmm_jax.inference.ranova.ranova`)."""
+        :func:`lmm_jax.inference.ranova.ranova`).
+
+        Args:
+            reduce_terms: reduce terms with slopes to simpler ones first
+                (lmerTest's default); False removes every term whole.
+
+        Returns:
+            DataFrame with columns ``npar, logLik, AIC, LRT, Df, Pr(>Chisq)``,
+            the first row ``<none>`` this fit, then one row per reduced model.
+        """
         from .inference.ranova import ranova
 
         return ranova(self, reduce_terms)
@@ -427,14 +537,34 @@ class LMMResult:
     def r2(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
         """Nakagawa's marginal and conditional R-squared, random slopes by
         Johnson's extension (performance's ``r2_nakagawa``;
-        :func:`lmm_jax.inference.r2.r2`)."""
+        :func:`lmm_jax.inference.r2.r2`).
+
+        Args:
+            by_group: explained variance by level instead (``Level 1`` and one
+                row per grouping factor, against the null model refitted).
+            tolerance: a diagonal of theta below it makes the fit singular.
+
+        Returns:
+            Series ``R2_conditional, R2_marginal``; with ``by_group``, a
+            DataFrame with columns ``Level, R2``.
+        """
         from .inference.r2 import r2
 
         return r2(self, by_group, tolerance)
 
     def icc(self, by_group: bool = False, tolerance: float = 1e-5) -> pd.Series | pd.DataFrame:
         """Adjusted and unadjusted intraclass correlation (performance's
-        ``icc``; :func:`lmm_jax.inference.r2.icc`)."""
+        ``icc``; :func:`lmm_jax.inference.r2.icc`).
+
+        Args:
+            by_group: one ICC per term with an intercept instead.
+            tolerance: a diagonal of theta below it makes the fit singular
+                (all NaN).
+
+        Returns:
+            Series ``ICC_adjusted, ICC_unadjusted``; with ``by_group``, a
+            DataFrame with columns ``Group, ICC``.
+        """
         from .inference.r2 import icc
 
         return icc(self, by_group, tolerance)
@@ -443,7 +573,23 @@ class LMMResult:
                 ddf: str = "satterthwaite", level: float = 0.95):
         """Estimated marginal means over the reference grid (R's ``emmeans``): an
         :class:`~lmm_jax.inference.emmeans.EMMeans` with ``.table`` and
-        ``.contrast(method, adjust)``; see :func:`lmm_jax.inference.emmeans.emmeans`."""
+        ``.contrast(method, adjust)``; see :func:`lmm_jax.inference.emmeans.emmeans`.
+
+        Args:
+            specs: the variables whose means are wanted: a name, several
+                (a list or ``"a * b"``), ``"a | b"`` (a within each b) or
+                ``"1"`` for the grand mean.
+            by: more grouping variables (as after ``|``).
+            at: values of grid variables: a covariate's values (default its
+                mean), a subset of a factor's levels.
+            weights: how to average over the other factors: ``"equal"``,
+                ``"proportional"``, ``"outer"``, ``"cells"`` or ``"flat"``.
+            ddf: ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"`` or ``"none"``.
+            level: confidence level of the intervals.
+
+        Returns:
+            An :class:`~lmm_jax.inference.emmeans.EMMeans`.
+        """
         from .inference.emmeans import emmeans
 
         return emmeans(self, specs, by, at, weights, ddf, level)
@@ -451,14 +597,42 @@ class LMMResult:
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Intervals for SDs, correlations, sigma and fixed effects in lme4's
         naming: ``method`` ``"profile"``, ``"wald"`` or ``"boot"``
-        (:func:`lmm_jax.inference.tests.confint`)."""
+        (:func:`lmm_jax.inference.tests.confint`).
+
+        Args:
+            method: ``"profile"`` (likelihood profile, lme4's default),
+                ``"wald"`` or ``"boot"`` (parametric bootstrap).
+            level: confidence level.
+            **kwargs: passed to the method's function (``which``, ``tol`` for
+                profile; ``n``, ``key`` and :meth:`bootstrap`'s options for boot).
+
+        Returns:
+            DataFrame indexed by lme4's parameter names (``sd_(Intercept)|Subject``,
+            ..., ``sigma``, fixed effects), columns ``lower, upper``.
+
+        Raises:
+            InferenceError: an unknown ``method``.
+
+        Example:
+            >>> fit.confint("wald", level=0.9)  # doctest: +SKIP
+        """
         from .inference.tests import confint
 
         return confint(self, method, level, **kwargs)
 
     def varcorr_table(self, level: float = 0.95) -> pd.DataFrame:
         """Variance components with Hessian SEs and Wald intervals (variance,
-        SD and Fisher-z correlation scales)."""
+        SD and Fisher-z correlation scales;
+        :func:`lmm_jax.inference.tests.varcorr_table`).
+
+        Args:
+            level: confidence level of the Wald intervals.
+
+        Returns:
+            DataFrame, one row per parameter in lme4's naming, columns ``vcov,
+            se_vcov, lower_vcov, upper_vcov, sdcor, se_sdcor, lower_sdcor,
+            upper_sdcor``.
+        """
         from .inference.tests import varcorr_table
 
         return varcorr_table(self, level)
@@ -468,7 +642,32 @@ class LMMResult:
         """Predictions with (``re_form=None``) or without (``"~0"``) random
         effects, on the fitted rows or ``newdata``: an array, or with
         ``na_action`` (``"omit"``, ``"exclude"``) a Series on the rows' index;
-        see :func:`lmm_jax.inference.predict.predict` for every argument."""
+        see :func:`lmm_jax.inference.predict.predict` for the details.
+
+        Args:
+            newdata: a DataFrame (or dict of columns) to predict on; None for
+                the fitted rows.
+            re_form: None for all random terms, ``"~0"`` for the population
+                level, or a formula of bars such as ``"~(1 | Subject)"``.
+            allow_new_levels: give unseen levels of a grouping factor the
+                population prediction instead of raising DataError.
+            se_fit: also return the SEs of the fixed part.
+            offset: with ``newdata``, its rows' offset (a column name or an
+                array) where the model was fitted with an ``offset=`` array.
+            na_action: None: an array; ``"omit"`` or ``"exclude"``: a Series
+                on the rows' index (lme4's ``na.action``).
+
+        Returns:
+            The predictions, or with ``se_fit`` a DataFrame with columns
+            ``fit, se_fit``.
+
+        Raises:
+            DataError: unseen levels without ``allow_new_levels``, or
+                ``newdata`` missing a column.
+
+        Example:
+            >>> fit.predict(pd.DataFrame({"Days": [0, 5], "Subject": ["308", "309"]}))  # doctest: +SKIP
+        """
         from .inference.predict import predict
 
         return predict(self, newdata, re_form, allow_new_levels, se_fit, offset, na_action)
@@ -511,12 +710,21 @@ class LMMResult:
 
     # -- printing --------------------------------------------------------------
     def summary(self, ddf: str = "satterthwaite") -> "Summary":
-        """lme4's ``summary(lmer(...))``, with lmerTest's df and p-values by
-        ``ddf`` (``"satterthwaite"``, ``"kenward-roger"``, ``"residual"``,
-        ``"none"``): a :class:`~lmm_jax.report.summary.Summary`, a ``str``
-        holding the text (``print`` shows it, notebooks render its HTML) with
-        the tables ``.coefficients``, ``.random_effects`` and
-        ``.fit_statistics`` as DataFrames."""
+        """lme4's ``summary(lmer(...))``, with lmerTest's df and p-values.
+
+        Args:
+            ddf: the df of the coefficients' t tests: ``"satterthwaite"``,
+                ``"kenward-roger"``, ``"residual"`` or ``"none"``.
+
+        Returns:
+            A :class:`~lmm_jax.report.summary.Summary`, a ``str`` holding the
+            text (``print`` shows it, notebooks render its HTML) with the
+            tables ``.coefficients``, ``.random_effects`` and
+            ``.fit_statistics`` as DataFrames.
+
+        Example:
+            >>> print(fit.summary())  # doctest: +SKIP
+        """
         from .report.summary import summarize
 
         return summarize(self, ddf)

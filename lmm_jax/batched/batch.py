@@ -422,6 +422,8 @@ class BatchResult:
 
     @property
     def singular(self) -> np.ndarray:
+        """(B,) booleans: lme4's ``isSingular`` per fit, some diagonal of Lambda
+        below 1e-4 (:func:`is_singular_rows`)."""
         return is_singular_rows(self.theta, self.ks)
 
     @property
@@ -462,6 +464,12 @@ class BatchResult:
         the row of ``LMMResult.coefs(ddf, level)`` of that fit alone; a failed
         fit's rows are NaN. For the fits that enter a summary, filter on
         ``converged`` (False for failed fits) or ``fit`` in ``np.flatnonzero(ok)``.
+
+        Args:
+            level: confidence level of ``lower, upper``.
+
+        Returns:
+            DataFrame, one row per fit and fixed effect, the columns above.
         """
         if not 0 < level < 1:
             raise InferenceError(f"level must be in (0, 1), got {level}")

@@ -332,7 +332,17 @@ class BootstrapResult:
         ``bootMer(FUN=)``): one row per column of :attr:`statistic_table`,
         by the methods of :meth:`confint` ("basic" centres on
         :attr:`statistic_estimate`). The replicates that failed or did not
-        converge are left out, as in :meth:`confint`."""
+        converge are left out, as in :meth:`confint`.
+
+        Args:
+            level: coverage, in (0, 1).
+            method: ``"percentile"``, ``"shortest"`` or ``"basic"``, as for
+                :meth:`confint`.
+
+        Returns:
+            DataFrame with columns ``lower``, ``upper``, one row per scalar of
+            the statistic (the columns of :attr:`statistic_table`).
+        """
         center = pd.Series(_flat_columns(self.statistic_estimate, per_replicate=False))
         return _intervals(self.statistic_table, center, self.replicates.ok, len(self), level, method)
 

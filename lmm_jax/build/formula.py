@@ -209,6 +209,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     Raises:
         FormulaError: for a missing ``~``, unbalanced parentheses, a bar
             without a grouping factor or expression, or no random term.
+
+    Example:
+        >>> f = lmm_jax.parse_formula("Reaction ~ Days + (Days | Subject)")
+        >>> f.response, f.fixed
+        ('Reaction', 'Days')
     """
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string like 'y ~ x + (1 | g)', got {type(formula).__name__}")

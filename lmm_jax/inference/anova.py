@@ -232,7 +232,32 @@ def likelihood_ratio_table(*results: "LMMResult", refit: bool = True,
 def anova(*results: "LMMResult", refit: bool = True, names: list[str] | None = None) -> pd.DataFrame:
     """``lmm_jax.anova(m0, m1, ...)``: likelihood-ratio tests between nested
     fits, lme4's ``anova`` table (see :func:`likelihood_ratio_table`). With a
-    single fit, its type III F table (:func:`anova_table`)."""
+    single fit, its type III F table with Satterthwaite's df
+    (:func:`anova_table`; ``fit.anova(ddf=...)`` for another ddf).
+
+    Args:
+        *results: one fit, or two or more fits of the same response on the
+            same rows.
+        refit: refit REML fits by ML before comparing (lme4's ``refit = TRUE``);
+            with different fixed effects their REML criteria are not comparable.
+        names: row labels of the comparison (default ``m0, m1, ...``).
+
+    Returns:
+        DataFrame with lme4's columns ``npar, AIC, BIC, logLik, deviance,
+        Chisq, Df, Pr(>Chisq)``; for one fit, ``Sum Sq, Mean Sq, NumDF,
+        DenDF, F value, Pr(>F)`` per fixed-effect term.
+
+    Raises:
+        TypeError: an argument that is not a fit.
+        InferenceError: fits of different responses or rows, or ``names`` of
+            the wrong length.
+
+    Example:
+        >>> data = lmm_jax.datasets.load("sleepstudy")
+        >>> m0 = lmm_jax.fit("Reaction ~ 1 + (Days | Subject)", data)
+        >>> m1 = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", data)
+        >>> lmm_jax.anova(m0, m1)  # doctest: +SKIP
+    """
     for i, r in enumerate(results):
         if not all(hasattr(r, a) for a in ("model", "design", "objective", "reml")):
             raise TypeError(f"anova takes fitted models (results of lmm_jax.fit), got {r!r} "

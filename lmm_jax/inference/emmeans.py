@@ -505,7 +505,15 @@ class EMMeans:
         return out
 
     def pairs(self, adjust: str | None = None) -> pd.DataFrame:
-        """Pairwise differences, ``contrast("pairwise", adjust)`` (R's ``pairs``)."""
+        """Pairwise differences, ``contrast("pairwise", adjust)`` (R's ``pairs``).
+
+        Args:
+            adjust: the p-value adjustment within each group; None for
+                Tukey's (see :meth:`contrast`).
+
+        Returns:
+            DataFrame ``contrast, by..., estimate, SE, df, t.ratio, p.value``.
+        """
         return self.contrast("pairwise", adjust)
 
     def __repr__(self) -> str:
@@ -551,6 +559,12 @@ def emmeans(result: "LMMResult", specs: Any, by: Any = None, at: dict | None = N
     Raises:
         InferenceError: unknown variables, weights or ddf; a model with an offset.
         DataError: an ``at`` level that is not in the fit.
+
+    Example:
+        >>> fit = lmm_jax.fit("angle ~ recipe * temperature + (1 | recipe:replicate)",
+        ...                   lmm_jax.datasets.load("cake"))
+        >>> emm = lmm_jax.emmeans(fit, "recipe")
+        >>> emm.pairs()  # doctest: +SKIP
     """
     ddf = normalize_ddf(ddf)
     if not 0 < level < 1:

@@ -106,10 +106,14 @@ class Summary(str):
 
     @cached_property
     def random_effects(self) -> pd.DataFrame:
+        """The variance components table, one row per variance, covariance and
+        the residual (columns in the class docstring), built on first access."""
         return random_effects_table(self._fit)
 
     @cached_property
     def fit_statistics(self) -> pd.DataFrame:
+        """The one-row table of fit statistics (``method, nobs, df_resid, sigma,
+        loglik, aic, bic, deviance, reml_criterion``), built on first access."""
         return fit_statistics_table(self._fit)
 
     def __reduce__(self) -> tuple[Any, ...]:

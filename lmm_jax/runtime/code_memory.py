@@ -131,7 +131,11 @@ def scan(limit: int | None = None, headroom: float = HEADROOM) -> bool:
 def clear_caches() -> None:
     """Drop every executable JAX holds in memory (``jax.clear_caches``) and
     collect, which unmaps their code. Fitted results stay valid; the next call
-    of any jitted function compiles again (or loads from the persistent cache)."""
+    of any jitted function compiles again (or loads from the persistent cache).
+
+    Example:
+        >>> lmm_jax.clear_caches()  # between many models of different shapes
+    """
     global _compiles_since_check, _pending
     kernel.clear_all()
     jax.clear_caches()

@@ -74,6 +74,11 @@ def configure(*, cpu_memory: bool | None = None, cpu_compile: bool | None = None
 
     Warns:
         ConfigurationWarning: for a setting that came too late (JAX's backends had started).
+
+    Example:
+        >>> import lmm_jax.runtime
+        >>> done = lmm_jax.runtime.configure(cpu_threads=2, compilation_cache=False)  # before JAX runs
+        >>> done["cpu_threads"]["xla"]["enabled"]  # doctest: +SKIP
     """
     mem, mem_from = _on_off(*_choice("cpu_memory", cpu_memory, MEMORY_SWITCH, ("system",)))
     comp, comp_from = _on_off(*_choice("cpu_compile", cpu_compile, COMPILE_SWITCH, ("default",)))
