@@ -1,10 +1,13 @@
 """Work split across processes (lmm_jax.batched.distributed): two local CPU processes joined by
-``jax.distributed.initialize`` (gloo collectives) return the bootstrap, the power simulation, the
-parametric-bootstrap LRT and the fit_many fits of one process, bit for bit, each doing half the work.
+``jax.distributed.initialize`` (gloo collectives) return the bootstrap (with a statistic), the power
+simulation and power curve, the parametric-bootstrap LRT and the fit_many fits of one process, bit
+for bit, each doing half the work.
 
 The workers are fresh interpreters running :func:`compute` (``python -c``); the parent runs it too,
 in one process, and compares. Every run uses the process tuning of the suite (conftest.py:
-``lmm_jax.runtime.configure()``), so the three processes compile the same code."""
+``lmm_jax.runtime.configure()``), so the three processes compile the same code. The workers compile
+everything (JAX's persistent cache does not serve CPU executables across processes): 48 s for the
+test on 2 cores with the parent's kernels cached, 65 s without."""
 
 from __future__ import annotations
 
@@ -39,17 +42,25 @@ jax.distributed.shutdown()
 """
 
 
+def slope_t(e: lmm_jax.Estimates):
+    """A bootstrap statistic: the slope's t value."""
+    return e.beta[1] / e.vcov[1, 1] ** 0.5
+
+
 def compute() -> dict[str, np.ndarray]:
-    """sleepstudy's ML fit bootstrapped (64 replicates in 4 chunks of 16) with its intervals, the
-    power of its slope's t test (32 simulations in 2 chunks), a parametric-bootstrap LRT against
+    """sleepstudy's ML fit bootstrapped (64 replicates in 4 chunks of 16) with its intervals and a
+    statistic, the power of its slope's t test (32 simulations in 2 chunks) and a power curve
+    (2 sizes of one chunk), a parametric-bootstrap LRT against
     random intercepts (2 chunks; its large model's refits share the power's compiled fit), and
     fit_many of 4 datasets in 2 calls: every number, and which process computed what."""
     sleep = lmm_jax.datasets.load("sleepstudy")
     large = lmm_jax.fit(FORMULA, sleep, reml=False)
     small = lmm_jax.fit("Reaction ~ Days + (1 | Subject)", sleep, reml=False)
-    boot = large.bootstrap(64, key=1, chunk_size=16)
-    pw = lmm_jax.power(large, "Days", n=32, key=3, params={**PARAMS, "beta": [250.0, 1.0]}, reml=False,
-                       ddf="none", chunk_size=16)
+    boot = large.bootstrap(64, key=1, chunk_size=16, statistic=slope_t)
+    params = {**PARAMS, "beta": [250.0, 1.0]}
+    pw = lmm_jax.power(large, "Days", n=32, key=3, params=params, reml=False, ddf="none", chunk_size=16)
+    curve = lmm_jax.power_curve(large, "Days", along="Subject", sizes=[18, 18], n=16, key=4, params=params,
+                                reml=False, ddf="none", chunk_size=16)     # 18 subjects: the power's shapes
     pb = lmm_jax.pb_modcomp(large, small, n=32, key=5, chunk_size=16)
     subjects = sleep["Subject"].astype(str).unique()
     specs = [("Reaction ~ Days + (1 | Subject)", sleep[sleep["Subject"].astype(str).isin(subjects[i::4])])
@@ -62,7 +73,8 @@ def compute() -> dict[str, np.ndarray]:
     r = boot.replicates
     return {"boot_theta": r.theta, "boot_beta": r.beta, "boot_sigma": r.sigma, "boot_objective": r.objective,
             "boot_converged": r.converged, "boot_iterations": r.iterations, "boot_process": r.process,
-            "boot_ci": boot.confint().to_numpy(), "power_p": pw.p_values, "power_t": pw.statistic,
+            "boot_ci": boot.confint().to_numpy(), "boot_t": boot.statistic, "boot_t0": boot.statistic_estimate,
+            "curve": curve.to_numpy(dtype=float), "power_p": pw.p_values, "power_t": pw.statistic,
             "power": np.asarray([pw.power]), "power_process": pw.process,
             "pb_reference": pb.reference, "pb_p": np.asarray([pb.p_value]), "pb_process": pb.large_refits.process,
             "many_theta": np.concatenate([m.theta for m in many]), "many_beta": np.concatenate([m.beta for m in many]),
