@@ -586,7 +586,7 @@ def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offs
 
 @entry_point
 def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = True, *, max_iter: int = 200,
-             method: str = "bfgs", ddf: str = "satterthwaite") -> "list[BatchResult]":
+             method: str = "bfgs", ddf: str = "satterthwaite", chunk_size: int | None = None) -> "list[BatchResult]":
     """Fit many (formula, data) pairs, one compiled vmapped call per shape.
 
     Models whose padded products share a structure (terms' columns, levels
@@ -602,6 +602,10 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
         method: ``"bfgs"`` or ``"newton"``, as for :meth:`LMM.fit_batch`.
         ddf: the coefficients' denominator df (``"satterthwaite"``,
             ``"residual"`` or ``"none"``), as for :meth:`LMM.fit_batch`.
+        chunk_size: models per compiled call (default: each group of one
+            shape whole). After ``jax.distributed.initialize()`` the calls are
+            shared out between the processes and every process returns all
+            the fits, the same bits as one process (docs/distributed.md).
 
     Returns:
         One single-fit :class:`~lmm_jax.batched.batch.BatchResult` per spec,
@@ -617,4 +621,4 @@ def fit_many(specs: "Sequence[tuple[str, Any]] | Sequence[LMM]", reml: bool = Tr
 
     check_bool(reml, "reml")
     models = [sp if isinstance(sp, LMM) else LMM(*sp) for sp in specs]
-    return fit_models(models, reml, max_iter=max_iter, method=method, ddf=ddf)
+    return fit_models(models, reml, max_iter=max_iter, method=method, ddf=ddf, chunk_size=chunk_size)

@@ -13,12 +13,14 @@
 Every replicate is one column of one vmapped fit (:meth:`lmm_jax.LMM.fit_batch`):
 a power estimate from 1,000 simulations is one compiled call, and sizes that
 fall in one padded size bucket share their compilation. Results depend only
-on ``key``: replicate i of size j uses ``fold_in(fold_in(key, j), i)``.
+on ``key`` and the chunk size: replicate i of size j uses
+``fold_in(fold_in(key, j), i)``. After ``jax.distributed.initialize()`` the
+chunks are shared out between the processes (:mod:`lmm_jax.batched.distributed`)
+and every process returns the whole result, the same bits as one process.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -27,7 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .batched.simulate import as_key, simulate as _simulate
+from .batched.distributed import exchange, mine, owners, put_rows
+from .batched.simulate import as_key, simulate as _simulate, simulate_replicates
 from .build.design import as_frame
 from .errors import DataError, check_bool, check_count
 from .model import LMM
@@ -177,6 +180,9 @@ class PowerResult:
         statistic: (n,) each replicate's t or LRT statistic.
         n_failed: replicates whose fit failed (they count as not rejected, as in simr).
         level: the confidence level of :attr:`interval`.
+        process: (n,) the ``jax.process_index()`` of the process that
+            simulated and fitted each replicate (all 0 in one process;
+            :mod:`lmm_jax.batched.distributed`).
     """
 
     test: str
@@ -185,6 +191,7 @@ class PowerResult:
     statistic: np.ndarray
     n_failed: int
     level: float = 0.95
+    process: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -231,38 +238,34 @@ def _t_test(fits: "BatchResult", term: str) -> tuple[np.ndarray, np.ndarray]:
     return rows["t"].to_numpy(), rows["p"].to_numpy()
 
 
-@entry_point
-def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | None = None, *, alpha: float = 0.05,
-          ddf: str = "satterthwaite", reml: bool = True, level: float = 0.95, data: Any = None) -> PowerResult:
-    """Power by simulation (simr's ``powerSim``): simulate ``n`` responses,
-    fit them all in one vmapped call, count the rejections.
+@dataclass(frozen=True)
+class _PowerPlan:
+    """One power simulation as every process plans it: what is simulated
+    (``model`` at ``params``), the models fitted, the test, and the chunks
+    of ``chunk`` replicates (one batched fit each, the last one drawn and
+    fitted whole and trimmed)."""
 
-    Args:
-        model: a fit, an LMM, or a planned design ``(formula, data)`` (then
-            ``params`` is required; see :func:`simulate`).
-        test: a fixed effect's name (``"Days"``, ``"recipeB"``): the t test
-            of beta = 0 with ``ddf`` degrees of freedom (lmerTest's); or a
-            formula of the null model (``"y ~ 1 + (Days | Subject)"``): the
-            likelihood-ratio test of the nested models, both fitted by ML,
-            chi-square with the difference in parameters as df.
-        n: simulations. key: int seed or ``jax.random`` key.
-        params: the parameters to simulate at (default: the fit's).
-        alpha: the test's level. ddf: ``"satterthwaite"``, ``"residual"``
-            (n - p) or ``"none"`` (z test). reml: fit the t tests' models by
-            REML (default, as lmerTest) or ML. level: of the power's interval.
-        data: the rows to simulate on instead of the model's (for example
-            :func:`extend`'s), at the model's formula.
+    model: "LMM | LMMResult"
+    base: LMM
+    null: LMM | None
+    test: str
+    name: str
+    key: jax.Array
+    params: dict | None
+    n: int
+    chunk: int
+    reml: bool
+    ddf: str
 
-    Returns:
-        A :class:`PowerResult`.
+    @property
+    def starts(self) -> range:
+        return range(0, self.n, self.chunk)
 
-    Example:
-        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
-        >>> lmm_jax.power(fit, "Days", n=1000, params={**lmm_jax.planning.fitted_params(fit),
-        ...                                           "beta": {"(Intercept)": 251.4, "Days": 4.0}})
-    """
+
+def _plan(model: Any, test: str, n: int, key: Any, params: dict | None, ddf: str, reml: bool, data: Any,
+          chunk_size: int | None) -> _PowerPlan:
+    """:func:`power`'s arguments checked, its models built and its chunks planned."""
     n = check_count(n, "n")
-    alpha, reml = _check_alpha(alpha), check_bool(reml, "reml")
     if ddf not in TESTS_DDF:
         raise ValueError(f"ddf must be one of {TESTS_DDF}, got {ddf!r}")
     m = _model(model)
@@ -274,7 +277,7 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
             params = fitted_params(m)
         base = LMM(base.formula, data, planned=True, offset=base.design.offset_column)
         m = base
-    chunks = list(_chunks(m, n, key, params))
+    null = None
     if "~" in test:
         rows = base.design.data.drop(columns=[base.design.formula.response.strip("`")], errors="ignore")
         null = LMM(test, rows, planned=True, offset=base.design.offset_column)
@@ -286,50 +289,119 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         if k0 >= k1:
             raise DataError(f"the null model {test!r} has {k0} parameters, the model {k1}: the null model must "
                             "be nested in the model, with fewer parameters")
-        full = _fit_chunks(base, chunks, n, reml=False, ddf="none")
-        small = _fit_chunks(null, chunks, n, reml=False, ddf="none")
-        stat = np.maximum(small.objective - full.objective, 0.0)
-        ok = ~(full.failed | small.failed) & np.isfinite(stat)
-        p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
         name = f"LRT {base.formula} vs {test} ({k1 - k0} df)"
-        failed = int(np.sum(~ok))
     else:
         if test not in base.design.fixef_names:
             raise DataError(f"test {test!r} is neither a fixed effect of the model ({list(base.design.fixef_names)})"
                             " nor a null-model formula (with '~')")
-        fits = _fit_chunks(base, chunks, n, reml=reml, ddf=ddf)
-        stat, p = _t_test(fits, test)
-        p = np.where(fits.failed, np.nan, p)
         name = f"fixed effect {test!r} (t test, {ddf} df)"
-        failed = int(np.sum(fits.failed))
-    return PowerResult(test=name, alpha=alpha, p_values=np.asarray(p, dtype=float),
-                       statistic=np.asarray(stat, dtype=float), n_failed=failed, level=level)
+    chunk = min(n, CHUNK) if chunk_size is None else check_count(chunk_size, "chunk_size")
+    return _PowerPlan(model=m, base=base, null=null, test=test, name=name, key=as_key(key), params=params, n=n,
+                      chunk=chunk, reml=reml, ddf=ddf)
 
 
-def _chunks(model: Any, n: int, key: Any, params: dict | None) -> Iterator[np.ndarray]:
-    """The n simulated responses in column chunks of :data:`CHUNK` (the last
-    padded to full size by repeating its first column)."""
-    for Y in simulate(model, n, key, params, chunk_size=CHUNK):
-        Y = np.asarray(Y)
-        if Y.shape[1] < CHUNK:
-            Y = np.concatenate([Y, np.repeat(Y[:, :1], CHUNK - Y.shape[1], axis=1)], axis=1)
-        yield Y
+def _power_chunk(plan: _PowerPlan, start: int) -> dict[str, np.ndarray]:
+    """The p-values, statistics and failures of the replicates ``start`` to
+    ``start + chunk - 1`` (trimmed to ``n``): one batched fit (two for an LRT)."""
+    Y = simulate_replicates(plan.model, plan.key, start, plan.chunk, plan.params)
+    if plan.null is not None:
+        k1 = plan.base.design.p + plan.base.design.theta_layout.n_theta
+        k0 = plan.null.design.p + plan.null.design.theta_layout.n_theta
+        full = plan.base.fit_batch(Y, reml=False, ddf="none")
+        small = plan.null.fit_batch(Y, reml=False, ddf="none")
+        stat = np.maximum(small.objective - full.objective, 0.0)
+        ok = ~(full.failed | small.failed) & np.isfinite(stat)
+        p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
+        failed = ~ok
+    else:
+        fits = plan.base.fit_batch(Y, reml=plan.reml, ddf=plan.ddf)
+        stat, p = _t_test(fits, plan.test)
+        p = np.where(fits.failed, np.nan, p)
+        failed = fits.failed
+    size = min(plan.chunk, plan.n - start)
+    return {"p_values": np.asarray(p, dtype=float)[:size], "statistic": np.asarray(stat, dtype=float)[:size],
+            "failed": np.asarray(failed, dtype=bool)[:size]}
 
 
-def _fit_chunks(model: LMM, chunks: list[np.ndarray], n: int, **kwargs) -> "BatchResult":
-    """``model.fit_batch`` of every chunk, one result for the first n columns."""
-    parts = [model.fit_batch(Y, **kwargs) for Y in chunks]
-    out = {}
-    for f in dataclasses.fields(parts[0]):
-        first = getattr(parts[0], f.name)
-        out[f.name] = (np.concatenate([getattr(p, f.name) for p in parts])[:n] if isinstance(first, np.ndarray)
-                       else first)
-    return type(parts[0])(**out)
+def _power_results(plans: Sequence[_PowerPlan], alpha: float, level: float, what: str,
+                   progress: bool = False) -> list[PowerResult]:
+    """Run the chunks of every plan, shared out between the processes
+    (:mod:`lmm_jax.batched.distributed`; ``progress``: a tqdm bar over this
+    process's chunks), and gather each plan's result."""
+    units = [(j, start) for j, plan in enumerate(plans) for start in plan.starts]
+    costs = [plans[j].chunk * plans[j].base.design.n for j, _ in units]
+    largest = max(plan.n for plan in plans)
+    owner = owners(costs, what, f"Pass chunk_size={max(1, -(-largest // jax.process_count()))} or less to split "
+                                "the simulations into more chunks.")
+    todo = mine(owner)
+    if progress:
+        from tqdm.auto import tqdm
+        todo = tqdm(todo, desc="power", unit="chunk")
+    shared = exchange({u: _power_chunk(plans[units[u][0]], units[u][1]) for u in todo})
+    out = []
+    for j, plan in enumerate(plans):
+        arrays: dict[str, np.ndarray] = {}
+        process = np.empty(plan.n, dtype=np.int32)
+        for u, (jj, start) in enumerate(units):
+            if jj == j:
+                put_rows(arrays, plan.n, start, shared[u])
+                process[start:start + plan.chunk] = owner[u]
+        out.append(PowerResult(test=plan.name, alpha=alpha, p_values=arrays["p_values"],
+                               statistic=arrays["statistic"], n_failed=int(np.sum(arrays["failed"])), level=level,
+                               process=process))
+    return out
+
+
+@entry_point
+def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | None = None, *, alpha: float = 0.05,
+          ddf: str = "satterthwaite", reml: bool = True, level: float = 0.95, data: Any = None,
+          chunk_size: int | None = None) -> PowerResult:
+    """Power by simulation (simr's ``powerSim``): simulate ``n`` responses,
+    fit them all in one vmapped call, count the rejections.
+
+    Args:
+        model: a fit, an LMM, or a planned design ``(formula, data)`` (then
+            ``params`` is required; see :func:`simulate`).
+        test: a fixed effect's name (``"Days"``, ``"recipeB"``): the t test
+            of beta = 0 with ``ddf`` degrees of freedom (lmerTest's); or a
+            formula of the null model (``"y ~ 1 + (Days | Subject)"``): the
+            likelihood-ratio test of the nested models, both fitted by ML,
+            chi-square with the difference in parameters as df.
+        n: simulations. key: int seed or ``jax.random`` key; replicate i
+            draws from ``fold_in(key, i)``.
+        params: the parameters to simulate at (default: the fit's).
+        alpha: the test's level. ddf: ``"satterthwaite"``, ``"residual"``
+            (n - p) or ``"none"`` (z test). reml: fit the t tests' models by
+            REML (default, as lmerTest) or ML. level: of the power's interval.
+        data: the rows to simulate on instead of the model's (for example
+            :func:`extend`'s), at the model's formula.
+        chunk_size: simulations per batched fit. Default: all ``n`` in one
+            up to :data:`CHUNK` (256, the single-stage optimiser's batch,
+            whose compilation is a fraction of the staged one's); larger runs
+            in chunks of it, the last one drawn and fitted whole and trimmed
+            (one compilation per size bucket). After
+            ``jax.distributed.initialize()`` the chunks are shared out
+            between the processes and every process returns the whole result,
+            the same bits as one process (docs/distributed.md).
+
+    Returns:
+        A :class:`PowerResult`.
+
+    Example:
+        >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+        >>> lmm_jax.power(fit, "Days", n=1000, params={**lmm_jax.planning.fitted_params(fit),
+        ...                                           "beta": {"(Intercept)": 251.4, "Days": 4.0}})
+    """
+    alpha, reml = _check_alpha(alpha), check_bool(reml, "reml")
+    plan = _plan(model, test, n, key, params, ddf, reml, data, chunk_size)
+    return _power_results([plan], alpha, level, f"a power simulation of {plan.n} in chunks of {plan.chunk}")[0]
 
 
 @entry_point
 def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int = 1000, key: Any = 0,
-                params: dict | None = None, *, progress: bool = False, **kwargs) -> pd.DataFrame:
+                params: dict | None = None, *, progress: bool = False, alpha: float = 0.05,
+                ddf: str = "satterthwaite", reml: bool = True, level: float = 0.95,
+                chunk_size: int | None = None) -> pd.DataFrame:
     """Power over numbers of levels of a grouping factor (simr's ``extend`` +
     ``powerCurve``): for each size the model's rows are :func:`extend`-ed to
     that many levels of ``along`` and :func:`power` runs one batched fit.
@@ -339,8 +411,12 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
         along: the grouping column whose number of levels varies.
         sizes: the numbers of levels.
         key: size j uses ``fold_in(key, j)``.
-        progress: a tqdm bar over the sizes.
-        **kwargs: passed to :func:`power` (alpha, ddf, reml, level).
+        progress: a tqdm bar over the chunks of simulations (one per size
+            unless ``chunk_size`` cuts them).
+        alpha, ddf, reml, level, chunk_size: as :func:`power`. After
+            ``jax.distributed.initialize()`` the chunks of all sizes are
+            shared out between the processes, and every process returns the
+            whole table, the same bits as one process.
 
     Returns:
         One row per size: ``size, n_rows, power, lower, upper, successes, n, n_failed``.
@@ -356,16 +432,16 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
         params = fitted_params(m)
     base = m.model if isinstance(m, LMMResult) else m
     sizes = [check_count(s, "sizes") for s in sizes]
+    alpha, reml = _check_alpha(alpha), check_bool(reml, "reml")
     key = as_key(key)
+    progress = check_bool(progress, "progress")
+    plans = [_plan(base, test, n, jax.random.fold_in(key, j), params, ddf, reml,
+                   extend(base.design.data, along, size), chunk_size) for j, size in enumerate(sizes)]
+    results = _power_results(plans, alpha, level, f"a power curve of {len(sizes)} sizes x {n} simulations",
+                             progress)
     rows = []
-    it = sizes
-    if check_bool(progress, "progress"):
-        from tqdm.auto import tqdm
-        it = tqdm(sizes, desc="power curve", unit="size")
-    for j, size in enumerate(it):
-        data = extend(base.design.data, along, size)
-        res = power(base, test, n, jax.random.fold_in(key, j), params, data=data, **kwargs)
+    for size, plan, res in zip(sizes, plans, results):
         lo, hi = res.interval
-        rows.append({"size": size, "n_rows": len(data), "power": res.power, "lower": lo, "upper": hi,
+        rows.append({"size": size, "n_rows": plan.base.design.n, "power": res.power, "lower": lo, "upper": hi,
                      "successes": res.successes, "n": res.n, "n_failed": res.n_failed})
     return pd.DataFrame(rows)

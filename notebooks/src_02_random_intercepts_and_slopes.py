@@ -212,4 +212,43 @@ ax.set_xlabel("edu"); ax.set_ylabel("score"); ax.legend(title="classroom", fonts
 ("code", r"""
 fig = plotting.forest(inter, intercept=True)
 """),
+("md", r"""
+## After the fit: tables, R², random-effect tests, updates, marginal means
+
+The summary is also a set of tables (`coefficients`, `random_effects`, `fit_statistics`; in a
+notebook it renders as HTML); `r2()` and `icc()` are R's `performance`; `ranova()` and `drop1()`
+lmerTest's; `update()` R's formula arithmetic; `coef()` lme4's per-classroom coefficients;
+`resid()` a Series on the data's index. Each equals R on the reference cases (tests/inference,
+tests/test_update_coef.py).
+"""),
+("code", r"""
+s = inter.summary()
+s.coefficients.round(4)
+"""),
+("code", r"""
+pd.concat([inter.r2(), inter.icc()]).round(4)
+"""),
+("code", r"""
+full.ranova().round(4)
+"""),
+("code", r"""
+no_edu = inter.update(". ~ . - edu")
+lmm_jax.anova(no_edu, inter)
+"""),
+("code", r"""
+inter.coef()["classroom"].round(3)
+"""),
+("code", r"""
+inter.resid(type="pearson", scaled=True).head()
+"""),
+("md", r"""
+Estimated marginal means (R's emmeans) need factors: lme4's cake data, breaking angle by recipe
+and baking temperature, with Tukey-adjusted pairwise differences of the recipes.
+"""),
+("code", r"""
+cake = lmm_jax.fit("angle ~ recipe + temperature + (1 | recipe:replicate)", lmm_jax.datasets.load("cake"))
+emm = cake.emmeans("recipe")
+display(emm.table.round(3))
+emm.contrast("pairwise").round(4)
+"""),
 ]

@@ -38,6 +38,7 @@ from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi
 from ..core.start import MomentEquations, moment_theta
 from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError, check_bool, check_count, normalize_ddf
+from .distributed import exchange, mine, owners
 
 if TYPE_CHECKING:
     from ..build.design import Design
@@ -378,6 +379,11 @@ class BatchResult:
             None where ``vcov`` is.
         ddf: how ``df`` was computed: ``"satterthwaite"`` (lmerTest's method,
             per fit), ``"residual"`` (n - p) or ``"none"`` (infinite: z tests).
+        process: (B,) the ``jax.process_index()`` of the process that
+            computed each fit, for the runs that share their work out
+            between processes (bootstrap, :func:`lmm_jax.fit_many`,
+            :func:`~lmm_jax.pb_modcomp`; :mod:`lmm_jax.batched.distributed`):
+            all 0 in one process; None for :func:`fit_batch`.
     """
 
     theta: np.ndarray
@@ -394,6 +400,7 @@ class BatchResult:
     vcov: np.ndarray | None = None
     df: np.ndarray | None = None
     ddf: str | None = None
+    process: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         failure = (np.full(len(self), "", dtype=object) if self.failure is None
@@ -513,11 +520,11 @@ class BatchResult:
 
 
 def _as_batch_result(out: dict, design: "Design", reml: bool, failure: np.ndarray | None = None,
-                     ddf: str | None = None) -> BatchResult:
+                     ddf: str | None = None, process: np.ndarray | None = None) -> BatchResult:
     """A :class:`BatchResult` of the arrays ``out``; the fits with a
     ``failure`` reason get NaN estimates and ``converged=False``. With
     ``ddf``, ``out`` has ``vcov`` (and ``df`` for ``"satterthwaite"``; the
-    other methods' df come from the design)."""
+    other methods' df come from the design). ``process``: who computed each fit."""
     out = {k: np.asarray(v) for k, v in out.items()}
     out["converged"] = out["converged"].astype(bool)
     if ddf is not None and ddf != "satterthwaite":
@@ -533,7 +540,7 @@ def _as_batch_result(out: dict, design: "Design", reml: bool, failure: np.ndarra
                        converged=out["converged"], iterations=out["iterations"],
                        ks=design.ks, component_names=design.theta_layout.names,
                        fixef_names=tuple(design.fixef_names), reml=reml, failure=failure,
-                       vcov=out.get("vcov"), df=out.get("df"), ddf=ddf)
+                       vcov=out.get("vcov"), df=out.get("df"), ddf=ddf, process=process)
 
 
 def _start(s: Structure, start: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -614,7 +621,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
 
 @entry_point
 def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 200,
-               method: str = "bfgs", ddf: str = "satterthwaite") -> list[BatchResult]:
+               method: str = "bfgs", ddf: str = "satterthwaite", chunk_size: int | None = None) -> list[BatchResult]:
     """Fit many models, one compiled vmapped call per padded structure
     (:func:`lmm_jax.fit_many` builds the models from (formula, data) pairs).
 
@@ -633,35 +640,55 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
             may take up to ``COMPACT_ITER`` (6 Newton, 12 BFGS) more.
         method: ``"bfgs"`` or ``"newton"``, as for :func:`fit_batch`.
         ddf: ``"satterthwaite"``, ``"residual"`` or ``"none"``, as for :func:`fit_batch`.
+        chunk_size: models per compiled call: a group of one structure is
+            cut into chunks of this many (in input order; the last one
+            shorter, a compilation of its own). Default: each group whole.
+            After ``jax.distributed.initialize()`` the calls (groups or
+            chunks) are shared out between the processes
+            (:mod:`lmm_jax.batched.distributed`) and every process returns
+            every fit, the same bits as one process.
 
     Returns:
         One single-fit :class:`BatchResult` per model, in the input order; a
         model whose response lies in the column space of X (sigma would be
-        0) is a failed fit, as in :func:`fit_batch`.
+        0) is a failed fit, as in :func:`fit_batch`. ``process`` says which
+        process fitted it.
     """
     reml, max_iter = check_bool(reml, "reml"), check_count(max_iter, "max_iter")
     ddf = check_batch_ddf(ddf)
+    method = check_method(method)
+    chunk = None if chunk_size is None else check_count(chunk_size, "chunk_size")
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         # same padded structure and the same pytree of products (a sparse coupling block has its own shapes)
         leaves, tree = jax.tree_util.tree_flatten(m.padded.products)
         key = (m.padded.structure, tree, tuple(np.shape(a) for a in leaves))
         groups.setdefault(key, []).append(i)
-    out: list[BatchResult | None] = [None] * len(models)
-    for (s, _, _), idx in groups.items():
+    units = [(key[0], idx[j:j + (chunk or len(idx))]) for key, idx in groups.items()
+             for j in range(0, len(idx), chunk or len(idx))]
+    largest = max((len(idx) for idx in groups.values()), default=1)
+    owner = owners([len(idx) for _, idx in units], f"fit_many of {len(models)} models in {len(units)} call(s)",
+                   f"Pass chunk_size={max(1, -(-largest // jax.process_count()))} or less to cut the groups "
+                   "of one shape into more calls.")
+    local: dict[int, dict[str, np.ndarray]] = {}
+    for u in mine(owner):
+        s, idx = units[u]
         dps = _stack([models[i].padded.products for i in idx])
         rps = _stack([models[i].padded.response for i in idx])
         eqs = [models[i].padded_moment_equations for i in idx]
         eqs = None if any(e is None for e in eqs) else _stack(eqs)
-        res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), check_method(method),
-                           ddf == "satterthwaite")
-        res = {k: np.asarray(v) for k, v in res.items()}
+        res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), method, ddf == "satterthwaite")
+        local[u] = {k: np.asarray(v) for k, v in res.items()}
+    shared = exchange(local)
+    out: list[BatchResult | None] = [None] * len(models)
+    for u, (_, idx) in enumerate(units):
+        res = shared[u]
         for row, i in enumerate(idx):
             d = models[i].design
             y = d.working.response(np.asarray(d.y, dtype=float))[:, None]
             e = d.working.y[:, None]                   # y's least-squares residual (lmm_jax.build.working)
             out[i] = _as_batch_result({k: v[row:row + 1] for k, v in res.items()}, d, bool(reml),
-                                      failure_reasons(response_checks(y, e, np)), ddf)
+                                      failure_reasons(response_checks(y, e, np)), ddf, process=owner[u:u + 1])
     return out  # type: ignore[return-value]
 
 

@@ -13,13 +13,17 @@ every chunk has the same shape, one of a few powers of two, so there is one
 compilation per model structure and chunk size, shared by every number of
 replicates that rounds to that size.
 
-Reproducibility: replicate ``i`` uses ``jax.random.fold_in(key, i)``, so the
-replicates do not depend on ``chunk_size`` or on the number of devices.
+Reproducibility: replicate ``i`` draws its response from
+``jax.random.fold_in(key, i)``, whatever ``chunk_size``, the number of devices
+or of processes; its refit can differ in the last bits (1e-13) between chunk
+sizes, as XLA compiles each batch shape to its own code.
 
-Devices: the chunk runs on JAX's default device. With several devices the
-replicate axis is sharded across them (``NamedSharding`` over a 1-d mesh);
-after ``jax.distributed.initialize()`` the same code spans hosts (see
-docs/bootstrap.md).
+Devices: the chunk runs on JAX's default device. With several local devices
+the replicate axis is sharded across them (``NamedSharding`` over a 1-d mesh).
+After ``jax.distributed.initialize()`` the chunks are shared out between the
+processes (:mod:`lmm_jax.batched.distributed`), each runs its own, and every
+process returns all the replicates, the same bits as one process
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ..runtime.scope import entry_point
 from ..errors import ConvergenceWarning, check_bool, check_count
 from ..core.estimates import estimates
 from ..core.parametrization import phi_from_theta
+from .distributed import exchange, mine, owners, put_rows
 from .simulate import Params, as_key, simulate_batch
 
 if TYPE_CHECKING:
@@ -115,16 +120,18 @@ def check_statistic(statistic: Any, model: "LMM", reml: bool) -> Any:
 def _replicate_sharding(n_dev: int):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("replicate",))
+    mesh = Mesh(np.asarray(jax.local_devices()[:n_dev]), ("replicate",))
     return NamedSharding(mesh, PartitionSpec("replicate"))
 
 
-def _gather(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+def _split_chunk(n: int, n_proc: int) -> int:
+    """The largest power of two that cuts ``n`` replicates into at least
+    ``n_proc`` chunks (for the message of a run that leaves processes idle):
+    1,000 replicates on 4 processes, 256."""
+    c = 1 << max(n - 1, 0).bit_length()
+    while c > 1 and -(-n // c) < n_proc:
+        c //= 2
+    return c
 
 
 def default_chunk_size(n: int, n_obs: int, n_dev: int = 1, platform: str = "cpu") -> int:
@@ -147,13 +154,13 @@ def replicate_bytes(model: "LMM") -> int:
     """Host memory a bootstrap of ``model`` holds per replicate at its peak,
     while :meth:`BootstrapResult.confint` summarises: the estimates kept
     (theta, beta, sigma and objective in float64, converged, iterations,
-    the failure reason's pointer) and three float64 copies of the estimates
+    the failure reason's pointer, the computing process) and three float64 copies of the estimates
     table (sd/cor, sigma, fixed effects). Simulated responses are not kept:
     they live one chunk at a time. Measured peaks (tracemalloc, 4,096 to
-    16,384 replicates): sleepstudy 181 bytes per replicate (this gives
-    217), Penicillin 121 (153)."""
+    16,384 replicates): sleepstudy 188 bytes per replicate (this gives
+    221), Penicillin 125 (157)."""
     lay, p = model.design.theta_layout, model.design.p
-    kept = 8 * (lay.n_theta + p + 2) + 1 + 8 + 8
+    kept = 8 * (lay.n_theta + p + 2) + 1 + 8 + 8 + 4
     return kept + 3 * 8 * (len(lay.names) + 1 + p)
 
 
@@ -168,11 +175,9 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     progress = check_bool(progress, "progress")
     method = check_method(method)
     model, p = resolve_params(result, params)
-    if statistic is not None:
-        check_statistic(statistic, model, result.reml)
     s = model.structure
     key = as_key(key)
-    n_dev = jax.device_count()
+    n_dev = jax.local_device_count()
     chunk = (default_chunk_size(n, model.design.n, n_dev, jax.default_backend()) if chunk_size is None
              else check_count(chunk_size, "chunk_size"))
     if n_dev > 1:
@@ -183,15 +188,21 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
     G = model.response_map
     eq = model.moment_equations
     starts = range(0, n, chunk)
+    owner = owners([chunk] * len(starts), f"a bootstrap of {n} replicates in chunks of {chunk}",
+                   f"Pass chunk_size={_split_chunk(n, jax.process_count())} or less to split it.")
+    todo = mine(owner)
+    steps = todo
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, total=len(starts), desc="bootstrap", unit="chunk")
+        steps = tqdm(todo, desc="bootstrap", unit="chunk")
     theta_fit = jnp.asarray(result.theta)
+    stat_tree = (None if statistic is None
+                 else jax.tree_util.tree_structure(check_statistic(statistic, model, result.reml)))
     out: dict[str, np.ndarray] = {}
-    stat_out: list[np.ndarray] | None = None
-    stat_tree, stat0 = None, None
-    for start in starts:
+    local: dict[int, dict[str, np.ndarray]] = {}
+    for c in steps:
+        start = starts[c]
         idx_np = np.arange(start, start + chunk, dtype=np.uint32)     # always a full chunk: one compilation
         if sharding is None:
             idx = jnp.asarray(idx_np)
@@ -200,27 +211,34 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         part = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, eq, phi0, active0, s,
                                 result.reml, int(max_iter), method)
         size = min(chunk, n - start)
+        rows = {k: np.asarray(v)[:size] for k, v in part.items()}
         if statistic is not None:
             stat, stat0 = _statistic_chunk(key, idx, p, G, model.arrays, model.products, part["theta"],
                                            part["beta"], model.response, theta_fit, s, result.reml, statistic)
-            leaves, stat_tree = jax.tree_util.tree_flatten(stat)
-            if stat_out is None:                 # float arrays, so that failed replicates can be NaN
-                stat_out = [np.empty((n,) + v.shape[1:], dtype=v.dtype if jnp.issubdtype(v.dtype, jnp.inexact)
-                                     else np.float64) for v in leaves]
-            for arr, v in zip(stat_out, leaves):
-                arr[start:start + size] = _gather(v)[:size]
-        for k, v in part.items():                # each chunk's estimates straight into the arrays of all n
-            v = _gather(v)
-            if k not in out:
-                out[k] = np.empty((n,) + v.shape[1:], dtype=v.dtype)
-            out[k][start:start + size] = v[:size]
-    reps = _as_batch_result(out, model.design, result.reml)
-    stats = None
-    if stat_out is not None:
-        for arr in stat_out:
+            for j, v in enumerate(jax.tree_util.tree_leaves(stat)):
+                v = np.asarray(v)[:size]          # float arrays, so that failed replicates can be NaN
+                rows[f"statistic.{j}"] = v if np.issubdtype(v.dtype, np.inexact) else v.astype(np.float64)
+        put_rows(out, n, start, rows)             # each chunk's estimates straight into the arrays of all n
+        if jax.process_count() > 1:
+            local[c] = rows
+        if statistic is not None and c == 0:
+            local.setdefault(c, {}).update({f"estimate.{j}": np.asarray(v)
+                                            for j, v in enumerate(jax.tree_util.tree_leaves(stat0))})
+    shared = exchange(local)
+    done = set(todo)
+    for c, rows in shared.items():
+        if c not in done:
+            put_rows(out, n, starts[c], {k: v for k, v in rows.items() if not k.startswith("estimate.")})
+    stat_leaves = (None if stat_tree is None
+                   else [out.pop(f"statistic.{j}") for j in range(stat_tree.num_leaves)])
+    reps = _as_batch_result(out, model.design, result.reml, process=np.repeat(owner, chunk)[:n])
+    stats = stat0 = None
+    if stat_leaves is not None:
+        for arr in stat_leaves:
             arr[reps.failed] = np.nan
-        stats = jax.tree_util.tree_unflatten(stat_tree, stat_out)
-        stat0 = jax.tree_util.tree_map(np.asarray, stat0)
+        stats = jax.tree_util.tree_unflatten(stat_tree, stat_leaves)
+        stat0 = jax.tree_util.tree_unflatten(stat_tree, [shared[0][f"estimate.{j}"]
+                                                         for j in range(stat_tree.num_leaves)])
     boot = BootstrapResult(fit=result, replicates=reps, params=p, chunk_size=chunk, statistic=stats,
                            statistic_estimate=stat0)
     if boot.n_failed or boot.n_nonconverged:

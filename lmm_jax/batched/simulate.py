@@ -160,6 +160,18 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
     return _simulate_chunks(model, p, key, n, chunk, mean)
 
 
+@entry_point
+def simulate_replicates(model_or_result: "LMM | LMMResult", key: Any, start: int, size: int,
+                        params: dict | None = None) -> jnp.ndarray:
+    """Replicates ``start, ..., start + size - 1`` of :func:`simulate`: the
+    columns ``start:start + size`` of ``simulate(model_or_result, n, key,
+    params)`` for any ``n >= start + size`` (each from its own key), drawn
+    without the others (a process's share of a split run,
+    :mod:`lmm_jax.batched.distributed`)."""
+    model, p = resolve_params(model_or_result, params)
+    return _draw(model, p, replicate_keys(as_key(key), int(start), check_count(size, "size")))
+
+
 def _draw(model: "LMM", p: Params, keys: jax.Array, mean: jnp.ndarray | None = None) -> jnp.ndarray:
     """Responses on the user's scale: the working model's random part (one
     compiled function for any beta), then the mean (``X beta + o`` unless

@@ -104,7 +104,7 @@ def test_bootstrap_in_chunks_shows_progress(tmp_path, capsys):
 
 
 def test_bootstrap_that_cannot_fit_in_memory_is_refused_before_the_fit(capsys):
-    """--bootstrap 10^12 would keep 217 TB of sleepstudy estimates (217 bytes per replicate):
+    """--bootstrap 10^12 would keep 221 TB of sleepstudy estimates (221 bytes per replicate):
     exit status 2 and one message naming the number, the limit and the largest that fits,
     before anything is fitted or printed."""
     from lmm_jax.report.cli import InputError, check_bootstrap_memory
@@ -112,8 +112,8 @@ def test_bootstrap_that_cannot_fit_in_memory_is_refused_before_the_fit(capsys):
     rc = main(["example", "--bootstrap", str(10**12)])
     captured = capsys.readouterr()
     assert rc == 2 and captured.out == ""
-    assert captured.err.startswith("lmm-jax: --bootstrap 1000000000000 would hold about 217.0 TB of replicate "
-                                   "estimates (217 bytes each), more than half of this machine's ")
+    assert captured.err.startswith("lmm-jax: --bootstrap 1000000000000 would hold about 221.0 TB of replicate "
+                                   "estimates (221 bytes each), more than half of this machine's ")
     assert "give --bootstrap " in captured.err and " or fewer" in captured.err
     # the limit is half the memory: 921 x 217 = 199,857 bytes fit in 200,000, 922 do not
     check_bootstrap_memory(921, 217, 400_000)
