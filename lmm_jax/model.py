@@ -162,8 +162,11 @@ class LMM:
     @cached_property
     def arrays(self) -> DesignArrays:
         """X, each term's level codes and Z on the device: what functions of a
-        response need (simulation, batches of responses); formed on first use."""
-        return design_arrays(self.design)
+        response need (simulation, batches of responses); formed on first use,
+        as concrete arrays even when that use is inside a user's ``jit`` (a
+        cached tracer would leak into later calls)."""
+        with jax.ensure_compile_time_eval():
+            return design_arrays(self.design)
 
     @cached_property
     def moment_equations(self) -> MomentEquations | None:
@@ -187,7 +190,8 @@ class LMM:
         from .batched.batch import response_map
 
         G = response_map(self.design)
-        return None if G is None else jnp.asarray(G)
+        with jax.ensure_compile_time_eval():       # concrete, also when first used inside a trace
+            return None if G is None else jnp.asarray(G)
 
     @property
     def n_theta(self) -> int:

@@ -242,3 +242,14 @@ def test_errors_inside_a_users_code(sleep):
         lmm_jax.make_deviance(sleep, param="sigma")
     with pytest.raises(ValueError, match="data"):
         lmm_jax.make_estimates(sleep, data="closed")
+
+
+def test_a_models_arrays_formed_first_inside_a_users_jit_do_not_leak():
+    """``LMM.arrays`` is cached on first use; formed inside a user's trace it
+    must still be concrete, or the next call outside would see a leaked tracer."""
+    m = lmm_jax.LMM(SLEEP, lmm_jax.datasets.load("sleepstudy"))
+    f = lmm_jax.make_deviance(m, reml=True, param="theta", data="argument")
+    theta, y = jnp.array([1.0, 0.0, 1.0]), jnp.asarray(m.design.y)
+    inside = float(jax.jit(lambda th, y: f(th, m.cross_products(y)))(theta, y))
+    outside = float(f(theta, m.cross_products(y)))
+    assert inside == pytest.approx(outside, rel=1e-12) == pytest.approx(LME4_DEVFUN[0][2], rel=1e-12)
