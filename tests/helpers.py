@@ -46,13 +46,14 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
-def run_python(code: str, *, drop: tuple[str, ...] = (), **env: str) -> dict:
+def run_python(code: str, *, drop: tuple[str, ...] = (), timeout_s: float = 600, **env: str) -> dict:
     """Run ``code`` in a fresh interpreter that imports this lmm_jax (the package root on PYTHONPATH),
-    without the environment variables ``drop`` and with ``env`` added; return its last line of JSON."""
+    without the environment variables ``drop`` and with ``env`` added; return its last line of JSON.
+    A run longer than ``timeout_s`` is killed (``subprocess.TimeoutExpired``)."""
     root = str(Path(lmm_jax.__file__).resolve().parents[1])
     base = {k: v for k, v in os.environ.items() if k not in drop}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
                          env={**base, **env}, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -56,7 +56,7 @@ from jax import lax
 
 from .types import DesignProducts, ResponseProducts, Structure
 from .linalg import (LOOP_MAX, ThetaDerivatives, batched_backward_solve, batched_cholesky, batched_forward_solve,
-                     logdet_by_theta, quadratic_by_theta, spd_logdet_solve)
+                     lapack_cholesky, logdet_by_theta, quadratic_by_theta, spd_logdet_solve)
 from .parametrization import lambdas
 from .sparse import (SparseA21, SparseL21, lambda_coupling, quadratic_blocks, scalar_pair_inner, scalar_schur_update,
                      schur_update, symmetric_from_lower, times_dense, transpose_times_vector)
@@ -335,9 +335,7 @@ def _cholesky_M22(M22: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.nda
     terms with sparse coupling only its lower triangle is formed (and read)."""
     if M22.shape[-1] <= LOOP_MAX:
         return batched_cholesky(M22)          # reads the lower triangle only; no LAPACK (see linalg.py)
-    if _is_scalar_sparse(dp, s):
-        return lax.linalg.cholesky(M22, symmetrize_input=False)
-    return jnp.linalg.cholesky(M22)
+    return lapack_cholesky(M22, symmetrize=not _is_scalar_sparse(dp, s))
 
 
 def _coupling(theta: jnp.ndarray, dp: DesignProducts, s: Structure):
@@ -417,7 +415,7 @@ def _profile(theta: jnp.ndarray, E: _Eliminated, dp: DesignProducts, s: Structur
     ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(E.L1, axis1=-2, axis2=-1)))
     M33 = E.M33
     if E.M22.shape[0] and _is_scalar_sparse(dp, s):
-        L22 = lax.stop_gradient(_cholesky_M22(E.M22, dp, s))
+        L22 = _cholesky_M22(lax.stop_gradient(E.M22), dp, s)
         D, data = _scalar_derivatives(s), _scalar_data(dp, theta, E.pair_sum, s)
         ld = ld + logdet_by_theta(theta, L22, data, D)
         M33 = M33 - quadratic_by_theta(theta, E.R, L22, data, D)

@@ -18,8 +18,18 @@ deadlock hang bootstraps of crossed models (gdb: both pool threads in
 ``TriMatrixEquationSolverKernel`` -> ``ParallelBatchMap`` ->
 ``BlockingCounter::Wait``, every other thread idle). Small dense blocks (the
 remaining terms of Penicillin, 6 columns, or of a 50 x 20 crossed design, 20)
-and the (p+1) x (p+1) fixed-effects block therefore never reach LAPACK; larger
-ones, which a batch rarely has, still do.
+and the (p+1) x (p+1) fixed-effects block therefore never reach LAPACK.
+
+Larger blocks (a crossed design's second term with more than 64 levels) go
+to LAPACK through :func:`lapack_cholesky` and :func:`lapack_solve`, which
+never hand it a batch on CPU: under ``vmap`` they call it once per matrix
+(``lax.map``), or, for a solve whose factor is shared by the batch, once
+with the batch's right-hand sides as extra columns, as JAX's own batching
+of ``triangular_solve`` does. Each call then has batch count 1, which
+``ParallelBatchMap`` runs on the calling thread (jaxlib 0.10's
+``lapack_kernels.cc`` schedules on the pool only a batch it can split into
+chunks). A single fit runs the same LAPACK calls as ``jnp.linalg.cholesky``
+and ``jax.scipy.linalg.solve_triangular`` would.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_solve, solve_triangular
 
 UNROLL_MAX = 6
 LOOP_MAX = 64
@@ -68,13 +77,105 @@ def _backward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     return jnp.flip(_forward_loop(Lr, jnp.flip(jnp.asarray(B), axis=-2)), axis=-2)
 
 
+# -- LAPACK one matrix at a time ----------------------------------------------------------------------
+def _one_matrix_per_call(op: Callable, shared_factor_folds: bool = False) -> Callable:
+    """``op`` (matrices -> one matrix) whose ``vmap`` on CPU never passes LAPACK a batch.
+
+    Under vmap on CPU the batched arguments are mapped over with ``lax.map``,
+    one unbatched ``op`` per member (the map's body calls the wrapped ``op``,
+    so an enclosing vmap maps again); on other platforms, whose solvers batch
+    without the CPU pool's waits, ``op`` is vmapped as usual. With
+    ``shared_factor_folds`` (``op(L, B)`` a left-side triangular solve), a
+    batch of B with one unbatched L is one call whose columns are the batch's
+    (B's batch axis moved last and merged with its columns, as in JAX's
+    ``triangular_solve`` batching rule).
+    """
+    f = jax.custom_batching.custom_vmap(op)
+
+    @f.def_vmap
+    def rule(axis_size, in_batched, *args):
+        if shared_factor_folds and not in_batched[0]:
+            L, B = args
+            Bt = jnp.moveaxis(B, 0, -1)                                     # (k, c, batch)
+            X = f(L, Bt.reshape(Bt.shape[0], -1)).reshape(Bt.shape)
+            return jnp.moveaxis(X, -1, 0), True
+
+        def merged(mapped):
+            it = iter(mapped)
+            return [next(it) if b else a for a, b in zip(args, in_batched)]
+
+        def one_per_call(*mapped):
+            return lax.map(lambda one: f(*merged(one)), list(mapped))
+
+        def batched(*mapped):
+            return jax.vmap(lambda *one: op(*merged(one)))(*mapped)
+
+        mapped = [a for a, b in zip(args, in_batched) if b]
+        return lax.platform_dependent(*mapped, cpu=one_per_call, default=batched), True
+
+    return f
+
+
+_potrf = _one_matrix_per_call(lambda M: lax.linalg.cholesky(M, symmetrize_input=False))
+_trsm = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True),
+                             shared_factor_folds=True)
+_trsm_t = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True,
+                                                                         transpose_a=True),
+                               shared_factor_folds=True)
+
+
+def lapack_solve(L: jnp.ndarray, B: jnp.ndarray, transpose: bool = False) -> jnp.ndarray:
+    """Solve L X = B (``transpose``: L'X = B) for lower-triangular L (..., k, k), B (..., k, c) by LAPACK.
+
+    Differentiable to any order in L and B: a ``lax.custom_linear_solve``
+    whose matrix is ``tril(L)`` (what LAPACK reads), whose solves are LAPACK
+    calls of one matrix each (:func:`_one_matrix_per_call`).
+    """
+    if L.ndim > 2:
+        return jax.vmap(partial(lapack_solve, transpose=transpose), in_axes=(0, 0 if B.ndim > 2 else None))(L, B)
+    if B.ndim > 2:
+        return jax.vmap(partial(lapack_solve, L, transpose=transpose))(B)
+    solve, solve_t = (_trsm_t, _trsm) if transpose else (_trsm, _trsm_t)
+    T = jnp.tril(L)
+    matvec = (lambda X: T.T @ X) if transpose else (lambda X: T @ X)
+    return lax.custom_linear_solve(matvec, B, lambda _, b: solve(L, b), lambda _, b: solve_t(L, b))
+
+
+def lapack_cholesky(M: jnp.ndarray, symmetrize: bool = True) -> jnp.ndarray:
+    """Lower Cholesky factor of symmetric positive definite M (..., k, k) by LAPACK.
+
+    ``symmetrize``: factor ``(M + M')/2``, as ``jnp.linalg.cholesky`` does;
+    otherwise only M's lower triangle is read (the upper may be anything).
+    NaN where M is not positive definite.
+    """
+    if M.ndim > 2:
+        return jax.vmap(partial(lapack_cholesky, symmetrize=symmetrize))(M)
+    return _cholesky_lower((M + M.T) / 2 if symmetrize else M)
+
+
+@jax.custom_jvp
+def _cholesky_lower(M: jnp.ndarray) -> jnp.ndarray:
+    return _potrf(M)
+
+
+@_cholesky_lower.defjvp
+def _cholesky_lower_jvp(primals, tangents):
+    # dL = L Phi(L^{-1} dS L^{-T}), Phi: the lower triangle with the diagonal halved (Murray 2016);
+    # dS the symmetric matrix with dM's lower triangle, the part the factorisation reads
+    (M,), (dM,) = primals, tangents
+    L = _cholesky_lower(M)
+    dS = jnp.tril(dM) + jnp.tril(dM, -1).T
+    X = lapack_solve(L, lapack_solve(L, dS).T)
+    return L, L @ (jnp.tril(X) - 0.5 * jnp.diag(jnp.diagonal(X)))
+
+
 def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
     """Lower Cholesky factors of M (..., k, k), symmetric positive definite."""
     k = M.shape[-1]
     if k == 0:                                # no fixed effects (y ~ 0 + (1 | g)): an empty factor
         return M
     if k > LOOP_MAX:
-        return jnp.linalg.cholesky(M)
+        return lapack_cholesky(M)
     if k > UNROLL_MAX:
         return _cholesky_loop(M)
     L = [[None] * k for _ in range(k)]
@@ -99,7 +200,7 @@ def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     if k == 0:
         return B
     if k > LOOP_MAX:
-        return solve_triangular(L, B, lower=True)
+        return lapack_solve(L, B)
     if k > UNROLL_MAX:
         return _forward_loop(L, B)
     X = []
@@ -117,7 +218,7 @@ def batched_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     if k == 0:
         return B
     if k > LOOP_MAX:
-        return solve_triangular(L, B, lower=True, trans="T")
+        return lapack_solve(L, B, transpose=True)
     if k > UNROLL_MAX:
         return _backward_loop(L, B)
     X = [None] * k
@@ -256,8 +357,8 @@ def chol_inverse(L: jnp.ndarray) -> jnp.ndarray:
         return Linv.T @ Linv
     h = q // 2
     A, B, C = L[:h, :h], L[h:, :h], L[h:, h:]
-    Ai = solve_triangular(A, jnp.eye(h, dtype=L.dtype), lower=True)
-    Ci = solve_triangular(C, jnp.eye(q - h, dtype=L.dtype), lower=True)
+    Ai = lapack_solve(A, jnp.eye(h, dtype=L.dtype))
+    Ci = lapack_solve(C, jnp.eye(q - h, dtype=L.dtype))
     Bi = -(Ci @ (B @ Ai))
     top_left = Ai.T @ Ai + Bi.T @ Bi
     top_right = Bi.T @ Ci
@@ -299,16 +400,21 @@ def _logdet_gradient_jvp(D, primals, tangents):
     return D.traces(theta, data, Minv), H @ dtheta
 
 
+def _cho_solve(L: jnp.ndarray, R: jnp.ndarray) -> jnp.ndarray:
+    """``(L L')^{-1} R`` (``jax.scipy.linalg.cho_solve``'s two triangular solves)."""
+    return lapack_solve(L, lapack_solve(L, R), transpose=True)
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(4,))
 def quadratic_by_theta(theta: jnp.ndarray, R: jnp.ndarray, L: jnp.ndarray, data, D: ThetaDerivatives) -> jnp.ndarray:
     """``R'M(theta)^{-1}R`` (c, c) for M with lower Cholesky factor L (tangent
     ignored, as in :func:`logdet_by_theta`); R may depend on theta too."""
-    return R.T @ cho_solve((L, True), R)
+    return R.T @ _cho_solve(L, R)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _solve_by_theta(theta, R, L, data, D):
-    return cho_solve((L, True), R)
+    return _cho_solve(L, R)
 
 
 @_solve_by_theta.defjvp
@@ -316,7 +422,7 @@ def _solve_by_theta_jvp(D, primals, tangents):
     theta, R, L, data = primals
     dtheta, dR = tangents[:2]
     S = _solve_by_theta(theta, R, L, data, D)
-    return S, cho_solve((L, True), dR - jnp.tensordot(dtheta, D.apply(theta, data, S), axes=1))
+    return S, _cho_solve(L, dR - jnp.tensordot(dtheta, D.apply(theta, data, S), axes=1))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))

@@ -23,7 +23,7 @@ from lmm_jax.batched.batch import _fit_stacked
 from lmm_jax.batched.bootstrap import _bootstrap_chunk
 from lmm_jax.errors import ConvergenceWarning
 
-from tests.helpers import count_compilations, load_data, load_reference
+from tests.helpers import count_compilations, load_data, load_reference, run_python
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -412,6 +412,44 @@ def test_ingot_singular_fraction_is_exact(boot2000, ingot_fit):
     p = stats.f.cdf(1.0 / (1.0 + 3.0 * ingot_fit.theta[0] ** 2), 6, 12)
     frac = float(np.mean(boot.replicates.singular))
     assert abs(frac - p) < 4 * np.sqrt(p * (1 - p) / len(boot)), (frac, p)
+
+
+# -- a crossed design whose second block passes 64 columns --------------------------------------------
+_CROSSED_SCRIPT = """
+import json, numpy as np, pandas as pd, lmm_jax
+lmm_jax.runtime.configure()
+rng = np.random.default_rng(5)
+n, n_g, n_h = 2000, 200, 100
+g, h, x = rng.integers(0, n_g, n), rng.integers(0, n_h, n), rng.normal(size=n)
+y = 1 + 0.5 * x + rng.normal(size=n_g)[g] + 0.7 * rng.normal(size=n_h)[h] + rng.normal(size=n)
+data = pd.DataFrame(dict(y=y, x=x, g=g.astype(str), h=h.astype(str)))
+formula = "y ~ x + (1 | g) + (1 | h)"
+fit = lmm_jax.fit(formula, data)
+boot = fit.bootstrap(8, key=3).replicates
+Y = np.asarray(lmm_jax.simulate(fit, 2, key=3))
+ones = [lmm_jax.LMM(formula, data.assign(y=Y[:, i])).fit(start=fit.theta) for i in range(2)]
+print(json.dumps(dict(ms=fit.model.structure.ms, converged=boot.converged.tolist(),
+                      boot=[dict(objective=float(boot.objective[i]), theta=boot.theta[i].tolist(),
+                                 beta=boot.beta[i].tolist()) for i in range(2)],
+                      one=[dict(objective=o.objective, theta=o.theta.tolist(), beta=o.beta.tolist()) for o in ones])))
+"""
+
+
+def test_bootstrap_of_a_crossed_design_over_64_levels_finishes():
+    """200 x 100 crossed levels: the second block's Cholesky factor and solves are LAPACK's (over
+    64 columns), one matrix per call (linalg.lapack_cholesky, lapack_solve). Batched LAPACK calls
+    on a pool of two threads (PJRT_NPROC=2, as on a 2-core machine) deadlocked such bootstraps,
+    so it runs in a fresh interpreter with a time limit. Each replicate is the single fit of its
+    response (warm-started at the fitted theta, as the bootstrap is)."""
+    try:
+        got = run_python(_CROSSED_SCRIPT, timeout_s=300, PJRT_NPROC="2")
+    except subprocess.TimeoutExpired:
+        pytest.fail("the bootstrap of a crossed design with 100 levels in its second term did not finish in 300 s")
+    assert got["ms"] == [200, 100] and all(got["converged"])
+    for b, one in zip(got["boot"], got["one"]):
+        np.testing.assert_allclose(b["objective"], one["objective"], rtol=1e-10)
+        np.testing.assert_allclose(b["theta"], one["theta"], rtol=1e-6)
+        np.testing.assert_allclose(b["beta"], one["beta"], rtol=1e-8)
 
 
 # -- devices --------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import lmm_jax
@@ -215,3 +218,77 @@ def test_batched_objective_calls_no_lapack(formula, data):
 
     hlo = jax.jit(jax.vmap(f)).lower(rps).compile().as_text()
     assert 'custom_call_target="lapack' not in hlo
+
+
+# -- large dense blocks: LAPACK, one matrix per call under vmap (lmm_jax/core/linalg.py) ----------------
+def batched_lapack_calls(hlo: str) -> tuple[int, list[str]]:
+    """``(number of LAPACK custom calls, those whose operands carry a batch dimension)`` in compiled HLO."""
+    calls, batched = 0, []
+    for line in hlo.splitlines():
+        target = re.search(r'custom_call_target="(lapack_\w+)"', line)
+        operands = re.search(r"operand_layout_constraints=\{(.*?)\}, ", line)
+        if target and operands:
+            calls += 1
+            if any(dims.count(",") > 1 for dims in re.findall(r"\[([\d,]*)\]", operands.group(1))):
+                batched.append(target.group(1))
+    return calls, batched
+
+
+def test_large_cholesky_and_solves_give_lapack_one_matrix_per_call():
+    """Above LOOP_MAX the factor and solves are LAPACK's (lapack_cholesky, lapack_solve): the same
+    values, gradients and Hessians as jnp.linalg.cholesky and solve_triangular, under vmap too. There
+    each LAPACK call gets one matrix: jaxlib runs a batched call's chunks on XLA's CPU pool while the
+    pool thread that made the call waits, and two such calls at once left a 2-core machine's pool
+    waiting for ever (a bootstrap of a crossed design over 64 levels hung). The reference's compiled
+    code does batch them, which shows the HLO check sees batches."""
+    from jax.scipy.linalg import solve_triangular
+
+    from lmm_jax.core.linalg import lapack_cholesky, lapack_solve
+
+    k = 80
+    rng = np.random.default_rng(k)
+    A = rng.normal(size=(3, k, k))
+    M = jnp.asarray(A @ A.transpose(0, 2, 1) + k * np.eye(k))
+    B = jnp.asarray(rng.normal(size=(3, k, 2)))
+    bend = jnp.asarray(np.outer(np.arange(k), np.arange(k)) / k ** 2)
+
+    def objective(chol, solve):
+        def f(t, M, B):
+            L = chol(M + t[0] * jnp.eye(k) + t[1] * bend)
+            X = solve(L, solve(L, t[1] * B), True)
+            return jnp.sum(jnp.log(jnp.diagonal(L))) + jnp.sum(X * B)
+        return f
+
+    f = objective(lapack_cholesky, lapack_solve)
+    f_ref = objective(jnp.linalg.cholesky, lambda L, B, tr=False: solve_triangular(L, B, lower=True, trans=int(tr)))
+    t = jnp.array([0.3, 1.7])
+    mine, ref = (jax.jit(jax.vmap(lambda t, M, B: (g(t, M, B), jax.grad(g)(t, M, B), jax.hessian(g)(t, M, B)),
+                                  in_axes=(None, 0, 0))).lower(t, M, B).compile() for g in (f, f_ref))
+    for a, b in zip(mine(t, M, B), ref(t, M, B)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    calls, batched = batched_lapack_calls(mine.as_text())
+    assert calls > 0 and batched == []
+    assert batched_lapack_calls(ref.as_text())[1]
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g) + (1 | h)", "y ~ x + (1 | g) + (x | h)"],
+                         ids=["scalar_sparse", "dense_rule"])
+def test_batched_large_dense_block_gives_lapack_one_matrix_per_call(formula):
+    """A crossed design whose second block passes 64 columns (66 levels; 132 columns with a slope):
+    the vmapped value, Hessian and factor (what batched fits and profiles compile) pass LAPACK one
+    matrix per call, on both paths of likelihood._profile."""
+    rng = np.random.default_rng(3)
+    n = 600
+    data = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n),
+                         "g": rng.integers(0, 70, n).astype(str), "h": rng.integers(0, 66, n).astype(str)})
+    m = lmm_jax.LMM(formula, data)
+    s = m.structure
+    rps = jax.vmap(m.response_products, in_axes=1)(jnp.asarray(rng.normal(size=(n, 4))))
+    thetas = jnp.asarray(lmm_jax.core.parametrization.theta_start(s.ks)) * jnp.linspace(0.5, 1.1, 4)[:, None]
+
+    def f(theta, rp):                     # theta differs between fits, so do the factors
+        dev = lambda th: profiled_deviance(th, m.products, rp, s, True)          # noqa: E731
+        return dev(theta), jax.hessian(dev)(theta), factorize(theta, m.products, rp, s).C2
+
+    calls, batched = batched_lapack_calls(jax.jit(jax.vmap(f)).lower(thetas, rps).compile().as_text())
+    assert calls > 0 and batched == []
