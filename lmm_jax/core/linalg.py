@@ -20,13 +20,15 @@ deadlock hang bootstraps of crossed models (gdb: both pool threads in
 remaining terms of Penicillin, 6 columns, or of a 50 x 20 crossed design, 20)
 and the (p+1) x (p+1) fixed-effects block therefore never reach LAPACK.
 
-Larger blocks (a crossed design's second term with more than 64 levels) go
-to LAPACK through :func:`lapack_cholesky` and :func:`lapack_solve`, which
+Larger blocks (a crossed design's second term with more than 64 levels),
+and the Cholesky solves of the scalar terms' closed-form rules at any size,
+go to LAPACK through :func:`lapack_cholesky` and :func:`lapack_solve`, which
 never hand it a batch on CPU: under ``vmap`` they call it once per matrix
 (``lax.map``), or, for a solve whose factor is shared by the batch, once
 with the batch's right-hand sides as extra columns, as JAX's own batching
-of ``triangular_solve`` does. Each call then has batch count 1, which
-``ParallelBatchMap`` runs on the calling thread (jaxlib 0.10's
+of ``triangular_solve`` does; a batch of blocks of at most ``LOOP_MAX``
+columns takes the loops above. Each LAPACK call then has batch count 1,
+which ``ParallelBatchMap`` runs on the calling thread (jaxlib 0.10's
 ``lapack_kernels.cc`` schedules on the pool only a batch it can split into
 chunks). A single fit runs the same LAPACK calls as ``jnp.linalg.cholesky``
 and ``jax.scipy.linalg.solve_triangular`` would.
@@ -78,17 +80,19 @@ def _backward_loop(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 
 
 # -- LAPACK one matrix at a time ----------------------------------------------------------------------
-def _one_matrix_per_call(op: Callable, shared_factor_folds: bool = False) -> Callable:
+def _one_matrix_per_call(op: Callable, small: Callable, shared_factor_folds: bool = False) -> Callable:
     """``op`` (matrices -> one matrix) whose ``vmap`` on CPU never passes LAPACK a batch.
 
-    Under vmap on CPU the batched arguments are mapped over with ``lax.map``,
-    one unbatched ``op`` per member (the map's body calls the wrapped ``op``,
-    so an enclosing vmap maps again); on other platforms, whose solvers batch
-    without the CPU pool's waits, ``op`` is vmapped as usual. With
-    ``shared_factor_folds`` (``op(L, B)`` a left-side triangular solve), a
-    batch of B with one unbatched L is one call whose columns are the batch's
-    (B's batch axis moved last and merged with its columns, as in JAX's
-    ``triangular_solve`` batching rule).
+    Under vmap, matrices of at most ``LOOP_MAX`` columns go to ``small``, the
+    same operation in elementwise jnp (vectorised over the batch, as the
+    batched likelihood's other small blocks). Larger ones, on CPU, are mapped
+    over with ``lax.map``, one unbatched ``op`` per member (the map's body
+    calls the wrapped ``op``, so an enclosing vmap maps again); on other
+    platforms, whose solvers batch without the CPU pool's waits, ``op`` is
+    vmapped as usual. With ``shared_factor_folds`` (``op(L, B)`` a left-side
+    triangular solve), a batch of B with one unbatched L is one call whose
+    columns are the batch's (B's batch axis moved last and merged with its
+    columns, as in JAX's ``triangular_solve`` batching rule).
     """
     f = jax.custom_batching.custom_vmap(op)
 
@@ -99,6 +103,8 @@ def _one_matrix_per_call(op: Callable, shared_factor_folds: bool = False) -> Cal
             Bt = jnp.moveaxis(B, 0, -1)                                     # (k, c, batch)
             X = f(L, Bt.reshape(Bt.shape[0], -1)).reshape(Bt.shape)
             return jnp.moveaxis(X, -1, 0), True
+        if args[0].shape[-1] <= LOOP_MAX:
+            return jax.vmap(small, in_axes=[0 if b else None for b in in_batched])(*args), True
 
         def merged(mapped):
             it = iter(mapped)
@@ -116,12 +122,13 @@ def _one_matrix_per_call(op: Callable, shared_factor_folds: bool = False) -> Cal
     return f
 
 
-_potrf = _one_matrix_per_call(lambda M: lax.linalg.cholesky(M, symmetrize_input=False))
+_potrf = _one_matrix_per_call(lambda M: lax.linalg.cholesky(M, symmetrize_input=False),
+                              small=lambda M: batched_cholesky(M))
 _trsm = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True),
-                             shared_factor_folds=True)
+                             small=lambda L, B: batched_forward_solve(L, B), shared_factor_folds=True)
 _trsm_t = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True,
                                                                          transpose_a=True),
-                               shared_factor_folds=True)
+                               small=lambda L, B: batched_backward_solve(L, B), shared_factor_folds=True)
 
 
 def lapack_solve(L: jnp.ndarray, B: jnp.ndarray, transpose: bool = False) -> jnp.ndarray:
