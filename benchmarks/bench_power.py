@@ -104,7 +104,7 @@ def main() -> None:
                                         params=params)
             warm.append(time.perf_counter() - t0)
     curve = curve.assign(mc_se=np.sqrt(curve["power"] * (1 - curve["power"]) / curve["n"]))
-    r = run_lme4({**params, "theta": params["theta"]}, args.r_sims)
+    r = run_lme4(params, args.r_sims)
     rows = []
     for i, size in enumerate(SIZES):
         row = {"size": size, "lmm_jax_power": float(curve["power"].iloc[i]),

@@ -188,27 +188,35 @@ def response_products_host(y: np.ndarray, design: Design, shift: np.ndarray | No
     return jax.device_put(ResponseProducts(Z1y=Zty[0], Zry=Zry, Xy=Xy, yy=np.float64(y @ y), shift=shift))
 
 
-def user_basis_products(dp: DesignProducts, rp: ResponseProducts) -> tuple[DesignProducts, ResponseProducts]:
-    """The products in the user's fixed-effects basis (``X_u = sqrt(W) X``, y
-    unshifted), from the working ones: for computations that address single
-    fixed effects through the products (a profile fixes beta_j by moving its
-    column into the response). With ``R = S^{-1}``:
-    ``Z'X_u = Z'X_w R``, ``X_u'X_u = R'X_w'X_w R``, ``y = y_w + X_w shift``.
-    Unpadded products only (host computation)."""
+def user_basis_design(dp: DesignProducts) -> DesignProducts:
+    """The design products in the user's fixed-effects basis (``X_u = sqrt(W) X``)
+    from the working ones: with ``R = S^{-1}``, ``Z'X_u = Z'X_w R`` and
+    ``X_u'X_u = R'X_w'X_w R``. For computations that address single fixed
+    effects through the products (Kenward-Roger's adjustment, a profile that
+    moves beta_j's column into the response). Unpadded products only (host
+    computation)."""
     S = np.asarray(dp.basis)
     p = S.shape[0]
     R = np.linalg.inv(S) if p else S
+    XtX, Z1X, ZrX = np.asarray(dp.XtX), np.asarray(dp.Z1X), np.asarray(dp.ZrX)
+    return dp._replace(Z1X=jax.device_put(Z1X @ R), ZrX=jax.device_put(ZrX @ R), XtX=jax.device_put(R.T @ XtX @ R),
+                       basis=jax.device_put(np.eye(p)), log_det_basis=jax.device_put(np.float64(0.0)))
+
+
+def user_basis_products(dp: DesignProducts, rp: ResponseProducts) -> tuple[DesignProducts, ResponseProducts]:
+    """:func:`user_basis_design` and the response's products with y unshifted
+    (``y = y_w + X_w shift``)."""
+    dp_u = user_basis_design(dp)
+    S = np.asarray(dp.basis)
     b0 = np.asarray(rp.shift)
     XtX, Xy = np.asarray(dp.XtX), np.asarray(rp.Xy)
     Z1X, ZrX = np.asarray(dp.Z1X), np.asarray(dp.ZrX)
-    Xy0 = Xy + XtX @ b0
+    R = np.linalg.inv(S) if S.shape[0] else S
     rp_u = ResponseProducts(Z1y=jax.device_put(np.asarray(rp.Z1y) + Z1X @ b0),
                             Zry=jax.device_put(np.asarray(rp.Zry) + ZrX @ b0),
-                            Xy=jax.device_put(R.T @ Xy0),
+                            Xy=jax.device_put(R.T @ (Xy + XtX @ b0)),
                             yy=jax.device_put(np.float64(rp.yy) + 2 * b0 @ Xy + b0 @ XtX @ b0),
-                            shift=jax.device_put(np.zeros(p)))
-    dp_u = dp._replace(Z1X=jax.device_put(Z1X @ R), ZrX=jax.device_put(ZrX @ R), XtX=jax.device_put(R.T @ XtX @ R),
-                       basis=jax.device_put(np.eye(p)), log_det_basis=jax.device_put(np.float64(0.0)))
+                            shift=jax.device_put(np.zeros(S.shape[0])))
     return dp_u, rp_u
 
 

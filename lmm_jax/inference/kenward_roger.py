@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg as sla
 
+from ..build.crossprod import user_basis_design
 from ..core.types import DesignProducts, Structure
 from ..core.parametrization import lambdas
 from ..core.theta_layout import ThetaLayout
@@ -87,9 +88,9 @@ def dense_products(dp: DesignProducts, s: Structure) -> tuple[np.ndarray, np.nda
         ZtZ[q1:, :q1] = A21
         ZtZ[:q1, q1:] = A21.T
         ZtZ[q1:, q1:] = np.asarray(dp.A22)
-    ZtX = np.concatenate([np.asarray(dp.Z1X).reshape(q1, s.p), np.asarray(dp.ZrX)], axis=0)
-    R = np.linalg.inv(np.asarray(dp.basis)) if s.p else np.zeros((0, 0))
-    return ZtZ, ZtX @ R, R.T @ np.asarray(dp.XtX) @ R
+    du = user_basis_design(dp)
+    ZtX = np.concatenate([np.asarray(du.Z1X).reshape(q1, s.p), np.asarray(du.ZrX)], axis=0)
+    return ZtZ, ZtX, np.asarray(du.XtX)
 
 
 def lambda_dense(theta: np.ndarray, s: Structure) -> np.ndarray:
