@@ -275,3 +275,60 @@ def test_an_executable_from_jaxs_global_cache_is_not_stored_and_a_bad_entry_is_r
     assert r["again"] == r["expected"] and r["rebuilt"] == r["expected"]
     assert not r["stored_after_hit"] and not r["fresh"]
     assert r["loaded"] and not r["entry_left"]
+
+
+def test_a_quick_executable_runs_first_and_the_optimised_one_replaces_it(tmp_path, monkeypatch, x64):
+    """CPU kernels compile at LLVM -O0 first; once the quick code has run long enough (here: at
+    once) the optimised executable compiles on a thread and is swapped in, and both are stored:
+    a new kernel of the same function loads the optimised one and compiles nothing."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    monkeypatch.setattr(kernel_module, "tiered", lambda backend: True)
+    monkeypatch.setattr(kernel_module, "TIER_UP_SECONDS", 0.0)
+    compiles = []
+    real_compile = kernel_module._compile
+
+    def counted(exported, dynamic, options=None):
+        compiles.append(options)
+        return real_compile(exported, dynamic, options)
+
+    monkeypatch.setattr(kernel_module, "_compile", counted)
+    cache_was = jax.config.jax_enable_compilation_cache     # compiled here, not loaded from JAX's global cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        tiers_demo_checks(tmp_path, compiles)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was)
+
+
+def tiers_demo_checks(tmp_path, compiles):
+    def tiers_demo(x):
+        return jnp.cumsum(jnp.sin(x) * x)
+
+    x = np.linspace(0.0, 2.0, 9)
+    first = Kernel(tiers_demo, ())
+    quick = np.asarray(first(x))
+    for t in threading.enumerate():
+        if t.name == "lmm_jax-optimize":
+            t.join(timeout=120)
+    assert compiles == [kernel_module.QUICK_OPTIONS, None]
+    np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
+    (call,) = first._calls.values()
+    assert call.result()._optimize is None
+    stored = sorted(p.name.split("-", 1)[1].split(".", 1)[1] for p in tmp_path.iterdir())
+    assert stored == ["bin", "quick.xla", "xla"]
+
+    again = Kernel(tiers_demo, ())                  # as a fresh process would: the optimised executable
+    np.testing.assert_allclose(np.asarray(again(x)), quick, rtol=1e-15, atol=0)
+    assert compiles == [kernel_module.QUICK_OPTIONS, None]
+    assert next(iter(again._calls.values())).result()._optimize is None
+
+
+def test_quick_compilation_is_for_cpu_unless_switched_off_or_the_level_is_set(monkeypatch):
+    monkeypatch.delenv("LMM_JAX_QUICK_COMPILE", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert kernel_module.tiered("cpu") and not kernel_module.tiered("gpu")
+    monkeypatch.setenv("LMM_JAX_QUICK_COMPILE", "0")
+    assert not kernel_module.tiered("cpu")
+    monkeypatch.delenv("LMM_JAX_QUICK_COMPILE")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert not kernel_module.tiered("cpu")
