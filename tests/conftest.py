@@ -20,6 +20,11 @@ from tests.helpers import load_data, load_reference, quiet_fit
 # resident scratch memory, JAX's persistent cache). It does not turn on x64 for the process: lmm_jax's entry
 # points compute in float64 on their own, and a leak shows as float32 results failing the reference tolerances.
 # Tests that call lmm_jax's internals directly run them inside ``with float64():`` (or the ``x64`` fixture).
+# XLA:CPU's LLVM backend at -O0 as well: the suite's models are small, so compiling is most of its time,
+# and -O0 compiles about 40% faster and computes the same numbers (the same HLO; LLVM does not reassociate
+# floating point without fast-math). The benchmarks measure the optimised code users run.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 lmm_jax.runtime.configure()
 
 # Property tests draw the same examples on every run (CI must not fail on a new random draw);
