@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -332,3 +333,9 @@ def test_quick_compilation_is_for_cpu_unless_switched_off_or_the_level_is_set(mo
     monkeypatch.delenv("LMM_JAX_QUICK_COMPILE")
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
     assert not kernel_module.tiered("cpu")
+
+
+def test_the_source_digest_covers_every_layer():
+    # the kernels' code lives in core (and their callers above): a change there must give new cache entries
+    files = {p.relative_to(Path(lmm_jax.__file__).parent).as_posix() for p in kernel_module.source_files()}
+    assert {"core/likelihood.py", "core/optimize.py", "runtime/kernel.py", "model.py"} <= files
