@@ -28,6 +28,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from scipy.special import stdtr, stdtrit
 
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
 from ..build.crossprod import response_products
@@ -302,7 +303,7 @@ def with_inference(out: dict, dp: DesignProducts, rps: ResponseProducts, s: Stru
     return dict(out, **inf)
 
 
-@partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
+@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
 def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, method, satterthwaite):
     E, B0 = ols_residuals(Y, arrays.X)
     rps = batch_response_products(E, G, arrays, s, B0)
@@ -312,7 +313,7 @@ def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, metho
     return with_inference(out, dp, rps, s, reml, satterthwaite), response_checks(Y, E)
 
 
-@partial(jax.jit, static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
+@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
 def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method, satterthwaite):
     phi0, active0 = moment_starts(eqs, rps, s, design_axis=0)
     out = fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)

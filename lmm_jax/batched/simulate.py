@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure
 from ..core.parametrization import lambdas
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ..results import LMMResult
 
 
+@serializable
 class Params(NamedTuple):
     """Model parameters on the scale the simulation uses.
 
@@ -108,7 +110,7 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
     return jax.vmap(lambda k: simulate_one(k, params, arrays, s), out_axes=1)(keys)
 
 
-_simulate_jit = jax.jit(simulate_batch, static_argnames=("s",))
+_simulate_jit = kernel(static_argnames=("s",))(simulate_batch)
 
 
 @entry_point

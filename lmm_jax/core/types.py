@@ -111,6 +111,7 @@ class CrossProducts(NamedTuple):
     response: ResponseProducts
 
 
+@serializable
 class DesignArrays(NamedTuple):
     """What a pure function of y needs to form its products: X, and each
     term's level codes and Z columns."""

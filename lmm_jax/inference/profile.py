@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -59,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
 from ..core.linalg import batched_cholesky
@@ -142,6 +142,7 @@ NEWTON_MAX_ITER = 200   # Newton steps per constrained fit
 RHO_MAX = 1.0 - 1e-10   # a correlation of exactly +-1 is evaluated just inside the boundary
 
 
+@serializable
 class Constraint(NamedTuple):
     """One constrained problem (arrays; a batch stacks them on a leading axis).
 
@@ -220,7 +221,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     return jnp.where(is_sd, dev_sigma, dev_profiled) - dp.log_weights    # prior weights: lme4's -sum(log w)
 
 
-@partial(jax.jit, static_argnames=("s",))
+@kernel(static_argnames=("s",))
 def solve_constrained(cons: Constraint, row_idx, row_mask, phi0, active0, dp: DesignProducts,
                       rp: ResponseProducts, s: Structure):
     """Minimum ML deviance of a batch of constrained problems: one compiled

@@ -308,9 +308,7 @@ def tiers_demo_checks(tmp_path, compiles):
     x = np.linspace(0.0, 2.0, 9)
     first = Kernel(tiers_demo, ())
     quick = np.asarray(first(x))
-    for t in threading.enumerate():
-        if t.name == "lmm_jax-optimize":
-            t.join(timeout=120)
+    kernel_module.wait_for_optimised(timeout=120)
     assert compiles == [kernel_module.QUICK_OPTIONS, None]
     np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
     (call,) = first._calls.values()
