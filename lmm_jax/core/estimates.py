@@ -71,7 +71,7 @@ def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: 
                 deviance=profiled_deviance(theta, dp, rp, s, reml))
 
 
-@kernel(static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"), quick=True)
 def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     """beta, sigma, unscaled vcov(beta), conditional modes b and the
     deviance at a given theta (in the products' layout: padded products
@@ -79,7 +79,7 @@ def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s
     return _estimates(theta, dp, rp, s, reml)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter"))
+@kernel(static_argnames=("s", "reml", "max_iter"), quick=True)
 def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
                      s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
     """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
@@ -95,20 +95,20 @@ def unpad_estimates(est: dict, design) -> dict:
                 b=tuple(np.asarray(b)[:t.m] for b, t in zip(est["b"], design.terms)), deviance=float(est["deviance"]))
 
 
-@kernel(static_argnames=("s",))
+@kernel(static_argnames=("s",), quick=True)
 def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
     """Per-term (m_t, k_t, k_t) blocks of Var(b | y) / sigma^2 at theta, compiled
     as one function (op-by-op dispatch cost seconds on crossed designs)."""
     return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
 
 
-@kernel(static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"), quick=True)
 def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
     """The profiled ML deviance or REML criterion at theta, compiled."""
     return profiled_deviance(theta, dp, rp, s, reml)
 
 
-@kernel(static_argnames=("s", "reml"))
+@kernel(static_argnames=("s", "reml"), quick=True)
 def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
                    reml: bool) -> jnp.ndarray:
     """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""

@@ -173,7 +173,7 @@ def moment_estimates(eq: MomentEquations, rp: "ResponseProducts", s: "Structure"
     return eq.S_inv @ jnp.stack(q)
 
 
-@kernel(static_argnames=("s",))
+@kernel(static_argnames=("s",), quick=True)
 def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") -> jnp.ndarray:
     """A starting theta from the moment estimates (module docstring): lme4's
     identity where the residual variance estimate is not positive."""

@@ -75,7 +75,7 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
     return varcomp_of(varpar, ks), J @ np.asarray(A) @ J.T
 
 
-@kernel(static_argnames=("s",))
+@kernel(static_argnames=("s",), quick=True)
 def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
     """C(varpar) = sigma^2 (L_X L_X')^{-1} (:func:`~lmm_jax.core.estimates.vcov_beta`)
     and its Jacobian (p, p, len(varpar))."""

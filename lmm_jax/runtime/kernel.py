@@ -27,11 +27,12 @@ if its argument and result types are the exported module's; an unreadable,
 corrupt, stale or unloadable entry is ignored and rewritten. Writes are
 atomic (a temporary file renamed into place). A kernel that cannot be
 exported runs as a plain ``jax.jit`` function. Inside another trace
-(``vmap``, ``grad`` or a user's ``jit``) a kernel is its plain ``jax.jit``
-function.
+(``vmap``, ``grad`` or a user's ``jit``), or with arguments laid out over
+several devices, a kernel is its plain ``jax.jit`` function.
 
-Two tiers on CPU. A kernel's first executable is compiled with LLVM at
--O0 (:data:`QUICK_OPTIONS`; ``<name>-<digest>.quick.xla``): XLA's own
+Two tiers on CPU, for kernels made with ``quick=True`` (a single fit's:
+its start, Newton loop, estimates and summary). Such a kernel's first
+executable is compiled with LLVM at -O0 (:data:`QUICK_OPTIONS`; ``<name>-<digest>.quick.xla``): XLA's own
 optimisations are the same, and the compile takes about 40% less time, so a
 new model's first fit and summary come sooner (sleepstudy 4.3 s -> 2.5 s,
 Penicillin 5.8 s -> 3.4 s of compilation on a 2-core VM); its code runs up
@@ -42,6 +43,14 @@ a sleepstudy fit: 8 ms either way). Once a quick executable has run for
 thread and swaps it in; a later process loads the optimised one when it is
 stored. ``LMM_JAX_QUICK_COMPILE=0`` compiles optimised code from the start,
 and an optimisation level the user sets in ``XLA_FLAGS`` stands (one tier).
+The two tiers' results may differ in the last bits (LLVM fuses multiplies
+and adds at -O2), so the batched kernels (bootstraps, simulations, batched
+fits), whose replicates are reproducible bit for bit whatever the chunking
+and the number of processes, compile optimised code only.
+
+In a multi-process JAX program (``jax.distributed``) executables are not
+stored or loaded (one is bound to its process's devices): the exported
+module is compiled in each process.
 
 A loaded executable is code: the folder must be as trusted as the Python
 that reads it (:func:`jax.experimental.serialize_executable.deserialize_and_load`).
@@ -185,15 +194,22 @@ def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _is_sharded(x: Any) -> bool:
+    """An array laid out over several devices: its call runs as plain ``jax.jit`` (an exported
+    module is bound to its number of devices, which the entry's key does not record)."""
+    return isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+
+
 class Kernel:
     """``jax.jit(fun, static_argnames=...)`` whose exported program and
     compiled executable are cached on disk (module docstring). Called like
     the function it wraps; :meth:`prepare` compiles it ahead of a call, on a
     background thread."""
 
-    def __init__(self, fun: Callable, static_argnames: tuple[str, ...]):
+    def __init__(self, fun: Callable, static_argnames: tuple[str, ...], quick: bool = False):
         self.fun = fun
         self.static_argnames = tuple(static_argnames)
+        self.quick = quick
         self.jitted = jax.jit(fun, static_argnames=self.static_argnames)
         self.signature = inspect.signature(fun)
         self._calls: dict[tuple, Future] = {}
@@ -209,6 +225,12 @@ class Kernel:
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        """Compiled calls held (as ``jax.jit``'s ``_cache_size``): one per
+        set of static arguments, argument shapes and settings called."""
+        with self._lock:
+            return len(self._calls)
 
     def __call__(self, *args, **kwargs):
         key, statics, dynamic = self._key(args, kwargs)
@@ -248,7 +270,7 @@ class Kernel:
         statics = tuple((k, bound.arguments[k]) for k in self.static_argnames)
         dynamic = [v for k, v in bound.arguments.items() if k not in self.static_argnames]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        if any(_is_tracer(x) for x in leaves):
+        if any(_is_tracer(x) or _is_sharded(x) for x in leaves):
             return None, statics, dynamic
         avals = tuple((tuple(x.shape) if hasattr(x, "shape") else np.shape(x),
                        (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
@@ -279,7 +301,7 @@ class Kernel:
         plain jitted one when the cache is off or export fails."""
         fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
         backend = _platform(key[-1])
-        quick = tiered(backend)
+        quick = self.quick and tiered(backend)
         folder = export_dir()
         if folder is None:
             def compile_fixed(args: list, options: dict | None = None) -> Callable:
@@ -312,6 +334,8 @@ class Kernel:
             return compiled
 
         paths = {False: stem.with_suffix(".xla"), True: stem.with_suffix(".quick.xla")}
+        if jax.process_count() > 1:              # stored executables are bound to one process's devices
+            return _compile(exported, dynamic)[0]
         loaded = _load_executable(paths[False], machine(None), exported, backend)
         if loaded is not None:
             return _Executable(loaded, key[-1], path=paths[False], rebuild=compile_and_store)
@@ -510,7 +534,8 @@ def serializable(cls: type) -> type:
     return cls
 
 
-def kernel(*, static_argnames: tuple[str, ...]) -> Callable[[Callable], Kernel]:
+def kernel(*, static_argnames: tuple[str, ...], quick: bool = False) -> Callable[[Callable], Kernel]:
     """Decorator: ``@kernel(static_argnames=("s", "reml"))`` in place of
-    ``@partial(jax.jit, static_argnames=...)`` (see :class:`Kernel`)."""
-    return lambda fun: Kernel(fun, static_argnames)
+    ``@partial(jax.jit, static_argnames=...)`` (see :class:`Kernel`);
+    ``quick=True``: two tiers on CPU (module docstring)."""
+    return lambda fun: Kernel(fun, static_argnames, quick)
