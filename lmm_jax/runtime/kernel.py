@@ -79,13 +79,19 @@ def clear_all() -> None:
         k.clear()
 
 
+def source_files() -> list[Path]:
+    """Every Python file of the lmm_jax package (all its layers: a kernel's
+    code is in core, its callers' in the layers above), sorted."""
+    return sorted(Path(__file__).parent.parent.rglob("*.py"))
+
+
 def source_digest() -> str:
-    """A digest of lmm_jax's Python source: part of every entry's key."""
+    """A digest of lmm_jax's Python source (:func:`source_files`): part of every entry's key."""
     global _SOURCE_DIGEST
     if _SOURCE_DIGEST is None:
         h = hashlib.sha256()
-        root = Path(__file__).parent
-        for path in sorted(root.rglob("*.py")):
+        root = Path(__file__).parent.parent
+        for path in source_files():
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
         _SOURCE_DIGEST = h.hexdigest()[:16]

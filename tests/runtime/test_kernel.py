@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -275,3 +276,9 @@ def test_an_executable_from_jaxs_global_cache_is_not_stored_and_a_bad_entry_is_r
     assert r["again"] == r["expected"] and r["rebuilt"] == r["expected"]
     assert not r["stored_after_hit"] and not r["fresh"]
     assert r["loaded"] and not r["entry_left"]
+
+
+def test_the_source_digest_covers_every_layer():
+    # the kernels' code lives in core (and their callers above): a change there must give new cache entries
+    files = {p.relative_to(Path(lmm_jax.__file__).parent).as_posix() for p in kernel_module.source_files()}
+    assert {"core/likelihood.py", "core/optimize.py", "runtime/kernel.py", "model.py"} <= files
