@@ -37,7 +37,7 @@ from ..core.diagnostics import assess
 from ..core.family import Family, make_family
 from ..core.glmm_fit import fit_glmm
 from ..core.laplace import MAX_AGQ, GLMMData, deviance
-from ..core.parametrization import diagonal_mask, phi_from_theta, theta_start
+from ..core.parametrization import phi_from_theta, theta_start
 from ..core.types import Structure
 from ..errors import ConvergenceError, ConvergenceWarning, DataError, SeparationWarning, SingularFitWarning, \
     check_bool, check_count
