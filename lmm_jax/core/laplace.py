@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from ..runtime.kernel import serializable
 from .family import (Family, deviance_residuals, fisher_weights, linkfun, linkinv, log_density,
@@ -107,11 +108,11 @@ class GLMMData(NamedTuple):
 
 
 class PirlsState(NamedTuple):
-    """The PIRLS loop's state: the mode so far, its pdev, the Newton step from it and its decrement."""
+    """The PIRLS loop's state: the mode so far and its pdev, the Newton decrement there (inf before the
+    first step), the steps taken and whether the last one failed to lower pdev."""
 
     u: jnp.ndarray
     pdev: jnp.ndarray
-    step: jnp.ndarray
     decrement: jnp.ndarray
     iterations: jnp.ndarray
     failed: jnp.ndarray
@@ -150,10 +151,7 @@ def random_effects(u: jnp.ndarray, theta: jnp.ndarray, s: Structure) -> list[jnp
 def linear_predictor(u: jnp.ndarray, theta: jnp.ndarray, beta: jnp.ndarray, data: GLMMData,
                      s: Structure) -> jnp.ndarray:
     """``eta = offset + X beta + Z Lambda u`` (n,)."""
-    eta = data.offset + data.X @ beta
-    for b, c, Z in zip(random_effects(u, theta, s), data.codes, data.Z):
-        eta = eta + jnp.sum(Z * b[c], axis=1)
-    return eta
+    return data.offset + data.X @ beta + z_lambda(u, theta, data, s)
 
 
 def _rest_columns(data: GLMMData, s: Structure) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -207,56 +205,109 @@ def penalized_deviance(u: jnp.ndarray, theta: jnp.ndarray, beta: jnp.ndarray, da
     return jnp.sum(deviance_residuals(fam, data.y, eta, data.weights)) + u @ u
 
 
-def _gradient_and_factor(u, theta, beta, data, fam, s):
-    """``g = Lambda'Z' s(eta) - u`` (half the negative gradient of pdev) and
-    the factor of ``J = Lambda'Z' W_obs Z Lambda + I`` at u."""
+def z_lambda(u: jnp.ndarray, theta: jnp.ndarray, data: GLMMData, s: Structure) -> jnp.ndarray:
+    """``Z Lambda u`` (n,) for a flat u."""
+    out = jnp.zeros(data.y.shape, dtype=u.dtype)
+    for b, c, Z in zip(random_effects(u, theta, s), data.codes, data.Z):
+        out = out + jnp.sum(Z * b[c], axis=1)
+    return out
+
+
+def _penalized_matvec(theta, w, data, x, s):
+    """``(Lambda'Z' W Z Lambda + I) x`` from the rows (no factor)."""
+    return lambda_t_z_t(w * z_lambda(x, theta, data, s), theta, data, s) + x
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def penalized_solve(theta: jnp.ndarray, w: jnp.ndarray, data: GLMMData, r: jnp.ndarray, s: Structure) -> jnp.ndarray:
+    """``x = (Lambda'Z' W Z Lambda + I)^{-1} r`` for row weights w >= 0 (n,) and a flat r (q,), by the blocked
+    Cholesky factor of the weighted products (:func:`weighted_products`,
+    :func:`~lmm_jax.core.likelihood.random_factor`).
+
+    Its derivative is the classical ``dx = J^{-1} (dr - dJ x)`` with ``dJ x`` the tangent of the
+    matrix-vector product :func:`_penalized_matvec` at fixed x (Magnus & Neudecker 2019, ch. 8): the
+    factorisation itself (closed forms, loops, LAPACK) is never differentiated, to any order."""
+    F = random_factor(theta, weighted_products(w, data, s), s)
+    return join_u(*random_solve(F, *split_u(r, s)))
+
+
+def _penalized_solve_jvp(s, primals, tangents):
+    theta, w, data, r = primals
+    x = penalized_solve(theta, w, data, r, s)
+    is_zero = lambda t: isinstance(t, SymbolicZero)
+    leaves, tree = jax.tree_util.tree_flatten((theta, w, data))
+    dleaves = jax.tree_util.tree_leaves(tangents[:3], is_leaf=is_zero)
+    live = [i for i, t in enumerate(dleaves) if not is_zero(t)]
+    rhs = jnp.zeros_like(x) if is_zero(tangents[3]) else tangents[3]
+    if live:
+        def matvec(*xs):
+            full = list(leaves)
+            for i, v in zip(live, xs):
+                full[i] = v
+            th, ww, da = jax.tree_util.tree_unflatten(tree, full)
+            return _penalized_matvec(th, ww, da, x, s)
+
+        rhs = rhs - jax.jvp(matvec, tuple(leaves[i] for i in live), tuple(dleaves[i] for i in live))[1]
+    return x, penalized_solve(theta, w, data, rhs, s)
+
+
+penalized_solve.defjvp(_penalized_solve_jvp, symbolic_zeros=True)
+
+
+def _score_and_weights(u, theta, beta, data, fam, s):
+    """``g = Lambda'Z' s(eta) - u`` (half the negative gradient of pdev) and the observed information
+    ``W_obs`` (n,) at u: ``J = Lambda'Z' W_obs Z Lambda + I`` is pdev's Hessian / 2."""
     eta = linear_predictor(u, theta, beta, data, s)
     score, info = score_and_information(fam, data.y, eta, data.weights)
-    g = lambda_t_z_t(score, theta, data, s) - u
-    F = random_factor(theta, weighted_products(jnp.maximum(info, 0.0), data, s), s)
-    return g, F
+    return lambda_t_z_t(score, theta, data, s) - u, jnp.maximum(info, 0.0)
 
 
 def _newton_step(u, theta, beta, data, fam, s):
-    g, F = _gradient_and_factor(u, theta, beta, data, fam, s)
-    d = join_u(*random_solve(F, *split_u(g, s)))
+    g, W = _score_and_weights(u, theta, beta, data, fam, s)
+    d = penalized_solve(theta, W, data, g, s)
     return d, g @ d
 
 
 def pirls(theta: jnp.ndarray, beta: jnp.ndarray, u0: jnp.ndarray, data: GLMMData, fam: Family,
           s: Structure) -> PirlsState:
     """The conditional mode of u at (theta, beta) by penalised IRLS from ``u0``
-    (module docstring): Newton steps with step halving, in ``lax.while_loop``."""
+    (module docstring): Newton steps with step halving, in ``lax.while_loop``.
+
+    Each pass takes the Newton step at the current u; it stops there if the
+    decrement is below ``PIRLS_TOL (1 + pdev)`` (the step is not taken), and
+    otherwise halves the step until pdev does not rise (beyond rounding). The
+    step appears once in the loop's body (compile time)."""
     def f(u):
         return penalized_deviance(u, theta, beta, data, fam, s)
 
-    def done(st: PirlsState):
-        return st.failed | (st.iterations >= PIRLS_MAX_ITER) | (st.decrement <= PIRLS_TOL * (1.0 + jnp.abs(st.pdev)))
-
     def body(st: PirlsState) -> PirlsState:
+        step, dec = _newton_step(st.u, theta, beta, data, fam, s)
+        converged = dec <= PIRLS_TOL * (1.0 + jnp.abs(st.pdev))
         noise = 1e-15 * (1.0 + jnp.abs(st.pdev))
 
         def halve(c):
             alpha, _, k = c
             alpha = alpha * 0.5
-            return alpha, f(st.u + alpha * st.step), k + 1
+            return alpha, f(st.u + alpha * step), k + 1
 
         def worse(c):
-            alpha, fa, k = c
-            return (~(fa <= st.pdev + noise)) & (k < PIRLS_HALVINGS)
+            _, fa, k = c
+            return ~converged & ~(fa <= st.pdev + noise) & (k < PIRLS_HALVINGS)
 
-        alpha, fa, _ = lax.while_loop(worse, halve, (jnp.asarray(1.0, st.pdev.dtype), f(st.u + st.step),
-                                                      jnp.asarray(0)))
-        ok = fa <= st.pdev + noise
-        u = jnp.where(ok, st.u + alpha * st.step, st.u)
-        step, dec = _newton_step(u, theta, beta, data, fam, s)
-        return PirlsState(u=u, pdev=jnp.where(ok, fa, st.pdev), step=step, decrement=dec,
-                          iterations=st.iterations + 1, failed=~ok)
+        f_full = jnp.where(converged, st.pdev, f(st.u + step))
+        alpha, fa, _ = lax.while_loop(worse, halve, (jnp.asarray(1.0, st.pdev.dtype), f_full, jnp.asarray(0)))
+        ok = ~converged & (fa <= st.pdev + noise)
+        return PirlsState(u=jnp.where(ok, st.u + alpha * step, st.u), pdev=jnp.where(ok, fa, st.pdev),
+                          decrement=dec, iterations=st.iterations + ok.astype(st.iterations.dtype),
+                          failed=~converged & ~ok)
 
-    step0, dec0 = _newton_step(u0, theta, beta, data, fam, s)
-    st = PirlsState(u=u0, pdev=f(u0), step=step0, decrement=dec0, iterations=jnp.asarray(0),
+    def more(st: PirlsState):
+        return ~st.failed & (st.iterations < PIRLS_MAX_ITER) \
+            & ~(st.decrement <= PIRLS_TOL * (1.0 + jnp.abs(st.pdev)))
+
+    st = PirlsState(u=u0, pdev=f(u0), decrement=jnp.asarray(jnp.inf, u0.dtype), iterations=jnp.asarray(0),
                     failed=jnp.asarray(False))
-    return lax.while_loop(lambda st: ~done(st), body, st)
+    return lax.while_loop(more, body, st)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5))
@@ -268,20 +319,33 @@ def conditional_mode(theta: jnp.ndarray, beta: jnp.ndarray, u0: jnp.ndarray, dat
     return pirls(theta, beta, u0, data, fam, s).u
 
 
-@conditional_mode.defjvp
 def _conditional_mode_jvp(fam, s, primals, tangents):
+    # symbolic zeros: only the inputs with a tangent are differentiated in dg (the data's arrays, n-long, carry
+    # none in a fit: their jvp would be computed on materialised zeros and compiled for nothing)
     theta, beta, u0, data = primals
-    dtheta, dbeta, _, ddata = tangents
     u = conditional_mode(theta, beta, u0, data, fam, s)
+    is_zero = lambda t: isinstance(t, SymbolicZero)
+    leaves, tree = jax.tree_util.tree_flatten((theta, beta, data))
+    dleaves = jax.tree_util.tree_leaves((tangents[0], tangents[1], tangents[3]), is_leaf=is_zero)
+    live = [i for i, t in enumerate(dleaves) if not is_zero(t)]
+    if not live:
+        return u, jnp.zeros_like(u)
 
-    def g(th, be, da):
+    def g(*xs):
+        full = list(leaves)
+        for i, x in zip(live, xs):
+            full[i] = x
+        th, be, da = jax.tree_util.tree_unflatten(tree, full)
         eta = linear_predictor(u, th, be, da, s)
         score, _ = score_and_information(fam, da.y, eta, da.weights)
         return lambda_t_z_t(score, th, da, s)
 
-    _, dg = jax.jvp(g, (theta, beta, data), (dtheta, dbeta, ddata))
-    _, F = _gradient_and_factor(u, theta, beta, data, fam, s)
-    return u, join_u(*random_solve(F, *split_u(dg, s)))
+    _, dg = jax.jvp(g, tuple(leaves[i] for i in live), tuple(dleaves[i] for i in live))
+    _, W = _score_and_weights(u, theta, beta, data, fam, s)
+    return u, penalized_solve(theta, W, data, dg, s)
+
+
+conditional_mode.defjvp(_conditional_mode_jvp, symbolic_zeros=True)
 
 
 # -- the objectives ----------------------------------------------------------------------------------
