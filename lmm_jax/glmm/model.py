@@ -120,21 +120,21 @@ def check_response(design: Design, fam: Family) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"the binomial response {name!r} has {int(bad.sum())} value(s) outside [0, 1] (first "
-                            f"{y[i]!r} at row {rows[i]!r}): give 0/1 outcomes, a two-level factor, or proportions "
+                            f"{y[i]:g} at row {rows[i]!r}): give 0/1 outcomes, a two-level factor, or proportions "
                             "with weights= the number of trials (or cbind(successes, failures) ~ ...)")
         k = w * y
         off = np.abs(k - np.round(k)) > INTEGER_TOL
         if off.any():
             i = int(np.flatnonzero(off)[0])
             raise DataError(f"the binomial response {name!r} times the weights gives non-integer numbers of "
-                            f"successes ({int(off.sum())} row(s); first at row {rows[i]!r}: {y[i]!r} x {w[i]!r} = "
-                            f"{k[i]!r}): proportions need weights= the number of trials of each row")
+                            f"successes ({int(off.sum())} row(s); first at row {rows[i]!r}: {y[i]:g} x {w[i]:g} = "
+                            f"{k[i]:g}): proportions need weights= the number of trials of each row")
     elif fam.name == "poisson":
         bad = (y < 0) | (np.abs(y - np.round(y)) > INTEGER_TOL)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"the poisson response {name!r} has {int(bad.sum())} value(s) that are not counts "
-                            f"(first {y[i]!r} at row {rows[i]!r}): a poisson response must be a whole number >= 0")
+                            f"(first {y[i]:g} at row {rows[i]!r}): a poisson response must be a whole number >= 0")
 
 
 def _check_size(s: Structure, design: Design) -> None:
