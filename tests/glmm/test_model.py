@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import lmm_jax
 from lmm_jax import DataError, GLMM, SeparationWarning
@@ -124,3 +125,20 @@ def test_predictions_on_new_data(cbpp):
     with pytest.raises(ValueError, match="type must be one of"):
         r.predict(new, type="probability")
     assert repr(r).startswith("<GLMMResult 'incidence/size ~ period + (1 | herd)' binomial(logit), Laplace")
+
+
+def test_a_boundary_fit_is_the_glm(cbpp):
+    # every herd has the same proportions in each period: the herd variance's optimum is 0, where the
+    # fit is the GLM without random effects (glmer stops with "pwrssUpdate did not converge" here)
+    d = cbpp.assign(size=10, incidence=cbpp.period.map({"1": 3, "2": 2, "3": 1, "4": 1}).astype(int))
+    with pytest.warns(lmm_jax.SingularFitWarning):
+        r = GLMM(CBPP, d, weights="size").fit()
+    assert r.theta[0] == 0.0 and r.singular and r.converged
+    p = np.array([0.3, 0.2, 0.1, 0.1])
+    logit = np.log(p / (1 - p))
+    np.testing.assert_allclose(r.beta, [logit[0], *(logit[1:] - logit[0])], rtol=1e-8)
+    n = d.period.value_counts().sort_index().to_numpy() * 10.0             # trials per period
+    np.testing.assert_allclose(r.std_errors.iloc[0], 1 / np.sqrt(n[0] * 0.3 * 0.7), rtol=1e-6)
+    assert np.isnan(r.varcorr.se.iloc[0])
+    dens = stats.binom.logpmf(d.incidence, 10, p[d.period.astype(int) - 1])
+    np.testing.assert_allclose(r.deviance, -2 * dens.sum(), rtol=1e-10)
