@@ -131,6 +131,11 @@ class GLMMResult:
         return self.model.family
 
     @property
+    def reml(self) -> bool:
+        """False: GLMMs are fitted by maximum likelihood (so ``lmm_jax.anova(m0, m1)`` compares them as they are)."""
+        return False
+
+    @property
     def nobs(self) -> int:
         """Rows used in the fit."""
         return self.design.n

@@ -155,6 +155,7 @@ def test_anova_matches_glmer():
     np.testing.assert_allclose(out["Chisq"].iloc[1], a["Chisq"][1], atol=1e-4)
     np.testing.assert_allclose(out["Pr(>Chisq)"].iloc[1], a["p"][1], rtol=1e-4)
     assert out["Df"].iloc[1] == 3
+    np.testing.assert_allclose(lmm_jax.anova(m0, r)["Chisq"].iloc[1], a["Chisq"][1], atol=1e-4)
 
 
 def test_summary_has_glmers_layout():
