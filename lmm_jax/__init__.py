@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .errors import (CompiledCodeWarning, ConfigurationWarning, ConvergenceError, ConvergenceWarning, DataError,
                      ForkError, FormulaError, InferenceError, LMMError, PrecisionError, RankDeficiencyWarning,
-                     ScalingWarning, SingularFitWarning)
+                     ScalingWarning, SeparationWarning, SingularFitWarning)
 from .runtime import fork as _fork  # noqa: F401  (at-fork hook: ForkError, not a hang, in a child forked after JAX ran)
 
 if _TYPE_CHECKING:
@@ -30,6 +30,8 @@ if _TYPE_CHECKING:
     from .core.types import CrossProducts
     from .inference.anova import anova
     from .inference.emmeans import emmeans
+    from .glmm.model import GLMM
+    from .glmm.results import GLMMResult
     from .model import LMM, fit, fit_many, make_deviance, make_estimates
     from .results import LMMResult
     from .runtime.code_memory import clear_caches
@@ -41,7 +43,7 @@ __all__ = ["LMM", "fit", "make_deviance", "LMMResult", "anova", "datasets", "par
            "RankDeficiencyWarning", "ScalingWarning", "CompiledCodeWarning", "ForkError", "PrecisionError",
            "ConfigurationWarning", "clear_caches", "simulate", "BootstrapResult", "BatchResult", "fit_many",
            "make_estimates", "CrossProducts", "Estimates", "power", "power_curve", "extend", "emmeans", "pb_modcomp",
-           "PBModComp"]
+           "PBModComp", "GLMM", "GLMMResult", "SeparationWarning"]
 
 # Public names and the modules that define them. A module loads on the first access of one of its names
 # (PEP 562), so ``import lmm_jax`` loads its errors and the fork guard only; JAX, pandas, formulaic and scipy load
@@ -52,7 +54,7 @@ _LAZY = {"LMM": "model", "fit": "model", "make_deviance": "model", "fit_many": "
          "BootstrapResult": "batched.bootstrap", "BatchResult": "batched.batch",
          "pb_modcomp": "batched.modcomp", "PBModComp": "batched.modcomp",
          "make_estimates": "model", "CrossProducts": "core.types", "Estimates": "core.estimates",
-         "clear_caches": "runtime.code_memory"}
+         "clear_caches": "runtime.code_memory", "GLMM": "glmm.model", "GLMMResult": "glmm.results"}
 # Public modules that live in a subpackage: ``from lmm_jax import plotting``.
 _MODULES = {"plotting": "report.plotting"}
 

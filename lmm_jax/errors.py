@@ -69,6 +69,12 @@ class SingularFitWarning(UserWarning):
     boundary: the fit is singular, like lme4's ``isSingular``."""
 
 
+class SeparationWarning(UserWarning):
+    """A GLMM's fixed-effect estimate drifts to infinity: the data separate
+    the outcomes of some level or range of a covariate (complete or
+    quasi-complete separation), so the estimate and its SE are not meaningful."""
+
+
 class ScalingWarning(UserWarning):
     """A covariate or the response lies so far from zero relative to its
     spread that the cross-products lose digits: center it."""

@@ -40,6 +40,7 @@ from .results import LMMResult
 
 if TYPE_CHECKING:
     from .batched.batch import BatchResult
+    from .glmm.results import GLMMResult
 
 # More than one core for this process: a fit compiles its summary's kernels on a second thread
 SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
@@ -557,21 +558,34 @@ def make_estimates(model: LMM, reml: bool = True, param: Literal["theta", "phi"]
 
 @entry_point
 def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offset: Any = None,
-        **kwargs) -> "LMMResult":
+        family: str | None = None, link: str | None = None, nAGQ: int = 1, **kwargs) -> "LMMResult | GLMMResult":
     """Fit a linear mixed model (lme4's ``lmer``): shorthand for
-    ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``.
+    ``LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)``;
+    with ``family="binomial"`` or ``"poisson"`` a generalized linear mixed
+    model (lme4's ``glmer``): ``GLMM(formula, data, family, link, weights=weights,
+    offset=offset).fit(nAGQ=nAGQ, **kwargs)`` (:class:`~lmm_jax.glmm.model.GLMM`).
 
     Args:
         formula: lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``
-            (see :class:`LMM`).
+            (see :class:`LMM`); for a GLMM also ``cbind(successes, failures) ~ ...``.
         data: a pandas or polars DataFrame, or a dict of equal-length arrays.
-        reml: REML (default, lme4's) or ML.
-        weights: prior weights, a column name or an array (see :class:`LMM`).
+        reml: REML (default, lme4's) or ML; GLMMs are fitted by maximum
+            likelihood and ignore it.
+        weights: prior weights, a column name or an array (see :class:`LMM`);
+            for a binomial proportion, the number of trials.
         offset: a known term of the linear predictor, a column name or an array.
-        **kwargs: ``start``, ``max_iter``, ``throw`` of :meth:`LMM.fit`.
+        family: None or ``"gaussian"`` (a linear mixed model), ``"binomial"``
+            or ``"poisson"`` (a GLMM).
+        link: the GLMM's link: ``"logit"`` (binomial default), ``"probit"``,
+            ``"cloglog"``; ``"log"`` (poisson); ``"identity"`` (gaussian).
+        nAGQ: a GLMM's quadrature points: 1 (Laplace) or up to 25 for a single
+            scalar random-effects term.
+        **kwargs: ``start``, ``max_iter``, ``throw`` of :meth:`LMM.fit` /
+            :meth:`GLMM.fit <lmm_jax.glmm.model.GLMM.fit>`.
 
     Returns:
-        The :class:`~lmm_jax.results.LMMResult`.
+        The :class:`~lmm_jax.results.LMMResult`, or for a GLMM the
+        :class:`~lmm_jax.glmm.results.GLMMResult`.
 
     Raises:
         FormulaError: a formula lmm_jax cannot parse or evaluate.
@@ -585,6 +599,16 @@ def fit(formula: str, data: Any, reml: bool = True, *, weights: Any = None, offs
         [251.405, 10.467]
     """
     check_bool(reml, "reml")                  # before the design is built
+    if family is not None and str(family).lower() != "gaussian":
+        from .glmm.model import GLMM
+
+        return GLMM(formula, data, family, link, weights=weights, offset=offset).fit(nAGQ=nAGQ, **kwargs)
+    if link not in (None, "identity"):
+        raise ValueError(f"link {link!r} is not supported for the gaussian family (a linear mixed model has the "
+                         "identity link); for a GLMM give family='binomial' or 'poisson'")
+    if nAGQ != 1:
+        raise ValueError(f"nAGQ applies to GLMMs (family='binomial' or 'poisson'); a linear mixed model's "
+                         f"likelihood is exact, got nAGQ={nAGQ!r}")
     return LMM(formula, data, weights=weights, offset=offset).fit(reml=reml, **kwargs)
 
 

@@ -515,7 +515,7 @@ def _formulaic(text: str) -> Formula:
 
 
 def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, offset: Any = None, *,
-                 planned: bool = False) -> Design:
+                 planned: bool = False, glmm: bool = False) -> Design:
     """Evaluate a formula on data.
 
     Args:
@@ -528,6 +528,14 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
         planned: a planned design: the response (a column name) may be
             absent from ``data``; its ``y`` is then zeros and ``has_response``
             False (for simulation, :func:`lmm_jax.planned_model`).
+        glmm: the design of a generalized linear mixed model: a response
+            column that is a factor (text, categorical or boolean) is coded
+            0 for its first level and 1 for the others (R's binomial family:
+            categories in their order, text sorted, False before True), and
+            a grouping factor may have as many levels as observations (an
+            observation-level random effect, ``(1 | obs)``, is a valid
+            overdispersion term of a GLMM; lme4 checks the levels of
+            ``lmer`` fits only).
 
     Returns:
         The :class:`Design`.
@@ -568,6 +576,8 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
         if unknown:
             raise DataError(_missing_message(sorted(unknown)[0], f"variable of offset({expr}):", columns))
         used |= offset_vars
+    if has_response and glmm:
+        df = _binary_response(pf.response, df)
     if has_response:
         _check_response_column(pf.response, df)
     elif not re.fullmatch(r"`?[A-Za-z_.][\w.]*`?", pf.response.strip()):
@@ -600,7 +610,8 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
 
     # -- fixed part --------------------------------------------------------
     try:
-        text = pf.fixed_formula if has_response else f"{response_name}__planned ~ {pf.fixed}"
+        text = f"{_response_expression(pf.response)} ~ {pf.fixed}" if has_response \
+            else f"{response_name}__planned ~ {pf.fixed}"
         frame = df_used if has_response else df_used.assign(**{f"{response_name}__planned": 0.0})
         mm = model_matrix(_formulaic(formulaic_text(text, df)), frame, na_action="ignore", context=R_FUNCTIONS)
     except Exception as e:
@@ -680,11 +691,11 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
         if m < 2:
             raise DataError(f"grouping factor {term.group!r} has {m} level(s) in the data used; a random effect "
                             "needs at least 2 levels: drop the term or fit a fixed effect instead")
-        if m >= n:
+        if m >= n and not glmm:
             raise DataError(f"grouping factor {term.group!r} has {m} levels for {n} observations; the number of "
                             "levels must be less than the number of observations (lme4's check), or the random "
                             "effect cannot be told from the residual: drop the term")
-        if m * Z.shape[1] >= n:
+        if m * Z.shape[1] >= n and not glmm:
             raise DataError(f"term {term} has {m * Z.shape[1]} random effects ({m} levels x {Z.shape[1]} columns) "
                             f"for {n} observations; with at least as many random effects as observations the "
                             "variance components and the residual variance cannot be told apart (lme4's "
@@ -915,6 +926,47 @@ def _check_response_column(response: str, df: pd.DataFrame) -> None:
             else "a categorical response needs a GLMM; for numeric codes use .astype(float)")
     raise DataError(f"the response {name!r} is not numeric (dtype {col.dtype}, e.g. {example!r}); linear mixed "
                     f"models need a numeric response: {hint}")
+
+
+def _response_expression(response: str) -> str:
+    """The response as formulaic should evaluate it: arithmetic at the top
+    level (``incidence/size``, ``y - 10``) is R's arithmetic, where formulaic
+    reads ``/``, ``*``, ``+``, ``-`` and ``^`` as formula operators: it is
+    wrapped in ``I(...)`` (``^`` a power there); a name or a call is left as it is."""
+    depth, top = 0, []
+    for piece, quoted in _split_quoted(response):
+        if quoted:
+            continue
+        for c in piece:
+            depth += (c == "(") - (c == ")")
+            if depth == 0 and c in "+-*/^%":
+                top.append(c)
+    if not top:
+        return response
+    return f"I({response.replace('^', '**')})"
+
+
+def _binary_response(response: str, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a factor response column (text, categorical, boolean)
+    replaced by its 0/1 coding, R's binomial convention: 0 for the first
+    level (categories in their order, text sorted, False), 1 for every other
+    level; missing values stay missing. Numeric columns and expressions are
+    left as they are."""
+    name = response.strip("`")
+    if name not in df.columns:
+        return df
+    col = df[name]
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col) \
+            and not isinstance(col.dtype, pd.CategoricalDtype):
+        return df
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        levels = [c for c in col.cat.categories if (col == c).any()]
+    else:
+        levels = sorted(col.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+    if not levels:
+        return df
+    coded = np.where(col.isna().to_numpy(), np.nan, (col != levels[0]).to_numpy(dtype=float))
+    return df.assign(**{name: coded})
 
 
 def _is_numeric(frame: pd.DataFrame) -> bool:

@@ -445,6 +445,50 @@ def _deviance_terms(theta, dp, rp, s) -> tuple[jnp.ndarray, jnp.ndarray, jnp.nda
     return ldz, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L33)[:p])), L33[-1, -1] ** 2
 
 
+def random_factor(theta: jnp.ndarray, dp: DesignProducts, s: Structure) -> Factor:
+    """The blocked factor ``L_Z`` of ``Lambda'Z'Z Lambda + I`` alone, from the
+    products ``A11``, ``A21``, ``A22`` of ``dp`` (the other fields are not read):
+    the system of the random effects at fixed beta, as the PIRLS of a
+    generalized linear mixed model forms it from products of weighted rows
+    (:mod:`lmm_jax.core.laplace`). ``C1``, ``C2`` and ``L33`` are empty
+    (no right-hand side is eliminated); solve with :func:`random_solve`."""
+    _, L1, L21, M22, _ = _coupling(theta, dp, s)
+    L22 = _cholesky_M22(M22, dp, s) if s.q_rest else M22
+    m1, k1 = s.ms[0], s.ks[0]
+    return Factor(L1=L1, L21=L21, L22=L22, C1=jnp.zeros((m1, k1, 0), dtype=L1.dtype),
+                  C2=jnp.zeros((s.q_rest, 0), dtype=L1.dtype), L33=jnp.zeros((0, 0), dtype=L1.dtype))
+
+
+def random_solve(F: Factor, r1: jnp.ndarray, r2: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(L_Z L_Z')^{-1} r`` blockwise for ``r = (r1 (m_1, k_1), r2 (q_r,))``: the
+    forward solve ``L_Z v = r`` (``v1 = L_1^{-1} r1``, ``v2 = L_22^{-1}(r2 - L21 v1)``)
+    and the backward solve of :func:`spherical_modes`. Returns ``(u1, u2)``."""
+    v1 = batched_forward_solve(F.L1, r1[..., None])[..., 0]
+    qr = r2.shape[0]
+    if qr:
+        if isinstance(F.L21, SparseL21):
+            Lv = times_dense(F.L21, v1[..., None], qr)[:, 0]
+        else:
+            Lv = jnp.einsum("qja,ja->q", F.L21, v1)
+        v2 = batched_forward_solve(F.L22, (r2 - Lv)[:, None])[:, 0]
+    else:
+        v2 = r2
+    return spherical_modes(F._replace(C1=v1[..., None], C2=v2[:, None]), jnp.zeros((0,), dtype=v1.dtype))
+
+
+def random_logdet(theta: jnp.ndarray, dp: DesignProducts, s: Structure) -> jnp.ndarray:
+    """``log|L_Z|^2 = log det(Lambda'Z'Z Lambda + I)`` from the products
+    ``A11``, ``A21`` (dense), ``A22`` of ``dp``, differentiable in theta and in
+    the products (the dense block through :func:`spd_logdet_solve`'s rules):
+    the log-determinant of the Laplace approximation, whose products depend
+    on the conditional modes."""
+    _, L1, _, M22, _ = _coupling(theta, dp, s)
+    ld = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=-2, axis2=-1)))
+    if s.q_rest:
+        ld = ld + spd_logdet_solve(M22, jnp.zeros((s.q_rest, 0), dtype=M22.dtype))[0]
+    return ld
+
+
 def log_det_LZ2(F: Factor) -> jnp.ndarray:
     """``log|L_Z|^2`` = log det(Lambda'Z'Z Lambda + I)."""
     d1 = jnp.diagonal(F.L1, axis1=-2, axis2=-1)

@@ -69,6 +69,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ..runtime.kernel import serializable
@@ -404,7 +405,7 @@ def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings
     return lax.while_loop(lambda st: ~st.done, body, st)
 
 
-def _result(method: _Method, st: _State, ks, settings: OptimizerSettings) -> NewtonResult:
+def _result(method: _Method, st: _State, ks, settings: OptimizerSettings, free: int = 0) -> NewtonResult:
     n = st.phi.shape[0]
     done_stalled = stalled(st.stalled, st.stalled_before) if method.strict_stalls else st.stalled
     ok = converged(st.dec, settings) | (done_stalled & (st.dec < settings.stall))
@@ -414,7 +415,7 @@ def _result(method: _Method, st: _State, ks, settings: OptimizerSettings) -> New
         # leaves an error of O(dec) instead of O(sqrt(dec)) in phi, at no evaluation's cost
         phi = jnp.where(converged(st.dec, settings) & jnp.all(jnp.isfinite(st.d)), st.phi + st.d, st.phi)
     exact = method.restart is None
-    return NewtonResult(theta=theta_from_phi(phi, ks, st.active), phi=phi, active=st.active, objective=st.f,
+    return NewtonResult(theta=_params_from_phi(phi, ks, st.active, free), phi=phi, active=st.active, objective=st.f,
                         gradient_norm=jnp.max(jnp.abs(st.g)) if n else jnp.asarray(0.0, st.f.dtype),
                         decrement=st.dec, iterations=st.it, converged=ok, gradient=st.g,
                         hessian=st.M if exact else None, inverse_hessian=None if exact else st.M)
@@ -433,17 +434,32 @@ def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
     return base._replace(**{k: v for k, v in given.items() if v is not None})
 
 
-def _in_phi(f_theta: Callable, ks: tuple[int, ...]) -> Callable:
+def _params_from_phi(phi: jnp.ndarray, ks: tuple[int, ...], active: jnp.ndarray, free: int) -> jnp.ndarray:
+    """theta from the first entries of phi (:func:`theta_from_phi`), followed by the ``free`` trailing
+    unconstrained parameters as they are."""
+    if not free:
+        return theta_from_phi(phi, ks, active)
+    nt = phi.shape[0] - free
+    return jnp.concatenate([theta_from_phi(phi[:nt], ks, active[:nt]), phi[nt:]])
+
+
+def _in_phi(f_theta: Callable, ks: tuple[int, ...], free: int = 0) -> Callable:
     """The objective as a function of (phi, active): theta from the unconstrained phi, with the inactive
-    (boundary) diagonal entries at zero."""
-    return lambda phi, active: f_theta(theta_from_phi(phi, ks, active))
+    (boundary) diagonal entries at zero (and ``free`` trailing unconstrained parameters)."""
+    return lambda phi, active: f_theta(_params_from_phi(phi, ks, active, free))
+
+
+def _diagonal(ks: tuple[int, ...], free: int) -> jnp.ndarray:
+    """The boundary rule's candidates: theta's diagonal entries (none of the ``free`` trailing parameters)."""
+    return jnp.asarray(np.concatenate([diagonal_mask(ks), np.zeros(free, dtype=bool)]))
 
 
 # -- the two methods -----------------------------------------------------------------------------
 def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
                     ks: tuple[int, ...], *, max_iter: int | None = None, tol: float | None = None,
                     max_step: float | None = None, zero_tol: float | None = None,
-                    reactivate_at: float | None = None, settings: OptimizerSettings = NEWTON) -> NewtonResult:
+                    reactivate_at: float | None = None, settings: OptimizerSettings = NEWTON,
+                    free: int = 0) -> NewtonResult:
     """Minimise ``f_theta`` over theta = theta_from_phi(phi, active) by Newton's
     method with the exact Hessian (module docstring).
 
@@ -459,16 +475,20 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
         max_iter, tol, max_step, zero_tol, reactivate_at: override the
             fields of ``settings`` of these names (:class:`OptimizerSettings`).
         settings: the loop's settings, :data:`NEWTON` by default.
+        free: trailing entries of phi that are unconstrained parameters of
+            f besides theta (a GLMM's fixed effects): f is called with
+            ``concatenate([theta, phi[-free:]])``, and the boundary rule
+            never touches them (``active`` has an entry for each, True).
 
     Returns:
-        A :class:`NewtonResult`.
+        A :class:`NewtonResult` (its ``theta``: theta followed by the free parameters).
     """
     settings = _settings(settings, max_iter=max_iter, tol=tol, max_step=max_step, zero_tol=zero_tol,
                          reactivate_at=reactivate_at)
-    diag = jnp.asarray(diagonal_mask(ks))
+    diag = _diagonal(ks, free)
     dtype = phi0.dtype
     n = phi0.shape[0]
-    f_phi = _in_phi(f_theta, ks)
+    f_phi = _in_phi(f_theta, ks, free)
     value_and_grad = jax.value_and_grad(f_phi)
 
     def evaluate(phi, active):
@@ -500,7 +520,7 @@ def newton_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.nda
     zero = jnp.zeros_like(phi0)
     st = _start(phi0, active0, jnp.asarray(jnp.nan, dtype), zero, jnp.eye(n, dtype=dtype), zero,
                 jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
-    return _result(method, _solve(method, f_phi, st, diag, settings), ks, settings)
+    return _result(method, _solve(method, f_phi, st, diag, settings), ks, settings, free)
 
 
 def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarray, active0: jnp.ndarray,
