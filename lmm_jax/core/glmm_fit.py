@@ -65,14 +65,14 @@ def fit(data: GLMMData, phi0: jnp.ndarray, active0: jnp.ndarray, fam: Family, s:
     return opt, estimates(opt.theta[:nt], opt.theta[nt:], data, fam, s, n_agq, opt.objective)
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
+@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"), quick=True)
 def fit_glmm(data: GLMMData, phi0: jnp.ndarray, active0: jnp.ndarray, fam: Family, s: Structure, n_agq: int = 1,
              max_iter: int = 200) -> tuple[NewtonResult, dict]:
     """:func:`fit` from the GLM start, compiled as one function."""
     return fit(data, phi0, active0, fam, s, n_agq, max_iter)
 
 
-@kernel(static_argnames=("fam", "s", "n_agq"))
+@kernel(static_argnames=("fam", "s", "n_agq"), quick=True)
 def estimates_at(theta: jnp.ndarray, beta: jnp.ndarray, data: GLMMData, fam: Family, s: Structure,
                  n_agq: int = 1) -> dict:
     """:func:`estimates` at a given (theta, beta), compiled."""
