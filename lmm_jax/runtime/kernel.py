@@ -37,11 +37,13 @@ optimisations are the same, and the compile takes about 40% less time, so a
 new model's first fit and summary come sooner (sleepstudy 4.3 s -> 2.5 s,
 Penicillin 5.8 s -> 3.4 s of compilation on a 2-core VM); its code runs up
 to 1.4x slower where arithmetic dominates (InstEval's fit: 1.9 s -> 2.5 s;
-a sleepstudy fit: 8 ms either way). Once a quick executable has run for
-:data:`TIER_UP_SECONDS` in all, the kernel compiles its optimised executable
-(``<name>-<digest>.xla``, the process's own XLA options) on a background
-thread and swaps it in; a later process loads the optimised one when it is
-stored. ``LMM_JAX_QUICK_COMPILE=0`` compiles optimised code from the start,
+a sleepstudy fit: 8 ms either way). Once a quick executable has been
+called :data:`TIER_UP_CALLS` times and has run for :data:`TIER_UP_SECONDS`
+in all (a kernel in a loop of refits whose run time matters), the kernel
+compiles its optimised executable (``<name>-<digest>.xla``, the process's
+own XLA options) on a background thread and swaps it in; a later process
+loads the optimised one when it is stored. A model fitted once never waits
+for that compilation, which a process would wait for at exit. ``LMM_JAX_QUICK_COMPILE=0`` compiles optimised code from the start,
 and an optimisation level the user sets in ``XLA_FLAGS`` stands (one tier).
 The two tiers' results may differ in the last bits (LLVM fuses multiplies
 and adds at -O2), so the batched kernels (bootstraps, simulations, batched
@@ -95,7 +97,8 @@ _EXECUTABLE_TAG = b"lmm_jax-executable-1"
 # ``jax.config.jax_<name>``.
 # The first tier's compiler options (module docstring): LLVM without optimisation passes.
 QUICK_OPTIONS = {"xla_backend_optimization_level": 0}
-# Run time (seconds, summed over calls) of a quick executable after which its optimised one is compiled.
+# Calls of a quick executable, and their run time (seconds, summed), after which its optimised one is compiled.
+TIER_UP_CALLS = 3
 TIER_UP_SECONDS = 0.5
 QUICK_SWITCH = "LMM_JAX_QUICK_COMPILE"
 OPTIMIZE_THREAD = "lmm_jax-optimize"
@@ -359,8 +362,8 @@ class _Executable:
     have happened.
 
     ``optimize``: a quick executable (module docstring). Its calls are timed
-    (each waits for its result); once they have taken :data:`TIER_UP_SECONDS`
-    in all, ``optimize(args)`` compiles the optimised executable on a
+    (each waits for its result); once there have been :data:`TIER_UP_CALLS`
+    and they have taken :data:`TIER_UP_SECONDS` in all, ``optimize(args)`` compiles the optimised executable on a
     background thread, under the settings of the call that built the kernel,
     and it replaces the quick one when it is ready. The thread is not a
     daemon: a process that exits while it compiles waits for it."""
@@ -373,6 +376,7 @@ class _Executable:
         self._rebuild = rebuild
         self._optimize = optimize
         self._spent = 0.0
+        self._calls = 0
 
     def __call__(self, *args):
         if self._rebuild is None and self._optimize is None:
@@ -390,8 +394,9 @@ class _Executable:
                 out = jax.block_until_ready(self.compiled(*args))
             self._rebuild = None                   # checked: keep neither the exported module nor a closure
         self._spent += time.perf_counter() - start
+        self._calls += 1
         optimize = self._optimize
-        if optimize is not None and self._spent >= TIER_UP_SECONDS:
+        if optimize is not None and self._calls >= TIER_UP_CALLS and self._spent >= TIER_UP_SECONDS:
             self._optimize = None
             threading.Thread(target=self._tier_up, args=(optimize, list(args)),
                              name=OPTIMIZE_THREAD).start()

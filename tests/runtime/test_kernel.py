@@ -279,12 +279,13 @@ def test_an_executable_from_jaxs_global_cache_is_not_stored_and_a_bad_entry_is_r
 
 
 def test_a_quick_executable_runs_first_and_the_optimised_one_replaces_it(tmp_path, monkeypatch, x64):
-    """CPU kernels compile at LLVM -O0 first; once the quick code has run long enough (here: at
-    once) the optimised executable compiles on a thread and is swapped in, and both are stored:
+    """CPU kernels compile at LLVM -O0 first; once the quick code has been called often and long
+    enough (here: twice) the optimised executable compiles on a thread and is swapped in, and both are stored:
     a new kernel of the same function loads the optimised one and compiles nothing."""
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
     monkeypatch.setattr(kernel_module, "tiered", lambda backend: True)
     monkeypatch.setattr(kernel_module, "TIER_UP_SECONDS", 0.0)
+    monkeypatch.setattr(kernel_module, "TIER_UP_CALLS", 2)
     compiles = []
     real_compile = kernel_module._compile
 
@@ -308,6 +309,9 @@ def tiers_demo_checks(tmp_path, compiles):
     x = np.linspace(0.0, 2.0, 9)
     first = Kernel(tiers_demo, (), quick=True)
     quick = np.asarray(first(x))
+    kernel_module.wait_for_optimised(timeout=120)
+    assert compiles == [kernel_module.QUICK_OPTIONS]       # one call: a model fitted once stays quick
+    np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
     kernel_module.wait_for_optimised(timeout=120)
     assert compiles == [kernel_module.QUICK_OPTIONS, None]
     np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
