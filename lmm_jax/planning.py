@@ -99,7 +99,20 @@ def simulate(model: Any, n: int, key: Any, params: dict | None = None, *, newdat
         >>> Y = lmm_jax.simulate(("Reaction ~ Days + (Days | Subject)", design), 100, key=0,
         ...                      params={"beta": {"(Intercept)": 250, "Days": 10}, "sd_(Intercept)|Subject": 25,
         ...                              "sd_Days|Subject": 6, "cor_Days.(Intercept)|Subject": 0.1, "sigma": 25})
+
+    A fitted GLMM (:class:`~lmm_jax.glmm.results.GLMMResult`) is simulated on its
+    own rows at its estimates (:func:`lmm_jax.glmm.simulate.simulate`; ``use_u``
+    as above, no ``params``, ``newdata`` or ``chunk_size``).
     """
+    from .glmm.results import GLMMResult
+
+    if isinstance(model, GLMMResult):
+        if params is not None or newdata is not None or chunk_size is not None:
+            raise ValueError("a GLMM fit is simulated on its own rows at its estimates: params, newdata and "
+                             "chunk_size are not supported for it; call lmm_jax.simulate(glmm_fit, n, key, use_u=...)")
+        from .glmm.simulate import simulate as simulate_glmm
+
+        return simulate_glmm(model, n, key, use_u=use_u)
     m = _model(model)
     use_u = check_bool(use_u, "use_u")
     if newdata is None:
