@@ -109,3 +109,22 @@ def test_bootstrap_is_reproducible_and_near_bootmer(cbpp_fit):
         assert abs(ci.loc[name, "upper"] - hi) < 0.4 * sd[name], name
     wald = r.confint()
     assert ((ci.loc[wald.index, "lower"] - wald.iloc[:, 0]).abs() < 0.5 * sd[wald.index]).all()
+
+
+def test_power_of_a_planned_binomial_design_counts_the_batched_z_tests(cbpp_fit, batch):
+    r = cbpp_fit
+    design = lmm_jax.datasets.load("cbpp").drop(columns="incidence")       # the response is simulated
+    params = {"beta": dict(zip(r.design.fixef_names, r.beta)), "sd_(Intercept)|herd": float(r.theta[0])}
+    res = lmm_jax.power(("y ~ period + (1 | herd)", design), "period4", n=4, key=11, params=params,
+                        family="binomial", weights="size")
+    # the same draws as the fit's own simulate (same parameters, key and rows), the same fits and z tests
+    Y, b = batch
+    expected = b.coef_table().query("term == 'period4'")["p"].to_numpy()
+    np.testing.assert_allclose(res.p_values, expected, rtol=1e-6)
+    assert res.successes == int(np.sum(expected < 0.05)) and res.n == 4 and res.n_failed == 0
+    curve = lmm_jax.power_curve(("y ~ period + (1 | herd)", design), "period4", along="herd", sizes=[15], n=4,
+                                key=0, params=params, family="binomial", weights="size")
+    assert curve.loc[0, "n_rows"] == 56 and 0 <= curve.loc[0, "power"] <= 1
+    with pytest.raises(lmm_jax.InferenceError, match="is not one of"):
+        lmm_jax.power(("y ~ period + (1 | herd)", design), "period9", n=4, params=params, family="binomial",
+                      weights="size")
