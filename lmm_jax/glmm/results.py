@@ -231,6 +231,8 @@ class GLMMResult:
     def confint(self, method: str = "Wald", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Wald intervals of the fixed effects, ``estimate -+ z_{(1+level)/2} SE`` (lme4's
         ``confint(method = "Wald")``, whose rows for the variance components are NA);
+        ``method="profile"``: profile-likelihood intervals of the fixed effects and the SDs of
+        scalar terms (``kwargs``: ``which``; :mod:`lmm_jax.glmm.profile`);
         ``method="boot"``: percentile intervals of a parametric bootstrap of the SDs,
         correlations and fixed effects (``kwargs``: :meth:`bootstrap`'s ``n``, ``key``, ...;
         :mod:`lmm_jax.glmm.bootstrap`).
@@ -240,8 +242,12 @@ class GLMMResult:
         """
         if str(method).lower() == "boot":
             return self.bootstrap(**kwargs).confint(level)
+        if str(method).lower() == "profile":
+            from .profile import profile_confint
+
+            return profile_confint(self, level, **kwargs)
         if str(method).lower() != "wald":
-            raise InferenceError(f"confint of a GLMM supports method='Wald' or 'boot', got {method!r}")
+            raise InferenceError(f"confint of a GLMM supports method='Wald', 'profile' or 'boot', got {method!r}")
         if not 0 < level < 1:
             raise InferenceError(f"level must be in (0, 1), got {level!r}")
         z = ndtri((1 + level) / 2)
