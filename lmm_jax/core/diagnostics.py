@@ -120,7 +120,7 @@ def theta_derivatives(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
 
 
 def assess(gradient: np.ndarray, hessian: np.ndarray, boundary: np.ndarray, *, grad_tol: float = GRAD_TOL,
-           hess_tol: float = HESS_TOL) -> ConvergenceDiagnostics:
+           hess_tol: float = HESS_TOL, names: tuple[str, ...] | None = None) -> ConvergenceDiagnostics:
     """lme4's ``checkConv`` on given derivatives (pure numpy).
 
     Args:
@@ -129,6 +129,7 @@ def assess(gradient: np.ndarray, hessian: np.ndarray, boundary: np.ndarray, *, g
         boundary: (t,) True for entries held at the boundary (excluded).
         grad_tol: tolerance on ``max(min(|R^{-1} g|, |g|))``.
         hess_tol: eigenvalue tolerance.
+        names: the parameters' names, for the messages (default: "theta component i").
 
     Returns:
         The :class:`ConvergenceDiagnostics`.
@@ -160,8 +161,8 @@ def assess(gradient: np.ndarray, hessian: np.ndarray, boundary: np.ndarray, *, g
     if max_grad > grad_tol:
         w = int(np.argmax(np.minimum(np.abs(scaled), np.abs(g)) if np.all(np.isfinite(scaled)) else np.abs(g)))
         component = int(np.flatnonzero(free)[w])
-        messages.append(f"model failed to converge with max|grad| = {max_grad:.3g} (tol = {grad_tol:g}, theta "
-                        f"component {component})")
+        where = f"theta component {component}" if names is None else names[component]
+        messages.append(f"model failed to converge with max|grad| = {max_grad:.3g} (tol = {grad_tol:g}, {where})")
     ev = np.linalg.eigvalsh(H)
     negative = int(np.sum(ev < -hess_tol))
     if negative:

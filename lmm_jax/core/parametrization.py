@@ -36,10 +36,19 @@ def theta_start(ks: tuple[int, ...]) -> np.ndarray:
 
 
 def lambdas(theta: jnp.ndarray, ks: tuple[int, ...]) -> tuple[jnp.ndarray, ...]:
-    """Split theta into the per-term lower-triangular factors Lambda_t."""
+    """Split theta into the per-term lower-triangular factors Lambda_t: a gather of theta's entries (and a
+    zero) by a static index, no scatter (a scalar term's factor is its entry)."""
     lay = ThetaLayout.of(ks)
-    return tuple(jnp.zeros((k, k), dtype=theta.dtype).at[lay.tri(t)].set(theta[lay.slices[t]])
-                 for t, k in enumerate(ks))
+    padded = jnp.concatenate([theta, jnp.zeros((1,), dtype=theta.dtype)])
+    out = []
+    for t, k in enumerate(ks):
+        if k == 1:
+            out.append(theta[lay.slices[t]].reshape(1, 1))
+            continue
+        index = np.full((k, k), theta.shape[0])                      # the appended zero above the diagonal
+        index[lay.tri(t)] = np.arange(lay.slices[t].start, lay.slices[t].stop)
+        out.append(padded[index])
+    return tuple(out)
 
 
 def lambdas_host(theta: np.ndarray, ks: tuple[int, ...]) -> list[np.ndarray]:

@@ -271,7 +271,8 @@ class GLMM:
         opt = jax.tree_util.tree_map(np.asarray, opt)
         est = jax.tree_util.tree_map(np.asarray, est)
         result = GLMMResult.from_fit(self, opt, est, n_agq)
-        diag = assess(result.gradient, result.hessian, result.boundary)
+        names = tuple(self.design.theta_layout.names) + tuple(self.design.fixef_names)
+        diag = assess(result.gradient, result.hessian, result.boundary, names=names)
         result = dataclasses.replace(result, diagnostics=diag)
         problems = []
         if not result.converged:

@@ -44,7 +44,7 @@ def summarize(fit: "GLMMResult") -> GLMMSummary:
     """The :class:`GLMMSummary` of a fit, in glmer's layout."""
     d = fit.design
     fam = fit.family
-    lines = [_method_line(fit), f" Family: {fam.name}  ( {fam.link} )", f"Formula: {d.formula.text}"]
+    lines = [_method_line(fit), f" Family: {fam.name}  ( {fam.link} )", f"Formula: {fit.model.formula}"]
     if d.n_dropped_rows:
         lines.append(f"  ({d.n_dropped_rows} observation(s) deleted due to missingness)")
     lines.append("")
