@@ -1,9 +1,11 @@
 """Many GLMM fits of one design in one compiled call: ``GLMM.fit_batch(Y)``.
 
-Every column of Y (responses on the model's rows) is fitted by part 1's joint
+Every column of Y (responses on the model's rows) is fitted by the joint
 Newton fit over (theta, beta) (:func:`lmm_jax.core.glmm_fit.fit`) under
 ``jax.vmap``, so a batch of B responses is one XLA program whose while loops
-run until the slowest member is done. Each fit starts from lme4's theta and
+run until the slowest member is done: a first pass of at most
+``FIRST_ITER`` iterations, then the few fits not converged by then continue
+from where they stopped in small batches (:func:`fit_in_passes`). Each fit starts from lme4's theta and
 its own GLM fit, as :meth:`GLMM.fit` does, or from a given fit's estimates
 (``start=result``, a warm start for responses simulated from it).
 
@@ -34,6 +36,7 @@ from ..core.family import Family
 from ..core.glmm_fit import fit as fit_one
 from ..core.laplace import GLMMData
 from ..core.parametrization import diagonal_mask, phi_from_theta, theta_start
+from ..core.theta_layout import ThetaLayout
 from ..core.types import Structure
 from ..errors import InferenceError, check_count
 from ..runtime.kernel import kernel
@@ -45,7 +48,10 @@ if TYPE_CHECKING:
 INTEGER_TOL = 1e-3               # as lmm_jax.glmm.model.INTEGER_TOL: successes or counts off a whole number
 WARM_THETA_MIN = 0.1             # a warm start's diagonal theta entries are at least this (0 would fix them at 0)
 NONFINITE_ESTIMATES = "non-finite estimates or deviance"
-OPT_FIELDS = ("theta", "objective", "gradient", "hessian", "converged", "iterations", "gradient_norm", "decrement")
+OPT_FIELDS = ("theta", "phi", "active", "objective", "gradient", "hessian", "converged", "iterations",
+              "gradient_norm", "decrement")
+FIRST_ITER = 5          # Newton iterations of a batch's first pass (cbpp's bootstrap: 90% of the fits; the rest continue)
+STRAGGLERS = 16         # fits continued per compiled call of the second pass
 
 
 # -- responses that cannot be fitted ------------------------------------------------------------
@@ -104,6 +110,43 @@ def fit_rows(Y: jnp.ndarray, data: GLMMData, phi0: jnp.ndarray, active0: jnp.nda
 
     out = jax.vmap(one)(Y)
     out.update(response_checks(Y, data.weights, fam))
+    return out
+
+
+@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
+def continue_rows_kernel(Y: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray,
+                         data: GLMMData, fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
+    """Fit every row of ``Y`` (B, n) from its own start (rows of ``phi0``,
+    ``active0``, ``beta0``): the second pass of :func:`fit_in_passes`."""
+    def one(y, phi, active, beta):
+        opt, _ = fit_one(data._replace(y=y), phi, active, fam, s, n_agq, max_iter, beta)
+        return {f: getattr(opt, f) for f in OPT_FIELDS}
+
+    return jax.vmap(one)(Y, phi0, active0, beta0)
+
+
+def fit_in_passes(Y: jnp.ndarray, out: dict, data: GLMMData, fam: Family, s: Structure, n_agq: int,
+                  max_iter: int) -> dict:
+    """Continue the fits of ``out`` (:func:`fit_rows` of ``Y`` (B, n) with at
+    most ``FIRST_ITER`` iterations) that have not converged, from where they
+    stopped, ``STRAGGLERS`` at a time, up to ``max_iter`` iterations in all. A
+    vmapped while loop runs until its slowest member is done, so the few fits
+    that need many iterations (those heading for the boundary) would otherwise
+    hold up the whole batch. Returns ``out`` (NumPy arrays) with those fits replaced."""
+    out = {k: np.array(v) for k, v in out.items()}
+    nt = ThetaLayout.of(s.ks).n_theta
+    todo = np.flatnonzero(~out["converged"] & (out["n_nonfinite"] == 0) & (out["n_invalid"] == 0)
+                          & np.all(np.isfinite(out["phi"]), axis=1))
+    rest = max(int(max_iter) - FIRST_ITER, 1)
+    for g in range(0, todo.size, STRAGGLERS):
+        rows = todo[g:g + STRAGGLERS]
+        pad = np.concatenate([rows, np.full(STRAGGLERS - rows.size, rows[0])])
+        part = continue_rows_kernel(jnp.asarray(Y)[pad], jnp.asarray(out["phi"][pad, :nt]),
+                                    jnp.asarray(out["active"][pad, :nt]), jnp.asarray(out["theta"][pad, nt:]),
+                                    data, fam, s, n_agq, rest)
+        for f in OPT_FIELDS:
+            value = np.asarray(part[f])[:rows.size]
+            out[f][rows] = value + out[f][rows] if f == "iterations" else value
     return out
 
 
@@ -213,8 +256,10 @@ def fit_batch(model: "GLMM", Y: Any, n_agq: int = 1, *, start: Any = None, max_i
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
     phi0, active0, beta0 = starting_point(model, start)
-    out = fit_rows_kernel(Y.T, model.data, phi0, active0, beta0, model.family, model.structure, n_agq,
-                          int(max_iter))
+    m = model
+    out = fit_rows_kernel(Y.T, m.data, phi0, active0, beta0, m.family, m.structure, n_agq, min(FIRST_ITER, max_iter))
+    if max_iter > FIRST_ITER:
+        out = fit_in_passes(Y.T, out, m.data, m.family, m.structure, n_agq, max_iter)
     return as_batch_result(out, model, with_vcov=True)
 
 

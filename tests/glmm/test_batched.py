@@ -94,7 +94,7 @@ def test_bootstrap_is_reproducible_and_near_bootmer(cbpp_fit):
         boot = r.bootstrap(1000, key=20261122)
         again = r.bootstrap(1000, key=20261122)
     pd.testing.assert_frame_equal(boot.table, again.table)
-    assert boot.chunk_size == 1024 and len(boot) == 1000 and boot.n_failed == 0
+    assert boot.chunk_size == 64 and len(boot) == 1000 and boot.n_failed == 0
     ci = boot.confint()
     assert list(ci.index) == ["sd_(Intercept)|herd", "(Intercept)", "period2", "period3", "period4"]
     # the replicates are single fits: the first equals GLMM.fit of its simulated response
