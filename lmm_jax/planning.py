@@ -99,7 +99,20 @@ def simulate(model: Any, n: int, key: Any, params: dict | None = None, *, newdat
         >>> Y = lmm_jax.simulate(("Reaction ~ Days + (Days | Subject)", design), 100, key=0,
         ...                      params={"beta": {"(Intercept)": 250, "Days": 10}, "sd_(Intercept)|Subject": 25,
         ...                              "sd_Days|Subject": 6, "cor_Days.(Intercept)|Subject": 0.1, "sigma": 25})
+
+    A fitted GLMM (:class:`~lmm_jax.glmm.results.GLMMResult`) is simulated on its
+    own rows at its estimates (:func:`lmm_jax.glmm.simulate.simulate`; ``use_u``
+    as above, no ``params``, ``newdata`` or ``chunk_size``).
     """
+    from .glmm.results import GLMMResult
+
+    if isinstance(model, GLMMResult):
+        if params is not None or newdata is not None or chunk_size is not None:
+            raise ValueError("a GLMM fit is simulated on its own rows at its estimates: params, newdata and "
+                             "chunk_size are not supported for it; call lmm_jax.simulate(glmm_fit, n, key, use_u=...)")
+        from .glmm.simulate import simulate as simulate_glmm
+
+        return simulate_glmm(model, n, key, use_u=use_u)
     m = _model(model)
     use_u = check_bool(use_u, "use_u")
     if newdata is None:
@@ -355,7 +368,8 @@ def _power_results(plans: Sequence[_PowerPlan], alpha: float, level: float, what
 @entry_point
 def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | None = None, *, alpha: float = 0.05,
           ddf: str = "satterthwaite", reml: bool = True, level: float = 0.95, data: Any = None,
-          chunk_size: int | None = None) -> PowerResult:
+          chunk_size: int | None = None, family: str | None = None, link: str | None = None,
+          weights: Any = None, nAGQ: int = 1) -> PowerResult:
     """Power by simulation (simr's ``powerSim``): simulate ``n`` responses,
     fit them all in one vmapped call, count the rejections.
 
@@ -383,6 +397,13 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
             ``jax.distributed.initialize()`` the chunks are shared out
             between the processes and every process returns the whole result,
             the same bits as one process (docs/distributed.md).
+        family, link, weights, nAGQ: a GLMM (``family="binomial"`` or
+            ``"poisson"``; :mod:`lmm_jax.glmm.power`): ``model`` is a planned
+            design ``(formula, data)``, ``params`` ``{"beta": ..., "sd_(Intercept)|g": ...}``
+            (or ``"theta"``) on the link scale, ``weights`` the binomial trials
+            (a column or an array), and ``test`` a fixed effect's Wald z test;
+            the ``n`` fits run in one vmapped call (``ddf``, ``reml``,
+            ``chunk_size`` do not apply).
 
     Returns:
         A :class:`PowerResult`.
@@ -393,15 +414,33 @@ def power(model: Any, test: str, n: int = 1000, key: Any = 0, params: dict | Non
         ...                                           "beta": {"(Intercept)": 251.4, "Days": 4.0}})
     """
     alpha, reml = _check_alpha(alpha), check_bool(reml, "reml")
+    if family is not None:
+        return _glmm_power(model, test, n, key, params, alpha, level, data, family, link, weights, nAGQ)
     plan = _plan(model, test, n, key, params, ddf, reml, data, chunk_size)
     return _power_results([plan], alpha, level, f"a power simulation of {plan.n} in chunks of {plan.chunk}")[0]
+
+
+def _glmm_power(model: Any, test: str, n: int, key: Any, params: dict | None, alpha: float, level: float,
+                data: Any, family: str, link: str | None, weights: Any, nAGQ: int) -> PowerResult:
+    """:func:`power` of a planned GLMM (:func:`lmm_jax.glmm.power.z_test_power`)."""
+    from .glmm.power import check_planned, planned_model, z_test_power
+
+    check_planned(model)
+    if params is None:
+        raise ValueError("a GLMM power simulation needs params: {'beta': {...}, 'sd_(Intercept)|g': ...} on the "
+                         "link scale (or 'theta')")
+    m = planned_model(model[0], model[1] if data is None else data, family, link, weights)
+    p, z, failed = z_test_power(m, params, test, n, key, nAGQ)
+    return PowerResult(test=f"{test} (Wald z test, {m.family.name} GLMM)", alpha=alpha, p_values=p,
+                       statistic=z, n_failed=failed, level=level)
 
 
 @entry_point
 def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int = 1000, key: Any = 0,
                 params: dict | None = None, *, progress: bool = False, alpha: float = 0.05,
                 ddf: str = "satterthwaite", reml: bool = True, level: float = 0.95,
-                chunk_size: int | None = None) -> pd.DataFrame:
+                chunk_size: int | None = None, family: str | None = None, link: str | None = None,
+                weights: Any = None, nAGQ: int = 1) -> pd.DataFrame:
     """Power over numbers of levels of a grouping factor (simr's ``extend`` +
     ``powerCurve``): for each size the model's rows are :func:`extend`-ed to
     that many levels of ``along`` and :func:`power` runs one batched fit.
@@ -417,6 +456,8 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
             ``jax.distributed.initialize()`` the chunks of all sizes are
             shared out between the processes, and every process returns the
             whole table, the same bits as one process.
+        family, link, weights, nAGQ: a GLMM's planned design, as :func:`power`
+            (one compiled batch per size).
 
     Returns:
         One row per size: ``size, n_rows, power, lower, upper, successes, n, n_failed``.
@@ -425,6 +466,20 @@ def power_curve(model: Any, test: str, along: str, sizes: Sequence[int], n: int 
         >>> fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
         >>> lmm_jax.power_curve(fit, "Days", along="Subject", sizes=[6, 10, 14], n=200)  # doctest: +SKIP
     """
+    if family is not None:
+        from .glmm.power import check_planned
+
+        check_planned(model)
+        key = as_key(key)
+        rows = []
+        for j, size in enumerate(sizes):
+            rows_j = extend(model[1], along, check_count(size, "sizes"))
+            res = _glmm_power(model, test, n, jax.random.fold_in(key, j), params, _check_alpha(alpha), level,
+                              rows_j, family, link, weights, nAGQ)
+            lo, hi = res.interval
+            rows.append({"size": size, "n_rows": len(rows_j), "power": res.power, "lower": lo, "upper": hi,
+                         "successes": res.successes, "n": res.n, "n_failed": res.n_failed})
+        return pd.DataFrame(rows)
     m = _model(model)
     if params is None:
         if not isinstance(m, LMMResult):

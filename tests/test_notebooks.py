@@ -37,7 +37,7 @@ from _nb import build  # noqa: E402
 
 
 def test_there_are_notebooks():
-    assert [n[:2] for n in NOTEBOOKS] == ["01", "02", "03", "04"], NOTEBOOKS
+    assert [n[:2] for n in NOTEBOOKS] == ["01", "02", "03", "04", "05"], NOTEBOOKS
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -294,6 +294,28 @@ class GLMM:
                           SingularFitWarning, stacklevel=2)
         return result
 
+    def fit_batch(self, Y: Any, nAGQ: int = 1, *, start: Any = None, max_iter: int = 200):
+        """Fit many responses on this design in one vmapped compiled call
+        (:mod:`lmm_jax.glmm.batch`): each column equals :meth:`fit` of that response.
+
+        Args:
+            Y: (n_obs, B) responses in the model's row order (binomial: proportions
+                of the model's weights; poisson: counts), e.g. :meth:`GLMMResult.simulate`'s.
+            nAGQ: 1 (Laplace) or the quadrature points, as for :meth:`fit`.
+            start: None (each fit from lme4's theta and its GLM fit), a theta in
+                lme4's layout, or a :class:`GLMMResult` of this design (a warm start
+                from its theta and beta).
+            max_iter: Newton iteration limit per fit.
+
+        Returns:
+            A :class:`~lmm_jax.glmm.batch.GLMMBatchResult` (``.table``, ``.coef_table()``);
+            columns that cannot be fitted (all 0 or all 1 binomial outcomes, all-zero
+            counts, invalid values) have NaN estimates and a ``failure`` reason.
+        """
+        from .batch import fit_batch
+
+        return fit_batch(self, Y, _check_agq(nAGQ, self.structure, self.design), start=start, max_iter=max_iter)
+
 
 def _check_agq(nAGQ: Any, s: Structure, design: Design) -> int:
     n_agq = check_count(nAGQ, "nAGQ")

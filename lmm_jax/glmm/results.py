@@ -228,15 +228,26 @@ class GLMMResult:
         return pd.DataFrame({"Estimate": self.beta, "Std. Error": se, "z value": z,
                              "Pr(>|z|)": 2.0 * ndtr(-np.abs(z))}, index=list(self.design.fixef_names))
 
-    def confint(self, method: str = "Wald", level: float = 0.95) -> pd.DataFrame:
+    def confint(self, method: str = "Wald", level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Wald intervals of the fixed effects, ``estimate -+ z_{(1+level)/2} SE`` (lme4's
-        ``confint(method = "Wald")``, whose rows for the variance components are NA).
+        ``confint(method = "Wald")``, whose rows for the variance components are NA);
+        ``method="profile"``: profile-likelihood intervals of the fixed effects and the SDs of
+        scalar terms (``kwargs``: ``which``; :mod:`lmm_jax.glmm.profile`);
+        ``method="boot"``: percentile intervals of a parametric bootstrap of the SDs,
+        correlations and fixed effects (``kwargs``: :meth:`bootstrap`'s ``n``, ``key``, ...;
+        :mod:`lmm_jax.glmm.bootstrap`).
 
         Raises:
-            InferenceError: another method (profile and bootstrap intervals of GLMMs are not available).
+            InferenceError: another method.
         """
+        if str(method).lower() == "boot":
+            return self.bootstrap(**kwargs).confint(level)
+        if str(method).lower() == "profile":
+            from .profile import profile_confint
+
+            return profile_confint(self, level, **kwargs)
         if str(method).lower() != "wald":
-            raise InferenceError(f"confint of a GLMM supports method='Wald', got {method!r}")
+            raise InferenceError(f"confint of a GLMM supports method='Wald', 'profile' or 'boot', got {method!r}")
         if not 0 < level < 1:
             raise InferenceError(f"level must be in (0, 1), got {level!r}")
         z = ndtri((1 + level) / 2)
@@ -407,3 +418,20 @@ class GLMMResult:
                 f"{'Laplace' if self.n_agq == 1 else f'nAGQ={self.n_agq}'}: deviance {self.objective:.4f}, "
                 f"{self.nobs} obs{', singular' if self.singular else ''}"
                 f"{', NOT converged' if not self.converged else ''}>")
+
+    # -- simulation and the bootstrap (lmm_jax.glmm.simulate, lmm_jax.glmm.bootstrap) --------
+    def simulate(self, n: int, key: Any = 0, *, use_u: bool = False):
+        """``n`` responses drawn from this fit (lme4's ``simulate``), an (n_obs, n)
+        array: new random effects, or with ``use_u`` the fit's modes
+        (:func:`lmm_jax.glmm.simulate.simulate`)."""
+        from .simulate import simulate
+
+        return simulate(self, n, key, use_u=use_u)
+
+    def bootstrap(self, n: int = 1000, key: Any = 0, *, chunk_size: int | None = None, max_iter: int = 200):
+        """Parametric bootstrap (lme4's ``bootMer``): ``n`` responses simulated at
+        the estimates and refitted in compiled, vmapped chunks
+        (:func:`lmm_jax.glmm.bootstrap.run_bootstrap`)."""
+        from .bootstrap import run_bootstrap
+
+        return run_bootstrap(self, n, key, chunk_size=chunk_size, max_iter=max_iter)
