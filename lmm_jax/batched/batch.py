@@ -353,8 +353,38 @@ def is_singular_rows(theta: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
 
 
 @entry_point
+class FitFlags:
+    """What a batch of fits says about each fit, from its ``theta`` (B, n_theta),
+    ``converged`` (B,) and ``failure`` (B,) reasons (shared by
+    :class:`BatchResult` and the GLMMs' batch result)."""
+
+    def __len__(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def failed(self) -> np.ndarray:
+        """(B,) True where the fit failed (:attr:`failure` says why)."""
+        return self.failure != ""
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(B,) converged and not failed: the fits that enter summaries."""
+        return self.converged & ~self.failed
+
+    @property
+    def n_failed(self) -> int:
+        """Fits that failed: responses that cannot be fitted, or non-finite
+        estimates or objective (:attr:`failure`)."""
+        return int(np.sum(self.failed))
+
+    @property
+    def n_nonconverged(self) -> int:
+        """Fits that did not fail but whose optimiser did not meet its criterion."""
+        return int(np.sum(~self.failed & ~self.converged))
+
+
 @dataclass(frozen=True, eq=False)
-class BatchResult:
+class BatchResult(FitFlags):
     """Many fits of one model structure (arrays with a leading fit axis).
 
     Attributes:
@@ -409,9 +439,6 @@ class BatchResult:
         failure[(failure == "") & ~self.finite] = NONFINITE_ESTIMATES
         object.__setattr__(self, "failure", failure)
 
-    def __len__(self) -> int:
-        return self.theta.shape[0]
-
     @property
     def finite(self) -> np.ndarray:
         """(B,) True where every estimate and the objective are finite."""
@@ -419,31 +446,10 @@ class BatchResult:
                 & np.all(np.isfinite(self.beta), axis=1) & np.isfinite(self.sigma))
 
     @property
-    def failed(self) -> np.ndarray:
-        """(B,) True where the fit failed (:attr:`failure` says why)."""
-        return self.failure != ""
-
-    @property
-    def ok(self) -> np.ndarray:
-        """(B,) converged and not failed: the fits that enter summaries."""
-        return self.converged & ~self.failed
-
-    @property
     def singular(self) -> np.ndarray:
         """(B,) booleans: lme4's ``isSingular`` per fit, some diagonal of Lambda
         below 1e-4 (:func:`is_singular_rows`)."""
         return is_singular_rows(self.theta, self.ks)
-
-    @property
-    def n_failed(self) -> int:
-        """Fits that failed: responses that cannot be fitted, or non-finite
-        estimates or objective (:attr:`failure`)."""
-        return int(np.sum(self.failed))
-
-    @property
-    def n_nonconverged(self) -> int:
-        """Fits that did not fail but whose optimiser did not meet its criterion."""
-        return int(np.sum(~self.failed & ~self.converged))
 
     def estimates(self) -> pd.DataFrame:
         """(B, ...) sd/cor components, sigma and fixed effects in lme4's

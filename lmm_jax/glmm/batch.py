@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from ..batched.batch import is_singular_rows, sd_cor
+from ..batched.batch import FitFlags, is_singular_rows, sd_cor
 from ..core.family import Family
 from ..core.glmm_fit import fit as fit_one
 from ..core.laplace import GLMMData
@@ -265,7 +265,7 @@ def fit_batch(model: "GLMM", Y: Any, n_agq: int = 1, *, start: Any = None, max_i
 
 @entry_point
 @dataclass(frozen=True, eq=False)
-class GLMMBatchResult:
+class GLMMBatchResult(FitFlags):
     """Many GLMM fits of one design (arrays with a leading fit axis).
 
     Attributes:
@@ -299,9 +299,6 @@ class GLMMBatchResult:
         failure[(failure == "") & ~self.finite] = NONFINITE_ESTIMATES
         object.__setattr__(self, "failure", failure)
 
-    def __len__(self) -> int:
-        return self.theta.shape[0]
-
     def __repr__(self) -> str:
         return (f"<GLMMBatchResult {len(self)} fits: {self.n_failed} failed, {self.n_nonconverged} not converged, "
                 f"{int(np.sum(self.singular & ~self.failed))} singular>")
@@ -313,29 +310,9 @@ class GLMMBatchResult:
                 & np.all(np.isfinite(self.beta), axis=1))
 
     @property
-    def failed(self) -> np.ndarray:
-        """(B,) True where the fit failed (:attr:`failure` says why)."""
-        return self.failure != ""
-
-    @property
-    def ok(self) -> np.ndarray:
-        """(B,) converged and not failed: the fits that enter summaries."""
-        return self.converged & ~self.failed
-
-    @property
     def singular(self) -> np.ndarray:
         """(B,) lme4's ``isSingular`` per fit."""
         return is_singular_rows(np.nan_to_num(self.theta, nan=1.0), self.ks)
-
-    @property
-    def n_failed(self) -> int:
-        """Fits that failed."""
-        return int(np.sum(self.failed))
-
-    @property
-    def n_nonconverged(self) -> int:
-        """Fits that did not fail but did not meet the optimiser's criterion."""
-        return int(np.sum(~self.failed & ~self.converged))
 
     @property
     def loglik(self) -> np.ndarray:
