@@ -44,9 +44,15 @@ def timed(f):
 
 def lmm_jax_side() -> dict:
     import lmm_jax
+    from lmm_jax.runtime import kernel
 
     verb = lmm_jax.datasets.load("VerbAgg")
     first, fit = timed(lambda: lmm_jax.fit(VERBAGG, verb, family="binomial"))
+    # the single fit's kernels run quick (-O0) code until they have been called 3 times for 0.5 s
+    # (lmm_jax/runtime/kernel.py): the next calls are what an analyst refitting sees, then the
+    # optimised code compiles on a thread; warm calls are timed once it is in place
+    quick = [timed(lambda: lmm_jax.fit(VERBAGG, verb, family="binomial"))[0] for _ in range(2)]
+    kernel.wait_for_optimised()
     warm = [timed(lambda: lmm_jax.fit(VERBAGG, verb, family="binomial"))[0] for _ in range(5)]
     cbpp = lmm_jax.datasets.load("cbpp")
     cfit = lmm_jax.fit(CBPP, cbpp, family="binomial")
@@ -55,7 +61,8 @@ def lmm_jax_side() -> dict:
         boot_first, boot = timed(lambda: cfit.bootstrap(N_BOOT, key=20261122))
         boot_warm = [timed(lambda: cfit.bootstrap(N_BOOT, key=20261122))[0] for _ in range(3)]
     ci = boot.confint()
-    return {"verbagg_fit": {"first_call_s": first, "warm_median_s": statistics.median(warm), "warm_s": warm,
+    return {"verbagg_fit": {"first_call_s": first, "quick_calls_s": quick, "warm_median_s": statistics.median(warm),
+                            "warm_s": warm,
                             "deviance": fit.deviance, "loglik": fit.loglik, "converged": fit.converged},
             "cbpp_bootstrap": {"n": N_BOOT, "first_call_s": boot_first, "warm_median_s": statistics.median(boot_warm),
                                "warm_s": boot_warm, "chunk_size": boot.chunk_size, "failed": boot.n_failed,
