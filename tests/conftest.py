@@ -12,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 import lmm_jax
+import lmm_jax.model
 from lmm_jax.runtime.scope import float64
 
 from tests.helpers import load_data, load_reference, quiet_fit
@@ -26,6 +27,10 @@ from tests.helpers import load_data, load_reference, quiet_fit
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 lmm_jax.runtime.configure()
+# A fit compiles its summary's kernels beside the Newton loop when the machine has a spare core; the suite's
+# workers (pytest -n 2 on 2 cores) have none, and most tests never ask for a summary: here those kernels
+# compile when a test first needs them (fresh processes the tests start still compile them ahead).
+lmm_jax.model.SPARE_CORES = False
 
 # Property tests draw the same examples on every run (CI must not fail on a new random draw);
 # HYPOTHESIS_PROFILE=explore searches fresh examples, with Hypothesis's example database.

@@ -4,8 +4,9 @@ lmm_jax computes in float64 inside its own entry points (:mod:`lmm_jax.runtime.s
 tuning happens only through ``lmm_jax.runtime.configure()``. The first test runs a user's program in
 a fresh interpreter (x64 off, XLA flags, a compilation cache and OpenBLAS threads of the user's own)
 and compares everything lmm_jax used to change before and after ``import lmm_jax`` and a fit, its
-summary, a bootstrap and ``fit_many``. The others run in the suite's process, whose JAX does not
-have x64 on either.
+summary, a bootstrap and ``fit_many`` (of sleepstudy's random-intercept model: the process compiles
+every kernel it runs, and this reference fit compiles in two thirds of the time of the random slope's).
+The others run in the suite's process, whose JAX does not have x64 on either.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ mine = jax.jit(lambda x: x * 2.0 + 1.0)
 before_dtype = [str(jnp.ones(1).dtype), str(mine(jnp.ones(3)).dtype)]
 
 d = lmm_jax.datasets.load("sleepstudy")
-fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", d)
+fit = lmm_jax.fit("Reaction ~ Days + (1 | Subject)", d)
 text = fit.summary()
 boot = fit.bootstrap(20)
-many = lmm_jax.fit_many([("Reaction ~ Days + (Days | Subject)", d)])
+many = lmm_jax.fit_many([("Reaction ~ Days + (1 | Subject)", d)])
 after = state()
 after_dtype = [str(jnp.ones(1).dtype), str(mine(jnp.ones(3)).dtype)]
 print(json.dumps({"before": before, "after_import": after_import, "after": after, "before_dtype": before_dtype,
@@ -82,7 +83,7 @@ print(json.dumps({"before": before, "after_import": after_import, "after": after
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads OpenBLAS's thread count through /proc/self/maps")
 def test_importing_and_fitting_leave_the_users_jax_as_it_was(tmp_path):
-    ref = load_reference("sleepstudy_reml")
+    ref = load_reference("sleepstudy_intercept")
     root = str(Path(lmm_jax.__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LMM_JAX_", "XLA_", "JAX_", "PJRT", "NPROC"))}
     env.update(PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
@@ -101,7 +102,7 @@ def test_importing_and_fitting_leave_the_users_jax_as_it_was(tmp_path):
     # ... while lmm_jax computed in float64: lme4's numbers
     assert got["loglik"] == pytest.approx(ref["logLik"], rel=1e-6, abs=0)
     assert got["reml"] == pytest.approx(ref["reml_criterion"], rel=1e-6, abs=0)
-    assert round(got["loglik"], 4) == -871.8141 and "REML criterion at convergence: 1743.6283" in got["summary"]
+    assert round(got["loglik"], 4) == -893.2325 and "REML criterion at convergence: 1786.4651" in got["summary"]
     np.testing.assert_allclose(got["theta"], ref["theta"], rtol=1e-5)
     np.testing.assert_allclose(got["beta"], ref["beta"], rtol=1e-6)
     assert got["many"] == pytest.approx(ref["reml_criterion"], rel=1e-6, abs=0)

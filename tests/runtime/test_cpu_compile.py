@@ -1,12 +1,19 @@
 """lmm_jax.runtime.cpu_compile: with configure(), XLA:CPU compiles fusions with its older emitters.
 
 Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
-backends start, which in the test process they long have.
+backends start, which in the test process they long have. The processes that
+fit start from the suite's LLVM level (conftest.py) and share its cache folder:
+with the flag appended, their ``XLA_FLAGS`` are the suite's own, so the fit
+loads the kernels the suite compiled.
 """
 
 import pytest
 
+from lmm_jax.runtime.cpu_compile import FLAG
+
 from tests.helpers import run_python
+
+LEVEL = "--xla_backend_optimization_level=0"    # conftest.py's XLA_FLAGS, before configure() appends FLAG
 
 # the compiled (optimised) HLO of a segment sum and a cumulative sum differs between XLA:CPU's two
 # fusion code generators, so it shows whether the flag reached the compiler; and a small fit's deviance
@@ -20,24 +27,25 @@ with warnings.catch_warnings(record=True) as warned:
     done = lmm_jax.runtime.configure()["cpu_compile"]
 f = lambda x, i: jax.ops.segment_sum(jnp.sin(x) * x, i, num_segments=10).sum() + jnp.cumsum(x)[-1]
 hlo = jax.jit(f).lower(jnp.ones(1000), jnp.zeros(1000, jnp.int32)).compile().as_text()
-fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+fit = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy")) if FIT else None
 print(json.dumps({"state": lmm_jax.runtime.cpu_compile.state(), "done": done,
-                  "flags": os.environ.get("XLA_FLAGS", ""), "hlo": hlo, "deviance": fit.deviance,
+                  "flags": os.environ.get("XLA_FLAGS", ""), "hlo": hlo, "deviance": fit and fit.deviance,
                   "warned": [str(w.message) for w in warned]}))
 """
 
 
-def _run(code: str, **env) -> dict:
-    return run_python(code, drop=("XLA_FLAGS", "LMM_JAX_CPU_COMPILE"), JAX_PLATFORMS="cpu", **env)
+def _run(code: str, fit: bool = False, **env) -> dict:
+    return run_python(f"FIT = {fit}\n" + code, drop=("XLA_FLAGS", "LMM_JAX_CPU_COMPILE"), JAX_PLATFORMS="cpu", **env)
 
 
 def test_the_flag_reaches_xla_and_changes_no_fit():
-    on = _run(PROBE)
-    off = _run(PROBE, LMM_JAX_CPU_COMPILE="default")
+    on = _run(PROBE, fit=True, XLA_FLAGS=LEVEL)
+    off = _run(PROBE, fit=True, XLA_FLAGS=LEVEL, LMM_JAX_CPU_COMPILE="default")
     assert on["state"] == on["done"] == {"enabled": True, "reason": ""}
-    assert "xla_cpu_disable_new_fusion_emitters=true" in on["flags"]
+    assert on["flags"] == f"{LEVEL} {FLAG}"
+    assert "xla_cpu_disable_new_fusion_emitters=true" in FLAG
     assert off["done"] == {"enabled": False, "reason": "LMM_JAX_CPU_COMPILE=default"}
-    assert off["flags"] == ""
+    assert off["flags"] == LEVEL
     assert on["hlo"] != off["hlo"]                      # a different code generator compiled it
     assert on["deviance"] == pytest.approx(off["deviance"], rel=1e-12, abs=0)
 
