@@ -383,6 +383,7 @@ class FitFlags:
         return int(np.sum(~self.failed & ~self.converged))
 
 
+@entry_point
 @dataclass(frozen=True, eq=False)
 class BatchResult(FitFlags):
     """Many fits of one model structure (arrays with a leading fit axis).
