@@ -134,6 +134,14 @@ class Design:
     def ms(self) -> tuple[int, ...]:
         return tuple(t.m for t in self.terms)
 
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Levels per grouping factor (lme4's ``ngrps``), each factor once."""
+        out: dict[str, int] = {}
+        for t in self.terms:
+            out.setdefault(t.group, t.m)
+        return out
+
     @functools.cached_property
     def working(self) -> Working:
         """The working data the likelihood sees (:mod:`lmm_jax.build.working`):

@@ -143,10 +143,7 @@ class GLMMResult:
     @property
     def ngroups(self) -> dict[str, int]:
         """Levels per grouping factor (lme4's ``ngrps``)."""
-        out: dict[str, int] = {}
-        for t in self.design.terms:
-            out.setdefault(t.group, t.m)
-        return out
+        return self.design.ngroups
 
     @property
     def npar(self) -> int:

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy.special import chdtrc
 
 from ..errors import InferenceError
-from ..report.summary import _fmt_p, _random_effects_rows, _stars, _table
+from ..report.summary import _fmt_p, _random_effects_rows, _stars, _table, correlation_lines
 
 if TYPE_CHECKING:
     from .results import GLMMResult
@@ -75,18 +75,7 @@ def summarize(fit: "GLMMResult") -> GLMMSummary:
         lines += _table(rows, ["l", "r", "r", "r", "r", "l"])
         lines.append("---")
         lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-        p = d.p
-        if 1 < p <= 12:
-            lines.append("")
-            lines.append("Correlation of Fixed Effects:")
-            V = fit.vcov.to_numpy()
-            sd = np.sqrt(np.diag(V))
-            R = V / np.outer(sd, sd)
-            abbrev = [n[:6] if n != "(Intercept)" else "(Intr)" for n in d.fixef_names]
-            rows = [[""] + abbrev[:-1]]
-            for i in range(1, p):
-                rows.append([d.fixef_names[i]] + [f"{R[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i))
-            lines += _table(rows, ["l"] + ["r"] * (p - 1))
+        lines += correlation_lines(fit.vcov.to_numpy(), list(d.fixef_names))
     if not fit.converged:
         lines.append(f"convergence warning: not converged after {fit.iterations} iterations "
                      f"(|grad| {fit.gradient_norm:.2g})")

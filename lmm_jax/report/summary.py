@@ -253,19 +253,22 @@ def _fixed_effects_lines(fit: "LMMResult", ct: pd.DataFrame, ddf_line: str) -> l
     lines.append("---")
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
     lines.append(ddf_line)
-    p = d.p
-    if 1 < p <= 12:
-        lines.append("")
-        lines.append("Correlation of Fixed Effects:")
-        V = fit.vcov.to_numpy()
-        sd = np.sqrt(np.diag(V))
-        R = V / np.outer(sd, sd)
-        abbrev = [n[:6] if n != "(Intercept)" else "(Intr)" for n in d.fixef_names]
-        rows = [[""] + abbrev[:-1]]
-        for i in range(1, p):
-            rows.append([d.fixef_names[i]] + [f"{R[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i))
-        lines += _table(rows, ["l"] + ["r"] * (p - 1))
-    return lines
+    return lines + correlation_lines(fit.vcov.to_numpy(), d.fixef_names)
+
+
+def correlation_lines(V: np.ndarray, names: list[str]) -> list[str]:
+    """lme4's "Correlation of Fixed Effects" block for the covariance ``V`` of
+    the fixed effects ``names`` (none for one, or more than 12, effects)."""
+    p = len(names)
+    if not 1 < p <= 12:
+        return []
+    sd = np.sqrt(np.diag(V))
+    R = V / np.outer(sd, sd)
+    abbrev = [n[:6] if n != "(Intercept)" else "(Intr)" for n in names]
+    rows = [[""] + abbrev[:-1]]
+    for i in range(1, p):
+        rows.append([names[i]] + [f"{R[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i))
+    return ["", "Correlation of Fixed Effects:"] + _table(rows, ["l"] + ["r"] * (p - 1))
 
 
 # -- HTML ---------------------------------------------------------------------------------
