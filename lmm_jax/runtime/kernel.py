@@ -32,12 +32,15 @@ several devices, a kernel is its plain ``jax.jit`` function.
 
 Two tiers on CPU, for kernels made with ``quick=True`` (a single fit's:
 its start, Newton loop, estimates and summary). Such a kernel's first
-executable is compiled with LLVM at -O0 (:data:`QUICK_OPTIONS`; ``<name>-<digest>.quick.xla``): XLA's own
-optimisations are the same, and the compile takes about 40% less time, so a
-new model's first fit and summary come sooner (sleepstudy 4.3 s -> 2.5 s,
-Penicillin 5.8 s -> 3.4 s of compilation on a 2-core VM); its code runs up
-to 1.4x slower where arithmetic dominates (InstEval's fit: 1.9 s -> 2.5 s;
-a sleepstudy fit: 8 ms either way). Once a quick executable has been
+executable is compiled with LLVM at -O0 and XLA:CPU's elemental IR emitter
+for fusions (:data:`QUICK_OPTIONS`; ``<name>-<digest>.quick.xla``): XLA's
+own HLO optimisations are the same, and the compile takes about half the
+time, so a new model's first fit and summary come sooner (trace, export and
+compile of a fresh process's first fit, 2-core VM: sleepstudy 4.5 s ->
+2.1 s, Penicillin 5.0 s -> 3.0 s, InstEval 9.3 s -> 5.5 s); its code runs
+up to 1.4x slower where arithmetic dominates (InstEval's fit: 1.7 s ->
+2.4 s; a sleepstudy fit: 8 ms either way). A compiler option that
+``XLA_FLAGS`` sets is left as the user set it. Once a quick executable has been
 called :data:`TIER_UP_CALLS` times and has run for :data:`TIER_UP_SECONDS`
 in all (a kernel in a loop of refits whose run time matters), the kernel
 compiles its optimised executable (``<name>-<digest>.xla``, the process's
@@ -95,8 +98,9 @@ _EXECUTABLE_TAG = b"lmm_jax-executable-1"
 # JAX settings that change what a kernel traces and compiles to: each is thread-local when entered
 # with its context manager ``jax.<name>(value)``, and read (thread-local, else global) from
 # ``jax.config.jax_<name>``.
-# The first tier's compiler options (module docstring): LLVM without optimisation passes.
-QUICK_OPTIONS = {"xla_backend_optimization_level": 0}
+# The first tier's compiler options (module docstring): LLVM without optimisation passes, and XLA:CPU's
+# elemental IR emitter for fusions instead of its MLIR fusion emitters.
+QUICK_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 # Calls of a quick executable, and their run time (seconds, summed), after which its optimised one is compiled.
 TIER_UP_CALLS = 3
 TIER_UP_SECONDS = 0.5
@@ -183,6 +187,12 @@ def tiered(backend: str) -> bool:
     ``XLA_FLAGS`` sets an optimisation level."""
     return (backend == "cpu" and env_switch(QUICK_SWITCH) is not False
             and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""))
+
+
+def _quick_options() -> dict:
+    """:data:`QUICK_OPTIONS` less those ``XLA_FLAGS`` sets (the user's choice stands)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {k: v for k, v in QUICK_OPTIONS.items() if k not in flags}
 
 
 def wait_for_optimised(timeout: float | None = None) -> None:
@@ -305,13 +315,14 @@ class Kernel:
         fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
         backend = _platform(key[-1])
         quick = self.quick and tiered(backend)
+        quick_options = _quick_options()
         folder = export_dir()
         if folder is None:
             def compile_fixed(args: list, options: dict | None = None) -> Callable:
                 return fixed.lower(*args).compile(compiler_options=options)
             if not quick:
                 return compile_fixed(dynamic)
-            return _Executable(compile_fixed(dynamic, QUICK_OPTIONS), key[-1], optimize=compile_fixed)
+            return _Executable(compile_fixed(dynamic, quick_options), key[-1], optimize=compile_fixed)
         digest = hashlib.sha256(repr((self.fun.__module__, self.fun.__qualname__, key, jax.__version__,
                                       backend, source_digest())).encode()).hexdigest()[:32]
         stem = folder / f"{self.fun.__name__}-{digest}"
@@ -344,11 +355,11 @@ class Kernel:
             return _Executable(loaded, key[-1], path=paths[False], rebuild=compile_and_store)
         if not quick:
             return compile_and_store(dynamic)
-        loaded = _load_executable(paths[True], machine(QUICK_OPTIONS), exported, backend)
+        loaded = _load_executable(paths[True], machine(quick_options), exported, backend)
         if loaded is None:
-            return _Executable(compile_and_store(dynamic, QUICK_OPTIONS), key[-1], optimize=compile_and_store)
+            return _Executable(compile_and_store(dynamic, quick_options), key[-1], optimize=compile_and_store)
         return _Executable(loaded, key[-1], path=paths[True],
-                           rebuild=lambda args: compile_and_store(args, QUICK_OPTIONS), optimize=compile_and_store)
+                           rebuild=lambda args: compile_and_store(args, quick_options), optimize=compile_and_store)
 
 
 class _Executable:

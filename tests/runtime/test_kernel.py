@@ -319,10 +319,10 @@ def test_a_quick_executable_runs_first_and_the_optimised_one_replaces_it(tmp_pat
     first = Kernel(tiers_demo, (), quick=True)
     quick = np.asarray(first(x))
     kernel_module.wait_for_optimised(timeout=120)
-    assert compiles == [kernel_module.QUICK_OPTIONS]       # one call: a model fitted once stays quick
+    assert compiles == [kernel_module._quick_options()]   # one call: a model fitted once stays quick
     np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
     kernel_module.wait_for_optimised(timeout=120)
-    assert compiles == [kernel_module.QUICK_OPTIONS, None]
+    assert compiles == [kernel_module._quick_options(), None]
     np.testing.assert_allclose(np.asarray(first(x)), quick, rtol=1e-15, atol=0)
     (call,) = first._calls.values()
     assert call.result()._optimize is None
@@ -331,7 +331,7 @@ def test_a_quick_executable_runs_first_and_the_optimised_one_replaces_it(tmp_pat
 
     again = Kernel(tiers_demo, (), quick=True)                # as a fresh process would: the optimised executable
     np.testing.assert_allclose(np.asarray(again(x)), quick, rtol=1e-15, atol=0)
-    assert compiles == [kernel_module.QUICK_OPTIONS, None]
+    assert compiles == [kernel_module._quick_options(), None]
     assert next(iter(again._calls.values())).result()._optimize is None
 
 
@@ -344,6 +344,14 @@ def test_quick_compilation_is_for_cpu_unless_switched_off_or_the_level_is_set(mo
     monkeypatch.delenv("LMM_JAX_QUICK_COMPILE")
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
     assert not kernel_module.tiered("cpu")
+
+
+def test_the_quick_tier_leaves_compiler_options_the_user_set_in_xla_flags(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert kernel_module._quick_options() == {"xla_backend_optimization_level": 0,
+                                              "xla_cpu_use_fusion_emitters": False}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert kernel_module._quick_options() == {"xla_backend_optimization_level": 0}
 
 
 def test_the_source_digest_covers_every_layer():
