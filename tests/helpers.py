@@ -29,6 +29,9 @@ EXTRA_CASES = ["extra/" + line.split("\t")[0] for line in
 SMALL_CASES = [c for c in CASES if c != "insteval_crossed"] + EXTRA_CASES
 RTOL = 1e-5        # fixed effects, sigma, variance components against lme4 (relative)
 LOGLIK_TOL = 1e-6  # log-likelihood against lme4 (absolute)
+# The XLA options conftest.py adds to XLA_FLAGS (before lmm_jax.runtime.configure() appends its own):
+# LLVM at -O0, and each module compiled whole (conftest.py says why).
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_parallel_codegen_split_count=1"
 
 
 def load_reference(case: str) -> dict:

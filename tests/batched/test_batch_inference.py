@@ -96,7 +96,7 @@ def test_weighted_batch_coef_table_equals_single_fits():
 
 
 def test_batch_ddf_is_checked(sleepstudy_fit):
-    Y = np.asarray(sleepstudy_fit.design.y)
+    Y = np.tile(np.asarray(sleepstudy_fit.design.y)[:, None], (1, 4))   # 4 columns: the batch shape compiled above
     with pytest.raises(InferenceError, match="not available for batched fits"):
         sleepstudy_fit.model.fit_batch(Y, ddf="kr")
     with pytest.raises(InferenceError, match="ddf must be one of"):

@@ -96,9 +96,9 @@ def test_fit_batch_equals_one_at_a_time(sleepstudy_fit, method):
     assert list(tab.columns[4:11]) == ["failure", "sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject",
                                        "sigma", "(Intercept)", "Days"]
     assert (tab["failure"] == "").all() and batch.n_failed == 0
-    # the model's own response gives the model's own fit
-    own = sleepstudy_fit.model.fit_batch(sleepstudy_fit.design.y, method=method)
-    np.testing.assert_allclose(own.theta[0], sleepstudy_fit.theta, rtol=theta_rtol)
+    # the model's own response gives the model's own fit (4 copies of it: the batch shape compiled above)
+    own = sleepstudy_fit.model.fit_batch(np.tile(sleepstudy_fit.design.y[:, None], (1, 4)), method=method)
+    np.testing.assert_allclose(own.theta, np.tile(sleepstudy_fit.theta, (4, 1)), rtol=theta_rtol)
     with pytest.raises(ValueError, match="n_obs"):
         sleepstudy_fit.model.fit_batch(Y[:-1])
 

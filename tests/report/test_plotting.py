@@ -138,7 +138,7 @@ def test_missing_matplotlib_says_how_to_install(sleepstudy_fit, monkeypatch):
 
 
 def test_bootstrap_histograms_mark_estimate_and_interval(sleepstudy_fit, tmp_path):
-    boot = sleepstudy_fit.bootstrap(40, 3)
+    boot = sleepstudy_fit.bootstrap(20, 3)          # the chunk shape test_bootstrap's sleepstudy refits compile
     fig = plotting.bootstrap(boot, level=0.9)
     _render(fig, tmp_path / "bootstrap.png")
     ci = boot.confint(level=0.9)

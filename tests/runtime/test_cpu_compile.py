@@ -2,7 +2,7 @@
 
 Each case runs in a fresh Python process: XLA reads ``XLA_FLAGS`` when JAX's
 backends start, which in the test process they long have. The processes that
-fit start from the suite's LLVM level (conftest.py) and share its cache folder:
+fit start from the suite's XLA options (conftest.py) and share its cache folder:
 with the flag appended, their ``XLA_FLAGS`` are the suite's own, so the fit
 loads the kernels the suite compiled.
 """
@@ -11,9 +11,7 @@ import pytest
 
 from lmm_jax.runtime.cpu_compile import FLAG
 
-from tests.helpers import run_python
-
-LEVEL = "--xla_backend_optimization_level=0"    # conftest.py's XLA_FLAGS, before configure() appends FLAG
+from tests.helpers import SUITE_XLA_FLAGS, run_python
 
 # the compiled (optimised) HLO of a segment sum and a cumulative sum differs between XLA:CPU's two
 # fusion code generators, so it shows whether the flag reached the compiler; and a small fit's deviance
@@ -39,13 +37,13 @@ def _run(code: str, fit: bool = False, **env) -> dict:
 
 
 def test_the_flag_reaches_xla_and_changes_no_fit():
-    on = _run(PROBE, fit=True, XLA_FLAGS=LEVEL)
-    off = _run(PROBE, fit=True, XLA_FLAGS=LEVEL, LMM_JAX_CPU_COMPILE="default")
+    on = _run(PROBE, fit=True, XLA_FLAGS=SUITE_XLA_FLAGS)
+    off = _run(PROBE, fit=True, XLA_FLAGS=SUITE_XLA_FLAGS, LMM_JAX_CPU_COMPILE="default")
     assert on["state"] == on["done"] == {"enabled": True, "reason": ""}
-    assert on["flags"] == f"{LEVEL} {FLAG}"
+    assert on["flags"] == f"{SUITE_XLA_FLAGS} {FLAG}"
     assert "xla_cpu_disable_new_fusion_emitters=true" in FLAG
     assert off["done"] == {"enabled": False, "reason": "LMM_JAX_CPU_COMPILE=default"}
-    assert off["flags"] == LEVEL
+    assert off["flags"] == SUITE_XLA_FLAGS
     assert on["hlo"] != off["hlo"]                      # a different code generator compiled it
     assert on["deviance"] == pytest.approx(off["deviance"], rel=1e-12, abs=0)
 
