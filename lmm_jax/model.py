@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
+import threading
 import warnings
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
@@ -34,6 +34,8 @@ from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, Res
 from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionError, SingularFitWarning, check_bool,
                      check_count)
 from .inference.satterthwaite import vcov_beta_jacobian
+from .runtime import kernel as kernel_module
+from .runtime.kernel import traced_sets
 from .runtime.scope import entry_point
 
 from .results import LMMResult
@@ -42,8 +44,6 @@ if TYPE_CHECKING:
     from .batched.batch import BatchResult
     from .glmm.results import GLMMResult
 
-# More than one core for this process: a fit compiles its summary's kernels on a second thread
-SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
 @entry_point
@@ -287,12 +287,16 @@ class LMM:
                              "lmm_jax.parametrization.theta_start(model.structure.ks), or leave start out")
         phi0, active0 = phi_from_theta(theta0, ks)
         pad = self.padded
-        if SPARE_CORES:
-            # summary()'s kernels compile beside the Newton loop (their shapes are known before the optimum)
+        traced = threading.Event()
+        if kernel_module.SPARE_CORES:
+            # summary()'s kernels compile beside the Newton loop (their shapes are known before the optimum),
+            # traced once the Newton loop is: tracing holds Python's lock, and the loop is needed first
             vp = jax.ShapeDtypeStruct((self.n_theta + 1,), np.float64)
-            varpar_hessian.prepare(vp, pad.products, pad.response, pad.structure, bool(reml))
-            vcov_beta_jacobian.prepare(vp, pad.products, pad.response, pad.structure)
-        opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml), max_iter)
+            varpar_hessian.prepare(vp, pad.products, pad.response, pad.structure, bool(reml), after=traced)
+            vcov_beta_jacobian.prepare(vp, pad.products, pad.response, pad.structure, after=traced)
+        with traced_sets(traced):
+            opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml),
+                                        max_iter)
         opt = jax.tree_util.tree_map(np.asarray, opt)
         result = LMMResult.from_estimates(self, opt.theta, unpad_estimates(est, self.design), reml=bool(reml),
                                           optimizer=opt)

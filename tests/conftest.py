@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 import lmm_jax
-import lmm_jax.model
+import lmm_jax.runtime.kernel
 from lmm_jax.runtime.scope import float64
 
 from tests.helpers import SUITE_XLA_FLAGS, load_data, load_reference, quiet_fit
@@ -29,10 +29,10 @@ from tests.helpers import SUITE_XLA_FLAGS, load_data, load_reference, quiet_fit
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 lmm_jax.runtime.configure()
-# A fit compiles its summary's kernels beside the Newton loop when the machine has a spare core; the suite's
-# workers (pytest -n 2 on 2 cores) have none, and most tests never ask for a summary: here those kernels
-# compile when a test first needs them (fresh processes the tests start still compile them ahead).
-lmm_jax.model.SPARE_CORES = False
+# A fit compiles its summary's kernels (fit_many its t tests) beside the Newton loop when the machine has a
+# spare core; the suite's workers (pytest -n 2 on 2 cores) have none, and most tests never ask for a summary:
+# here those kernels compile when a test first needs them (fresh processes the tests start still compile them ahead).
+lmm_jax.runtime.kernel.SPARE_CORES = False
 
 # Property tests draw the same examples on every run (CI must not fail on a new random draw);
 # HYPOTHESIS_PROFILE=explore searches fresh examples, with Hypothesis's example database.

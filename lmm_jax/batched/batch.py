@@ -17,6 +17,7 @@ design and response together, one compiled call per shape bucket.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Sequence
@@ -28,14 +29,15 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from scipy.special import stdtr, stdtrit
 
-from ..runtime.kernel import kernel
+from ..runtime import kernel as kernel_module
+from ..runtime.kernel import batch_options, kernel, traced_sets
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
 from ..build.crossprod import response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
-from ..core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
+from ..core.parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
 from ..core.start import MomentEquations, moment_theta
 from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError, check_bool, check_count, normalize_ddf
@@ -303,7 +305,7 @@ def with_inference(out: dict, dp: DesignProducts, rps: ResponseProducts, s: Stru
     return dict(out, **inf)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
+@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"), cpu_options=batch_options)
 def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, method, satterthwaite):
     E, B0 = ols_residuals(Y, arrays.X)
     rps = batch_response_products(E, G, arrays, s, B0)
@@ -313,11 +315,17 @@ def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, metho
     return with_inference(out, dp, rps, s, reml, satterthwaite), response_checks(Y, E)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"))
-def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method, satterthwaite):
+@kernel(static_argnames=("s", "reml", "max_iter", "method"), cpu_options=batch_options)
+def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
     phi0, active0 = moment_starts(eqs, rps, s, design_axis=0)
-    out = fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)
-    return with_inference(out, dps, rps, s, reml, satterthwaite, design_axis=0)
+    return fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)
+
+
+@kernel(static_argnames=("s", "reml", "satterthwaite"), cpu_options=batch_options)
+def _stacked_inference(theta, sigma, dps, rps, s, reml, satterthwaite):
+    """:func:`with_inference`'s vcov and df of :func:`_fit_stacked`'s fits: a
+    kernel of its own, which compiles on a second thread beside the fits'."""
+    return with_inference(dict(theta=theta, sigma=sigma), dps, rps, s, reml, satterthwaite, design_axis=0)
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -685,8 +693,17 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
         rps = _stack([models[i].padded.response for i in idx])
         eqs = [models[i].padded_moment_equations for i in idx]
         eqs = None if any(e is None for e in eqs) else _stack(eqs)
-        res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), method, ddf == "satterthwaite")
-        local[u] = {k: np.asarray(v) for k, v in res.items()}
+        satterthwaite = ddf == "satterthwaite"
+        traced = threading.Event()
+        if kernel_module.SPARE_CORES:   # the t tests' kernel compiles beside the fits' (traced after it)
+            n = len(idx)
+            _stacked_inference.prepare(jax.ShapeDtypeStruct((n, n_theta(s.ks)), np.float64),
+                                       jax.ShapeDtypeStruct((n,), np.float64), dps, rps, s, bool(reml),
+                                       satterthwaite, after=traced)
+        with traced_sets(traced):
+            res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), method)
+        inf = _stacked_inference(res["theta"], res["sigma"], dps, rps, s, bool(reml), satterthwaite)
+        local[u] = {k: np.asarray(v) for k, v in dict(res, **inf).items()}
     shared = exchange(local)
     out: list[BatchResult | None] = [None] * len(models)
     for u, (_, idx) in enumerate(units):

@@ -41,7 +41,7 @@ import pandas as pd
 
 from .batch import (BatchResult, _as_batch_result, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
-from ..runtime.kernel import kernel
+from ..runtime.kernel import batch_options, kernel
 from ..runtime.scope import entry_point
 from ..errors import ConvergenceWarning, check_bool, check_count
 from ..core.estimates import estimates
@@ -60,7 +60,7 @@ CHUNK_MAX = 2048
 CHUNK_MIN = 8                 # smallest default chunk: bootstraps of 1 to 8 replicates share one compilation
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method"))
+@kernel(static_argnames=("s", "reml", "max_iter", "method"), cpu_options=batch_options)
 def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, eq, phi_fit, active_fit, s, reml, max_iter, method):
     """Simulate, form products and refit the replicates ``idx`` (fused).
     Each refit starts from its response's MIVQUE(0) theta (``eq``; the

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..runtime.kernel import kernel, serializable
+from ..runtime.kernel import batch_options, kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
 from ..core.linalg import batched_cholesky
@@ -221,7 +221,7 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     return jnp.where(is_sd, dev_sigma, dev_profiled) - dp.log_weights    # prior weights: lme4's -sum(log w)
 
 
-@kernel(static_argnames=("s",))
+@kernel(static_argnames=("s",), cpu_options=batch_options)
 def solve_constrained(cons: Constraint, row_idx, row_mask, phi0, active0, dp: DesignProducts,
                       rp: ResponseProducts, s: Structure):
     """Minimum ML deviance of a batch of constrained problems: one compiled

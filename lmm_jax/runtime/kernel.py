@@ -105,6 +105,12 @@ QUICK_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitte
 TIER_UP_CALLS = 3
 TIER_UP_SECONDS = 0.5
 QUICK_SWITCH = "LMM_JAX_QUICK_COMPILE"
+# Columns of a model's dense block (terms after the first) above which batched kernels keep XLA:CPU's
+# MLIR fusion emitters (:func:`batch_options`).
+DENSE_EMITTER_COLUMNS = 128
+# More than one core for this process: callers :meth:`Kernel.prepare` the kernels they will need next
+# (a fit's summary, a batch's t tests) on a second thread while their first kernel compiles.
+SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 OPTIMIZE_THREAD = "lmm_jax-optimize"
 SETTINGS = ("enable_x64", "default_device", "default_matmul_precision", "numpy_dtype_promotion",
             "numpy_rank_promotion")
@@ -189,10 +195,61 @@ def tiered(backend: str) -> bool:
             and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""))
 
 
+def batch_options(statics: dict) -> dict:
+    """CPU compiler options of a batched kernel (``cpu_options`` of
+    :func:`kernel`) whose static ``s`` is the model's
+    :class:`~lmm_jax.core.types.Structure`: XLA:CPU's elemental IR emitter
+    for fusions (``xla_cpu_use_fusion_emitters=false``) unless the dense
+    block of the terms after the first has more than
+    :data:`DENSE_EMITTER_COLUMNS` columns. Its executables compile about 30%
+    sooner and run as fast for such models (2-core VM: 1,024 sleepstudy
+    bootstrap refits first call 11.0 -> 7.4 s, Penicillin 17.9 -> 12.3 s,
+    16 refits of a 5,000-row 120 x 80 crossed design 6.3 -> 4.6 s and of a
+    20,000-row, 1,000-group random-slope model 5.9 -> 4.0 s, each at the same
+    warm time; ``fit_many``'s 50 sleepstudy fits 4.7 -> 2.2 s of XLA
+    compile); a larger dense block (crossed 500 x 200) refits about 20%
+    faster with the MLIR emitters. The choice depends on the structure
+    only, so every chunk and every process of a batched run computes with
+    the same code, bit for bit."""
+    s = statics.get("s")
+    if s is None or s.q_rest > DENSE_EMITTER_COLUMNS:
+        return {}
+    return {"xla_cpu_use_fusion_emitters": False}
+
+
 def _quick_options() -> dict:
     """:data:`QUICK_OPTIONS` less those ``XLA_FLAGS`` sets (the user's choice stands)."""
+    return _unset(QUICK_OPTIONS)
+
+
+def _unset(options: dict) -> dict:
+    """``options`` less those ``XLA_FLAGS`` sets."""
     flags = os.environ.get("XLA_FLAGS", "")
-    return {k: v for k, v in QUICK_OPTIONS.items() if k not in flags}
+    return {k: v for k, v in options.items() if k not in flags}
+
+
+_tracing = threading.local()
+
+
+@contextlib.contextmanager
+def traced_sets(event: threading.Event):
+    """Set ``event`` once this thread's next kernel build has its exported
+    program (traced and lowered, or read from disk), or when the block ends:
+    what :meth:`Kernel.prepare`'s ``after`` waits for, so that kernels
+    prepared for later trace after the one the caller needs first."""
+    _tracing.event = event
+    try:
+        yield
+    finally:
+        _tracing.event = None
+        event.set()
+
+
+def _traced() -> None:
+    event = getattr(_tracing, "event", None)
+    if event is not None:
+        _tracing.event = None
+        event.set()
 
 
 def wait_for_optimised(timeout: float | None = None) -> None:
@@ -219,10 +276,12 @@ class Kernel:
     the function it wraps; :meth:`prepare` compiles it ahead of a call, on a
     background thread."""
 
-    def __init__(self, fun: Callable, static_argnames: tuple[str, ...], quick: bool = False):
+    def __init__(self, fun: Callable, static_argnames: tuple[str, ...], quick: bool = False,
+                 cpu_options: Callable[[dict], dict] | None = None):
         self.fun = fun
         self.static_argnames = tuple(static_argnames)
         self.quick = quick
+        self.cpu_options = cpu_options
         self.jitted = jax.jit(fun, static_argnames=self.static_argnames)
         self.signature = inspect.signature(fun)
         self._calls: dict[tuple, Future] = {}
@@ -251,7 +310,7 @@ class Kernel:
             return self.jitted(*args, **kwargs)
         return self._compiled(key, statics, dynamic)(*dynamic)
 
-    def prepare(self, *args, **kwargs) -> None:
+    def prepare(self, *args, after: threading.Event | None = None, **kwargs) -> None:
         """Compile this kernel for these arguments (arrays, or
         ``jax.ShapeDtypeStruct`` for the ones whose values are not known
         yet) on a background thread: XLA compiles without holding Python's
@@ -261,19 +320,30 @@ class Kernel:
         under the same settings waits for it and runs it; an error surfaces
         there. The thread is not a daemon: a process that exits while it
         compiles waits for it (ending a thread inside XLA's compiler at exit
-        aborts the process)."""
+        aborts the process).
+
+        Args:
+            after: an event the thread waits for before it traces (set by
+                :func:`traced_sets`): tracing holds Python's lock, so a
+                kernel the caller traces meanwhile would trace no sooner
+                for the thread's, and would start compiling later.
+        """
         key, statics, dynamic = self._key(args, kwargs)
-        if key is None or key in self._calls:
+        if key is None:
             return
-        threading.Thread(target=self._prepared, args=(key, statics, dynamic),
+        with self._lock:
+            if key in self._calls:
+                return
+            future = self._calls[key] = Future()       # a call from now on waits for this build
+        threading.Thread(target=self._prepared, args=(key, statics, dynamic, future, after),
                          name=f"lmm_jax-prepare-{self.fun.__name__}").start()
 
-    def _prepared(self, key: tuple, statics: tuple, dynamic: list) -> None:
-        try:
-            with entered(key[-1]):
-                self._compiled(key, statics, dynamic)
-        except BaseException:                     # noqa: BLE001 - raised again by the call that needs it
-            pass
+    def _prepared(self, key: tuple, statics: tuple, dynamic: list, future: Future,
+                  after: threading.Event | None) -> None:
+        if after is not None:
+            after.wait()
+        with entered(key[-1]):
+            self._fulfil(key, statics, dynamic, future)
 
     def _key(self, args: tuple, kwargs: dict) -> tuple:
         """(key, static arguments, dynamic arguments); key None inside a trace.
@@ -297,13 +367,18 @@ class Kernel:
             if owner:
                 future = self._calls[key] = Future()
         if owner:
-            try:
-                future.set_result(self._build(statics, dynamic, key))
-            except BaseException as e:            # noqa: BLE001 - handed to the caller; the next call retries
-                with self._lock:
-                    self._calls.pop(key, None)
-                future.set_exception(e)
+            self._fulfil(key, statics, dynamic, future)
         return future.result()
+
+    def _fulfil(self, key: tuple, statics: tuple, dynamic: list, future: Future) -> None:
+        """Build ``key``'s call into ``future``; a failed build is forgotten
+        (the next call retries) and its error handed to those waiting."""
+        try:
+            future.set_result(self._build(statics, dynamic, key))
+        except BaseException as e:                # noqa: BLE001 - handed to the caller; the next call retries
+            with self._lock:
+                self._calls.pop(key, None)
+            future.set_exception(e)
 
     def _build(self, statics: tuple, dynamic: list, key: tuple) -> Callable:
         """The compiled function of the dynamic arguments: the stored
@@ -316,10 +391,14 @@ class Kernel:
         backend = _platform(key[-1])
         quick = self.quick and tiered(backend)
         quick_options = _quick_options()
+        # the optimised executable's options (None: XLA's defaults)
+        optimised = (_unset(self.cpu_options(dict(statics))) or None) if self.cpu_options and backend == "cpu" else None
         folder = export_dir()
         if folder is None:
-            def compile_fixed(args: list, options: dict | None = None) -> Callable:
-                return fixed.lower(*args).compile(compiler_options=options)
+            def compile_fixed(args: list, options: dict | None = optimised) -> Callable:
+                lowered = fixed.lower(*args)
+                _traced()
+                return lowered.compile(compiler_options=options)
             if not quick:
                 return compile_fixed(dynamic)
             return _Executable(compile_fixed(dynamic, quick_options), key[-1], optimize=compile_fixed)
@@ -331,9 +410,10 @@ class Kernel:
             try:
                 exported = jax.export.export(fixed)(*dynamic)
             except Exception:                      # a kernel JAX cannot export still runs, as plain jit
-                return fixed.lower(*dynamic).compile()
+                return fixed.lower(*dynamic).compile(compiler_options=optimised)
             with contextlib.suppress(Exception):   # not serializable here: the next process exports again
                 _store(stem.with_suffix(".bin"), exported.serialize())
+        _traced()
         device = jax.devices(backend)[0]
 
         def machine(options: dict | None) -> str:
@@ -341,25 +421,26 @@ class Kernel:
                                         device.client.platform_version, os.environ.get("XLA_FLAGS", ""),
                                         host_digest(), options)).encode()).hexdigest()[:32]
 
-        def compile_and_store(args: list, options: dict | None = None) -> Callable:
+        def compile_and_store(args: list, tier: str = "optimised") -> Callable:
+            options = quick_options if tier == "quick" else optimised
             compiled, fresh = _compile(exported, args, options)
             if fresh:
-                _store_executable(paths[options is not None], machine(options), compiled)
+                _store_executable(paths[tier], machine(options), compiled)
             return compiled
 
-        paths = {False: stem.with_suffix(".xla"), True: stem.with_suffix(".quick.xla")}
+        paths = {"optimised": stem.with_suffix(".xla"), "quick": stem.with_suffix(".quick.xla")}
         if jax.process_count() > 1:              # stored executables are bound to one process's devices
-            return _compile(exported, dynamic)[0]
-        loaded = _load_executable(paths[False], machine(None), exported, backend)
+            return _compile(exported, dynamic, optimised)[0]
+        loaded = _load_executable(paths["optimised"], machine(optimised), exported, backend)
         if loaded is not None:
-            return _Executable(loaded, key[-1], path=paths[False], rebuild=compile_and_store)
+            return _Executable(loaded, key[-1], path=paths["optimised"], rebuild=compile_and_store)
         if not quick:
             return compile_and_store(dynamic)
-        loaded = _load_executable(paths[True], machine(quick_options), exported, backend)
+        loaded = _load_executable(paths["quick"], machine(quick_options), exported, backend)
         if loaded is None:
-            return _Executable(compile_and_store(dynamic, quick_options), key[-1], optimize=compile_and_store)
-        return _Executable(loaded, key[-1], path=paths[True],
-                           rebuild=lambda args: compile_and_store(args, quick_options), optimize=compile_and_store)
+            return _Executable(compile_and_store(dynamic, "quick"), key[-1], optimize=compile_and_store)
+        return _Executable(loaded, key[-1], path=paths["quick"],
+                           rebuild=lambda args: compile_and_store(args, "quick"), optimize=compile_and_store)
 
 
 class _Executable:
@@ -550,8 +631,11 @@ def serializable(cls: type) -> type:
     return cls
 
 
-def kernel(*, static_argnames: tuple[str, ...], quick: bool = False) -> Callable[[Callable], Kernel]:
+def kernel(*, static_argnames: tuple[str, ...], quick: bool = False,
+           cpu_options: Callable[[dict], dict] | None = None) -> Callable[[Callable], Kernel]:
     """Decorator: ``@kernel(static_argnames=("s", "reml"))`` in place of
     ``@partial(jax.jit, static_argnames=...)`` (see :class:`Kernel`);
-    ``quick=True``: two tiers on CPU (module docstring)."""
-    return lambda fun: Kernel(fun, static_argnames, quick)
+    ``quick=True``: two tiers on CPU (module docstring); ``cpu_options``:
+    the XLA compiler options of the optimised executable on CPU, a function
+    of the static arguments (by name), less any ``XLA_FLAGS`` sets."""
+    return lambda fun: Kernel(fun, static_argnames, quick, cpu_options)

@@ -200,6 +200,80 @@ def test_prepare_compiles_under_the_callers_thread_local_settings(tmp_path, monk
         jax.config.update("jax_enable_x64", x64)
 
 
+def test_a_prepared_build_waits_for_its_event_and_a_call_meanwhile_waits_for_it(tmp_path, monkeypatch):
+    """prepare(after=event): the thread traces only once the event is set (traced_sets sets it when the
+    caller's next build has its exported program, or when the block ends), and a call made before then
+    waits for that build instead of starting a second one."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    traces = []
+
+    @kernel(static_argnames=())
+    def double(x):
+        traces.append(threading.current_thread().name)
+        return 2 * x
+
+    @kernel(static_argnames=())
+    def first(x):
+        traces.append("first")
+        return x + 1
+
+    event = threading.Event()
+    double.prepare(jax.ShapeDtypeStruct((3,), np.float64), after=event)
+    time.sleep(0.2)
+    assert traces == []                                  # waiting for the event
+    with kernel_module.traced_sets(event):
+        assert float(jnp.sum(first(np.ones(3)))) == 6.0  # its export sets the event
+        assert event.is_set()
+    assert float(jnp.sum(double(np.ones(3)))) == 6.0
+    assert traces[0] == "first" and traces[1].startswith("lmm_jax-prepare") and len(traces) == 2
+
+    unused = threading.Event()
+    with kernel_module.traced_sets(unused):              # no build in the block: set when it ends
+        pass
+    assert unused.is_set()
+
+
+def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, monkeypatch, x64):
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    compiles = []
+    real_compile = kernel_module._compile
+
+    def counted(exported, dynamic, options=None):
+        compiles.append(options)
+        return real_compile(exported, dynamic, options)
+
+    monkeypatch.setattr(kernel_module, "_compile", counted)
+    salt = float(time.time_ns() % 1_000_003)             # JAX's global persistent cache cannot hold it
+
+    def options_demo(x, scale):
+        return jnp.cumsum(jnp.exp(x) * scale) + salt
+
+    def elemental(statics):
+        return {"xla_cpu_use_fusion_emitters": False} if statics["scale"] < 10 else {}
+
+    x = np.linspace(0.0, 1.0, 7)
+    one = Kernel(options_demo, ("scale",), cpu_options=elemental)
+    small, large = np.asarray(one(x, scale=2.0)), np.asarray(one(x, scale=20.0))
+    np.testing.assert_allclose(large, 10.0 * (small - salt) + salt, rtol=1e-13)
+    assert compiles == [{"xla_cpu_use_fusion_emitters": False}, None]
+    again = Kernel(options_demo, ("scale",), cpu_options=elemental)   # as a fresh process: both load
+    np.testing.assert_array_equal(np.asarray(again(x, scale=2.0)), small)
+    assert len(compiles) == 2
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")  # the user's setting stands
+    Kernel(options_demo, ("scale",), cpu_options=elemental)(x, scale=2.0)
+    assert compiles[-1] is None
+
+
+def test_batched_kernels_use_the_elemental_emitter_below_a_dense_block_of_128_columns():
+    from lmm_jax.core.types import Structure
+    assert kernel_module.batch_options({"s": Structure(ks=(2,), ms=(32,), p=2)}) == \
+        {"xla_cpu_use_fusion_emitters": False}
+    assert kernel_module.batch_options({"s": Structure(ks=(1, 1), ms=(512, 128), p=2)}) == \
+        {"xla_cpu_use_fusion_emitters": False}
+    assert kernel_module.batch_options({"s": Structure(ks=(1, 1), ms=(512, 256), p=2)}) == {}
+
+
 def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):
     """A backend that cannot serialize or load executables: export + compile, no executable entry."""
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
