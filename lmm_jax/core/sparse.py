@@ -92,24 +92,31 @@ class SparseL21(NamedTuple):
 
 
 def _upper_pairs(level: np.ndarray, row: np.ndarray, q_r: int) -> tuple[np.ndarray, ...]:
-    """All pairs (a, b) of stored rows with the same level and row[a] <= row[b]."""
+    """All pairs (a, b) of stored rows with the same level and row[a] <= row[b],
+    ordered by destination ``row[b] * q_r + row[a]`` (ties in generation order)."""
     R = level.shape[0]
-    order = np.lexsort((row, level))                       # by level, then row
+    idx = np.int32 if R < 2 ** 31 else np.int64          # the gathers below move half the bytes in int32
+    order = np.lexsort((row, level)).astype(idx)          # by level, then row
     lev_sorted = level[order]
     starts = np.flatnonzero(np.r_[True, lev_sorted[1:] != lev_sorted[:-1]])
     sizes = np.diff(np.r_[starts, R])
     group_end = np.repeat(starts + sizes, sizes)           # end of each element's group (sorted positions)
     count = group_end - np.arange(R)                       # partners at or after each element
     total = int(count.sum())
-    a_sorted = np.repeat(np.arange(R), count)
-    first_of_run = np.repeat(np.cumsum(count) - count, count)
-    b_sorted = a_sorted + (np.arange(total) - first_of_run)
+    a_sorted = np.repeat(np.arange(R, dtype=idx), count)
+    first_of_run = np.repeat((np.cumsum(count) - count).astype(np.int64), count)
+    b_sorted = a_sorted + (np.arange(total, dtype=np.int64) - first_of_run).astype(idx)
     pair_a, pair_b = order[a_sorted], order[b_sorted]
     dest_dtype = np.int32 if q_r * q_r < 2 ** 31 else np.int64
     dest = row[pair_b].astype(np.int64) * q_r + row[pair_a]
-    by_dest = np.argsort(dest, kind="stable")
-    return (pair_a[by_dest].astype(np.int32), pair_b[by_dest].astype(np.int32),
-            level[pair_a[by_dest]].astype(np.int32), dest[by_dest].astype(dest_dtype))
+    if q_r * q_r * max(total, 1) < 2 ** 62:
+        # distinct keys (dest, then position), whose quicksort is dest's stable order, 3-4x sooner
+        by_dest = np.argsort(dest * total + np.arange(total))
+    else:
+        by_dest = np.argsort(dest, kind="stable")
+    a = pair_a[by_dest]
+    return (a.astype(np.int32), pair_b[by_dest].astype(np.int32), level[a].astype(np.int32),
+            dest[by_dest].astype(dest_dtype))
 
 
 def sparse_coupling(rest: list[tuple[np.ndarray, np.ndarray, int, int]], codes1: np.ndarray, Z1: np.ndarray,
