@@ -307,6 +307,9 @@ def with_inference(out: dict, dp: DesignProducts, rps: ResponseProducts, s: Stru
 
 @kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"), cpu_options=batch_options)
 def _fit_responses(Y, G, arrays, dp, eq, phi0, active0, s, reml, max_iter, method, satterthwaite):
+    # the fits and their t tests in one kernel: split in two (as fit_many's are), 1,000 sleepstudy fits
+    # compile 12% sooner on two cores but run 25% longer warm (0.096 s against 0.077 s), which simulation
+    # studies pay on every call
     E, B0 = ols_residuals(Y, arrays.X)
     rps = batch_response_products(E, G, arrays, s, B0)
     if phi0 is None:
