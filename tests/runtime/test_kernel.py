@@ -233,9 +233,8 @@ def test_a_prepared_build_waits_for_its_event_and_a_call_meanwhile_waits_for_it(
     assert unused.is_set()
 
 
-def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, monkeypatch, x64):
-    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+def recorded_compiles(monkeypatch) -> list:
+    """The compiler options of each XLA compile of a kernel from here on (None: XLA's defaults)."""
     compiles = []
     real_compile = kernel_module._compile
 
@@ -244,6 +243,13 @@ def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, mo
         return real_compile(exported, dynamic, options)
 
     monkeypatch.setattr(kernel_module, "_compile", counted)
+    return compiles
+
+
+def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, monkeypatch, x64):
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    compiles = recorded_compiles(monkeypatch)
     salt = float(time.time_ns() % 1_000_003)             # JAX's global persistent cache cannot hold it
 
     def options_demo(x, scale):
@@ -374,14 +380,7 @@ def test_a_quick_executable_runs_first_and_the_optimised_one_replaces_it(tmp_pat
     monkeypatch.setattr(kernel_module, "tiered", lambda backend: True)
     monkeypatch.setattr(kernel_module, "TIER_UP_SECONDS", 0.0)
     monkeypatch.setattr(kernel_module, "TIER_UP_CALLS", 2)
-    compiles = []
-    real_compile = kernel_module._compile
-
-    def counted(exported, dynamic, options=None):
-        compiles.append(options)
-        return real_compile(exported, dynamic, options)
-
-    monkeypatch.setattr(kernel_module, "_compile", counted)
+    compiles = recorded_compiles(monkeypatch)
     # a constant of this run: JAX's global persistent cache (on in the suite) cannot have the program,
     # whose executables are then compiled here and stored (one from JAX's cache is not stored)
     salt = float(time.time_ns() % 1_000_003)
