@@ -35,6 +35,11 @@ then repeat 2, ...; median, min and max reported):
   7 InstEval    (``--instevel``; slow) empty cache: ``y ~ service + (1|s) + (1|d) + (1|dept:service)``,
                 data loaded as ``bench_scale.py`` does; fit and summary timed apart. Peers: fresh
                 Rscript lme4 + lmerTest, fresh glmm.
+  8 new shapes   a running process that has fitted sleepstudy and printed its summary (empty cache)
+                fits and summarizes three new structures, each timed: ``Reaction ~ Days + (1 | Subject)``,
+                ``Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)`` (sleepstudy) and ``diameter ~ 1 +
+                (1 | plate) + (1 | sample)`` (Penicillin); the headline is the slowest. Peer: the same
+                in one R process after its own sleepstudy fit (lme4's built-in data).
 
 A peer that is not installed is reported as missing, one that fails as failed (its error in the
 JSON); neither stops the run. The JSON (``--out``) holds every run's raw figures, the summaries
@@ -180,6 +185,33 @@ def timed(f, reps):
 """
 WARM_TAIL = """
 print(json.dumps(dict(fit_summary_s=fs, fit_summary_min_s=fs_min, fit_s=f, fit_min_s=f_min, reps=cfg["reps"])))
+"""
+
+NEW_SHAPES = [("intercept", "Reaction ~ Days + (1 | Subject)", "sleepstudy"),
+              ("two terms", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", "sleepstudy"),
+              ("crossed", "diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin")]
+
+LMM_JAX_NEW_SHAPES = CHILD_HEAD + """
+import lmm_jax
+data = {name: lmm_jax.datasets.load(name) for name in ("sleepstudy", "Penicillin")}
+str(lmm_jax.fit("Reaction ~ Days + (Days | Subject)", data["sleepstudy"]).summary())
+out = {}
+for label, formula, name in cfg["shapes"]:
+    t = time.perf_counter()
+    str(lmm_jax.fit(formula, data[name]).summary())
+    out[label.replace(" ", "_") + "_s"] = time.perf_counter() - t
+out["slowest_s"] = max(out.values())
+print(json.dumps(out))
+"""
+
+R_NEW_SHAPES = r"""
+suppressMessages({library(lme4); library(lmerTest)})
+invisible(capture.output(print(summary(lmer(Reaction ~ Days + (Days | Subject), sleepstudy)))))
+t <- function(f, d) system.time(capture.output(print(summary(lmer(f, d)))))[["elapsed"]]
+a <- t(Reaction ~ Days + (1 | Subject), sleepstudy)
+b <- t(Reaction ~ Days + (1 | Subject) + (0 + Days | Subject), sleepstudy)
+c <- t(diameter ~ 1 + (1 | plate) + (1 | sample), Penicillin)
+cat(sprintf('{"intercept_s": %.4f, "two_terms_s": %.4f, "crossed_s": %.4f, "slowest_s": %.4f}\n', a, b, c, max(a, b, c)))
 """
 
 LMM_JAX_WARM = WARM_HEAD + """
@@ -440,6 +472,11 @@ def one_repeat(run: Runner, peers: dict, csv: Path, insteval_csv: Path | None, w
             "glmm": peer("glmm", lambda: run.python(GLMM_FRESH, dict(csv=str(insteval_csv), formula=INSTEVAL_FORMULA,
                                                                      groups=INSTEVAL_GROUPS, subset=None))),
         }
+    if 8 in which:
+        out["8 new shapes in a running process"] = {
+            "lmm_jax": run.python(LMM_JAX_NEW_SHAPES, dict(shapes=NEW_SHAPES)),
+            "lme4 (in R)": peer("lme4", lambda: run.rscript(R_NEW_SHAPES)),
+        }
     return out
 
 
@@ -472,8 +509,9 @@ def _t(x: float | None) -> str:
 
 # the headline figure of each measurement (what a user waits for) and the parts shown beside it
 HEADLINE = {"1": "wall_s", "2": "wall_s", "3": "wall_s", "4": "wall_s", "5": "fit_summary_s", "6": "wall_s",
-            "7": "wall_s"}
-PARTS = ["import_s", "data_s", "fit_s", "summary_s", "fit_many_s", "fit_many_warm_s", "loop_s", "fit_summary_s"]
+            "7": "wall_s", "8": "slowest_s"}
+PARTS = ["import_s", "data_s", "fit_s", "summary_s", "fit_many_s", "fit_many_warm_s", "loop_s", "fit_summary_s",
+         "intercept_s", "two_terms_s", "crossed_s"]
 
 
 def markdown(results: dict) -> str:
@@ -516,6 +554,8 @@ def markdown(results: dict) -> str:
                 notes.append(f"{s['failed']} of {s['runs']} runs failed")
             if meas.startswith("5"):
                 notes.append("median of in-process calls; min - max over processes")
+            elif meas.startswith("8"):
+                notes.append("the slowest of the three fit + summary calls")
             else:
                 notes.append("process wall")
             lines.append(f"| {meas} | {tool} | {_t(h['median'])} | {_t(h['min'])} - {_t(h['max'])} | "
@@ -543,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, min, max)")
     ap.add_argument("--warm-reps", type=int, default=20, help="in-process calls per process in measurement 5")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="measurements to run (7 needs --instevel too)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,8", help="measurements to run (7 needs --instevel too)")
     ap.add_argument("--instevel", "--insteval", dest="insteval", action="store_true",
                     help="also InstEval's first fit with an empty cache (slow)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a child is given up")
