@@ -39,7 +39,7 @@ from ..core.parametrization import diagonal_mask, phi_from_theta, theta_start
 from ..core.theta_layout import ThetaLayout
 from ..core.types import Structure
 from ..errors import InferenceError, check_count
-from ..runtime.kernel import batch_options, kernel
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def fit_rows(Y: jnp.ndarray, data: GLMMData, phi0: jnp.ndarray, active0: jnp.nda
     return out
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"), cpu_options=batch_options)
+@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
 def continue_rows_kernel(Y: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray,
                          data: GLMMData, fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
     """Fit every row of ``Y`` (B, n) from its own start (rows of ``phi0``,
@@ -150,7 +150,7 @@ def fit_in_passes(Y: jnp.ndarray, out: dict, data: GLMMData, fam: Family, s: Str
     return out
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"), cpu_options=batch_options)
+@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
 def fit_rows_kernel(Y: jnp.ndarray, data: GLMMData, phi0: jnp.ndarray, active0: jnp.ndarray,
                     beta0: jnp.ndarray | None, fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
     """:func:`fit_rows` compiled."""

@@ -33,7 +33,7 @@ from ..core.family import Family
 from ..core.laplace import GLMMData
 from ..core.types import Structure
 from ..errors import ConvergenceWarning, check_count
-from ..runtime.kernel import batch_options, kernel
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 from .batch import FIRST_ITER, GLMMBatchResult, as_batch_result, fit_in_passes, fit_rows, starting_point
 from .simulate import fit_basis_beta, simulate_batch
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 CHUNK_MAX = 64
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"), cpu_options=batch_options)
+@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
 def bootstrap_chunk(key: jax.Array, idx: jnp.ndarray, theta: jnp.ndarray, beta_w: jnp.ndarray, data: GLMMData,
                     phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray, fam: Family, s: Structure,
                     n_agq: int, max_iter: int) -> dict:

@@ -36,7 +36,7 @@ from ..core.optimize import newton_minimize
 from ..core.parametrization import diagonal_mask, phi_from_theta
 from ..core.types import Structure
 from ..errors import InferenceError
-from ..runtime.kernel import batch_options, kernel
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _insert(x_rest: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(i == k, v, x_rest[src] if n > 1 else v)
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "ks_rest", "n_theta"), cpu_options=batch_options)
+@kernel(static_argnames=("fam", "s", "n_agq", "ks_rest", "n_theta"))
 def constrained_deviance(k: jnp.ndarray, v: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray,
                          beta0: jnp.ndarray, S_inv: jnp.ndarray, data: GLMMData, fam: Family, s: Structure,
                          n_agq: int, ks_rest: tuple[int, ...], n_theta: int) -> tuple[jnp.ndarray, jnp.ndarray]:

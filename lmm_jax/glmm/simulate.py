@@ -27,7 +27,7 @@ from ..core.family import Family, simulate as draw_family
 from ..core.laplace import GLMMData, linear_predictor, n_random
 from ..core.types import Structure
 from ..errors import check_bool, check_count
-from ..runtime.kernel import batch_options, kernel
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def simulate_batch(keys: jax.Array, theta: jnp.ndarray, beta_w: jnp.ndarray, eta
     return jax.vmap(lambda k: simulate_one(k, theta, beta_w, eta_fit, data, fam, s))(keys)
 
 
-@kernel(static_argnames=("fam", "s"), cpu_options=batch_options)
+@kernel(static_argnames=("fam", "s"))
 def simulate_kernel(keys: jax.Array, theta: jnp.ndarray, beta_w: jnp.ndarray, eta_fit: jnp.ndarray | None,
                     data: GLMMData, fam: Family, s: Structure) -> jnp.ndarray:
     """:func:`simulate_batch` compiled, transposed to (n, B)."""
