@@ -108,6 +108,8 @@ QUICK_SWITCH = "LMM_JAX_QUICK_COMPILE"
 # Columns of a model's dense block (terms after the first) above which batched kernels keep XLA:CPU's
 # MLIR fusion emitters (:func:`batch_options`).
 DENSE_EMITTER_COLUMNS = 128
+# Longest a prepared build waits for its ``after`` event (a safety net: traced_sets always sets it).
+PREPARE_WAIT = 60.0
 # More than one core for this process: callers :meth:`Kernel.prepare` the kernels they will need next
 # (a fit's summary, a batch's t tests) on a second thread while their first kernel compiles.
 SPARE_CORES = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
@@ -337,13 +339,19 @@ class Kernel:
             if key in self._calls:
                 return
             future = self._calls[key] = Future()       # a call from now on waits for this build
-        threading.Thread(target=self._prepared, args=(key, statics, dynamic, future, after),
-                         name=f"lmm_jax-prepare-{self.fun.__name__}").start()
+        thread = threading.Thread(target=self._prepared, args=(key, statics, dynamic, future, after),
+                                  name=f"lmm_jax-prepare-{self.fun.__name__}")
+        try:
+            thread.start()
+        except RuntimeError as e:                     # no thread to be had: the next call builds
+            with self._lock:
+                self._calls.pop(key, None)
+            future.set_exception(e)
 
     def _prepared(self, key: tuple, statics: tuple, dynamic: list, future: Future,
                   after: threading.Event | None) -> None:
         if after is not None:
-            after.wait()
+            after.wait(PREPARE_WAIT)
         with entered(key[-1]):
             self._fulfil(key, statics, dynamic, future)
 

@@ -233,6 +233,24 @@ def test_a_prepared_build_waits_for_its_event_and_a_call_meanwhile_waits_for_it(
     assert unused.is_set()
 
 
+def test_a_prepare_without_a_thread_leaves_the_build_to_the_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+
+    @kernel(static_argnames=())
+    def triple(x):
+        return 3 * x
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    triple.prepare(jax.ShapeDtypeStruct((2,), np.float64))
+    assert triple._cache_size() == 0                     # nothing registered that no thread would fulfil
+    monkeypatch.undo()
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    assert float(jnp.sum(triple(np.ones(2)))) == 6.0
+
+
 def recorded_compiles(monkeypatch) -> list:
     """The compiler options of each XLA compile of a kernel from here on (None: XLA's defaults)."""
     compiles = []
