@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from .glmm.results import GLMMResult
 
 
-
 @entry_point
 class LMM:
     """A linear mixed model in lme4 syntax, ready to fit.

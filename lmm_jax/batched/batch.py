@@ -30,9 +30,9 @@ from jax.scipy.linalg import solve_triangular
 from scipy.special import stdtr, stdtrit
 
 from ..runtime import kernel as kernel_module
-from ..runtime.kernel import batch_options, kernel, traced_sets
+from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
-from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure
+from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options
 from ..build.crossprod import response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, fit_theta

@@ -41,10 +41,11 @@ import pandas as pd
 
 from .batch import (BatchResult, _as_batch_result, batch_response_products, check_method,
                     fit_products, moment_starts, start_inverse_hessian)
-from ..runtime.kernel import batch_options, kernel
+from ..runtime.kernel import kernel
 from ..runtime.scope import entry_point
 from ..errors import ConvergenceWarning, check_bool, check_count
 from ..core.estimates import estimates
+from ..core.types import batch_options
 from ..core.parametrization import phi_from_theta
 from .distributed import exchange, mine, owners, put_rows
 from .simulate import Params, as_key, simulate_batch

@@ -58,14 +58,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..runtime.kernel import batch_options, kernel, serializable
+from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
 from ..core.linalg import batched_cholesky
 from ..core.optimize import newton_minimize
 from ..core.parametrization import phi_from_theta
 from ..core.theta_layout import ThetaLayout
-from ..core.types import DesignProducts, ResponseProducts, Structure
+from ..core.types import DesignProducts, ResponseProducts, Structure, batch_options
 from ..build.crossprod import user_basis_products
 from ..errors import ConvergenceWarning, InferenceError, SingularFitWarning, check_bool, check_count
 

@@ -38,8 +38,8 @@ own HLO optimisations are the same, and the compile takes about half the
 time, so a new model's first fit and summary come sooner (trace, export and
 compile of a fresh process's first fit, 2-core VM: sleepstudy 4.5 s ->
 2.1 s, Penicillin 5.0 s -> 3.0 s, InstEval 9.3 s -> 5.5 s); its code runs
-up to 1.4x slower where arithmetic dominates (InstEval's fit: 1.7 s ->
-2.4 s; a sleepstudy fit: 8 ms either way). A compiler option that
+up to 1.4x slower where arithmetic dominates (an InstEval refit: 0.94 s
+-> 1.31 s; a sleepstudy fit: 8 ms either way). A compiler option that
 ``XLA_FLAGS`` sets is left as the user set it. Once a quick executable has been
 called :data:`TIER_UP_CALLS` times and has run for :data:`TIER_UP_SECONDS`
 in all (a kernel in a loop of refits whose run time matters), the kernel
@@ -105,9 +105,6 @@ QUICK_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitte
 TIER_UP_CALLS = 3
 TIER_UP_SECONDS = 0.5
 QUICK_SWITCH = "LMM_JAX_QUICK_COMPILE"
-# Columns of a model's dense block (terms after the first) above which batched kernels keep XLA:CPU's
-# MLIR fusion emitters (:func:`batch_options`).
-DENSE_EMITTER_COLUMNS = 128
 # Longest a prepared build waits for its ``after`` event (a safety net: traced_sets always sets it).
 PREPARE_WAIT = 60.0
 # More than one core for this process: callers :meth:`Kernel.prepare` the kernels they will need next
@@ -195,30 +192,6 @@ def tiered(backend: str) -> bool:
     ``XLA_FLAGS`` sets an optimisation level."""
     return (backend == "cpu" and env_switch(QUICK_SWITCH) is not False
             and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""))
-
-
-def batch_options(statics: dict) -> dict:
-    """CPU compiler options of a batched kernel (``cpu_options`` of
-    :func:`kernel`) whose static ``s`` is the model's
-    :class:`~lmm_jax.core.types.Structure`: XLA:CPU's elemental IR emitter
-    for fusions (``xla_cpu_use_fusion_emitters=false``) unless the dense
-    block of the terms after the first has more than
-    :data:`DENSE_EMITTER_COLUMNS` columns. Its executables compile about 30%
-    sooner and run as fast for such models (2-core VM: 1,024 sleepstudy
-    bootstrap refits first call 11.0 -> 7.4 s, Penicillin 17.9 -> 12.3 s,
-    16 refits of a 5,000-row 120 x 80 crossed design 6.3 -> 4.6 s and of a
-    20,000-row, 1,000-group random-slope model 5.9 -> 4.0 s, each at the same
-    warm time; ``fit_many``'s 50 sleepstudy fits 4.7 -> 2.2 s of XLA
-    compile); a larger dense block (crossed 500 x 200) refits about 20%
-    faster with the MLIR emitters, and so do the GLMMs' batched kernels
-    (PIRLS over the rows each iteration: 1,000 cbpp bootstrap refits 0.59 s
-    against 0.71 s warm), which take XLA's defaults. The choice depends on
-    the structure only, so every chunk and every process of a batched run
-    computes with the same code, bit for bit."""
-    s = statics.get("s")
-    if s is None or s.q_rest > DENSE_EMITTER_COLUMNS:
-        return {}
-    return {"xla_cpu_use_fusion_emitters": False}
 
 
 def _quick_options() -> dict:

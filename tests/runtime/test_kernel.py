@@ -290,12 +290,12 @@ def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, mo
 
 
 def test_batched_kernels_use_the_elemental_emitter_below_a_dense_block_of_128_columns():
-    from lmm_jax.core.types import Structure
-    assert kernel_module.batch_options({"s": Structure(ks=(2,), ms=(32,), p=2)}) == \
+    from lmm_jax.core.types import Structure, batch_options
+    assert batch_options({"s": Structure(ks=(2,), ms=(32,), p=2)}) == \
         {"xla_cpu_use_fusion_emitters": False}
-    assert kernel_module.batch_options({"s": Structure(ks=(1, 1), ms=(512, 128), p=2)}) == \
+    assert batch_options({"s": Structure(ks=(1, 1), ms=(512, 128), p=2)}) == \
         {"xla_cpu_use_fusion_emitters": False}
-    assert kernel_module.batch_options({"s": Structure(ks=(1, 1), ms=(512, 256), p=2)}) == {}
+    assert batch_options({"s": Structure(ks=(1, 1), ms=(512, 256), p=2)}) == {}
 
 
 def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):
