@@ -210,8 +210,8 @@ _tracing = threading.local()
 
 @contextlib.contextmanager
 def traced_sets(event: threading.Event):
-    """Set ``event`` once this thread's next kernel build has its exported
-    program (traced and lowered, or read from disk), or when the block ends:
+    """Set ``event`` once this thread's next kernel build is left to XLA's
+    compiler (traced, exported and lowered) or loaded from disk, or when the block ends:
     what :meth:`Kernel.prepare`'s ``after`` waits for, so that kernels
     prepared for later trace after the one the caller needs first."""
     _tracing.event = event
@@ -393,10 +393,11 @@ class Kernel:
             try:
                 exported = jax.export.export(fixed)(*dynamic)
             except Exception:                      # a kernel JAX cannot export still runs, as plain jit
-                return fixed.lower(*dynamic).compile(compiler_options=optimised)
+                lowered = fixed.lower(*dynamic)
+                _traced()
+                return lowered.compile(compiler_options=optimised)
             with contextlib.suppress(Exception):   # not serializable here: the next process exports again
                 _store(stem.with_suffix(".bin"), exported.serialize())
-        _traced()
         device = jax.devices(backend)[0]
 
         def machine(options: dict | None) -> str:
@@ -416,12 +417,14 @@ class Kernel:
             return _compile(exported, dynamic, optimised)[0]
         loaded = _load_executable(paths["optimised"], machine(optimised), exported, backend)
         if loaded is not None:
+            _traced()
             return _Executable(loaded, key[-1], path=paths["optimised"], rebuild=compile_and_store)
         if not quick:
             return compile_and_store(dynamic)
         loaded = _load_executable(paths["quick"], machine(quick_options), exported, backend)
         if loaded is None:
             return _Executable(compile_and_store(dynamic, "quick"), key[-1], optimize=compile_and_store)
+        _traced()
         return _Executable(loaded, key[-1], path=paths["quick"],
                            rebuild=lambda args: compile_and_store(args, "quick"), optimize=compile_and_store)
 
@@ -527,7 +530,9 @@ def _compile(exported, dynamic: list, options: dict | None = None):
             _listening = True
     _compiling.hits = 0
     try:
-        compiled = jax.jit(exported.call).lower(*dynamic).compile(compiler_options=options)
+        lowered = jax.jit(exported.call).lower(*dynamic)
+        _traced()                                 # what is left is XLA's, which runs without Python's lock
+        compiled = lowered.compile(compiler_options=options)
         return compiled, _compiling.hits == 0
     finally:
         _compiling.hits = None
