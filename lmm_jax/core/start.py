@@ -30,10 +30,12 @@ co-occurring pair of levels) and ``B_ta = Z_ta'X`` (m_t x p), so
 costs O(nnz p): no n x n or q x q matrix. The design's part (the matrix of
 the system) is computed once in numpy (:func:`moment_equations`); the
 response's part, the quadratic forms, comes from the cross-products Z'y, X'y
-and y'y (:func:`moment_theta`, pure JAX): so the bootstrap starts every
-replicate from its own moment estimates in the same compiled call.
+and y'y (:func:`moment_estimates`, written once for JAX and numpy): the
+bootstrap starts every replicate from its own moment estimates in the same
+compiled call (:func:`moment_theta`), and a single fit evaluates its start
+in numpy (:func:`default_start`).
 
-The estimates become a start by :func:`moment_theta`: each term's
+The estimates become a start by :func:`theta_from_moments`: each term's
 ``Sigma_t / sigma^2`` with variances clipped to [``THETA_MIN^2``,
 ``THETA_MAX^2``] and correlations to ``+-CORR_MAX / (k_t - 1)`` (a matrix with
 unit diagonal and smaller off-diagonal entries is positive definite), then
@@ -44,7 +46,7 @@ the same as from theta = 1 (the tests hold them to it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -163,30 +165,31 @@ def _term_products(rp: "ResponseProducts", s: "Structure") -> list[jnp.ndarray]:
     return out
 
 
-def moment_estimates(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") -> jnp.ndarray:
+def moment_estimates(eq: MomentEquations, rp: "ResponseProducts", s: "Structure", xp: Any = jnp) -> jnp.ndarray:
     """MIVQUE(0) estimates (variance parameters in theta order, then sigma^2)
-    from one response's cross-products (pure JAX; vmap over ``rp``)."""
+    from one response's cross-products: pure JAX (vmap over ``rp``) with
+    ``xp=jnp``, numpy arrays with ``xp=np``."""
     beta = eq.K @ rp.Xy
     r = [u - BK @ rp.Xy for u, BK in zip(_term_products(rp, s), eq.BK)]     # Z_t'r (m_t, k_t)
-    q = [jnp.sum(r[t][:, a] * r[t][:, c]) * (1.0 if a == c else 2.0) for t, a, c in ThetaLayout.of(s.ks).entries]
+    q = [xp.sum(r[t][:, a] * r[t][:, c]) * (1.0 if a == c else 2.0) for t, a, c in ThetaLayout.of(s.ks).entries]
     q.append(rp.yy - rp.Xy @ beta)                                           # r'r
-    return eq.S_inv @ jnp.stack(q)
+    return eq.S_inv @ xp.stack(q)
 
 
-@kernel(static_argnames=("s",), quick=True)
-def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") -> jnp.ndarray:
-    """A starting theta from the moment estimates (module docstring): lme4's
-    identity where the residual variance estimate is not positive."""
-    est = moment_estimates(eq, rp, s)
+def theta_from_moments(est: jnp.ndarray, ks: tuple[int, ...], xp: Any = jnp) -> jnp.ndarray:
+    """A starting theta from moment estimates ``est`` (module docstring):
+    lme4's identity where the residual variance estimate is not positive.
+    Traced by JAX with ``xp=jnp``, evaluated by numpy with ``xp=np``."""
+    cholesky = batched_cholesky if xp is jnp else np.linalg.cholesky
     sigma2 = est[-1]
-    safe = jnp.where(sigma2 > 0, sigma2, 1.0)
+    safe = xp.where(sigma2 > 0, sigma2, 1.0)
     rel = est[:-1] / safe
-    lay = ThetaLayout.of(s.ks)
+    lay = ThetaLayout.of(ks)
     out = []
-    for t, k in enumerate(s.ks):
+    for t, k in enumerate(ks):
         r, c = lay.tri(t)
-        var = jnp.stack([jnp.clip(rel[lay.position(t, i, i)], THETA_MIN ** 2, THETA_MAX ** 2) for i in range(k)])
-        sd = jnp.sqrt(var)
+        var = xp.stack([xp.clip(rel[lay.position(t, i, i)], THETA_MIN ** 2, THETA_MAX ** 2) for i in range(k)])
+        sd = xp.sqrt(var)
         rho = CORR_MAX / max(k - 1, 1)
         rows = []
         for i in range(k):
@@ -196,12 +199,20 @@ def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") ->
                     row.append(var[i])
                 else:
                     cov = rel[lay.position(t, i, j)]
-                    row.append(jnp.clip(cov / (sd[i] * sd[j]), -rho, rho) * sd[i] * sd[j])
-            rows.append(jnp.stack(row))
-        L = batched_cholesky(jnp.stack(rows))
-        out.append(jnp.stack([L[i, j] for i, j in zip(r, c)]))
-    theta = jnp.concatenate(out)
-    return jnp.where(sigma2 > 0, theta, jnp.asarray(theta_start(s.ks), dtype=theta.dtype))
+                    row.append(xp.clip(cov / (sd[i] * sd[j]), -rho, rho) * sd[i] * sd[j])
+            rows.append(xp.stack(row))
+        L = cholesky(xp.stack(rows))
+        out.append(xp.stack([L[i, j] for i, j in zip(r, c)]))
+    theta = xp.concatenate(out)
+    return xp.where(sigma2 > 0, theta, xp.asarray(theta_start(ks), dtype=theta.dtype))
+
+
+@kernel(static_argnames=("s",), quick=True)
+def moment_theta(eq: MomentEquations, rp: "ResponseProducts", s: "Structure") -> jnp.ndarray:
+    """A starting theta from one response's moment estimates
+    (:func:`theta_from_moments` of :func:`moment_estimates`), compiled: the
+    batched fits vmap it over their responses."""
+    return theta_from_moments(moment_estimates(eq, rp, s), s.ks)
 
 
 def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure") -> MomentEquations:
@@ -219,9 +230,13 @@ def pad_moment_equations(eq: MomentEquations, s: "Structure", padded: "Structure
 
 
 def default_start(model) -> np.ndarray:
-    """The fit's starting theta: :func:`moment_theta` of the model's own
-    response (on its padded products, as the fit), or lme4's identity when
-    the moment equations are singular.
+    """The fit's starting theta: the moment start of the model's own
+    response (:func:`theta_from_moments`), or lme4's identity when the moment
+    equations are singular.
+
+    One response's start costs a few small products, so numpy evaluates it
+    where :func:`moment_theta` would trace and compile a kernel (0.15 s of
+    a fresh process's first fit); the tests hold the two to each other.
 
     Args:
         model: an :class:`~lmm_jax.model.LMM` (its ``padded`` products and
@@ -231,4 +246,6 @@ def default_start(model) -> np.ndarray:
     if eq is None:
         return theta_start(model.structure.ks)
     pad = model.padded
-    return np.asarray(moment_theta(eq, pad.response, pad.structure))
+    host = jax.tree_util.tree_map(np.asarray, (eq, pad.response))
+    return np.asarray(theta_from_moments(moment_estimates(*host, pad.structure, np), pad.structure.ks, np),
+                      dtype=float)

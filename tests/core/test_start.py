@@ -10,7 +10,7 @@ import pytest
 
 import lmm_jax
 from lmm_jax.core.parametrization import theta_start
-from lmm_jax.core.start import THETA_MIN, default_start, moment_equations, moment_estimates
+from lmm_jax.core.start import THETA_MIN, default_start, moment_equations, moment_estimates, moment_theta
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
 
@@ -80,6 +80,21 @@ def test_same_optimum_as_identity_start(name, formula, reml):
     assert a.objective == pytest.approx(b.objective, abs=1e-9)
     np.testing.assert_allclose(a.theta, b.theta, atol=2e-6)
     np.testing.assert_allclose(a.beta, b.beta, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Dyestuff2", "Yield ~ 1 + (1 | Batch)"),
+                                           (None, "y ~ x + w + (1 | a) + (1 | b) + (0 + x | c)"),
+                                           (None, "y ~ 0 + (x + w | a)")])
+def test_numpy_start_equals_the_compiled_kernel(name, formula):
+    # a single fit's start is evaluated by numpy; the batched fits vmap the compiled moment_theta
+    m = lmm_jax.LMM(formula, lmm_jax.datasets.load(name) if name else unbalanced_crossed())
+    pad = m.padded
+    compiled = np.asarray(moment_theta(m.padded_moment_equations, pad.response, pad.structure))
+    host = default_start(m)
+    assert host.dtype == np.float64 and host.shape == (m.n_theta,)
+    np.testing.assert_allclose(host, compiled, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(host, theta_start(m.structure.ks))      # the moments, not lme4's identity
 
 
 def test_moment_equations_are_cached_on_the_model():
