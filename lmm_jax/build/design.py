@@ -6,6 +6,13 @@ does), and for each random-effects term its grouping levels, the level code of
 every row and the term's columns of Z (``Z_t`` is never formed as an n x q
 matrix: row i of term t holds ``Z_t[i]`` in block ``codes_t[i]``).
 
+formulaic evaluates every expression but the plainest: a sum of numeric
+columns named plainly and the intercept's markers (``Days``, ``0 + x + w``),
+which is read here (:func:`_plain_terms`). A model of such expressions
+(sleepstudy's) never imports formulaic, 0.14 s of a fresh process; the
+fixed part's formulaic spec, which new data needs (predict, emmeans, anova),
+is then built on first use (:attr:`Design.fixed_spec`).
+
 Terms are ordered by number of levels, largest first (lme4's order, and the
 one the blocked Cholesky in :mod:`lmm_jax.core.likelihood` wants).
 """
@@ -16,6 +23,7 @@ import builtins
 import dataclasses
 import difflib
 import functools
+import keyword
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +31,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula, model_matrix
 
 from ..core.theta_layout import ThetaLayout
 from ..errors import DataError, FormulaError, RankDeficiencyWarning, ScalingWarning
@@ -98,6 +105,8 @@ class Design:
             ``data`` when none was dropped): what a refit of another formula
             re-reads (:meth:`lmm_jax.model.LMM.update`, as R's ``update``).
         used: (len(source),) bool, the rows of ``source`` in ``data``.
+        fixed_text: the fixed part's right side as formulaic reads it
+            (:func:`formulaic_text`), from which :attr:`fixed_spec` is built.
     """
 
     formula: ParsedFormula
@@ -108,7 +117,7 @@ class Design:
     dropped_columns: tuple[str, ...]
     n_dropped_rows: int
     data: pd.DataFrame
-    fixed_spec: Any = field(repr=False)
+    fixed_text: str = ""
     kept_columns: tuple[int, ...] = ()
     weights: np.ndarray | None = field(default=None, repr=False)
     offset: np.ndarray | None = field(default=None, repr=False)
@@ -147,6 +156,14 @@ class Design:
         """The working data the likelihood sees (:mod:`lmm_jax.build.working`):
         weights and offset applied, fixed effects in an orthonormal basis."""
         return working_data(self.X, tuple(t.Z for t in self.terms), self.y, self.weights, self.offset)
+
+    @functools.cached_property
+    def fixed_spec(self) -> Any:
+        """formulaic's model spec of the fixed part (the columns of new data
+        for predict, emmeans, anova and ranova): the one that built ``X``, or,
+        for a design of plain columns (:func:`_plain_terms`), built from
+        ``fixed_text`` on ``data`` when first asked for."""
+        return _model_matrix(self.fixed_text, self.data).model_spec
 
     @functools.cached_property
     def theta_layout(self) -> ThetaLayout:
@@ -456,6 +473,7 @@ def _mentioned(expr: str, columns: list[str]) -> set[str]:
 
 def _required(expr: str, formula_text: str, columns: list[str]) -> tuple[set[str], set[str]]:
     """(columns the expression uses, names it uses that are not columns)."""
+    from formulaic import Formula           # on first use (module docstring)
     try:
         req = set(Formula(quote_names(expr, columns)).required_variables)
     except Exception as e:  # formulaic's own parse errors
@@ -516,10 +534,69 @@ def _independent_columns(X: np.ndarray, chunk_rows: int = 1 << 16) -> list[int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _formulaic(text: str) -> Formula:
+def _formulaic(text: str) -> Any:
     """formulaic's parsed formula for a formula text, parsed once per text
     (a Formula is immutable; parsing costs more than a small model matrix)."""
+    from formulaic import Formula           # on first use (module docstring)
     return Formula(text)
+
+
+def _model_matrix(text: str, data: pd.DataFrame) -> Any:
+    """formulaic's model matrix (or matrices, for a formula with a response)
+    of a formula text on ``data``, with R's functions and missing values kept."""
+    from formulaic import model_matrix
+    return model_matrix(_formulaic(text), data, na_action="ignore", context=R_FUNCTIONS)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _plain_column(name: str, df: pd.DataFrame) -> bool:
+    """``name`` is a plainly named numeric column of ``df`` (not boolean, a
+    factor, a keyword or formulaic's ``Intercept``)."""
+    if not _PLAIN_NAME.fullmatch(name) or keyword.iskeyword(name) or name == "Intercept":
+        return False
+    if name not in df.columns or not df.columns.is_unique:
+        return False
+    dtype = df[name].dtype
+    return isinstance(dtype, np.dtype) and dtype.kind in "iuf"
+
+
+def _plain_terms(expr: str, df: pd.DataFrame) -> tuple[bool, tuple[str, ...]] | None:
+    """(intercept, columns) of an expression that is a sum of plain numeric
+    columns of ``df`` (:func:`_plain_column`) and the intercept's markers,
+    read as formulaic reads it: the last of ``+1``, ``-1``, ``+0``, ``-0``
+    decides the intercept, which comes first; a repeated column counts once.
+    None for any other expression (factors, interactions, calls, removals,
+    odd names): formulaic evaluates those."""
+    tokens = re.split(r"([+-])", expr)
+    intercept, names, sign = True, [], "+"
+    for i, token in enumerate(tokens):
+        token = token.strip()
+        if i % 2:
+            sign = token
+        elif not token:
+            if i or len(tokens) == 1:             # only a leading sign may have nothing before it ('-1 + x')
+                return None
+        elif token in ("0", "1"):
+            intercept = (token == "1") == (sign == "+")
+        elif sign == "+" and _plain_column(token, df):
+            if token not in names:
+                names.append(token)
+        else:
+            return None
+    return intercept, tuple(names)
+
+
+def _plain_matrix(terms: tuple[bool, tuple[str, ...]], df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The model matrix (n, k) and lme4's column names of :func:`_plain_terms`."""
+    intercept, names = terms
+    out = np.empty((len(df), int(intercept) + len(names)))
+    if intercept:
+        out[:, 0] = 1.0
+    for j, name in enumerate(names, start=int(intercept)):
+        out[:, j] = df[name].to_numpy(dtype=float)
+    return out, ["(Intercept)"] * intercept + list(names)
 
 
 def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, offset: Any = None, *,
@@ -561,7 +638,13 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     # -- which columns are used ----------------------------------------------
     response_name = pf.response.strip("`")
     has_response = not (planned and response_name not in df.columns)
-    fixed_vars, unknown = _required(pf.fixed_formula if has_response else f"~ {pf.fixed}", pf.text, columns)
+    # a plain numeric response and fixed part (_plain_terms) are read here, anything else by formulaic
+    plain_fixed = _plain_terms(pf.fixed, df) if not has_response or _plain_column(response_name, df) \
+        and pf.response == response_name else None
+    if plain_fixed is not None:
+        fixed_vars, unknown = set(plain_fixed[1]) | ({response_name} if has_response else set()), set()
+    else:
+        fixed_vars, unknown = _required(pf.fixed_formula if has_response else f"~ {pf.fixed}", pf.text, columns)
     if unknown:
         name = sorted(unknown)[0]
         what = "the response" if name == pf.response.strip("`") else "fixed-effects variable"
@@ -574,7 +657,8 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
                 raise DataError(_missing_message(name, f"grouping factor of the random-effects term {term}:",
                                                  columns))
             used.add(name)
-        slope_vars, unknown = _required(term.expr, pf.text, columns)
+        plain = _plain_terms(term.expr, df)
+        slope_vars, unknown = (set(plain[1]), set()) if plain is not None else _required(term.expr, pf.text, columns)
         if unknown:
             raise DataError(_missing_message(sorted(unknown)[0], f"variable of the random-effects term {term}:",
                                              columns))
@@ -617,25 +701,30 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     df_used = df.copy(deep=not _COPY_ON_WRITE) if complete.all() else df.loc[complete]
 
     # -- fixed part --------------------------------------------------------
-    try:
-        text = f"{_response_expression(pf.response)} ~ {pf.fixed}" if has_response \
-            else f"{response_name}__planned ~ {pf.fixed}"
-        frame = df_used if has_response else df_used.assign(**{f"{response_name}__planned": 0.0})
-        mm = model_matrix(_formulaic(formulaic_text(text, df)), frame, na_action="ignore", context=R_FUNCTIONS)
-    except Exception as e:
-        raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
-                           pf.fixed, pf.text.find(pf.fixed)) from None
-    lhs = mm.lhs
-    if lhs.shape[1] != 1 or not _is_numeric(lhs):
-        raise DataError(f"the response {pf.response!r} is not one numeric column (it gives {lhs.shape[1]} "
-                        f"column(s): {list(lhs.columns)[:5]}); linear mixed models need a numeric response")
-    y = np.asarray(lhs, dtype=float).ravel()
-    fixed_spec = mm.rhs.model_spec
-    X_full = np.empty(mm.rhs.shape, dtype=float)          # row-major, filled column by column: no second copy
-    for j in range(X_full.shape[1]):
-        X_full[:, j] = mm.rhs.iloc[:, j].to_numpy(dtype=float)
-    names_full = [r_name(c) for c in mm.rhs.columns]
-    del mm, lhs, frame                        # formulaic's frames: X_full and y are all we keep
+    fixed_spec = None                         # formulaic's, where it evaluated the fixed part
+    if plain_fixed is not None:
+        y = df_used[response_name].to_numpy(dtype=float) if has_response else np.zeros(len(df_used))
+        X_full, names_full = _plain_matrix(plain_fixed, df_used)
+    else:
+        try:
+            text = f"{_response_expression(pf.response)} ~ {pf.fixed}" if has_response \
+                else f"{response_name}__planned ~ {pf.fixed}"
+            frame = df_used if has_response else df_used.assign(**{f"{response_name}__planned": 0.0})
+            mm = _model_matrix(formulaic_text(text, df), frame)
+        except Exception as e:
+            raise FormulaError(f"cannot evaluate the fixed part {pf.fixed_formula!r}: {e}", pf.text,
+                               pf.fixed, pf.text.find(pf.fixed)) from None
+        lhs = mm.lhs
+        if lhs.shape[1] != 1 or not _is_numeric(lhs):
+            raise DataError(f"the response {pf.response!r} is not one numeric column (it gives {lhs.shape[1]} "
+                            f"column(s): {list(lhs.columns)[:5]}); linear mixed models need a numeric response")
+        y = np.asarray(lhs, dtype=float).ravel()
+        fixed_spec = mm.rhs.model_spec
+        X_full = np.empty(mm.rhs.shape, dtype=float)      # row-major, filled column by column: no second copy
+        for j in range(X_full.shape[1]):
+            X_full[:, j] = mm.rhs.iloc[:, j].to_numpy(dtype=float)
+        names_full = [r_name(c) for c in mm.rhs.columns]
+        del mm, lhs, frame                    # formulaic's frames: X_full and y are all we keep
     if not np.isfinite(y).all():
         n_inf, n_nan = int(np.isinf(y).sum()), int(np.isnan(y).sum())
         raise DataError(f"the response {pf.response!r} has {n_inf} infinite and {n_nan} NaN value(s) among the "
@@ -670,15 +759,19 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     n = len(y)
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
-        try:
-            Zm = model_matrix(_formulaic(formulaic_text(term.expr, df)), df_used, na_action="ignore",
-                              context=R_FUNCTIONS)
-        except Exception as e:
-            raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
-                               term.expr, pf.text.find(term.expr)) from None
-        Z = Zm.to_numpy(dtype=float)
-        cols = tuple(r_name(c) for c in Zm.columns)
-        del Zm
+        plain = _plain_terms(term.expr, df)
+        if plain is not None:
+            Z, names = _plain_matrix(plain, df_used)
+            cols = tuple(names)
+        else:
+            try:
+                Zm = _model_matrix(formulaic_text(term.expr, df), df_used)
+            except Exception as e:
+                raise FormulaError(f"cannot evaluate the random-effects expression {term.expr!r}: {e}", pf.text,
+                                   term.expr, pf.text.find(term.expr)) from None
+            Z = Zm.to_numpy(dtype=float)
+            cols = tuple(r_name(c) for c in Zm.columns)
+            del Zm
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {term} has no columns; use (1 | g) for an intercept",
                                pf.text, term.expr, pf.text.find(term.expr))
@@ -713,11 +806,14 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     order = sorted(range(len(terms)), key=lambda i: -terms[i].m)  # stable: formula order among ties
     terms = [terms[i] for i in order]
     _warn_far_slopes(terms)
-    return Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
-                  n_dropped_rows=n_dropped, data=df_used, fixed_spec=fixed_spec,
-                  kept_columns=tuple(keep), weights=w_used, offset=o_used, n_zero_weight_rows=n_zero_weight,
-                  offset_column=offset if isinstance(offset, str) else None, has_response=has_response,
-                  source=df_used if complete.all() else df.copy(deep=not _COPY_ON_WRITE), used=complete)
+    design = Design(formula=pf, y=y, X=X, fixef_names=fixef_names, terms=tuple(terms), dropped_columns=dropped,
+                    n_dropped_rows=n_dropped, data=df_used, fixed_text=formulaic_text(pf.fixed, df),
+                    kept_columns=tuple(keep), weights=w_used, offset=o_used, n_zero_weight_rows=n_zero_weight,
+                    offset_column=offset if isinstance(offset, str) else None, has_response=has_response,
+                    source=df_used if complete.all() else df.copy(deep=not _COPY_ON_WRITE), used=complete)
+    if fixed_spec is not None:
+        design.__dict__["fixed_spec"] = fixed_spec        # the cached property, seeded
+    return design
 
 
 def new_offset(design: Design, data: pd.DataFrame, offset: Any = None) -> np.ndarray | float:
@@ -779,8 +875,7 @@ def _check_weights(w: np.ndarray, label: str) -> None:
 def _offset_values(expr: str, text: str, df: pd.DataFrame, df_used: pd.DataFrame) -> np.ndarray:
     """An ``offset(expr)`` term evaluated on the rows used."""
     try:
-        mm = model_matrix(_formulaic(f"0 + I({formulaic_text(expr, df)})"), df_used, na_action="ignore",
-                          context=R_FUNCTIONS)
+        mm = _model_matrix(f"0 + I({formulaic_text(expr, df)})", df_used)
         values = mm.to_numpy(dtype=float)
     except Exception as e:
         raise FormulaError(f"cannot evaluate offset({expr}): {e}", text, expr, text.find(expr)) from None
@@ -872,8 +967,9 @@ def with_response(design: Design, y: np.ndarray) -> Design:
         source = source.assign(**{column: full})
     out = dataclasses.replace(design, formula=pf, y=y, data=data, source=source, has_response=True)
     out.__dict__["working"] = design.working.with_response(y)      # the cached property, seeded: no new QR
-    if "theta_layout" in design.__dict__:
-        out.__dict__["theta_layout"] = design.theta_layout
+    for name in ("theta_layout", "fixed_spec"):
+        if name in design.__dict__:
+            out.__dict__[name] = design.__dict__[name]
     return out
 
 
@@ -886,12 +982,14 @@ def treatment_coded(design: Design) -> Design | None:
     text = quote_names(design.formula.fixed_formula, list(df.columns))
     if code_ordered(text, ordered_columns(df)) == text:
         return None
-    rhs = model_matrix(_formulaic(text), df, na_action="ignore", context=R_FUNCTIONS).rhs
+    rhs = _model_matrix(text, df).rhs
     X_full = rhs.to_numpy(dtype=float)
     keep = _independent_columns(X_full)
     names = [r_name(c) for c in rhs.columns]
-    return dataclasses.replace(design, X=X_full[:, keep], fixef_names=tuple(names[j] for j in keep),
-                               fixed_spec=rhs.model_spec, kept_columns=tuple(keep))
+    out = dataclasses.replace(design, X=X_full[:, keep], fixef_names=tuple(names[j] for j in keep),
+                              fixed_text=quote_names(design.formula.fixed, list(df.columns)), kept_columns=tuple(keep))
+    out.__dict__["fixed_spec"] = rhs.model_spec
+    return out
 
 
 def _warn_far_slopes(terms: list[TermDesign]) -> None:
