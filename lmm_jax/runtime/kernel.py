@@ -398,6 +398,8 @@ class Kernel:
                 return lowered.compile(compiler_options=optimised)
             with contextlib.suppress(Exception):   # not serializable here: the next process exports again
                 _store(stem.with_suffix(".bin"), exported.serialize())
+        else:
+            _traced()                              # read from disk: nothing to trace, executables load side by side
         device = jax.devices(backend)[0]
 
         def machine(options: dict | None) -> str:
