@@ -320,14 +320,14 @@ def _power_chunk(plan: _PowerPlan, start: int) -> dict[str, np.ndarray]:
     if plan.null is not None:
         k1 = plan.base.design.p + plan.base.design.theta_layout.n_theta
         k0 = plan.null.design.p + plan.null.design.theta_layout.n_theta
-        full = plan.base.fit_batch(Y, reml=False, ddf="none")
-        small = plan.null.fit_batch(Y, reml=False, ddf="none")
+        full = plan.base.fit_batch(Y, reml=False, ddf="none", pad_levels=True)
+        small = plan.null.fit_batch(Y, reml=False, ddf="none", pad_levels=True)
         stat = np.maximum(small.objective - full.objective, 0.0)
         ok = ~(full.failed | small.failed) & np.isfinite(stat)
         p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
         failed = ~ok
     else:
-        fits = plan.base.fit_batch(Y, reml=plan.reml, ddf=plan.ddf)
+        fits = plan.base.fit_batch(Y, reml=plan.reml, ddf=plan.ddf, pad_levels=True)
         stat, p = _t_test(fits, plan.test)
         p = np.where(fits.failed, np.nan, p)
         failed = fits.failed

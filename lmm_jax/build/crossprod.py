@@ -244,7 +244,7 @@ def size_bucket(x: int, minimum: int) -> int:
     return -(-x // step) * step
 
 
-def _rest_rows(s: Structure, padded: Structure) -> np.ndarray:
+def rest_rows(s: Structure, padded: Structure) -> np.ndarray:
     """Positions of the remaining terms' rows of Z_r in the padded layout
     (each term's padded levels follow its own)."""
     out = [o_new + np.arange(m * k) for k, m, o_new in zip(s.ks[1:], s.ms[1:], padded.rest_offsets)]
@@ -257,7 +257,7 @@ def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> Respo
     Z1y = np.zeros((padded.ms[0], padded.ks[0]))
     Z1y[:s.ms[0]] = np.asarray(rp.Z1y)
     Zry = np.zeros(padded.q_rest)
-    Zry[_rest_rows(s, padded)] = np.asarray(rp.Zry)
+    Zry[rest_rows(s, padded)] = np.asarray(rp.Zry)
     return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=rp.Xy, yy=rp.yy, shift=rp.shift)
 
 
@@ -291,7 +291,7 @@ def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padd
     if padded == s:
         return Padded(dp, rp, s)
     m1, k1 = s.ms[0], s.ks[0]
-    rows = _rest_rows(s, padded)
+    rows = rest_rows(s, padded)
     A11 = np.zeros((padded.ms[0], k1, k1))
     A11[:m1] = np.asarray(dp.A11)
     Z1X = np.zeros((padded.ms[0], k1, s.p))
