@@ -36,7 +36,7 @@ from scipy.special import stdtr, stdtrit
 from ..runtime import kernel as kernel_module
 from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
-from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options
+from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options, row_options
 from ..build.crossprod import rest_rows, response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, fit_theta
@@ -320,7 +320,7 @@ def pad_batch_response(rps: ResponseProducts, s: Structure, padded: Structure) -
     return rps._replace(Z1y=Z1y, Zry=Zry)
 
 
-@kernel(static_argnames=("s", "padded"))
+@kernel(static_argnames=("s", "padded"), cpu_options=row_options)
 def _batch_products(Y, G, arrays, s, padded):
     """The products of the working responses Y (n, B) in the padded layout,
     and the checks of :func:`response_checks`: the part of a batch fit that

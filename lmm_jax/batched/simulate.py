@@ -27,7 +27,7 @@ import numpy as np
 
 from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
-from ..core.types import DesignArrays, Structure
+from ..core.types import DesignArrays, Structure, row_options
 from ..core.parametrization import lambdas
 from ..errors import DataError, check_bool, check_count
 from .params import named_params
@@ -110,7 +110,7 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
     return jax.vmap(lambda k: simulate_one(k, params, arrays, s), out_axes=1)(keys)
 
 
-_simulate_jit = kernel(static_argnames=("s",))(simulate_batch)
+_simulate_jit = kernel(static_argnames=("s",), cpu_options=row_options)(simulate_batch)
 
 
 @entry_point

@@ -75,6 +75,16 @@ def batch_options(statics: dict) -> dict:
     return {"xla_cpu_use_fusion_emitters": False}
 
 
+def row_options(statics: dict) -> dict:
+    """CPU compiler options of a kernel of per-row arithmetic (the simulated
+    responses, a batch's response products): XLA:CPU's elemental emitter,
+    whatever the structure. Such kernels compile per number of rows; the
+    emitter compiles them sooner and runs them as fast (sleepstudy's
+    simulation: 0.58 -> 0.40 s to compile, 10,000 draws 0.055 -> 0.045 s
+    warm; 1,000 responses' products within noise)."""
+    return {"xla_cpu_use_fusion_emitters": False}
+
+
 @serializable
 class DesignProducts(NamedTuple):
     """Cross-products that do not involve y (see module docstring), of the
