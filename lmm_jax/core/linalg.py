@@ -8,17 +8,26 @@ factorisation is written out entry by entry: for k = 1 it is ``sqrt``, for k =
 2 the closed form, in general the Cholesky-Banachiewicz recurrence
 (Golub & Van Loan, Alg. 4.2.1) on arrays of shape (m,).
 
-Up to ``LOOP_MAX`` the same recurrences run as a ``lax.fori_loop`` over
-columns (rows for the solves) in plain elementwise jnp, never as LAPACK
-custom calls. Batched (vmapped) LAPACK calls on CPU go through jaxlib's
+A single matrix larger than that (a single fit's dense block of the
+remaining terms, or its fixed-effects block with p >= 6) goes to LAPACK, one
+call, as ``jnp.linalg.cholesky`` would: a custom call is one instruction of
+the compiled program where a loop and its derivatives are hundreds (the
+Newton loop of ``Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)``,
+a 32-column block: 4,800 instructions and 1.4 s to compile with the loops
+below, 3,200 and 1.0 s with LAPACK). Stacks of blocks up to ``LOOP_MAX``
+columns, and every batched (vmapped) use, run the same recurrences as a
+``lax.fori_loop`` over columns (rows for the solves) in plain elementwise
+jnp, never as LAPACK custom calls. Batched (vmapped) LAPACK calls on CPU go through jaxlib's
 ``ParallelBatchMap``, which schedules work on XLA's intra-op pool and blocks
 the calling pool thread: with two such calls running at once on a 2-thread
 pool, both threads wait for work that no thread is free to run. We saw that
 deadlock hang bootstraps of crossed models (gdb: both pool threads in
 ``TriMatrixEquationSolverKernel`` -> ``ParallelBatchMap`` ->
-``BlockingCounter::Wait``, every other thread idle). Small dense blocks (the
-remaining terms of Penicillin, 6 columns, or of a 50 x 20 crossed design, 20)
-and the (p+1) x (p+1) fixed-effects block therefore never reach LAPACK.
+``BlockingCounter::Wait``, every other thread idle). Batched small dense
+blocks (the remaining terms of Penicillin, 6 columns, or of a 50 x 20 crossed
+design, 20) and the (p+1) x (p+1) fixed-effects block therefore never reach
+LAPACK: :func:`lapack_cholesky` and :func:`lapack_solve` send them to the
+loops when vmapped.
 
 Larger blocks (a crossed design's second term with more than 64 levels),
 and the Cholesky solves of the scalar terms' closed-form rules at any size,
@@ -123,12 +132,12 @@ def _one_matrix_per_call(op: Callable, small: Callable, shared_factor_folds: boo
 
 
 _potrf = _one_matrix_per_call(lambda M: lax.linalg.cholesky(M, symmetrize_input=False),
-                              small=lambda M: batched_cholesky(M))
+                              small=lambda M: _elementwise_cholesky(M))
 _trsm = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True),
-                             small=lambda L, B: batched_forward_solve(L, B), shared_factor_folds=True)
+                             small=lambda L, B: _elementwise_forward_solve(L, B), shared_factor_folds=True)
 _trsm_t = _one_matrix_per_call(lambda L, B: lax.linalg.triangular_solve(L, B, left_side=True, lower=True,
                                                                          transpose_a=True),
-                               small=lambda L, B: batched_backward_solve(L, B), shared_factor_folds=True)
+                               small=lambda L, B: _elementwise_backward_solve(L, B), shared_factor_folds=True)
 
 
 def lapack_solve(L: jnp.ndarray, B: jnp.ndarray, transpose: bool = False) -> jnp.ndarray:
@@ -176,13 +185,24 @@ def _cholesky_lower_jvp(primals, tangents):
     return L, L @ (jnp.tril(X) - 0.5 * jnp.diag(jnp.diagonal(X)))
 
 
+def _by_lapack(A: jnp.ndarray) -> bool:
+    """Whether the batched_* functions hand ``A`` (..., k, k) to LAPACK
+    (module docstring): a large block, or a single matrix beyond the unrolled sizes."""
+    k = A.shape[-1]
+    return k > LOOP_MAX or (k > UNROLL_MAX and A.ndim == 2)
+
+
 def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
-    """Lower Cholesky factors of M (..., k, k), symmetric positive definite."""
+    """Lower Cholesky factors of M (..., k, k), symmetric positive definite;
+    only M's lower triangle is read."""
+    return lapack_cholesky(M, symmetrize=False) if _by_lapack(M) else _elementwise_cholesky(M)
+
+
+def _elementwise_cholesky(M: jnp.ndarray) -> jnp.ndarray:
+    """:func:`batched_cholesky` unrolled (k <= UNROLL_MAX) or looped, never LAPACK."""
     k = M.shape[-1]
     if k == 0:                                # no fixed effects (y ~ 0 + (1 | g)): an empty factor
         return M
-    if k > LOOP_MAX:
-        return lapack_cholesky(M)
     if k > UNROLL_MAX:
         return _cholesky_loop(M)
     L = [[None] * k for _ in range(k)]
@@ -203,11 +223,14 @@ def batched_cholesky(M: jnp.ndarray) -> jnp.ndarray:
 
 def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L X = B for lower-triangular L (..., k, k), B (..., k, c)."""
+    return lapack_solve(L, B) if _by_lapack(L) else _elementwise_forward_solve(L, B)
+
+
+def _elementwise_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
+    """:func:`batched_forward_solve` unrolled or looped, never LAPACK."""
     k = L.shape[-1]
     if k == 0:
         return B
-    if k > LOOP_MAX:
-        return lapack_solve(L, B)
     if k > UNROLL_MAX:
         return _forward_loop(L, B)
     X = []
@@ -221,11 +244,14 @@ def batched_forward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
 
 def batched_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     """Solve L' X = B for lower-triangular L (..., k, k), B (..., k, c)."""
+    return lapack_solve(L, B, transpose=True) if _by_lapack(L) else _elementwise_backward_solve(L, B)
+
+
+def _elementwise_backward_solve(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
+    """:func:`batched_backward_solve` unrolled or looped, never LAPACK."""
     k = L.shape[-1]
     if k == 0:
         return B
-    if k > LOOP_MAX:
-        return lapack_solve(L, B, transpose=True)
     if k > UNROLL_MAX:
         return _backward_loop(L, B)
     X = [None] * k
