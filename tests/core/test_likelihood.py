@@ -200,6 +200,41 @@ def test_small_cholesky_and_solves_match_lapack(k):
         np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-10)
 
 
+@pytest.mark.parametrize("k", [7, 20, 64])
+def test_single_matrix_goes_to_lapack_and_equals_the_loops(k):
+    """A single matrix beyond the unrolled sizes (a single fit's dense block) is factored and solved by
+    LAPACK, the same matrix stacked or vmapped by the loops: equal values and derivatives, both reading
+    only the lower triangle (the upper is garbage here), and LAPACK in the compiled code of the first only."""
+    from lmm_jax.core.linalg import (_elementwise_backward_solve, _elementwise_cholesky, _elementwise_forward_solve,
+                                     batched_backward_solve, batched_cholesky, batched_forward_solve)
+
+    rng = np.random.default_rng(k)
+    A = rng.normal(size=(k, k))
+    M = A @ A.T + k * np.eye(k)
+    M_lower = jnp.asarray(np.tril(M) + np.triu(rng.normal(size=(k, k)), 1))
+    B = jnp.asarray(rng.normal(size=(k, 3)))
+    E = rng.normal(size=(k, k))
+    E = jnp.asarray(np.tril(E + E.T))
+
+    def solves(chol, fwd, bwd):
+        def f(M):
+            L = chol(M)
+            return jnp.sum(jnp.log(jnp.diagonal(L))) + jnp.sum(bwd(L, fwd(L, B)) * B)
+        return f
+
+    fast = solves(batched_cholesky, batched_forward_solve, batched_backward_solve)
+    loops = solves(_elementwise_cholesky, _elementwise_forward_solve, _elementwise_backward_solve)
+    np.testing.assert_allclose(batched_cholesky(M_lower), _elementwise_cholesky(M_lower), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(batched_cholesky(M_lower), np.linalg.cholesky(M), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast(M_lower), loops(M_lower), rtol=1e-13)
+    np.testing.assert_allclose(jax.jvp(fast, (M_lower,), (E,))[1], jax.jvp(loops, (M_lower,), (E,))[1], rtol=1e-10)
+    hvp, hvp_loops = (jnp.sum(jax.jvp(jax.grad(f), (M_lower,), (E,))[1] * E) for f in (fast, loops))
+    np.testing.assert_allclose(hvp, hvp_loops, rtol=1e-10)
+    assert 'custom_call_target="lapack' in jax.jit(fast).lower(M_lower).compile().as_text()
+    stacked = jnp.stack([M_lower, M_lower])
+    assert 'custom_call_target="lapack' not in jax.jit(jax.vmap(fast)).lower(stacked).compile().as_text()
+
+
 @pytest.mark.parametrize("formula, data", [("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),
                                            ("Reaction ~ Days + (Days | Subject)", "sleepstudy")])
 def test_batched_objective_calls_no_lapack(formula, data):
