@@ -35,7 +35,7 @@ from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionE
                      check_count)
 from .inference.satterthwaite import vcov_beta_jacobian
 from .runtime import kernel as kernel_module
-from .runtime.kernel import traced_sets
+from .runtime.kernel import prepare_import, traced_sets
 from .runtime.scope import entry_point
 
 from .results import LMMResult
@@ -293,6 +293,7 @@ class LMM:
             vp = jax.ShapeDtypeStruct((self.n_theta + 1,), np.float64)
             varpar_hessian.prepare(vp, pad.products, pad.response, pad.structure, bool(reml), after=traced)
             vcov_beta_jacobian.prepare(vp, pad.products, pad.response, pad.structure, after=traced)
+            prepare_import("scipy.special", after=traced)          # summary()'s p-values
         with traced_sets(traced):
             opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml),
                                         max_iter)

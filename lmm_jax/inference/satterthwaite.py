@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy.special import stdtr
 
 from ..core.types import DesignProducts, ResponseProducts, Structure
 from ..runtime.kernel import kernel
@@ -104,5 +103,7 @@ def satterthwaite_table(L: np.ndarray, beta: np.ndarray, varpar: np.ndarray, A: 
     est = np.atleast_2d(L) @ beta
     se = np.sqrt(var)
     t = est / se
+    from scipy.special import stdtr          # on first use (a fit imports it beside its compile: model.fit)
+
     p = 2.0 * stdtr(df, -np.abs(t))          # Student's t CDF: scipy.stats.t.sf's own kernel, without scipy.stats
     return pd.DataFrame({"estimate": est, "std_error": se, "df": df, "t": t, "p": p}, index=names)

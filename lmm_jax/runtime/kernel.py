@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import inspect
 import os
 import platform
@@ -227,6 +228,22 @@ def _traced() -> None:
     if event is not None:
         _tracing.event = None
         event.set()
+
+
+def prepare_import(module: str, after: threading.Event) -> None:
+    """Import ``module`` on a background thread once ``after`` is set (as
+    :meth:`Kernel.prepare` builds a kernel): a module the caller needs after
+    its kernel (scipy.special for summary()'s p-values, 0.08 s) loads while
+    XLA compiles that kernel without Python's lock. The caller imports it
+    as usual when it needs it: Python's import lock makes that wait for this
+    thread, and an import that fails here raises there."""
+    def load() -> None:
+        after.wait(PREPARE_WAIT)
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    with contextlib.suppress(RuntimeError):     # no thread to be had: the caller imports it
+        threading.Thread(target=load, name=f"lmm_jax-prepare-import-{module}").start()
 
 
 def wait_for_optimised(timeout: float | None = None) -> None:

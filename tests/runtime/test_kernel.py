@@ -146,6 +146,23 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function(x64):
     assert np.all(np.isfinite(np.asarray(g)))
 
 
+def test_prepare_import_loads_the_module_once_the_event_is_set(tmp_path, monkeypatch):
+    (tmp_path / "lmm_jax_prepared_demo.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lmm_jax_prepared_demo", raising=False)
+    event = threading.Event()
+    kernel_module.prepare_import("lmm_jax_prepared_demo", after=event)
+    kernel_module.prepare_import("lmm_jax_no_such_module", after=event)     # fails quietly on its thread
+    time.sleep(0.2)
+    assert "lmm_jax_prepared_demo" not in sys.modules                    # waits for the event
+    event.set()
+    for t in threading.enumerate():
+        if t.name.startswith("lmm_jax-prepare-import-"):
+            t.join(10)
+    assert sys.modules["lmm_jax_prepared_demo"].LOADED
+    monkeypatch.delitem(sys.modules, "lmm_jax_prepared_demo")
+
+
 def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)   # an empty store: the first build traces
 
