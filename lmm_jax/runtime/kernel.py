@@ -574,6 +574,37 @@ def _runtime_ready(backend: str) -> None:
         _READY.add(backend)
 
 
+class _RuntimeReady:
+    """:func:`_runtime_ready` on a thread of its own while the caller
+    deserializes an executable (which runs without Python's lock: a cached
+    process's first load, 0.1 s, and the runtime's initialization, 0.05-0.08
+    s of imports and lowering, overlap); nothing to do once the backend is
+    ready. :meth:`wait` before the executable runs; ``error``: what
+    initialization raised."""
+
+    def __init__(self, backend: str):
+        self.error: BaseException | None = None
+        self._thread = None
+        if backend in _READY:
+            return
+        self._thread = threading.Thread(target=self._run, args=(backend,), name="lmm_jax-runtime-ready")
+        try:
+            self._thread.start()
+        except RuntimeError:                       # no thread to be had: initialize here
+            self._thread = None
+            self._run(backend)
+
+    def _run(self, backend: str) -> None:
+        try:
+            _runtime_ready(backend)
+        except Exception as e:                     # noqa: BLE001 - the load is then refused, as before
+            self.error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
 def _load_executable(path: Path, key: str, exported, backend: str):
     """The executable stored at ``path`` for ``key``, loaded onto ``backend``
     with ``exported``'s pytrees; None when it is missing, corrupt, stored for
@@ -586,13 +617,17 @@ def _load_executable(path: Path, key: str, exported, backend: str):
     header, _, payload = data.partition(b"\n")
     if header != b" ".join((_EXECUTABLE_TAG, key.encode(), hashlib.sha256(payload).hexdigest().encode())):
         return None                                # truncated, overwritten or another entry's bytes
+    ready = _RuntimeReady(backend)
     try:
-        _runtime_ready(backend)
         compiled = serialize_executable.deserialize_and_load(payload, exported.in_tree, exported.out_tree,
                                                              backend=backend)
         ins = _types(jax.tree_util.tree_leaves(compiled.args_info))
         outs = _types(jax.tree_util.tree_leaves(compiled.out_info))
     except Exception:                              # another jaxlib or runtime, or no executable serialization here
+        return None
+    finally:
+        ready.wait()
+    if ready.error is not None:
         return None
     if ins != _types(exported.in_avals) or outs != _types(exported.out_avals):
         return None

@@ -359,6 +359,30 @@ def test_an_executable_of_other_types_than_its_exported_module_is_not_loaded(tmp
     np.testing.assert_array_equal(doubled(x), 2 * x)   # compiled again
 
 
+def test_a_runtime_that_cannot_initialize_refuses_the_load(tmp_path, monkeypatch):
+    # the runtime initializes on a thread beside the deserialization; its failure refuses the entry, as the
+    # deserialization's own would (the kernel then compiles)
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+
+    @kernel(static_argnames=())
+    def tripled(x):
+        return 3 * x
+
+    x = np.arange(float(np.random.default_rng().integers(16, 1 << 20)))
+    tripled(x)
+    [stored] = tmp_path.glob("tripled-*.xla")
+    key, _, _ = entry(stored)
+    exported = jax.export.deserialize(bytearray(stored.with_suffix(".bin").read_bytes()))
+    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is not None
+
+    def broken(backend):
+        raise RuntimeError("no LAPACK here")
+
+    monkeypatch.setattr(kernel_module, "_READY", set())
+    monkeypatch.setattr(kernel_module, "_runtime_ready", broken)
+    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is None
+
+
 GLOBAL_CACHE_SCRIPT = textwrap.dedent("""
     import json, pathlib, sys
     import jax, jax.numpy as jnp, numpy as np
