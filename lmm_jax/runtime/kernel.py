@@ -143,15 +143,18 @@ def source_digest() -> str:
 
 def host_digest() -> str:
     """The host's architecture and, on Linux, its CPU's instruction-set flags
-    (``/proc/cpuinfo``): XLA:CPU compiles for the CPU it runs on, so an
-    executable from another machine sharing the folder must not load."""
+    (``/proc/cpuinfo``), elsewhere its processor's name: XLA:CPU compiles for
+    the CPU it runs on, so an executable from another machine sharing the
+    folder must not load. (``platform.processor()`` runs ``uname -p`` in a
+    subprocess on Linux, where the flags say more.)"""
     global _HOST
     if _HOST is None:
         flags = ""
         with contextlib.suppress(OSError):
             flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
                           if line.startswith(("flags", "Features"))), "")
-        _HOST = hashlib.sha256(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:16]
+        cpu = flags or platform.processor()
+        _HOST = hashlib.sha256(f"{platform.machine()} {cpu}".encode()).hexdigest()[:16]
     return _HOST
 
 

@@ -359,6 +359,25 @@ def test_an_executable_of_other_types_than_its_exported_module_is_not_loaded(tmp
     np.testing.assert_array_equal(doubled(x), 2 * x)   # compiled again
 
 
+def test_host_digest_follows_the_cpu_flags_without_a_subprocess(monkeypatch):
+    import platform
+
+    def no_subprocess():
+        raise AssertionError("platform.processor() runs uname -p in a subprocess")
+
+    def digest(cpuinfo):
+        monkeypatch.setattr(kernel_module, "_HOST", None)
+        monkeypatch.setattr(kernel_module.Path, "read_text", lambda self: cpuinfo)
+        return kernel_module.host_digest()
+
+    monkeypatch.setattr(platform, "processor", no_subprocess)
+    avx2 = digest("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert avx2 == digest("processor\t: 1\nflags\t\t: fpu sse2 avx2\n")
+    assert avx2 != digest("processor\t: 0\nflags\t\t: fpu sse2\n")
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert digest("no flags here\n") != digest("flags : x\n")                # elsewhere: the processor's name
+
+
 def test_a_runtime_that_cannot_initialize_refuses_the_load(tmp_path, monkeypatch):
     # the runtime initializes on a thread beside the deserialization; its failure refuses the entry, as the
     # deserialization's own would (the kernel then compiles)
