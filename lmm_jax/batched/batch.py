@@ -37,7 +37,7 @@ from ..runtime import kernel as kernel_module
 from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options, row_options
-from ..build.crossprod import rest_rows, response_products
+from ..build.crossprod import padded_response, response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, fit_theta
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
@@ -309,24 +309,13 @@ def with_inference(out: dict, dp: DesignProducts, rps: ResponseProducts, s: Stru
     return dict(out, **inf)
 
 
-def pad_batch_response(rps: ResponseProducts, s: Structure, padded: Structure) -> ResponseProducts:
-    """Batched response products (leading axis B) in the padded layout of
-    :func:`~lmm_jax.build.crossprod.pad_products`: zeros for the padded levels."""
-    if padded == s:
-        return rps
-    B = rps.yy.shape[0]
-    Z1y = jnp.zeros((B, padded.ms[0], padded.ks[0]), dtype=rps.Z1y.dtype).at[:, :s.ms[0]].set(rps.Z1y)
-    Zry = jnp.zeros((B, padded.q_rest), dtype=rps.Zry.dtype).at[:, rest_rows(s, padded)].set(rps.Zry)
-    return rps._replace(Z1y=Z1y, Zry=Zry)
-
-
 @kernel(static_argnames=("s", "padded"), cpu_options=row_options)
 def _batch_products(Y, G, arrays, s, padded):
     """The products of the working responses Y (n, B) in the padded layout,
     and the checks of :func:`response_checks`: the part of a batch fit that
     depends on the rows (n) and the exact levels, a small kernel of its own."""
     E, B0 = ols_residuals(Y, arrays.X)
-    return pad_batch_response(batch_response_products(E, G, arrays, s, B0), s, padded), response_checks(Y, E)
+    return padded_response(batch_response_products(E, G, arrays, s, B0), s, padded, jnp), response_checks(Y, E)
 
 
 @kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"), cpu_options=batch_options)

@@ -19,6 +19,7 @@ simulated responses maps through it with ``vmap``.
 
 from __future__ import annotations
 
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -244,21 +245,32 @@ def size_bucket(x: int, minimum: int) -> int:
     return -(-x // step) * step
 
 
-def rest_rows(s: Structure, padded: Structure) -> np.ndarray:
+def _rest_rows(s: Structure, padded: Structure) -> np.ndarray:
     """Positions of the remaining terms' rows of Z_r in the padded layout
     (each term's padded levels follow its own)."""
     out = [o_new + np.arange(m * k) for k, m, o_new in zip(s.ks[1:], s.ms[1:], padded.rest_offsets)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def padded_response(rp: ResponseProducts, s: Structure, padded: Structure, xp: Any = np) -> ResponseProducts:
+    """Response products in the padded layout of :func:`pad_products` (zeros
+    for the padded levels), of one response or with leading batch axes:
+    numpy arrays with ``xp=np``, traced inside a kernel with ``xp=jnp``."""
+    if padded == s:
+        return rp
+    Z1y, Zry = rp.Z1y, rp.Zry
+    zeros = xp.zeros(Z1y.shape[:-2] + (padded.ms[0] - s.ms[0], s.ks[0]), dtype=Z1y.dtype)
+    source = np.full(padded.q_rest, s.q_rest)          # each padded row's row of [Z_r'y, 0]
+    source[_rest_rows(s, padded)] = np.arange(s.q_rest)
+    Zry = xp.take(xp.concatenate([Zry, xp.zeros(Zry.shape[:-1] + (1,), dtype=Zry.dtype)], axis=-1), source, axis=-1)
+    return rp._replace(Z1y=xp.concatenate([Z1y, zeros], axis=-2), Zry=Zry)
+
+
 def pad_response(rp: ResponseProducts, s: Structure, padded: Structure) -> ResponseProducts:
-    """Response products in the padded layout of :func:`pad_products`
-    (zeros for the padded levels)."""
-    Z1y = np.zeros((padded.ms[0], padded.ks[0]))
-    Z1y[:s.ms[0]] = np.asarray(rp.Z1y)
-    Zry = np.zeros(padded.q_rest)
-    Zry[rest_rows(s, padded)] = np.asarray(rp.Zry)
-    return ResponseProducts(Z1y=jax.device_put(Z1y), Zry=jax.device_put(Zry), Xy=rp.Xy, yy=rp.yy, shift=rp.shift)
+    """One response's products in the padded layout of :func:`pad_products`,
+    on the device (:func:`padded_response` in numpy)."""
+    host = padded_response(rp._replace(Z1y=np.asarray(rp.Z1y), Zry=np.asarray(rp.Zry)), s, padded)
+    return host._replace(Z1y=jax.device_put(host.Z1y), Zry=jax.device_put(host.Zry))
 
 
 def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padded:
@@ -291,7 +303,7 @@ def pad_products(dp: DesignProducts, rp: ResponseProducts, s: Structure) -> Padd
     if padded == s:
         return Padded(dp, rp, s)
     m1, k1 = s.ms[0], s.ks[0]
-    rows = rest_rows(s, padded)
+    rows = _rest_rows(s, padded)
     A11 = np.zeros((padded.ms[0], k1, k1))
     A11[:m1] = np.asarray(dp.A11)
     Z1X = np.zeros((padded.ms[0], k1, s.p))

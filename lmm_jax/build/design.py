@@ -117,7 +117,7 @@ class Design:
     dropped_columns: tuple[str, ...]
     n_dropped_rows: int
     data: pd.DataFrame
-    fixed_text: str = ""
+    fixed_text: str
     kept_columns: tuple[int, ...] = ()
     weights: np.ndarray | None = field(default=None, repr=False)
     offset: np.ndarray | None = field(default=None, repr=False)
@@ -639,8 +639,9 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     response_name = pf.response.strip("`")
     has_response = not (planned and response_name not in df.columns)
     # a plain numeric response and fixed part (_plain_terms) are read here, anything else by formulaic
-    plain_fixed = _plain_terms(pf.fixed, df) if not has_response or _plain_column(response_name, df) \
-        and pf.response == response_name else None
+    plain_response = not has_response or (pf.response == response_name and _plain_column(response_name, df))
+    plain_fixed = _plain_terms(pf.fixed, df) if plain_response else None
+    plain_random = {term.expr: _plain_terms(term.expr, df) for term in pf.random}
     if plain_fixed is not None:
         fixed_vars, unknown = set(plain_fixed[1]) | ({response_name} if has_response else set()), set()
     else:
@@ -657,7 +658,7 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
                 raise DataError(_missing_message(name, f"grouping factor of the random-effects term {term}:",
                                                  columns))
             used.add(name)
-        plain = _plain_terms(term.expr, df)
+        plain = plain_random[term.expr]
         slope_vars, unknown = (set(plain[1]), set()) if plain is not None else _required(term.expr, pf.text, columns)
         if unknown:
             raise DataError(_missing_message(sorted(unknown)[0], f"variable of the random-effects term {term}:",
@@ -759,7 +760,7 @@ def build_design(formula: str | ParsedFormula, data: Any, weights: Any = None, o
     n = len(y)
     expanded: list[tuple[RandomTerm, str, np.ndarray, tuple[str, ...]]] = []
     for term in pf.random:
-        plain = _plain_terms(term.expr, df)
+        plain = plain_random[term.expr]
         if plain is not None:
             Z, names = _plain_matrix(plain, df_used)
             cols = tuple(names)

@@ -439,14 +439,12 @@ class Kernel:
             return _compile(exported, dynamic, optimised)[0]
         loaded = _load_executable(paths["optimised"], machine(optimised), exported, backend)
         if loaded is not None:
-            _traced()
             return _Executable(loaded, key[-1], path=paths["optimised"], rebuild=compile_and_store)
         if not quick:
             return compile_and_store(dynamic)
         loaded = _load_executable(paths["quick"], machine(quick_options), exported, backend)
         if loaded is None:
             return _Executable(compile_and_store(dynamic, "quick"), key[-1], optimize=compile_and_store)
-        _traced()
         return _Executable(loaded, key[-1], path=paths["quick"],
                            rebuild=lambda args: compile_and_store(args, "quick"), optimize=compile_and_store)
 
