@@ -75,6 +75,7 @@ import importlib
 import inspect
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -239,7 +240,11 @@ def prepare_import(module: str, after: threading.Event) -> None:
     its kernel (scipy.special for summary()'s p-values, 0.08 s) loads while
     XLA compiles that kernel without Python's lock. The caller imports it
     as usual when it needs it: Python's import lock makes that wait for this
-    thread, and an import that fails here raises there."""
+    thread, and an import that fails here raises there. A module already
+    imported (every refit after the first fit) starts no thread."""
+    if module in sys.modules:
+        return
+
     def load() -> None:
         after.wait(PREPARE_WAIT)
         with contextlib.suppress(Exception):
