@@ -25,13 +25,20 @@ from .types import DesignProducts, ResponseProducts, Structure
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
 
 
+def theta_optimum(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray, s: Structure,
+                  reml, max_iter: int = 200) -> NewtonResult:
+    """Minimise the profiled deviance over theta by Newton's method: plain
+    traceable JAX (``reml`` a Python bool or a traced boolean scalar)."""
+    return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
+                           max_iter=max_iter)
+
+
 @partial(jax.jit, static_argnames=("s", "reml", "max_iter"))
 def fit_theta(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray, s: Structure,
               reml: bool, max_iter: int = 200) -> NewtonResult:
-    """Minimise the profiled deviance over theta (jit-compiled once per
-    structure; vmap over ``rp`` for many responses on one design)."""
-    return newton_minimize(lambda th: profiled_deviance(th, dp, rp, s, reml), phi0, active0, s.ks,
-                           max_iter=max_iter)
+    """:func:`theta_optimum` jit-compiled once per structure (vmap over ``rp``
+    for many responses on one design)."""
+    return theta_optimum(dp, rp, phi0, active0, s, reml, max_iter)
 
 
 class Estimates(NamedTuple):
@@ -71,7 +78,7 @@ def _estimates(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: 
                 deviance=profiled_deviance(theta, dp, rp, s, reml))
 
 
-@kernel(static_argnames=("s", "reml"), quick=True)
+@kernel(static_argnames=("s",), quick=True)
 def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool) -> dict:
     """beta, sigma, unscaled vcov(beta), conditional modes b and the
     deviance at a given theta (in the products' layout: padded products
@@ -79,12 +86,13 @@ def estimates_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s
     return _estimates(theta, dp, rp, s, reml)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter"), quick=True)
+@kernel(static_argnames=("s", "max_iter"), quick=True)
 def fit_and_estimate(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
                      s: Structure, reml: bool, max_iter: int = 200) -> tuple[NewtonResult, dict]:
-    """:func:`fit_theta` and :func:`estimates_at` at its optimum, compiled as
-    one function: a single fit's one compilation and one dispatch."""
-    opt = fit_theta(dp, rp, phi0, active0, s, reml, max_iter)
+    """:func:`theta_optimum` and :func:`estimates_at` at its optimum, compiled as
+    one function: a single fit's one compilation and one dispatch (``reml``
+    an argument, not a static: ML and REML fits share it)."""
+    opt = theta_optimum(dp, rp, phi0, active0, s, reml, max_iter)
     return opt, _estimates(opt.theta, dp, rp, s, reml)
 
 
@@ -102,13 +110,13 @@ def conditional_covariances_at(theta: jnp.ndarray, dp: DesignProducts, rp: Respo
     return conditional_covariances(theta, factorize(theta, dp, rp, s), s)
 
 
-@kernel(static_argnames=("s", "reml"), quick=True)
+@kernel(static_argnames=("s",), quick=True)
 def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure, reml: bool):
     """The profiled ML deviance or REML criterion at theta, compiled."""
     return profiled_deviance(theta, dp, rp, s, reml)
 
 
-@kernel(static_argnames=("s", "reml"), quick=True)
+@kernel(static_argnames=("s",), quick=True)
 def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
                    reml: bool) -> jnp.ndarray:
     """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""

@@ -508,14 +508,15 @@ def profiled_deviance(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProduc
         theta: lme4's covariance parameters (see :mod:`lmm_jax.core.parametrization`).
         dp, rp: design and response cross-products.
         s: static structure.
-        reml: REML criterion if True, ML deviance otherwise.
+        reml: REML criterion if True, ML deviance otherwise: a Python bool, or a
+            traced boolean scalar (the kernels take it so, so that ML and REML
+            fits of one structure share their compiled code).
     """
     ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     n = dp.nobs
-    if reml:
-        nu = n - dp.rank
-        return ldz + ldx + nu * (1.0 + LOG_2PI + jnp.log(rss / nu)) - dp.log_weights - 2.0 * dp.log_det_basis
-    return ldz + n * (1.0 + LOG_2PI + jnp.log(rss / n)) - dp.log_weights
+    nu = n - jnp.where(reml, dp.rank, 0.0)
+    return (ldz + jnp.where(reml, ldx, 0.0) + nu * (1.0 + LOG_2PI + jnp.log(rss / nu)) - dp.log_weights
+            - jnp.where(reml, 2.0 * dp.log_det_basis, 0.0))
 
 
 def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts,
@@ -531,9 +532,8 @@ def deviance_at_sigma(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProducts
     ldz, ldx, rss = _deviance_terms(theta, dp, rp, s)
     s2 = sigma ** 2
     dev = ldz + rss / s2 + dp.nobs * (LOG_2PI + jnp.log(s2)) - dp.log_weights
-    if reml:
-        dev = dev + ldx - dp.rank * (LOG_2PI + jnp.log(s2)) - 2.0 * dp.log_det_basis
-    return dev
+    return (dev + jnp.where(reml, ldx, 0.0) - jnp.where(reml, dp.rank * (LOG_2PI + jnp.log(s2)), 0.0)
+            - jnp.where(reml, 2.0 * dp.log_det_basis, 0.0))
 
 
 def fixed_effects(F: Factor) -> jnp.ndarray:
@@ -557,7 +557,8 @@ def user_vcov(V_w: jnp.ndarray, dp: DesignProducts) -> jnp.ndarray:
 def sigma_hat(F: Factor, dp: DesignProducts, reml: bool) -> jnp.ndarray:
     """Residual SD at the conditional optimum: sqrt(pwrss / (n - p)) for
     REML, sqrt(pwrss / n) for ML (n and p: ``dp.nobs``, ``dp.rank``)."""
-    return jnp.sqrt(pwrss(F) / (dp.nobs - dp.rank if reml else dp.nobs))
+    return jnp.sqrt(pwrss(F) / (dp.nobs - jnp.where(reml, dp.rank, 0.0)))
+
 
 
 def unscaled_vcov_beta(F: Factor) -> jnp.ndarray:

@@ -388,6 +388,18 @@ class Kernel:
                 self._calls.pop(key, None)
             future.set_exception(e)
 
+    def _of_dynamic(self, statics: tuple) -> Callable:
+        """``fun`` with ``statics`` fixed, a function of the dynamic arguments
+        in the signature's order (a static may come before a dynamic one)."""
+        names = [k for k in self.signature.parameters if k not in self.static_argnames]
+        fixed = dict(statics)
+
+        def of_dynamic(*dynamic):
+            return self.fun(**dict(zip(names, dynamic)), **fixed)
+
+        of_dynamic.__name__ = of_dynamic.__qualname__ = self.fun.__name__     # the name in JAX's logs and dumps
+        return of_dynamic
+
     def _build(self, statics: tuple, dynamic: list, key: tuple) -> Callable:
         """The compiled function of the dynamic arguments: the stored
         optimised executable; else, on CPU, the quick one (stored, or
@@ -395,7 +407,7 @@ class Kernel:
         run long enough (:class:`_Executable`); else the exported kernel
         (loaded, or exported now) compiled and its executable stored; the
         plain jitted one when the cache is off or export fails."""
-        fixed = jax.jit(functools.partial(self.fun, **dict(statics)))
+        fixed = jax.jit(self._of_dynamic(statics))
         backend = _platform(key[-1])
         quick = self.quick and tiered(backend)
         quick_options = _quick_options()

