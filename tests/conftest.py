@@ -28,6 +28,12 @@ from tests.helpers import SUITE_XLA_FLAGS, load_data, load_reference, quiet_fit
 # busy, and the split costs about 5% more CPU (the same code, cut in pieces).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+# The processes the suite starts (notebook kernels, fresh interpreters) run with one OpenBLAS thread: they do not
+# call configure(), and OpenBLAS's workers spin after each call and take the core the other xdist worker needs
+# (notebook 03 beside one CPU-bound process: 33.8 s and 32 CPU s with OpenBLAS's default threads, 19.0 s and
+# 17.9 CPU s with one). Tests of the thread settings themselves start their processes without it.
+if not any(name in os.environ for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")):
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 lmm_jax.runtime.configure()
 # A fit compiles its summary's kernels (fit_many its t tests) beside the Newton loop when the machine has a
 # spare core; the suite's workers (pytest -n 2 on 2 cores) have none, and most tests never ask for a summary:

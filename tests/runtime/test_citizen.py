@@ -88,7 +88,8 @@ print(json.dumps({"before": before, "after_import": after_import, "after": after
 def test_importing_and_fitting_leave_the_users_jax_as_it_was(tmp_path):
     ref = load_reference("sleepstudy_intercept")
     root = str(Path(lmm_jax.__file__).resolve().parents[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMM_JAX_", "XLA_", "JAX_", "PJRT", "NPROC"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LMM_JAX_", "XLA_", "JAX_", "PJRT", "NPROC", "OPENBLAS_", "OMP_", "GOTO_"))}
     env.update(PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
                XLA_FLAGS=USER_XLA_FLAGS, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu",
                LMM_JAX_CACHE_DIR=str(tmp_path / "lmm_jax"))
