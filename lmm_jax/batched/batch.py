@@ -7,7 +7,7 @@ batch ``Y`` (n x B) they are one matrix product ``G Y`` with the fixed sparse
 pattern ``G = [Z_1 Z_r X]'`` held dense when it is small (a GEMM is far
 faster on CPU than a batched scatter), else the segment sums of
 :func:`~lmm_jax.build.crossprod.response_products` under ``vmap``. The optimiser is
-:func:`lmm_jax.core.estimates.fit_theta` under ``jax.vmap``; under vmap its
+:func:`lmm_jax.core.estimates.theta_optimum` (or BFGS) under ``jax.vmap``; under vmap its
 ``lax.while_loop`` runs until every replicate has stopped.
 
 Designs whose padded products have one shape (:func:`~lmm_jax.build.crossprod.pad_products`)
@@ -39,7 +39,7 @@ from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options, row_options
 from ..build.crossprod import padded_response, response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
-from ..core.estimates import SINGULAR_TOL, coefficient_inference, fit_theta
+from ..core.estimates import SINGULAR_TOL, coefficient_inference, theta_optimum
 from ..core.optimize import bfgs_minimize, inverse_hessian_start
 from ..core.parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
 from ..core.start import MomentEquations, moment_theta
@@ -160,7 +160,7 @@ def check_method(method: str) -> str:
     return method
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@partial(jax.jit, static_argnames=("s",))
 def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.ndarray, active0: jnp.ndarray,
                           s: Structure, reml: bool) -> jnp.ndarray:
     """A BFGS start shared by a batch: the inverse of the exact Hessian (in
@@ -197,7 +197,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     ``method="bfgs"`` (:func:`~lmm_jax.core.optimize.bfgs_minimize`) starts from
     ``hinv0`` (shared by the batch; None: each fit's exact Hessian at
-    ``phi0``), ``"newton"`` is :func:`lmm_jax.core.estimates.fit_theta` (exact Hessian
+    ``phi0``), ``"newton"`` is :func:`lmm_jax.core.estimates.theta_optimum` (exact Hessian
     every iteration, as a single fit). ``phi0`` and ``active0`` are one start
     for the batch (1-d) or one per fit (2-d, e.g. each response's moment
     start, :func:`moment_starts`).
@@ -224,7 +224,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     if method == "newton":
         def fit_from(dp1, rp1, phi_s, act_s, hinv_s, iters):
-            return fit_theta(dp1, rp1, phi_s, act_s, s, reml, iters)
+            return theta_optimum(dp1, rp1, phi_s, act_s, s, reml, iters)
     else:
         def fit_from(dp1, rp1, phi_s, act_s, hinv_s, iters):
             return bfgs_minimize(lambda th: profiled_deviance(th, dp1, rp1, s, reml), phi_s, act_s, s.ks, hinv_s,
@@ -318,11 +318,12 @@ def _batch_products(Y, G, arrays, s, padded):
     return padded_response(batch_response_products(E, G, arrays, s, B0), s, padded, jnp), response_checks(Y, E)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method", "satterthwaite"), cpu_options=batch_options)
+@kernel(static_argnames=("s", "max_iter", "method", "satterthwaite"), cpu_options=batch_options)
 def _fit_responses(rps, dp, eq, phi0, active0, s, reml, max_iter, method, satterthwaite):
     """The fits of padded response products and their t tests: it depends on the
     padded structure only, so designs of other sizes in the same buckets (a
-    power curve's sizes, a simulation study's conditions) share it."""
+    power curve's sizes, a simulation study's conditions) share it, and so do
+    ML and REML fits (``reml`` is an argument, not a static)."""
     # the fits and their t tests in one kernel: split in two (as fit_many's are), 1,000 sleepstudy fits
     # compile 12% sooner on two cores but run 25% longer warm (0.096 s against 0.077 s), which simulation
     # studies pay on every call
@@ -332,13 +333,13 @@ def _fit_responses(rps, dp, eq, phi0, active0, s, reml, max_iter, method, satter
     return with_inference(out, dp, rps, s, reml, satterthwaite)
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method"), cpu_options=batch_options)
+@kernel(static_argnames=("s", "max_iter", "method"), cpu_options=batch_options)
 def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
     phi0, active0 = moment_starts(eqs, rps, s, design_axis=0)
     return fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)
 
 
-@kernel(static_argnames=("s", "reml", "satterthwaite"), cpu_options=batch_options)
+@kernel(static_argnames=("s", "satterthwaite"), cpu_options=batch_options)
 def _stacked_inference(theta, sigma, dps, rps, s, reml, satterthwaite):
     """:func:`with_inference`'s vcov and df of :func:`_fit_stacked`'s fits: a
     kernel of its own, which compiles on a second thread beside the fits'."""

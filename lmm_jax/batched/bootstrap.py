@@ -61,7 +61,7 @@ CHUNK_MAX = 2048
 CHUNK_MIN = 8                 # smallest default chunk: bootstraps of 1 to 8 replicates share one compilation
 
 
-@kernel(static_argnames=("s", "reml", "max_iter", "method"), cpu_options=batch_options)
+@kernel(static_argnames=("s", "max_iter", "method"), cpu_options=batch_options)
 def _bootstrap_chunk(key, idx, params, G, arrays, dp, rp, eq, phi_fit, active_fit, s, reml, max_iter, method):
     """Simulate, form products and refit the replicates ``idx`` (fused).
     Each refit starts from its response's MIVQUE(0) theta (``eq``; the

@@ -99,7 +99,7 @@ class ConvergenceDiagnostics:
                 "boundary": self.boundary.tolist(), "messages": list(self.messages)}
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@partial(jax.jit, static_argnames=("s",))
 def theta_derivatives(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
                       reml: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Exact gradient and Hessian of the profiled objective in lme4's theta.

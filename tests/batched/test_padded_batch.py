@@ -4,6 +4,8 @@ fit for designs of other sizes in the same level buckets."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,12 @@ def test_another_size_in_the_same_bucket_reuses_the_compiled_fit(sleepstudy_fit)
     assert set(_fit_responses._calls) == fits                    # no new fit kernel
     assert len(set(_batch_products._calls) - products) == 1       # the subset's products
     _equal_fits(got, small.fit_batch(Y_small))
+    # ML fits of the same responses: the same kernel too (reml is an argument), and the criterion is ML's
+    fits = set(_fit_responses._calls)
+    ml = small.fit_batch(Y_small, pad_levels=True, reml=False)
+    assert set(_fit_responses._calls) == fits and not ml.reml
+    with warnings.catch_warnings():                               # this replicate's ML fit is singular
+        warnings.simplefilter("ignore", lmm_jax.SingularFitWarning)
+        one = lmm_jax.LMM(SLEEP, subset.assign(Reaction=Y_small[:, 0])).fit(reml=False)
+    np.testing.assert_allclose(ml.objective[0], one.objective, rtol=1e-10)
+    np.testing.assert_allclose(ml.sigma[0], one.sigma, rtol=1e-7)
