@@ -560,7 +560,6 @@ def sigma_hat(F: Factor, dp: DesignProducts, reml: bool) -> jnp.ndarray:
     return jnp.sqrt(pwrss(F) / (dp.nobs - jnp.where(reml, dp.rank, 0.0)))
 
 
-
 def unscaled_vcov_beta(F: Factor) -> jnp.ndarray:
     """(L_X L_X')^{-1}; vcov(beta) = sigma^2 times this."""
     p = F.L33.shape[0] - 1

@@ -15,10 +15,9 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0
                                 reason="the settings are glibc's (mallopt)")
 
 # a crossed design whose Newton fit has 30 MB of XLA scratch per call (jaxlib 0.10): without the settings the
-# first refits fault its pages in again (2,000-4,300 faults over the three, glibc mapping and trimming the
-# scratch until its dynamic mmap threshold has grown past it); with them, 130-170. No other thread may work
-# during the refits: the optimised tier is kept from compiling (on a loaded machine the first fit runs long
-# enough to start it in the background, and its compilation's faults counted here: 2,000 and more)
+# first refit faults its pages in again (2,000-4,300 faults, glibc mapping and trimming the scratch until its
+# dynamic mmap threshold has grown past it; the later refits hardly fault); with them, 130-170. No other
+# thread may work during the refits, so the optimised tier never compiles (the third call would start it)
 REFIT = """
 import json, resource
 import numpy as np, pandas as pd
