@@ -25,7 +25,7 @@ from .build.crossprod import (design_arrays, design_products, pad_products, repa
 from .build.design import UNCHANGED, Design, build_design, response_rows, with_response
 from .build.formula import update_formula
 from .core.diagnostics import diagnose_newton
-from .core.estimates import Estimates, estimates, fit_and_estimate, unpad_estimates, varpar_hessian
+from .core.estimates import Estimates, estimates, fit_and_estimate, unpad_estimates, varpar_derivatives
 from .core.likelihood import profiled_deviance
 from .core.parametrization import n_theta, phi_from_theta, theta_from_phi
 from .core.sparse import SparseA21
@@ -33,7 +33,6 @@ from .core.start import MomentEquations, default_start, moment_equations, pad_mo
 from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, ResponseProducts, Structure
 from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionError, SingularFitWarning, check_bool,
                      check_count)
-from .inference.satterthwaite import vcov_beta_jacobian
 from .runtime import kernel as kernel_module
 from .runtime.kernel import prepare_import, traced_sets
 from .runtime.scope import entry_point
@@ -288,11 +287,10 @@ class LMM:
         pad = self.padded
         traced = threading.Event()
         if kernel_module.SPARE_CORES:
-            # summary()'s kernels compile beside the Newton loop (their shapes are known before the optimum),
+            # summary()'s kernel compiles beside the Newton loop (its shapes are known before the optimum),
             # traced once the Newton loop is: tracing holds Python's lock, and the loop is needed first
             vp = jax.ShapeDtypeStruct((self.n_theta + 1,), np.float64)
-            varpar_hessian.prepare(vp, pad.products, pad.response, pad.structure, bool(reml), after=traced)
-            vcov_beta_jacobian.prepare(vp, pad.products, pad.response, pad.structure, after=traced)
+            varpar_derivatives.prepare(vp, pad.products, pad.response, pad.structure, bool(reml), after=traced)
             prepare_import("scipy.special", after=traced)          # summary()'s p-values
         with traced_sets(traced):
             opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml),

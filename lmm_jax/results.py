@@ -17,7 +17,7 @@ import pandas as pd
 from .runtime.scope import entry_point
 from .build.design import UNCHANGED
 from .core.estimates import (SINGULAR_TOL, conditional_covariances_at, deviance_at, estimates_at, is_singular,
-                             unpad_estimates, varpar_hessian)
+                             unpad_estimates, varpar_derivatives)
 from .core.parametrization import diagonal_mask, lambdas_host
 
 if TYPE_CHECKING:
@@ -211,15 +211,21 @@ class LMMResult:
         return [self.sigma ** 2 * (L @ L.T) for L in lambdas_host(self.theta, self.model.structure.ks)]
 
     @cached_property
+    def _varpar_derivatives(self) -> dict[str, np.ndarray]:
+        """H, C and dC at the fit (:func:`~lmm_jax.core.estimates.varpar_derivatives`):
+        what :attr:`varpar_cov`, :attr:`vcov_jacobian` and the t tests read."""
+        pad = self.model.padded
+        vp = np.concatenate([self.theta, [self.sigma]])
+        d = varpar_derivatives(vp, pad.products, pad.response, pad.structure, self.reml)
+        return {k: np.asarray(v) for k, v in d.items()}
+
+    @cached_property
     def varpar_cov(self) -> np.ndarray:
         """Asymptotic covariance of varpar = (theta, sigma): 2 H^{-1} of
         lmerTest's ``devfun_vp`` (exact autodiff Hessian)."""
         from .inference.satterthwaite import varpar_covariance
 
-        pad = self.model.padded
-        vp = np.concatenate([self.theta, [self.sigma]])
-        H = varpar_hessian(vp, pad.products, pad.response, pad.structure, self.reml)
-        return varpar_covariance(H)
+        return varpar_covariance(self._varpar_derivatives["H"])
 
     @cached_property
     def _varcomp(self) -> tuple[np.ndarray, np.ndarray]:
@@ -407,19 +413,16 @@ class LMMResult:
     def _satterthwaite(self) -> pd.DataFrame:
         from .inference.satterthwaite import satterthwaite_table
 
-        pad = self.model.padded
-        vp = np.concatenate([self.theta, [self.sigma]])
-        return satterthwaite_table(np.eye(self.design.p), self.beta, vp, self.varpar_cov, pad.products, pad.response,
-                                   pad.structure, self.reml, list(self.design.fixef_names))
+        C, dC = self.vcov_jacobian
+        return satterthwaite_table(np.eye(self.design.p), self.beta, C, dC, self.varpar_cov,
+                                   list(self.design.fixef_names))
 
     @cached_property
     def vcov_jacobian(self) -> tuple[np.ndarray, np.ndarray]:
         """vcov(beta) and its exact Jacobian in (theta, sigma), shape (p, p,
         n_theta + 1): what Satterthwaite's df of any contrast needs
-        (:func:`lmm_jax.inference.tests.vcov_jacobian`)."""
-        from .inference.tests import vcov_jacobian
-
-        return vcov_jacobian(self)
+        (:func:`~lmm_jax.core.estimates.varpar_derivatives`)."""
+        return self._varpar_derivatives["C"], self._varpar_derivatives["dC"]
 
     @cached_property
     def kr_adjustment(self) -> "KRAdjustment":

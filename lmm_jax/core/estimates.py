@@ -116,17 +116,43 @@ def deviance_at(theta: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s:
     return profiled_deviance(theta, dp, rp, s, reml)
 
 
-@kernel(static_argnames=("s",), quick=True)
-def varpar_hessian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
-                   reml: bool) -> jnp.ndarray:
-    """Hessian of lmerTest's ``devfun_vp`` in varpar = (theta, sigma)."""
-    return jax.hessian(lambda vp: deviance_at_sigma(vp[:-1], vp[-1], dp, rp, s, reml))(varpar)
-
-
 def vcov_beta(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure) -> jnp.ndarray:
     """``C(varpar) = sigma^2 S (L_X L_X')^{-1} S'``: the covariance of beta-hat
     in the user's basis at varpar = (theta, sigma)."""
     return varpar[-1] ** 2 * user_vcov(unscaled_vcov_beta(factorize(varpar[:-1], dp, rp, s)), dp)
+
+
+def varpar_derivatives_of(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
+                          reml) -> dict:
+    """What inference at varpar = (theta, sigma) needs, from one forward-mode
+    pass: plain traceable JAX (:func:`varpar_derivatives` compiles it).
+
+    The pass differentiates the gradient of lmerTest's ``devfun_vp``
+    (:func:`~lmm_jax.core.likelihood.deviance_at_sigma`) and :func:`vcov_beta`
+    together, so the Hessian and the Jacobian share the factorisation's tangents.
+
+    Returns:
+        ``dict(H=(n, n), C=(p, p), dC=(p, p, n))`` with n = len(varpar): H the
+        Hessian of ``devfun_vp`` in varpar, C = vcov(beta) and dC its Jacobian.
+    """
+    def gradient_and_vcov(vp):
+        return jax.grad(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, reml))(vp), vcov_beta(vp, dp, rp, s)
+
+    def column(v):
+        return jax.jvp(gradient_and_vcov, (varpar,), (v,))
+
+    # the tangents' axis last, as jax.jacfwd: H[i, j] = d g_i / d varpar_j
+    (_, C), (H, dC) = jax.vmap(column, out_axes=((None, None), (-1, -1)))(jnp.eye(varpar.shape[0], dtype=varpar.dtype))
+    return dict(H=H, C=C, dC=dC)
+
+
+@kernel(static_argnames=("s",), quick=True)
+def varpar_derivatives(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure,
+                       reml: bool) -> dict:
+    """:func:`varpar_derivatives_of` compiled: a summary's one kernel (the
+    Hessian behind the variance components' SEs and Satterthwaite's df, and
+    vcov(beta) with its Jacobian)."""
+    return varpar_derivatives_of(varpar, dp, rp, s, reml)
 
 
 PINV_RCOND = 1e-15   # eigenvalues of H below this fraction of the largest are dropped (numpy's pinv default)
@@ -151,7 +177,7 @@ def coefficient_inference(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProd
 
     With ``C(varpar)`` = :func:`vcov_beta`, ``A = 2 H^{-1}``
     (:func:`varpar_covariance_of` of H, the Hessian of
-    :func:`~lmm_jax.core.likelihood.deviance_at_sigma`, as :func:`varpar_hessian`) and
+    :func:`~lmm_jax.core.likelihood.deviance_at_sigma`, from :func:`varpar_derivatives_of`) and
     ``g_j = d C_jj / d varpar``, coefficient j has ``df_j = 2 C_jj^2 / (g_j' A g_j)``
     (:func:`lmm_jax.inference.satterthwaite.satterthwaite_df` for unit contrasts).
 
@@ -159,17 +185,11 @@ def coefficient_inference(theta: jnp.ndarray, sigma: jnp.ndarray, dp: DesignProd
         ``dict(vcov=(p, p))``, with ``df=(p,)`` when ``satterthwaite``.
     """
     varpar = jnp.concatenate([theta, sigma[None]])
-    C = vcov_beta(varpar, dp, rp, s)
     if not satterthwaite:
-        return dict(vcov=C)
-
-    def gradient_and_vcov(vp):
-        return jax.grad(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, reml))(vp), vcov_beta(vp, dp, rp, s)
-
-    # one forward-mode pass over both: H = d grad / d varpar and dC share the factorisation's tangents
-    H, dC = jax.jacfwd(gradient_and_vcov)(varpar)                          # (n_varpar,) * 2, (p, p, n_varpar)
-    A = varpar_covariance_of(H)
-    g = jnp.diagonal(dC, axis1=0, axis2=1).T                               # (p, n_varpar): d C_jj / d varpar
+        return dict(vcov=vcov_beta(varpar, dp, rp, s))
+    d = varpar_derivatives_of(varpar, dp, rp, s, reml)
+    C, A = d["C"], varpar_covariance_of(d["H"])
+    g = jnp.diagonal(d["dC"], axis1=0, axis2=1).T                          # (p, n_varpar): d C_jj / d varpar
     var = jnp.diagonal(C)
     return dict(vcov=C, df=2.0 * var ** 2 / jnp.einsum("jk,kl,jl->j", g, A, g))
 

@@ -16,14 +16,10 @@ sec. 3), with exact derivatives where lmerTest uses numDeriv:
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..core.types import DesignProducts, ResponseProducts, Structure
-from ..runtime.kernel import kernel
-from ..core.estimates import PINV_RCOND, vcov_beta
+from ..core.estimates import PINV_RCOND
 from ..core.parametrization import lambdas_host
 from ..core.theta_layout import ThetaLayout
 
@@ -74,15 +70,6 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
     return varcomp_of(varpar, ks), J @ np.asarray(A) @ J.T
 
 
-@kernel(static_argnames=("s",), quick=True)
-def vcov_beta_jacobian(varpar: jnp.ndarray, dp: DesignProducts, rp: ResponseProducts, s: Structure):
-    """C(varpar) = sigma^2 (L_X L_X')^{-1} (:func:`~lmm_jax.core.estimates.vcov_beta`)
-    and its Jacobian (p, p, len(varpar))."""
-    def C(vp):
-        return vcov_beta(vp, dp, rp, s)
-    return C(varpar), jax.jacfwd(C)(varpar)
-
-
 def satterthwaite_df(L: np.ndarray, C: np.ndarray, dC: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Variance ``l'Cl`` and Satterthwaite df for each row l of L."""
     L = np.atleast_2d(L)
@@ -94,11 +81,12 @@ def satterthwaite_df(L: np.ndarray, C: np.ndarray, dC: np.ndarray, A: np.ndarray
     return var, df
 
 
-def satterthwaite_table(L: np.ndarray, beta: np.ndarray, varpar: np.ndarray, A: np.ndarray, dp: DesignProducts,
-                        rp: ResponseProducts, s: Structure, reml: bool, names: list[str]) -> pd.DataFrame:
+def satterthwaite_table(L: np.ndarray, beta: np.ndarray, C: np.ndarray, dC: np.ndarray, A: np.ndarray,
+                        names: list[str]) -> pd.DataFrame:
     """t-tests of the contrasts L beta with Satterthwaite df (lmerTest's
-    ``contest1D``): columns ``estimate, std_error, df, t, p``."""
-    C, dC = vcov_beta_jacobian(np.asarray(varpar, dtype=float), dp, rp, s)
+    ``contest1D``): columns ``estimate, std_error, df, t, p``, from C =
+    vcov(beta), its Jacobian dC and A = 2 H^{-1}
+    (:func:`~lmm_jax.core.estimates.varpar_derivatives`)."""
     var, df = satterthwaite_df(L, np.asarray(C), np.asarray(dC), np.asarray(A))
     est = np.atleast_2d(L) @ beta
     se = np.sqrt(var)

@@ -13,10 +13,10 @@ Denominator degrees of freedom (``ddf``):
 * ``"residual"``: n - p, the df of a linear model.
 * ``"none"``: infinite df (z and chi-square/q tests).
 
-Per-fit quantities (the Jacobian of vcov(beta), the KR adjustment) are
-computed here and cached on the result (:attr:`LMMResult.vcov_jacobian
-<lmm_jax.results.LMMResult.vcov_jacobian>`, :attr:`LMMResult.kr_adjustment
-<lmm_jax.results.LMMResult.kr_adjustment>`).
+Per-fit quantities are cached on the result: vcov(beta) with its Jacobian
+(:attr:`LMMResult.vcov_jacobian <lmm_jax.results.LMMResult.vcov_jacobian>`, from
+the kernel that also gives the varpar Hessian) and the KR adjustment, computed
+here (:attr:`LMMResult.kr_adjustment <lmm_jax.results.LMMResult.kr_adjustment>`).
 """
 
 from __future__ import annotations
@@ -34,21 +34,12 @@ from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError, check_bool, normalize_ddf
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .profile import profile_confint
-from .satterthwaite import satterthwaite_df, vcov_beta_jacobian
+from .satterthwaite import satterthwaite_df
 
 if TYPE_CHECKING:
     from ..results import LMMResult
 
 F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
-
-
-def vcov_jacobian(result: "LMMResult") -> tuple[np.ndarray, np.ndarray]:
-    """C = vcov(beta) and its exact Jacobian dC/d(theta, sigma), (p, p, n_varpar)
-    (cached as :attr:`LMMResult.vcov_jacobian <lmm_jax.results.LMMResult.vcov_jacobian>`)."""
-    pad = result.model.padded
-    vp = np.concatenate([result.theta, [result.sigma]])
-    C, dC = vcov_beta_jacobian(vp, pad.products, pad.response, pad.structure)
-    return np.asarray(C), np.asarray(dC)
 
 
 def kr_adjustment(result: "LMMResult") -> KRAdjustment:

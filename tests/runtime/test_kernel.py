@@ -31,7 +31,9 @@ from lmm_jax.inference import satterthwaite          # noqa: F401
 from lmm_jax.runtime import kernel as kernel_module
 from lmm_jax.runtime.kernel import Kernel, kernel
 
-KERNELS = {"fit_and_estimate", "varpar_hessian", "vcov_beta_jacobian"}    # a single fit's start is numpy's
+# a fit, its summary, its ML deviance and a result at a given theta (a single fit's start is numpy's); the last two
+# take the same arguments
+KERNELS = {"fit_and_estimate", "varpar_derivatives", "deviance_at", "estimates_at"}
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 FIT_SCRIPT = textwrap.dedent("""
@@ -56,8 +58,11 @@ FIT_SCRIPT = textwrap.dedent("""
     d = lmm_jax.datasets.load("sleepstudy")
     r = lmm_jax.fit("Reaction ~ Days + (1 | Subject)", d)     # the reference fit quickest to compile
     ct = r.coef_table
+    se, deviance = r.varcomp_se.tolist(), r.deviance
+    at = lmm_jax.LMMResult.from_theta(r.model, r.theta * 1.5, reml=True)
     print(json.dumps({"traced": sorted(set(traced)), "compiled": compiled, "objective": r.objective,
-                      "theta": r.theta.tolist(), "df": ct["df"].tolist(), "se": r.varcomp_se.tolist()}))
+                      "theta": r.theta.tolist(), "df": ct["df"].tolist(), "se": se, "deviance": deviance,
+                      "at": at.objective}))
 """ % BACKEND_COMPILE)
 
 
@@ -86,26 +91,27 @@ def test_a_fresh_process_loads_the_compiled_kernels_and_neither_traces_nor_compi
     second = run_fit(tmp_path)
     assert second["traced"] == [] and second["compiled"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]   # JAX's own cache wrote nothing here
-    for key in ("objective", "theta", "df", "se"):
+    for key in ("objective", "theta", "df", "se", "deviance", "at"):
         np.testing.assert_allclose(second[key], first[key], rtol=1e-13, atol=0)
 
     # corrupt, truncated and stale entries are ignored and rewritten; the fit is the same
     bins = {n: store / f"{n}.bin" for n in names}
     xlas = {n: store / f"{n}.xla" for n in names}
     by_kernel = {n.rsplit("-", 1)[0]: n for n in names}
-    hess, vcov = by_kernel["varpar_hessian"], by_kernel["vcov_beta_jacobian"]
-    for n in names[:2]:
+    fit, summary = by_kernel["fit_and_estimate"], by_kernel["varpar_derivatives"]
+    for n in (fit, summary):
         bins[n].write_bytes(b"not an exported module")
-    xlas[names[0]].write_bytes(b"not an executable")
-    xlas[names[1]].write_bytes(xlas[names[1]].read_bytes()[:-1000])
-    key, _, payload = entry(xlas[vcov])                 # another kernel's executable (same arguments,
-    _, sha, other = entry(xlas[hess])                   # other results) under this kernel's key
-    xlas[vcov].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, key, sha)) + b"\n" + other)
-    xlas[hess].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, b"0" * 32, sha)) + b"\n" + other)
+    xlas[fit].write_bytes(b"not an executable")
+    xlas[summary].write_bytes(xlas[summary].read_bytes()[:-1000])
+    dev, est = by_kernel["deviance_at"], by_kernel["estimates_at"]
+    key, _, payload = entry(xlas[est])                  # another kernel's executable (same arguments,
+    _, sha, other = entry(xlas[dev])                    # other results) under this kernel's key
+    xlas[est].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, key, sha)) + b"\n" + other)
+    xlas[dev].write_bytes(b" ".join((kernel_module._EXECUTABLE_TAG, b"0" * 32, sha)) + b"\n" + other)
     third = run_fit(tmp_path)
-    assert set(third["traced"]) == {n.rsplit("-", 1)[0] for n in names[:2]}
+    assert set(third["traced"]) == {"fit_and_estimate", "varpar_derivatives"}
     assert len(third["compiled"]) == len(names)
-    for key in ("objective", "theta", "df", "se"):
+    for key in ("objective", "theta", "df", "se", "deviance", "at"):
         np.testing.assert_allclose(third[key], first[key], rtol=1e-13, atol=0)
     for n in names:                                     # rewritten: each loads again
         exported = jax.export.deserialize(bytearray(bins[n].read_bytes()))
