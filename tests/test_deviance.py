@@ -74,24 +74,26 @@ def test_golden_lme4_devfun_at_fixed_theta(sleep, reml, theta, value):
     assert float(closed(theta)) == pytest.approx(value, rel=1e-12)
 
 
-@pytest.mark.parametrize("param", ["theta", "phi"])
-def test_argument_form_equals_closure_form(model, param):
-    """Value, gradient and Hessian of both forms, by REML and ML, in one ``jax.jit`` of a user's function
-    (op by op, the Hessians cost about three times its compile time)."""
+@pytest.mark.parametrize("param, reml", [("theta", True), ("phi", False)])
+def test_argument_form_equals_closure_form(model, param, reml):
+    """Value, gradient and Hessian of both forms in one ``jax.jit`` of a user's function (op by op, the
+    Hessians cost about three times its compile time): in theta by REML and in phi by ML, so each
+    parametrisation and each criterion is checked (both criteria of both forms against lme4's devfun:
+    test_golden_lme4_devfun_at_fixed_theta)."""
     theta = _theta(model, 1)
     x = jnp.asarray(theta if param == "theta" else phi_from_theta(theta, model.structure.ks)[0])
-    forms = [(model.deviance_function(reml=reml, param=param, data="argument"),
-              model.deviance_function(reml=reml, param=param)) for reml in (True, False)]
+    pure = model.deviance_function(reml=reml, param=param, data="argument")
+    closed = model.deviance_function(reml=reml, param=param)
 
     @jax.jit
     def both(x, products):
-        return [((pure(x, products), jax.grad(pure)(x, products), jax.hessian(pure)(x, products)),
-                 (closed(x), jax.grad(closed)(x), jax.hessian(closed)(x))) for pure, closed in forms]
+        return ((pure(x, products), jax.grad(pure)(x, products), jax.hessian(pure)(x, products)),
+                (closed(x), jax.grad(closed)(x), jax.hessian(closed)(x)))
 
-    for (f_pure, g_pure, H_pure), (f_closed, g_closed, H_closed) in both(x, model.cross_products()):
-        assert float(f_pure) == pytest.approx(float(f_closed), rel=1e-13)
-        np.testing.assert_allclose(g_pure, g_closed, rtol=1e-11, atol=1e-9)
-        np.testing.assert_allclose(H_pure, H_closed, rtol=1e-10, atol=1e-8)
+    (f_pure, g_pure, H_pure), (f_closed, g_closed, H_closed) = both(x, model.cross_products())
+    assert float(f_pure) == pytest.approx(float(f_closed), rel=1e-13)
+    np.testing.assert_allclose(g_pure, g_closed, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(H_pure, H_closed, rtol=1e-10, atol=1e-8)
 
 
 def test_equals_fit_objective_and_estimates_at_the_optimum(model):

@@ -244,9 +244,10 @@ def _three_scalar(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "x": x, "g": g, "h": h, "k": k})
 
 
-@partial(jax.jit, static_argnames=("s", "reml"))
+@partial(jax.jit, static_argnames=("s",))
 def _derivatives(theta, phi, active, dp, rp, s, reml):
-    """Value, gradient and Hessian in theta, the optimiser's Hessian in phi, and a vmapped Hessian."""
+    """Value, gradient and Hessian in theta, the optimiser's Hessian in phi, and a vmapped Hessian
+    (``reml`` traced, as the kernels take it: REML and ML share one compilation per coupling)."""
     f = partial(profiled_deviance, dp=dp, rp=rp, s=s, reml=reml)
     fphi = lambda p: f(theta_from_phi(p, s.ks, active))                        # noqa: E731
     return (f(theta), jax.grad(f)(theta), jax.hessian(f)(theta), jax.jacfwd(jax.grad(fphi))(phi),
@@ -267,6 +268,6 @@ def test_scalar_fast_path_matches_generic_path(theta):
     th = jnp.asarray(theta)
     phi, active = jnp.log(jnp.where(th > 0, th, 1.0)), th != 0
     for reml in (True, False):
-        for a, b in zip(_derivatives(th, phi, active, sparse, rp, s, reml),
-                        _derivatives(th, phi, active, dense, rp, s, reml)):
+        for a, b in zip(_derivatives(th, phi, active, sparse, rp, s, jnp.asarray(reml)),
+                        _derivatives(th, phi, active, dense, rp, s, jnp.asarray(reml))):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * max(1.0, float(np.max(np.abs(b)))))
