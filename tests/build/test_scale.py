@@ -215,6 +215,7 @@ def insteval():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("insteval")     # one worker fits InstEval (7 s) for both tests
 def test_insteval_matches_lme4(insteval):
     ref, fit = insteval
     assert isinstance(fit.model.products.A21, SparseA21)
@@ -227,6 +228,7 @@ def test_insteval_matches_lme4(insteval):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("insteval")
 def test_insteval_inference_matches_lmertest(insteval):
     ref, fit = insteval
     assert rel_err(fit.std_errors, ref["beta_se"]) < 1e-4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import partial
 
 import jax
 import numpy as np
@@ -150,19 +151,26 @@ def test_per_fit_inference_is_cached_on_the_result(fits):
     assert fit.kr_adjustment is adj and fit.vcov_jacobian is jac
 
 
-@pytest.mark.parametrize("case", ["sleepstudy_reml", "sleepstudy_ml", "pastes_nested"])
+@partial(jax.jit, static_argnames=("s",))
+def _separate_derivatives(vp, dp, rp, s, reml):
+    """The Hessian of devfun_vp by jax.hessian, vcov(beta) and its Jacobian by jax.jacfwd."""
+    H = jax.hessian(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, reml))(vp)
+    return dict(H=H, C=vcov_beta(vp, dp, rp, s), dC=jax.jacfwd(lambda v: vcov_beta(v, dp, rp, s))(vp))
+
+
+@pytest.mark.parametrize("case", ["sleepstudy_ml", "pastes_nested"])
 def test_varpar_derivatives_equal_separate_autodiff(fits, case, x64):
     """A summary's one kernel (the Hessian of devfun_vp, vcov(beta) and its Jacobian from one forward
-    pass) equals jax.hessian and jax.jacfwd taken apart, at the fit and away from it."""
+    pass) equals jax.hessian and jax.jacfwd taken apart, at the fit and away from it (ML, and REML with
+    two terms)."""
     fit = fits(case)
     dp, rp, s = fit.model.padded
     for vp in (np.r_[fit.theta, fit.sigma], np.r_[fit.theta * 1.3 + 0.1, fit.sigma * 0.8]):
         got = varpar_derivatives(vp, dp, rp, s, fit.reml)
-        H = jax.hessian(lambda v: deviance_at_sigma(v[:-1], v[-1], dp, rp, s, fit.reml))(vp)
-        C = vcov_beta(vp, dp, rp, s)
-        dC = jax.jacfwd(lambda v: vcov_beta(v, dp, rp, s))(vp)
-        for name, want in (("H", H), ("C", C), ("dC", dC)):
-            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-11 * float(np.abs(want).max()), err_msg=name)
+        want = _separate_derivatives(vp, dp, rp, s, fit.reml)
+        for name in ("H", "C", "dC"):
+            scale = float(np.abs(want[name]).max())
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-11 * scale, err_msg=name)
     assert fit.vcov_jacobian[0] is fit._varpar_derivatives["C"]
     np.testing.assert_allclose(fit.vcov.to_numpy(), fit.vcov_jacobian[0], rtol=1e-10)
 
