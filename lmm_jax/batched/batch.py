@@ -130,22 +130,23 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # -- the vmapped fit ----------------------------------------------------------------------------
 # Stages of a batch fit (fit_products). Under vmap a while_loop costs the whole batch an iteration
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
-# FIRST_PASS_ITER iterations, the unconverged ones another COMPACT_ITER in rounds of 1/COMPACT_FRACTION
-# of the batch, and the rest are continued in rounds of 1/STRAGGLER_FRACTION of the batch. Moment
-# starts (lmm_jax.core.start) leave most bootstrap refits converged at the start (10,000 sleepstudy
-# replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's first stage only
-# tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first stage of 2
-# iterations, 0.60 s with one of 0).
+# FIRST_PASS_ITER iterations, and the unconverged ones are continued in rounds of 1/STRAGGLER_FRACTION
+# of the batch. Moment starts (lmm_jax.core.start) leave most bootstrap refits converged at the start
+# (10,000 sleepstudy replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's
+# first stage only tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first
+# stage of 2 iterations, 0.60 s with one of 0). Each stage is a compiled copy of the optimiser: a middle
+# stage (rounds of B/8 continued for 12 iterations from each fit's own inverse Hessian) makes a staged
+# kernel's first call about 1.5x as long and its warm calls no faster (sleepstudy's bootstrap of 1,000:
+# 7.9 s against 5.9 s first, 0.026 s against 0.019 s warm; Pastes' of 2,000: 0.21 s against 0.11 s warm;
+# Penicillin's and Dyestuff's equal warm).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
-COMPACT_FRACTION = 8
-COMPACT_ITER = {"newton": 6, "bfgs": 12}
-STRAGGLER_FRACTION = 64  # stragglers refitted per round: 1/64 of the batch (at least 8)
+STRAGGLER_FRACTION = 64  # fits continued per round: 1/64 of the batch (at least 8)
 BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-12)
 AXIS = "fit"             # name of the vmapped fit axis (the BFGS fits' batch-wide branches use it)
 METHODS = ("bfgs", "newton")
-# Batches up to this size run as one vmapped loop of max_iter iterations, without the compaction stages:
-# each stage is another compiled copy of the optimiser (fit_many of 50 sleepstudy-sized datasets: XLA
-# compile 6.5 s staged), while a small batch loses little to its slowest member.
+# Batches up to this size run as one vmapped loop of max_iter iterations, without the second stage:
+# each stage is another compiled copy of the optimiser, while a small batch loses little to its slowest
+# member.
 UNSTAGED_MAX_BATCH = 256
 
 
@@ -204,14 +205,13 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so a
     few fits that need many iterations would make the whole batch pay for
-    them. The fit therefore runs in three stages inside one compiled
-    function: every fit gets ``FIRST_PASS_ITER`` iterations; the unconverged
-    ones are gathered in rounds of ``B // COMPACT_FRACTION`` and continued
-    for ``COMPACT_ITER`` more (BFGS from each fit's own inverse Hessian);
-    then, in rounds of ``max(8, B // STRAGGLER_FRACTION)``, the rest are continued (Newton is memoryless given
-    (phi, active)) for up to ``max_iter - FIRST_PASS_ITER`` more. Each stage scatters
-    its fits back. BFGS restarts in the last stage from the exact Hessian
-    (one per continued fit): the slow fits are the badly scaled
+    them. A batch of more than ``UNSTAGED_MAX_BATCH`` fits therefore runs in
+    two stages inside one compiled function: every fit gets
+    ``FIRST_PASS_ITER`` iterations; then the unconverged ones are gathered in
+    rounds of ``max(8, B // STRAGGLER_FRACTION)`` and continued (Newton is
+    memoryless given (phi, active)) for up to ``max_iter - FIRST_PASS_ITER``
+    more, and scattered back. BFGS restarts in the second stage from the
+    exact Hessian (one per continued fit): the slow fits are the badly scaled
     ones, near a boundary, where the shared start is a poor guess (10,000
     sleepstudy replicates: slowest 72 iterations instead of 200, 5% faster).
 
@@ -234,14 +234,13 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
     opt = jax.vmap(fit_from, in_axes=(design_axis, 0, start_axis, start_axis, None, None), axis_name=AXIS)(
         dp, rps, phi0, active0, hinv0, first)
 
-    def continue_some(o, pending, M, iters, own_hinv):
+    def continue_some(o, pending, M, iters):
         # gather up to M pending fits, continue them for ``iters`` iterations, scatter them back
         idx = jnp.argsort(jnp.where(pending, 0, 1), stable=True)[:M]
         sel = pending[idx]
         dp_sub = dp if design_axis is None else _take(dp, idx)
-        hinv = o.inverse_hessian[idx] if own_hinv else None
-        o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, 0, None), axis_name=AXIS)(
-            dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], hinv, iters)
+        o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, None, None), axis_name=AXIS)(
+            dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], None, iters)
         o2 = o2._replace(iterations=o2.iterations + o.iterations[idx])
 
         def merge(a, b):
@@ -250,7 +249,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
         return jax.tree_util.tree_map(merge, o, o2), idx, sel
 
-    def rounds(o, M, iters, own_hinv):
+    def rounds(o, M, iters):
         # continue the unfinished fits, M at a time, each once for ``iters`` iterations
         def pending_of(c):
             o, tried = c
@@ -258,7 +257,7 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
         def body(c):
             o, tried = c
-            o, idx, sel = continue_some(o, pending_of(c), M, iters, own_hinv)
+            o, idx, sel = continue_some(o, pending_of(c), M, iters)
             return o, tried.at[idx].set(tried[idx] | sel)
 
         o, _ = jax.lax.while_loop(lambda c: jnp.any(pending_of(c)), body, (o, jnp.zeros(B, dtype=bool)))
@@ -266,15 +265,9 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
 
     rest = max_iter - first
     if rest > 0 and B > 0:
-        M = min(B, max(8, B // COMPACT_FRACTION))
-        if M < B:
-            # BFGS fits keep their inverse Hessian here; Newton's state is (phi, active)
-            mid = min(rest, COMPACT_ITER[method])
-            opt = rounds(opt, M, mid, method == "bfgs" and opt.inverse_hessian is not None)
-    if rest > 0 and B > 0:
-        # a fresh budget of max_iter - FIRST_PASS_ITER: the fits left here crawl along a flat valley
-        # near the boundary (sleepstudy: single Newton fits of the same responses take 64-151 iterations)
-        opt = rounds(opt, min(B, max(8, B // STRAGGLER_FRACTION)), rest, False)
+        # the fits left crawl along a flat valley near the boundary (sleepstudy: single Newton fits of the
+        # same responses take 64-151 iterations)
+        opt = rounds(opt, min(B, max(8, B // STRAGGLER_FRACTION)), rest)
 
     def estimates(dp1, rp1, theta):
         F = factorize(theta, dp1, rp1, s)
@@ -613,9 +606,7 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
         start: starting theta for every fit; default: each response's own
             MIVQUE(0) moment estimates (:mod:`lmm_jax.core.start`), the start of
             :meth:`LMM.fit`, so each column equals its own fit.
-        max_iter: iterations per fit before it is reported unconverged;
-            a fit continued in the compaction round (:func:`fit_products`)
-            may take up to ``COMPACT_ITER`` (6 Newton, 12 BFGS) more.
+        max_iter: iterations per fit before it is reported unconverged.
         method: ``"bfgs"`` (default: each fit starts from the exact Hessian
             at ``start`` and updates it by BFGS; 5-8x faster per batch) or
             ``"newton"`` (the exact Hessian every iteration, the same
@@ -682,9 +673,7 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
     Args:
         models: :class:`~lmm_jax.model.LMM` objects.
         reml: REML (default) or ML.
-        max_iter: iterations per fit before it is reported unconverged;
-            a fit continued in the compaction round (:func:`fit_products`)
-            may take up to ``COMPACT_ITER`` (6 Newton, 12 BFGS) more.
+        max_iter: iterations per fit before it is reported unconverged.
         method: ``"bfgs"`` or ``"newton"``, as for :func:`fit_batch`.
         ddf: ``"satterthwaite"``, ``"residual"`` or ``"none"``, as for :func:`fit_batch`.
         chunk_size: models per compiled call: a group of one structure is
