@@ -131,14 +131,15 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # Stages of a batch fit (fit_products). Under vmap a while_loop costs the whole batch an iteration
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
 # FIRST_PASS_ITER iterations, and the unconverged ones are continued in rounds of 1/STRAGGLER_FRACTION
-# of the batch. Moment starts (lmm_jax.core.start) leave most bootstrap refits converged at the start
+# of the batch, BFGS from each fit's own inverse Hessian. Moment starts (lmm_jax.core.start) leave most bootstrap refits converged at the start
 # (10,000 sleepstudy replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's
 # first stage only tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first
 # stage of 2 iterations, 0.60 s with one of 0). Each stage is a compiled copy of the optimiser: a middle
-# stage (rounds of B/8 continued for 12 iterations from each fit's own inverse Hessian) makes a staged
-# kernel's first call about 1.5x as long and its warm calls no faster (sleepstudy's bootstrap of 1,000:
-# 7.9 s against 5.9 s first, 0.026 s against 0.019 s warm; Pastes' of 2,000: 0.21 s against 0.11 s warm;
-# Penicillin's and Dyestuff's equal warm).
+# stage (rounds of B/8 continued for 12 iterations, before the stragglers' rounds from each fit's exact
+# Hessian) makes a staged kernel's first call about 1.7x as long and its warm calls no faster (interleaved
+# bootstraps, 2-core VM: sleepstudy's 10,000 8.9 s against 5.0 s first, 0.26 s against 0.20 s warm; a
+# crossed 50 x 20 design's 1,000 13.8 s against 7.9 s, 0.34 s against 0.32 s; Pastes' 2,000 16.3 s
+# against 8.9 s, 0.22 s against 0.12 s).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 STRAGGLER_FRACTION = 64  # fits continued per round: 1/64 of the batch (at least 8)
 BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-12)
@@ -208,12 +209,12 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
     them. A batch of more than ``UNSTAGED_MAX_BATCH`` fits therefore runs in
     two stages inside one compiled function: every fit gets
     ``FIRST_PASS_ITER`` iterations; then the unconverged ones are gathered in
-    rounds of ``max(8, B // STRAGGLER_FRACTION)`` and continued (Newton is
-    memoryless given (phi, active)) for up to ``max_iter - FIRST_PASS_ITER``
-    more, and scattered back. BFGS restarts in the second stage from the
-    exact Hessian (one per continued fit): the slow fits are the badly scaled
-    ones, near a boundary, where the shared start is a poor guess (10,000
-    sleepstudy replicates: slowest 72 iterations instead of 200, 5% faster).
+    rounds of ``max(8, B // STRAGGLER_FRACTION)`` and continued for up to
+    ``max_iter - FIRST_PASS_ITER`` more, and scattered back. BFGS continues
+    from each fit's own inverse Hessian (Newton is memoryless given (phi,
+    active)): restarting from each continued fit's exact Hessian instead
+    makes the stage's program larger and, where most fits continue (a crossed
+    50 x 20 design's bootstrap of 1,000), the warm call 30% longer.
 
     Returns a dict of per-fit arrays: theta, beta, sigma, objective,
     converged, iterations.
@@ -239,8 +240,10 @@ def fit_products(dp: DesignProducts, rps: ResponseProducts, phi0: jnp.ndarray, a
         idx = jnp.argsort(jnp.where(pending, 0, 1), stable=True)[:M]
         sel = pending[idx]
         dp_sub = dp if design_axis is None else _take(dp, idx)
-        o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, None, None), axis_name=AXIS)(
-            dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], None, iters)
+        # BFGS continues from each fit's own inverse Hessian (Newton's state is (phi, active))
+        own = o.inverse_hessian is not None
+        o2 = jax.vmap(fit_from, in_axes=(design_axis, 0, 0, 0, 0 if own else None, None), axis_name=AXIS)(
+            dp_sub, _take(rps, idx), o.phi[idx], o.active[idx], o.inverse_hessian[idx] if own else None, iters)
         o2 = o2._replace(iterations=o2.iterations + o.iterations[idx])
 
         def merge(a, b):
