@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 TESTS_DDF = ("satterthwaite", "residual", "none")
 # Simulations per batched fit: batches up to this size run the single-stage vmapped optimiser
-# (lmm_jax.batched.batch.UNSTAGED_MAX_BATCH), whose compilation is a fraction of the staged one's, and
+# (lmm_jax.batched.batch.UNSTAGED_MAX_BATCH), which compiles sooner than the staged one, and
 # every call of a size bucket has this one shape (the last chunk is padded), so a power curve compiles
 # once per bucket.
 CHUNK = 256

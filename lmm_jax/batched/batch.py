@@ -131,23 +131,24 @@ def batch_response_products(Y: jnp.ndarray, G: jnp.ndarray | None, arrays: Desig
 # Stages of a batch fit (fit_products). Under vmap a while_loop costs the whole batch an iteration
 # for as long as its slowest member runs, so the batch is compacted as fits converge: every fit gets
 # FIRST_PASS_ITER iterations, and the unconverged ones are continued in rounds of 1/STRAGGLER_FRACTION
-# of the batch, BFGS from each fit's own inverse Hessian. Moment starts (lmm_jax.core.start) leave most bootstrap refits converged at the start
-# (10,000 sleepstudy replicates: 0 BFGS iterations at the 90th percentile, 20 at the 99th), so BFGS's
-# first stage only tests the start (10,000 sleepstudy replicates, chunks of 2,048: 0.84 s with a first
-# stage of 2 iterations, 0.60 s with one of 0). Each stage is a compiled copy of the optimiser: a middle
-# stage (rounds of B/8 continued for 12 iterations, before the stragglers' rounds from each fit's exact
-# Hessian) makes a staged kernel's first call about 1.7x as long and its warm calls no faster (interleaved
-# bootstraps, 2-core VM: sleepstudy's 10,000 8.9 s against 5.0 s first, 0.26 s against 0.20 s warm; a
-# crossed 50 x 20 design's 1,000 13.8 s against 7.9 s, 0.34 s against 0.32 s; Pastes' 2,000 16.3 s
-# against 8.9 s, 0.22 s against 0.12 s).
+# of the batch, BFGS from each fit's own inverse Hessian. Moment starts (lmm_jax.core.start) leave most
+# bootstrap refits converged at the start (10,000 sleepstudy replicates: 0 BFGS iterations at the 90th
+# percentile, 20 at the 99th), so BFGS's first stage only tests the starts and compiles no loop: its
+# staged kernel holds one copy of the optimiser, Newton's two. A middle stage (rounds of B/8 continued
+# for 12 iterations, before the stragglers' rounds from each fit's exact Hessian) makes a staged kernel's
+# first call about 1.7x as long and its warm calls no faster (interleaved bootstraps, 2-core VM:
+# sleepstudy's 10,000 8.9 s against 5.0 s first, 0.26 s against 0.20 s warm; a crossed 50 x 20 design's
+# 1,000 13.8 s against 7.9 s, 0.34 s against 0.32 s; Pastes' 2,000 16.3 s against 8.9 s, 0.22 s against
+# 0.12 s).
 FIRST_PASS_ITER = {"newton": 6, "bfgs": 0}
 STRAGGLER_FRACTION = 64  # fits continued per round: 1/64 of the batch (at least 8)
 BFGS_TOL = 1e-11         # stopping threshold on BFGS's approximate decrement (Newton's: 1e-12)
 AXIS = "fit"             # name of the vmapped fit axis (the BFGS fits' batch-wide branches use it)
 METHODS = ("bfgs", "newton")
-# Batches up to this size run as one vmapped loop of max_iter iterations, without the second stage:
-# each stage is another compiled copy of the optimiser, while a small batch loses little to its slowest
-# member.
+# Batches up to this size run as one vmapped loop of max_iter iterations, without the gather-and-scatter
+# rounds: a small batch loses little to its slowest member, and its program is smaller (pb_modcomp's 4,000
+# sleepstudy simulations, 2 cores: 8.2 s with compilation in chunks of 256, 9.7 s in chunks of 2,048; then
+# 0.69 s against 0.57 s).
 UNSTAGED_MAX_BATCH = 256
 
 

@@ -129,10 +129,10 @@ def pb_modcomp(large: "LMMResult", small: "LMMResult", n: int = 1000, key: Any =
         chunk_size: responses per batched fit. Default: the bootstrap's
             power of two (other ``n`` in its bucket reuse the compiled fits),
             at most ``UNSTAGED_MAX_BATCH`` (256), whose batched fits compile
-            in about half the time of the staged larger ones: a test runs once
-            per process (sleepstudy's slope, 4,000 simulations on 2 cores:
-            29 s with compilation, 3.7 s again, against 47 s and 1.6 s in
-            chunks of 2,048).
+            sooner than the staged larger ones: a test runs once per process
+            (sleepstudy's slope, 4,000 simulations on 2 cores: 8.2 s with
+            compilation, 0.69 s again, against 9.7 s and 0.57 s in chunks of
+            2,048).
             After ``jax.distributed.initialize()`` the chunks are shared out
             between the processes and every process returns the whole test,
             the same bits as one process (docs/distributed.md).
