@@ -117,6 +117,15 @@ SETTINGS = ("enable_x64", "default_device", "default_matmul_precision", "numpy_d
             "numpy_rank_promotion")
 
 
+def _dtype_name(dtype) -> str:
+    """A dtype's name in a kernel's key: numpy's ``str`` (byte order and size), or for JAX's extended
+    dtypes, which numpy does not know (a typed PRNG key's ``key<fry>``), its name."""
+    try:
+        return np.dtype(dtype).str
+    except TypeError:
+        return str(dtype)
+
+
 def clear_all() -> None:
     """:meth:`Kernel.clear` for every kernel (part of :func:`lmm_jax.clear_caches`)."""
     for k in list(_KERNELS):
@@ -364,7 +373,7 @@ class Kernel:
         if any(_is_tracer(x) or _is_sharded(x) for x in leaves):
             return None, statics, dynamic
         avals = tuple((tuple(x.shape) if hasattr(x, "shape") else np.shape(x),
-                       (x.dtype if hasattr(x, "dtype") else np.result_type(x)).str) for x in leaves)
+                       _dtype_name(x.dtype if hasattr(x, "dtype") else np.result_type(x))) for x in leaves)
         return (statics, tree, avals, settings()), statics, dynamic
 
     def _compiled(self, key: tuple, statics: tuple, dynamic: list) -> Callable:
@@ -537,7 +546,7 @@ def _load(path: Path):
 
 
 def _types(avals) -> list[tuple[tuple[int, ...], str]]:
-    return [(tuple(a.shape), np.dtype(a.dtype).str) for a in avals]
+    return [(tuple(a.shape), _dtype_name(a.dtype)) for a in avals]
 
 
 _READY: set[str] = set()

@@ -312,6 +312,25 @@ def test_cpu_options_compile_the_optimised_executable_and_are_keyed(tmp_path, mo
     assert compiles[-1] is None
 
 
+def test_a_typed_prng_key_is_an_argument_like_a_raw_one(tmp_path, monkeypatch, x64):
+    """``jax.random.key(0)`` (an extended dtype numpy has no name for) keys, exports, compiles and
+    loads; its draws are the raw ``PRNGKey(0)``'s, as in a bootstrap given either."""
+    monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
+    compiles = recorded_compiles(monkeypatch)
+    salt = float(time.time_ns() % 1_000_003)             # JAX's global persistent cache cannot hold it
+
+    def draws(key, n):
+        return jax.random.normal(jax.random.fold_in(key, 3), (n,)) + salt
+
+    typed = Kernel(draws, ("n",))(jax.random.key(0), n=4)
+    raw = Kernel(draws, ("n",))(jax.random.PRNGKey(0), n=4)
+    np.testing.assert_array_equal(np.asarray(typed), np.asarray(raw))
+    assert len(compiles) == 2 and len(list(tmp_path.glob("draws-*.xla"))) == 2
+    again = Kernel(draws, ("n",))(jax.random.key(0), n=4)              # as a fresh process: it loads
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(typed))
+    assert len(compiles) == 2
+
+
 def test_batched_kernels_use_the_elemental_emitter_below_a_dense_block_of_128_columns():
     from lmm_jax.core.types import Structure, batch_options
     assert batch_options({"s": Structure(ks=(2,), ms=(32,), p=2)}) == \
