@@ -340,6 +340,17 @@ def test_batched_kernels_use_the_elemental_emitter_below_a_dense_block_of_128_co
     assert batch_options({"s": Structure(ks=(1, 1), ms=(512, 256), p=2)}) == {}
 
 
+def test_fit_manys_kernels_compile_quick_code_in_one_tier(monkeypatch):
+    from lmm_jax.batched.batch import _fit_stacked, _stacked_inference, many_options
+    from lmm_jax.core.types import Structure, batch_options
+    s = Structure(ks=(2,), ms=(32,), p=2)
+    assert _fit_stacked.cpu_options is many_options and _stacked_inference.cpu_options is many_options
+    assert not _fit_stacked.quick and not _stacked_inference.quick          # no optimised second tier
+    assert many_options({"s": s}) == kernel_module.QUICK_OPTIONS
+    monkeypatch.setenv(kernel_module.QUICK_SWITCH, "0")
+    assert many_options({"s": s}) == batch_options({"s": s})
+
+
 def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):
     """A backend that cannot serialize or load executables: export + compile, no executable entry."""
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
