@@ -432,11 +432,27 @@ def _result(method: _Method, st: _State, ks, settings: OptimizerSettings, free: 
 
 
 def _start(phi0, active0, f, g, M, d, dec, trial) -> _State:
-    """The state before the first pass: a trial of d from phi0, or (``trial`` False, d = 0) a refresh."""
+    """The state before the first pass: a trial of d from phi0, or (``trial`` False, d = 0) a refresh.
+
+    Every entry is tied to phi0 (:func:`_batched_like`): under ``vmap``, with phi0 batched, the whole
+    state starts batched."""
     false = jnp.asarray(False)
-    return _State(phi=phi0, active=active0, f=f, g=g, M=M, d=d, dec=dec, alpha=trial.astype(phi0.dtype),
-                  trial=trial, taken=false, it=jnp.asarray(0), done=false, stalled=false, stalled_before=false,
-                  changed=false)
+    st = _State(phi=phi0, active=active0, f=f, g=g, M=M, d=d, dec=dec, alpha=trial.astype(phi0.dtype),
+                trial=trial, taken=false, it=jnp.asarray(0), done=false, stalled=false, stalled_before=false,
+                changed=false)
+    return _batched_like(st, phi0)
+
+
+def _batched_like(tree, ref: jnp.ndarray):
+    """``tree`` unchanged, each leaf passed through a select on a flag computed from ``ref``, which
+    XLA removes (both branches are the leaf). Under ``vmap`` with ``ref`` batched, every leaf is then
+    batched. ``lax.while_loop``'s batching rule batches the loop body once per step by which batching
+    spreads through the carry, until it settles, and once more at the end: a state that starts
+    batched settles at once. Each pass batches the whole body, Newton's and BFGS's derivatives
+    included (a Penicillin profile's Newton solve: 3 passes and 4 final batchings of a 7,000-equation
+    body, 2 s of its 5 s trace)."""
+    flag = jnp.isnan(jnp.sum(ref))
+    return jax.tree_util.tree_map(lambda x: jnp.where(flag, x, x), tree)
 
 
 def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
