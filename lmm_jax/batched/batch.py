@@ -36,8 +36,8 @@ from scipy.special import stdtr, stdtrit
 from ..runtime import kernel as kernel_module
 from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
-from ..runtime.switches import env_switch
-from ..core.types import DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options, row_options
+from ..core.types import (DesignArrays, DesignProducts, ResponseProducts, Structure, batch_options, one_off_options,
+                          quick_batch, row_options)
 from ..build.crossprod import padded_response, response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, theta_optimum
@@ -331,31 +331,14 @@ def _fit_responses(rps, dp, eq, phi0, active0, s, reml, max_iter, method, satter
     return with_inference(out, dp, rps, s, reml, satterthwaite)
 
 
-def many_options(statics: dict) -> dict:
-    """CPU compiler options of :func:`fit_models`' kernels: the quick ones
-    (:data:`~lmm_jax.runtime.kernel.QUICK_OPTIONS`: LLVM at -O0, XLA:CPU's
-    elemental emitter) and no second tier, so every call, chunk and process
-    computes with the same code, bit for bit. The first call takes about
-    half the time and later calls run about 1.6x longer, which ``fit_many``
-    hardly sees: building each model in Python costs several times its fit
-    (2-core VM, sleepstudy's model on 50 or 1,000 datasets in 3 shapes: first
-    call 4.1 -> 2.2 s and 5.4 -> 3.6 s; warm fits 12 -> 23 ms and 0.22 ->
-    0.35 s, beside 2.9 s building the 1,000 models). With
-    ``LMM_JAX_QUICK_COMPILE=0``: the batched kernels' options
-    (:func:`~lmm_jax.core.types.batch_options`)."""
-    if env_switch(kernel_module.QUICK_SWITCH) is False:
-        return batch_options(statics)
-    return dict(kernel_module.QUICK_OPTIONS)
-
-
-@kernel(static_argnames=("s", "max_iter", "method"), cpu_options=many_options)
-def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method):
+@kernel(static_argnames=("s", "max_iter", "method", "quick_code"), cpu_options=one_off_options)
+def _fit_stacked(dps, rps, eqs, s, reml, max_iter, method, quick_code):
     phi0, active0 = moment_starts(eqs, rps, s, design_axis=0)
     return fit_products(dps, rps, phi0, active0, s, reml, max_iter, design_axis=0, method=method)
 
 
-@kernel(static_argnames=("s", "satterthwaite"), cpu_options=many_options)
-def _stacked_inference(theta, sigma, dps, rps, s, reml, satterthwaite):
+@kernel(static_argnames=("s", "satterthwaite", "quick_code"), cpu_options=one_off_options)
+def _stacked_inference(theta, sigma, dps, rps, s, reml, satterthwaite, quick_code):
     """:func:`with_inference`'s vcov and df of :func:`_fit_stacked`'s fits: a
     kernel of its own, which compiles on a second thread beside the fits'."""
     return with_inference(dict(theta=theta, sigma=sigma), dps, rps, s, reml, satterthwaite, design_axis=0)
@@ -736,15 +719,16 @@ def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 20
         eqs = [models[i].padded_moment_equations for i in idx]
         eqs = None if any(e is None for e in eqs) else _stack(eqs)
         satterthwaite = ddf == "satterthwaite"
+        quick = quick_batch(len(idx), s)
         traced = threading.Event()
         if kernel_module.SPARE_CORES:   # the t tests' kernel compiles beside the fits' (traced after it)
             n = len(idx)
             _stacked_inference.prepare(jax.ShapeDtypeStruct((n, n_theta(s.ks)), np.float64),
                                        jax.ShapeDtypeStruct((n,), np.float64), dps, rps, s, bool(reml),
-                                       satterthwaite, after=traced)
+                                       satterthwaite, quick, after=traced)
         with traced_sets(traced):
-            res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), method)
-        inf = _stacked_inference(res["theta"], res["sigma"], dps, rps, s, bool(reml), satterthwaite)
+            res = _fit_stacked(dps, rps, eqs, s, bool(reml), int(max_iter), method, quick)
+        inf = _stacked_inference(res["theta"], res["sigma"], dps, rps, s, bool(reml), satterthwaite, quick)
         local[u] = {k: np.asarray(v) for k, v in dict(res, **inf).items()}
     shared = exchange(local)
     out: list[BatchResult | None] = [None] * len(models)

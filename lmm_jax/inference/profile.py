@@ -65,7 +65,7 @@ from ..core.linalg import batched_cholesky
 from ..core.optimize import newton_minimize
 from ..core.parametrization import phi_from_theta
 from ..core.theta_layout import ThetaLayout
-from ..core.types import DesignProducts, ResponseProducts, Structure, batch_options
+from ..core.types import DesignProducts, ResponseProducts, Structure, one_off_options, quick_batch
 from ..build.crossprod import user_basis_products
 from ..errors import ConvergenceWarning, InferenceError, SingularFitWarning, check_bool, check_count
 
@@ -221,14 +221,20 @@ def constrained_deviance(theta: jnp.ndarray, con: Constraint, row_idx: jnp.ndarr
     return jnp.where(is_sd, dev_sigma, dev_profiled) - dp.log_weights    # prior weights: lme4's -sum(log w)
 
 
-@kernel(static_argnames=("s",), cpu_options=batch_options)
+# Calls of its batch that a profile makes, about (sleepstudy's six parameters: 79 constrained solves in 7 calls
+# of 12): the count :func:`~lmm_jax.core.types.quick_batch` weighs for the choice of quick code.
+PROFILE_CALLS = 10
+
+
+@kernel(static_argnames=("s", "quick_code"), cpu_options=one_off_options)
 def solve_constrained(cons: Constraint, row_idx, row_mask, phi0, active0, dp: DesignProducts,
-                      rp: ResponseProducts, s: Structure):
+                      rp: ResponseProducts, s: Structure, quick_code: bool = False):
     """Minimum ML deviance of a batch of constrained problems: one compiled
     Newton solve (:func:`lmm_jax.core.optimize.newton_minimize`, with its
     boundary rule: a diagonal entry of Lambda reaches exactly 0) vmapped over
     the batch (``cons``, the starting points ``phi0`` and their active masks
     ``active0`` carry the batch axis), each at most :data:`NEWTON_MAX_ITER` steps.
+    ``quick_code``: compile quick code (:func:`~lmm_jax.core.types.one_off_options`).
 
     Returns:
         (deviance, phi and active mask of the free parameters, converged), each batched.
@@ -267,6 +273,8 @@ class _Profiler:
         self.base = float(fit.objective)
         self.row_idx, self.row_mask = (jnp.asarray(a) for a in _row_layout(self.s.ks))
         self.batch = batch
+        # quick code unless the profile's calls are large (a profile makes about PROFILE_CALLS of its batch)
+        self.quick_code = quick_batch(PROFILE_CALLS * batch, self.s)
         self.evaluations = 0
         self.not_converged = 0
         self.caps: dict[str, tuple[float, str]] = {}
@@ -333,7 +341,7 @@ class _Profiler:
             phi0 = jnp.asarray(np.stack([d["phi0"] for d in ds]))
             active0 = jnp.asarray(np.stack([d["active0"] for d in ds]))
             dev, phi, active, conv = solve_constrained(cons, self.row_idx, self.row_mask, phi0, active0,
-                                                       self.dp, self.rp, self.s)
+                                                       self.dp, self.rp, self.s, self.quick_code)
             self.not_converged += int(np.sum(~np.asarray(conv)[:len(chunk)]))
             out.append(np.asarray(dev)[:len(chunk)])
             phi, active = np.asarray(phi), np.asarray(active)

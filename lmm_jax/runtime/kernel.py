@@ -51,10 +51,10 @@ and an optimisation level the user sets in ``XLA_FLAGS`` stands (one tier).
 The two tiers' results may differ in the last bits (LLVM fuses multiplies
 and adds at -O2), so the batched kernels (bootstraps, simulations, batched
 fits), whose replicates are reproducible bit for bit whatever the chunking
-and the number of processes, compile one tier only: optimised code, or for
-``fit_many``'s kernels, whose run time is small beside the Python that
-builds their models, the quick options
-(:func:`lmm_jax.batched.batch.many_options`).
+and the number of processes, compile one tier only: optimised code, or
+quick code for the small calls of kernels that an analysis runs once or a
+few times (``fit_many``'s, a profile's;
+:func:`lmm_jax.core.types.one_off_options`).
 
 In a multi-process JAX program (``jax.distributed``) executables are not
 stored or loaded (one is bound to its process's devices): the exported

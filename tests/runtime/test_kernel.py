@@ -340,15 +340,20 @@ def test_batched_kernels_use_the_elemental_emitter_below_a_dense_block_of_128_co
     assert batch_options({"s": Structure(ks=(1, 1), ms=(512, 256), p=2)}) == {}
 
 
-def test_fit_manys_kernels_compile_quick_code_in_one_tier(monkeypatch):
-    from lmm_jax.batched.batch import _fit_stacked, _stacked_inference, many_options
-    from lmm_jax.core.types import Structure, batch_options
-    s = Structure(ks=(2,), ms=(32,), p=2)
-    assert _fit_stacked.cpu_options is many_options and _stacked_inference.cpu_options is many_options
-    assert not _fit_stacked.quick and not _stacked_inference.quick          # no optimised second tier
-    assert many_options({"s": s}) == kernel_module.QUICK_OPTIONS
+def test_small_one_off_batches_compile_quick_code_in_one_tier(monkeypatch):
+    """fit_many's and the profile's kernels: quick code for a call of at most QUICK_BATCH_WORK fits x
+    random-effect columns, the batched kernels' options above it, never a second tier."""
+    from lmm_jax.batched.batch import _fit_stacked, _stacked_inference
+    from lmm_jax.core.types import QUICK_BATCH_WORK, Structure, batch_options, one_off_options, quick_batch
+    from lmm_jax.inference.profile import solve_constrained
+    s = Structure(ks=(2, 1), ms=(32, 64), p=2)                         # 128 random-effect columns
+    for k in (_fit_stacked, _stacked_inference, solve_constrained):
+        assert k.cpu_options is one_off_options and not k.quick and "quick_code" in k.static_argnames
+    assert quick_batch(QUICK_BATCH_WORK // 128, s) and not quick_batch(QUICK_BATCH_WORK // 128 + 1, s)
+    assert one_off_options({"s": s, "quick_code": True}) == kernel_module.QUICK_OPTIONS
+    assert one_off_options({"s": s, "quick_code": False}) == batch_options({"s": s})
     monkeypatch.setenv(kernel_module.QUICK_SWITCH, "0")
-    assert many_options({"s": s}) == batch_options({"s": s})
+    assert one_off_options({"s": s, "quick_code": True}) == batch_options({"s": s})
 
 
 def test_without_executable_serialization_the_exported_kernel_is_compiled(tmp_path, monkeypatch):
