@@ -80,6 +80,7 @@ from .family import (Family, deviance_residuals, fisher_weights, linkfun, linkin
                      mu_eta, score_and_information, start_mu)
 from .likelihood import random_factor, random_logdet, random_solve
 from .linalg import batched_backward_solve, batched_cholesky, batched_forward_solve
+from .loops import batched_like
 from .parametrization import lambdas
 from .types import DesignProducts, Structure
 
@@ -301,7 +302,8 @@ def pirls(theta: jnp.ndarray, beta: jnp.ndarray, u0: jnp.ndarray, data: GLMMData
             return ~converged & ~(fa <= st.pdev + noise) & (k < PIRLS_HALVINGS)
 
         f_full = jnp.where(converged, st.pdev, f(st.u + step))
-        alpha, fa, _ = lax.while_loop(worse, halve, (jnp.asarray(1.0, st.pdev.dtype), f_full, jnp.asarray(0)))
+        start = batched_like((jnp.asarray(1.0, st.pdev.dtype), f_full, jnp.asarray(0)), f_full)
+        alpha, fa, _ = lax.while_loop(worse, halve, start)
         ok = ~converged & (fa <= st.pdev + noise)
         return PirlsState(u=jnp.where(ok, st.u + alpha * step, st.u), pdev=jnp.where(ok, fa, st.pdev),
                           decrement=dec, iterations=st.iterations + ok.astype(st.iterations.dtype),
@@ -311,9 +313,10 @@ def pirls(theta: jnp.ndarray, beta: jnp.ndarray, u0: jnp.ndarray, data: GLMMData
         return ~st.failed & (st.iterations < PIRLS_MAX_ITER) \
             & ~(st.decrement <= PIRLS_TOL * (1.0 + jnp.abs(st.pdev)))
 
-    st = PirlsState(u=u0, pdev=f(u0), decrement=jnp.asarray(jnp.inf, u0.dtype), iterations=jnp.asarray(0),
+    pdev0 = f(u0)
+    st = PirlsState(u=u0, pdev=pdev0, decrement=jnp.asarray(jnp.inf, u0.dtype), iterations=jnp.asarray(0),
                     failed=jnp.asarray(False))
-    return lax.while_loop(more, body, st)
+    return lax.while_loop(more, body, batched_like(st, pdev0))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5))
@@ -458,7 +461,8 @@ def glm_fit(data: GLMMData, fam: Family) -> jnp.ndarray:
         _, change, k = c
         return (change > 1e-8) & (k < GLM_ITER)
 
-    return lax.while_loop(more, body, (beta0, jnp.asarray(jnp.inf, beta0.dtype), jnp.asarray(0)))[0]
+    start = batched_like((beta0, jnp.asarray(jnp.inf, beta0.dtype), jnp.asarray(0)), beta0)
+    return lax.while_loop(more, body, start)[0]
 
 
 def fitted_mean(eta: jnp.ndarray, fam: Family) -> jnp.ndarray:

@@ -73,6 +73,7 @@ import numpy as np
 from jax import lax
 
 from ..runtime.kernel import serializable
+from .loops import batched_like
 from .parametrization import diagonal_mask, theta_from_phi
 
 
@@ -214,7 +215,8 @@ def backtrack(f_at: Callable[[jnp.ndarray], jnp.ndarray], f0: jnp.ndarray, slope
         alpha = alpha * 0.5
         return alpha, f_at(alpha), k + 1
 
-    alpha, fa, _ = lax.while_loop(cond, body, (jnp.asarray(1.0, f0.dtype), f0, jnp.asarray(0)))
+    start = batched_like((jnp.asarray(1.0, f0.dtype), f0, jnp.asarray(0)), f0)
+    alpha, fa, _ = lax.while_loop(cond, body, start)
     return alpha, fa, live & armijo(f0, slope, alpha, fa, settings.armijo)
 
 
@@ -434,25 +436,13 @@ def _result(method: _Method, st: _State, ks, settings: OptimizerSettings, free: 
 def _start(phi0, active0, f, g, M, d, dec, trial) -> _State:
     """The state before the first pass: a trial of d from phi0, or (``trial`` False, d = 0) a refresh.
 
-    Every entry is tied to phi0 (:func:`_batched_like`): under ``vmap``, with phi0 batched, the whole
-    state starts batched."""
+    Every entry is tied to phi0 (:func:`~lmm_jax.core.loops.batched_like`): under ``vmap``, with phi0
+    batched, the whole state starts batched."""
     false = jnp.asarray(False)
     st = _State(phi=phi0, active=active0, f=f, g=g, M=M, d=d, dec=dec, alpha=trial.astype(phi0.dtype),
                 trial=trial, taken=false, it=jnp.asarray(0), done=false, stalled=false, stalled_before=false,
                 changed=false)
-    return _batched_like(st, phi0)
-
-
-def _batched_like(tree, ref: jnp.ndarray):
-    """``tree`` unchanged, each leaf passed through a select on a flag computed from ``ref``, which
-    XLA removes (both branches are the leaf). Under ``vmap`` with ``ref`` batched, every leaf is then
-    batched. ``lax.while_loop``'s batching rule batches the loop body once per step by which batching
-    spreads through the carry, until it settles, and once more at the end: a state that starts
-    batched settles at once. Each pass batches the whole body, Newton's and BFGS's derivatives
-    included (a Penicillin profile's Newton solve: 3 passes and 4 final batchings of a 7,000-equation
-    body, 2 s of its 5 s trace)."""
-    flag = jnp.isnan(jnp.sum(ref))
-    return jax.tree_util.tree_map(lambda x: jnp.where(flag, x, x), tree)
+    return batched_like(st, phi0)
 
 
 def _settings(base: OptimizerSettings, **given) -> OptimizerSettings:
