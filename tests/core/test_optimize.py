@@ -19,6 +19,7 @@ import pytest
 
 import lmm_jax
 from lmm_jax.core.likelihood import profiled_deviance
+from lmm_jax.core.loops import batched_like
 from lmm_jax.core.optimize import (BFGS, NEWTON, armijo, backtrack, bfgs_minimize, capped, inverse_hessian_start,
                                    masked, newton_minimize, reactivate, zero_tiny)
 from lmm_jax.core.parametrization import diagonal_mask, phi_from_theta, theta_from_phi, theta_start
@@ -248,3 +249,25 @@ def test_bfgs_without_iterations_returns_its_start():
     assert int(res.iterations) == 0 and not bool(res.converged)
     np.testing.assert_array_equal(np.asarray(res.phi), [1.5])
     assert float(res.objective) == float(_log_cosh(jnp.exp(phi0)))
+
+
+def test_a_vmapped_loop_starts_with_its_whole_state_batched(monkeypatch):
+    """Under vmap the loop's state starts batched (batched_like), so lax.while_loop's batching rule
+    batches the loop body once to find which entries are batched, not once per step by which
+    batching spreads through the state (three times without it)."""
+    from jax._src.interpreters import batching
+    real = batching.batch_jaxpr
+    sizes = []
+
+    def counted(closed, *args, **kwargs):
+        sizes.append(len(closed.jaxpr.eqns))
+        return real(closed, *args, **kwargs)
+
+    monkeypatch.setattr(batching, "batch_jaxpr", counted)
+
+    def f(theta):
+        return jnp.sum((theta - 0.5) ** 2)
+
+    jax.make_jaxpr(jax.vmap(lambda p: newton_minimize(f, p, jnp.ones(1, bool), (1,)).objective))(jnp.zeros((4, 1)))
+    assert sizes and sizes.count(max(sizes)) == 1            # the loop's body, the largest jaxpr batched
+    assert float(batched_like(jnp.asarray(2.5), jnp.asarray(jnp.nan))) == 2.5
