@@ -130,10 +130,10 @@ t3 = time.perf_counter()
 text = fit.summary()
 t4 = time.perf_counter()
 print(text)
-import jax
+from lmm_jax.runtime.compilation_cache import own_cache_dir
 print(json.dumps(dict(import_s=t1 - t0, data_s=t2 - t1, fit_s=t3 - t2, summary_s=t4 - t3, total_s=t4 - t0,
                       objective=float(fit.objective), converged=bool(fit.converged), nobs=len(data),
-                      cache_dir=jax.config.jax_compilation_cache_dir)))
+                      cache_dir=str(own_cache_dir()))))
 """
 
 GLMM_FRESH = PY_SUBSET + """
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> dict:
                     brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                              if k not in ("objective", "cache_dir")}
                     print(f"[{rep + 1}/{args.repeats}] {meas} | {tool}: {brief}", file=sys.stderr, flush=True)
-        # the cache each lmm_jax child used was the one it was given (not a user's or JAX's own setting)
+        # the cache each lmm_jax child used (lmm_jax's own folder) was the one it was given, not the user's
         for meas, row in raw.items():
             for r in row.get("lmm_jax", []):
                 if "cache_dir" in r and not str(r["cache_dir"]).startswith(tmp):
