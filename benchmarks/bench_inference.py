@@ -1,8 +1,9 @@
 """Time inference on sleepstudy / cake beside lmerTest, pbkrtest and lme4 in the same run.
 
-    python benchmarks/bench_inference.py [--reps 5] [--json benchmarks/inference_results.json]
+    LMM_JAX_CACHE_DIR=$(mktemp -d) python benchmarks/bench_inference.py [--reps 5] [--json benchmarks/inference_results.json]
 
-lmm_jax: the first call (jit compilation included) and the median of ``reps``
+lmm_jax: the first call (its kernels' compilation included, with an empty
+``LMM_JAX_CACHE_DIR``) and the median of ``reps``
 warm calls on fresh fit results (nothing cached from the previous call). R:
 the median of ``reps`` calls in one Rscript process (lmerTest's
 Satterthwaite cost is its ``as_lmerModLmerTest`` step, the numDeriv Hessian
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import lmm_jax
@@ -108,7 +112,13 @@ def main() -> None:
         print(f"{key:28s} {first:14.3f} {warm:13.4f} {r[key]:9.3f} {ratio:9.1f}")
     print(f"(sleepstudy fit: lmm_jax warm {fit_warm:.4f} s, lme4 {r['lme4_fit']:.3f} s; profile solved "
           f"{ci.attrs['evaluations']} constrained fits)")
-    args.json.write_text(json.dumps(dict(rows=rows, fit_warm=fit_warm, lme4_fit=r["lme4_fit"],
+    r_version = subprocess.run(["Rscript", "-e", "cat(R.version.string, as.character(packageVersion('lme4')))"],
+                               capture_output=True, text=True).stdout.strip()
+    run = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpus=os.cpu_count(),
+               loadavg_after=list(os.getloadavg()), reps=args.reps, cache_dir=os.environ.get("LMM_JAX_CACHE_DIR"),
+               versions=dict(python=platform.python_version(), jax=jax.__version__, numpy=np.__version__,
+                             R_and_lme4=r_version))
+    args.json.write_text(json.dumps(dict(run=run, rows=rows, fit_warm=fit_warm, lme4_fit=r["lme4_fit"],
                                          profile_evaluations=ci.attrs["evaluations"]), indent=2))
 
 
