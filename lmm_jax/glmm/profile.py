@@ -54,7 +54,7 @@ def _insert(x_rest: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(i == k, v, x_rest[src] if n > 1 else v)
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "ks_rest", "n_theta"))
+@kernel(static_argnames=("fam", "s", "n_agq", "ks_rest", "n_theta"), quick=True)
 def constrained_deviance(k: jnp.ndarray, v: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray,
                          beta0: jnp.ndarray, S_inv: jnp.ndarray, data: GLMMData, fam: Family, s: Structure,
                          n_agq: int, ks_rest: tuple[int, ...], n_theta: int) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -31,7 +31,8 @@ exported runs as a plain ``jax.jit`` function. Inside another trace
 several devices, a kernel is its plain ``jax.jit`` function.
 
 Two tiers on CPU, for kernels made with ``quick=True`` (a single fit's:
-its start, Newton loop, estimates and summary). Such a kernel's first
+its start, Newton loop, estimates and summary; a GLMM profile's
+constrained fit, which the profile calls a few dozen times). Such a kernel's first
 executable is compiled with LLVM at -O0 and XLA:CPU's elemental IR emitter
 for fusions (:data:`QUICK_OPTIONS`; ``<name>-<digest>.quick.xla``): XLA's
 own HLO optimisations are the same, and the compile takes about half the
