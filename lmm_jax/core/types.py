@@ -65,8 +65,9 @@ def batch_options(statics: dict) -> dict:
     16 refits of a 5,000-row 120 x 80 crossed design 6.3 -> 4.6 s and of a
     20,000-row, 1,000-group random-slope model 5.9 -> 4.0 s, each at the same
     warm time; ``fit_many``'s 50 sleepstudy fits, compiled so with
-    ``LMM_JAX_QUICK_COMPILE=0``, 4.7 -> 2.2 s of XLA compile); a larger dense block (crossed 500 x 200) refits about 20%
-    faster with the MLIR emitters, and so do the GLMMs' batched kernels
+    ``LMM_JAX_QUICK_COMPILE=0``, 4.7 -> 2.2 s of XLA compile); a larger
+    dense block (crossed 500 x 200) refits about 20% faster with the MLIR
+    emitters, and so do the GLMMs' batched kernels
     (PIRLS over the rows each iteration: 1,000 cbpp bootstrap refits 0.59 s
     against 0.71 s warm), which take XLA's defaults. The choice depends on
     the structure only, so every chunk and every process of a batched run
