@@ -127,9 +127,13 @@ def _unique_groups(terms):
 
 def _cond_cov(model, theta):
     from lmm_jax.core.likelihood import conditional_covariances
-    th = jnp.asarray(theta)
-    return conditional_covariances(th, factorize(th, model.products, model.response, model.structure),
-                                   model.structure)
+    s = model.structure
+
+    @jax.jit
+    def covariances(th, dp, rp):
+        return conditional_covariances(th, factorize(th, dp, rp, s), s)
+
+    return covariances(jnp.asarray(theta), model.products, model.response)
 
 
 def _fd_grad(f, x, h=1e-6):
@@ -158,13 +162,19 @@ def test_deviance_at_sigma_is_minimised_at_profiled_sigma(model):
     """Profiling sigma out of devfun_vp gives the profiled deviance."""
     theta = jnp.asarray(random_theta(model, 7))
     s = model.structure
+
+    @jax.jit
+    def criteria(sigma, reml, dp, rp):
+        # profiled, at sigma, and d/dsigma at sigma; REML and ML share one compiled call (reml is traced)
+        def at(sg):
+            return deviance_at_sigma(theta, sg, dp, rp, s, reml)
+        return profiled_deviance(theta, dp, rp, s, reml), at(sigma), jax.grad(at)(sigma)
+
     for reml in (True, False):
         fit = lmm_jax.LMMResult.from_theta(model, theta, reml=reml)
-        prof = profiled_deviance(theta, model.products, model.response, s, reml)
-        at = deviance_at_sigma(theta, jnp.asarray(fit.sigma), model.products, model.response, s, reml)
+        prof, at, dsig = criteria(jnp.asarray(fit.sigma), jnp.asarray(reml), model.products, model.response)
         assert float(at) == pytest.approx(float(prof), rel=1e-12)
-        dsig = jax.grad(lambda sg: deviance_at_sigma(theta, sg, model.products, model.response, s, reml))
-        assert abs(float(dsig(jnp.asarray(fit.sigma)))) < 1e-6 * abs(float(prof))
+        assert abs(float(dsig)) < 1e-6 * abs(float(prof))
 
 
 # -- small dense kernels: jnp loops instead of LAPACK (lmm_jax/core/linalg.py) -------------------------
@@ -224,11 +234,21 @@ def test_single_matrix_goes_to_lapack_and_equals_the_loops(k):
 
     fast = solves(batched_cholesky, batched_forward_solve, batched_backward_solve)
     loops = solves(_elementwise_cholesky, _elementwise_forward_solve, _elementwise_backward_solve)
-    np.testing.assert_allclose(batched_cholesky(M_lower), _elementwise_cholesky(M_lower), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(batched_cholesky(M_lower), np.linalg.cholesky(M), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(fast(M_lower), loops(M_lower), rtol=1e-13)
-    np.testing.assert_allclose(jax.jvp(fast, (M_lower,), (E,))[1], jax.jvp(loops, (M_lower,), (E,))[1], rtol=1e-10)
-    hvp, hvp_loops = (jnp.sum(jax.jvp(jax.grad(f), (M_lower,), (E,))[1] * E) for f in (fast, loops))
+
+    @jax.jit
+    def checks(M_lower, E):
+        # each path's factor, value, directional derivative and Hessian-vector product in one compiled call
+        # (op by op, each primitive would compile on its own)
+        def of(chol, f):
+            return (chol(M_lower), f(M_lower), jax.jvp(f, (M_lower,), (E,))[1],
+                    jnp.sum(jax.jvp(jax.grad(f), (M_lower,), (E,))[1] * E))
+        return of(batched_cholesky, fast), of(_elementwise_cholesky, loops)
+
+    (L, value, jvp, hvp), (L_loops, value_loops, jvp_loops, hvp_loops) = checks(M_lower, E)
+    np.testing.assert_allclose(L, L_loops, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(L, np.linalg.cholesky(M), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(value, value_loops, rtol=1e-13)
+    np.testing.assert_allclose(jvp, jvp_loops, rtol=1e-10)
     np.testing.assert_allclose(hvp, hvp_loops, rtol=1e-10)
     assert 'custom_call_target="lapack' in jax.jit(fast).lower(M_lower).compile().as_text()
     stacked = jnp.stack([M_lower, M_lower])
