@@ -143,8 +143,8 @@ def test_vmap_over_responses_with_their_own_theta_equals_models_per_response(sle
     thetas = jnp.stack([jnp.asarray(_theta(sleep, s)) for s in range(4)])
     pure = lmm_jax.make_deviance(sleep, reml=False, param="theta", data="argument")
     est = lmm_jax.make_estimates(sleep, reml=False, data="argument")
-    dev = jax.vmap(lambda th, y: pure(th, sleep.cross_products(y)), in_axes=(0, 1))(thetas, Y)
-    E = jax.vmap(lambda th, y: est(th, sleep.cross_products(y)), in_axes=(0, 1))(thetas, Y)
+    dev = jax.jit(jax.vmap(lambda th, y: pure(th, sleep.cross_products(y)), in_axes=(0, 1)))(thetas, Y)
+    E = jax.jit(jax.vmap(lambda th, y: est(th, sleep.cross_products(y)), in_axes=(0, 1)))(thetas, Y)
     assert E.beta.shape == (4, 2) and E.vcov.shape == (4, 2, 2) and E.b[0].shape == (4, 18, 2)
     for i in range(4):
         other = lmm_jax.LMM(SLEEP, data.assign(Reaction=np.asarray(Y[:, i])))
@@ -154,8 +154,8 @@ def test_vmap_over_responses_with_their_own_theta_equals_models_per_response(sle
         np.testing.assert_allclose(E.vcov[i], res.vcov.to_numpy(), rtol=1e-9)
         assert float(E.sigma[i]) == pytest.approx(res.sigma, rel=1e-10)
     # in_axes by pytree prefix: the design's products shared, the responses' stacked
-    cps = lmm_jax.CrossProducts(sleep.products, jax.vmap(sleep.response_products, in_axes=1)(Y))
-    again = jax.vmap(pure, in_axes=(0, lmm_jax.CrossProducts(None, 0)))(thetas, cps)
+    cps = lmm_jax.CrossProducts(sleep.products, jax.jit(jax.vmap(sleep.response_products, in_axes=1))(Y))
+    again = jax.jit(jax.vmap(pure, in_axes=(0, lmm_jax.CrossProducts(None, 0))))(thetas, cps)
     np.testing.assert_allclose(again, dev, rtol=1e-13)
 
 
@@ -180,9 +180,10 @@ def test_vmap_over_stacked_datasets_of_one_structure():
         np.testing.assert_allclose(E.beta[i], res.beta, rtol=1e-9)
         assert float(E.sigma[i]) == pytest.approx(res.sigma, rel=1e-10)
     # per-dataset gradients: vmap of grad
-    G = jax.vmap(jax.grad(pure))(thetas, stacked)
+    G = jax.jit(jax.vmap(jax.grad(pure)))(thetas, stacked)
     for i, m in enumerate(models):
-        np.testing.assert_allclose(G[i], jax.grad(m.deviance_function(True, "theta"))(thetas[i]), rtol=1e-10)
+        np.testing.assert_allclose(G[i], jax.jit(jax.grad(m.deviance_function(True, "theta")))(thetas[i]),
+                                   rtol=1e-10)
 
 
 def test_grad_in_the_response_matches_finite_differences(sleep):
