@@ -101,9 +101,13 @@ def test_blocked_laplace_equals_the_dense_one(family, link, x64):
 def test_pirls_finds_the_mode(probit_model, x64):
     m = probit_model
     theta, beta = jnp.asarray([0.8, 0.1, 0.5, 0.6]), jnp.asarray([-0.2, 0.4])
-    st = L.pirls(theta, beta, jnp.zeros(L.n_random(m.structure)), m.data, m.family, m.structure)
+    @jax.jit                                            # compiled, not op by op
+    def mode_and_gradient(theta, beta):
+        st = L.pirls(theta, beta, jnp.zeros(L.n_random(m.structure)), m.data, m.family, m.structure)
+        return st, jax.grad(lambda u: L.penalized_deviance(u, theta, beta, m.data, m.family, m.structure))(st.u)
+
+    st, g = mode_and_gradient(theta, beta)
     assert not bool(st.failed) and int(st.iterations) < 10
-    g = jax.grad(lambda u: L.penalized_deviance(u, theta, beta, m.data, m.family, m.structure))(st.u)
     assert float(jnp.max(jnp.abs(g))) < 1e-8
 
 
@@ -137,8 +141,8 @@ def test_one_node_agq_is_laplace_without_the_saturated_constant(cbpp_model, x64)
     m = cbpp_model
     theta = jnp.asarray([0.6])
     beta = jnp.linalg.solve(jnp.asarray(m.basis), jnp.asarray([-1.0, -0.9, -1.1, -1.5]))   # the fit's basis
-    lap = L.laplace_deviance(theta, beta, m.data, m.family, m.structure)
-    one = L.agq_deviance(theta, beta, m.data, m.family, m.structure, 1)
+    lap, one = jax.jit(lambda th, b: (L.laplace_deviance(th, b, m.data, m.family, m.structure),
+                                      L.agq_deviance(th, b, m.data, m.family, m.structure, 1)))(theta, beta)
     saturated = -2 * stats.binom.logpmf(np.round(np.asarray(m.data.y * m.data.weights)),
                                         np.asarray(m.data.weights), np.asarray(m.data.y)).sum()
     np.testing.assert_allclose(float(lap - one), saturated, rtol=1e-12)
