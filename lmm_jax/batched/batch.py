@@ -41,7 +41,7 @@ from ..core.types import (DesignArrays, DesignProducts, ResponseProducts, Struct
 from ..build.crossprod import padded_response, response_products
 from ..core.likelihood import factorize, fixed_effects, profiled_deviance, sigma_hat, user_fixed_effects
 from ..core.estimates import SINGULAR_TOL, coefficient_inference, theta_optimum
-from ..core.optimize import bfgs_minimize, inverse_hessian_start
+from ..core.optimize import bfgs_minimize, inverse_hessian_start, masked
 from ..core.parametrization import diagonal_mask, n_theta, phi_from_theta, theta_from_phi, theta_start
 from ..core.start import MomentEquations, moment_theta
 from ..core.theta_layout import ThetaLayout
@@ -174,9 +174,7 @@ def start_inverse_hessian(dp: DesignProducts, rp: ResponseProducts, phi0: jnp.nd
     def f(phi):
         return profiled_deviance(theta_from_phi(phi, s.ks, active0), dp, rp, s, reml)
 
-    act = active0.astype(phi0.dtype)
-    H = jax.hessian(f)(phi0) * act[:, None] * act[None, :] + jnp.diag(1.0 - act)
-    return inverse_hessian_start(H)
+    return inverse_hessian_start(masked(jax.hessian(f)(phi0), active0.astype(phi0.dtype)))
 
 
 def moment_starts(eq: "MomentEquations | None", rps: ResponseProducts, s: Structure,

@@ -619,24 +619,24 @@ def bfgs_minimize(f_theta: Callable[[jnp.ndarray], jnp.ndarray], phi0: jnp.ndarr
         return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
     active0 = jnp.asarray(active0, dtype=bool)
-    start = None
+    fg0 = None                       # f and g at phi0, where they come with the start's Hessian
     if hinv0 is None:
-        # f, g and the exact Hessian at phi0 from one computation
         f0, g0, H0 = value_grad_hessian(value_and_grad, phi0, active0)
-        hinv0, start = inverse_hessian_start(H0, settings.eig_floor), (f0, g0)
+        hinv0, fg0 = inverse_hessian_start(H0, settings.eig_floor), (f0, g0)
     method = _Method(evaluate=evaluate, model=model, direction=direction, noise_pass=noise_pass,
                      restart=lambda active: masked(hinv0, active.astype(dtype)), flat_steps_stall=False,
                      strict_stalls=False, reactivate_at_rest=True, polish=False)
     M0 = method.restart(active0)
-    if start is None and settings.max_iter > 0:
-        # the loop's first pass is a refresh at phi0, whose evaluation gives f and g: the objective's
-        # derivatives appear once in the compiled function, not also before the loop
-        zero = jnp.zeros_like(phi0)
-        st = _start(phi0, active0, jnp.asarray(jnp.nan, dtype), zero, M0, zero, jnp.asarray(jnp.inf, dtype),
-                    jnp.asarray(False))
-        return _result(method, _solve(method, f_phi, st, diag, settings, anywhere), ks, settings)
-    # the start evaluated before the loop (with max_iter = 0 that is all: no loop to compile)
-    f0, g0, _ = evaluate(phi0, active0) if start is None else (*start, None)
+    if fg0 is None:
+        if settings.max_iter > 0:
+            # the loop's first pass is a refresh at phi0, whose evaluation gives f and g: the objective's
+            # derivatives appear once in the compiled function, not also before the loop
+            zero = jnp.zeros_like(phi0)
+            st = _start(phi0, active0, jnp.asarray(jnp.nan, dtype), zero, M0, zero, jnp.asarray(jnp.inf, dtype),
+                        jnp.asarray(False))
+            return _result(method, _solve(method, f_phi, st, diag, settings, anywhere), ks, settings)
+        fg0 = evaluate(phi0, active0)[:2]        # max_iter = 0: the start is all, no loop to compile
+    f0, g0 = fg0
     d0, dec0 = direction(g0, M0)
     done = converged(dec0, settings)
     st = _start(phi0, active0, f0, g0, M0, d0, dec0, ~done)._replace(done=done)
