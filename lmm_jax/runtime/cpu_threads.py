@@ -26,9 +26,10 @@ nothing on import), for the whole process:
    OpenBLAS with 32-bit LAPACK integers, the one scipy's ``cython_lapack``
    (and so JAX) calls; numpy's 64-bit-integer OpenBLAS of the same wheels is
    left alone (where numpy and scipy share one OpenBLAS, as conda-forge's
-   builds do, numpy's calls go single-threaded too). OpenBLAS's thread count
-   is one setting of the library, not of a thread or a call, so lmm_jax does
-   not change it unless asked.
+   builds do, numpy's calls go single-threaded too). lmm_jax's own calls run
+   single-threaded LAPACK without it (:mod:`lmm_jax.runtime.openblas`, the
+   count restored when they return); this makes it the library's setting for
+   the rest of the process: the user's JAX code and scipy calls.
 2. XLA's pool, with ``threads=N``: sets ``PJRT_NPROC=N`` before JAX's
    backends start (XLA sizes its pool from it when the CPU client is
    created): N threads instead of one per core, for every JAX computation
@@ -44,50 +45,31 @@ unset or ``auto``, 1 only; a positive integer N, 1 and 2; ``default`` (or
 
 from __future__ import annotations
 
-import ctypes
 import os
 
+from . import openblas
 from .switches import TOO_LATE, backends_started
 
 ENV_SWITCH = "LMM_JAX_CPU_THREADS"
-BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+BLAS_ENV = openblas.BLAS_ENV
 POOL_ENV = ("PJRT_NPROC", "NPROC")
-# OpenBLAS's thread setter: the name in scipy's wheels (symbols prefixed ``scipy_``) and elsewhere
-SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
 NOT_CONFIGURED = "not configured (lmm_jax.runtime.configure turns it on)"
 _lapack: dict[str, object] = {"single_threaded": False, "reason": NOT_CONFIGURED, "library": None}
 _xla: dict[str, object] = {"threads": None, "reason": NOT_CONFIGURED}
 
 
-def _loaded_openblas() -> list[str] | None:
-    """Paths of the loaded shared libraries whose file name mentions OpenBLAS; None without ``/proc``."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[-1].strip() for line in f if "openblas" in line.lower()}
-    except OSError:
-        return None
-    return sorted(p for p in paths if p.startswith("/") and "openblas" in os.path.basename(p).lower())
-
-
 def _set_lapack_single_threaded() -> dict[str, object]:
-    paths = _loaded_openblas()
-    if paths is None:
+    if openblas.loaded_openblas() is None:
         return {"single_threaded": False, "reason": "no /proc/self/maps to find OpenBLAS in: left alone",
                 "library": None}
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)             # already loaded: the same handle, nothing is re-initialised
-        except OSError:
-            continue
-        for name in SETTERS:                    # the 32-bit-integer library exports these; numpy's ILP64 one
-            setter = getattr(lib, name, None)   # only ``..._set_num_threads64_``
-            if setter is not None:
-                setter.argtypes, setter.restype = [ctypes.c_int], None
-                setter(1)
-                return {"single_threaded": True, "reason": "", "library": path}
-    return {"single_threaded": False, "reason": "no OpenBLAS with 32-bit LAPACK integers is loaded "
-            "(scipy's LAPACK is another library): left alone", "library": None}
+    found = openblas.lapack_library()
+    if found is None:
+        return {"single_threaded": False, "reason": "no OpenBLAS with 32-bit LAPACK integers is loaded "
+                "(scipy's LAPACK is another library): left alone", "library": None}
+    path, setter, _ = found
+    setter(1)
+    return {"single_threaded": True, "reason": "", "library": path}
 
 
 def enable(threads: int | None = None) -> dict[str, object]:

@@ -93,7 +93,7 @@ import jaxlib
 import numpy as np
 from jax.experimental import serialize_executable
 
-from . import compilation_cache
+from . import compilation_cache, openblas
 from .switches import env_switch
 
 _SOURCE_DIGEST: str | None = None
@@ -323,7 +323,9 @@ class Kernel:
         key, statics, dynamic = self._key(args, kwargs)
         if key is None:
             return self.jitted(*args, **kwargs)
-        return self._compiled(key, statics, dynamic)(*dynamic)
+        compiled = self._compiled(key, statics, dynamic)
+        openblas.refresh()                         # JAX may have loaded its LAPACK for this kernel
+        return compiled(*dynamic)
 
     def prepare(self, *args, after: threading.Event | None = None, **kwargs) -> None:
         """Compile this kernel for these arguments (arrays, or

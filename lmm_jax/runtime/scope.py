@@ -1,4 +1,4 @@
-"""The scope every public entry point of lmm_jax runs in: float64, and the compiled-code guard.
+"""The scope every public entry point of lmm_jax runs in: float64, the compiled-code guard, one LAPACK thread.
 
 lmm_jax computes in float64 (REML criteria agree with lme4 to 1e-10; float32
 loses the optimum's digits), but does not turn on JAX's 64-bit mode for the
@@ -15,10 +15,13 @@ Outside x64 JAX computes on them in float32, so convert them with
 
 The decorator also runs :func:`lmm_jax.runtime.code_memory.check`, the
 compiled-code guard (O(1) unless compiled code nears the process's
-memory-mapping cap), at every entry point. Inside a JAX trace (a user's
-``jit``, ``vmap`` or ``grad`` around, say, :meth:`lmm_jax.LMM.cross_products`)
-an entry point does neither: the function runs under the user's settings,
-as pure JAX code does, and nothing is cleared mid-trace.
+memory-mapping cap), at every entry point, and runs the call with scipy's
+OpenBLAS single-threaded (:mod:`lmm_jax.runtime.openblas`: the LAPACK that
+JAX's CPU kernels call; its thread count comes back when the last lmm_jax
+call returns). Inside a JAX trace (a user's ``jit``, ``vmap`` or ``grad``
+around, say, :meth:`lmm_jax.LMM.cross_products`) an entry point does none of
+these: the function runs under the user's settings, as pure JAX code does,
+and nothing is cleared mid-trace.
 
 Where x64 cannot be enabled (a JAX without a scoped switch, or one that
 refuses it), lmm_jax raises :class:`~lmm_jax.errors.PrecisionError` naming
@@ -36,7 +39,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import jax
 import numpy as np
 
-from . import code_memory
+from . import code_memory, openblas
 from ..errors import PrecisionError
 
 T = TypeVar("T")
@@ -106,7 +109,7 @@ def _wrap_function(fn: Callable) -> Callable:
         def generator(*args, **kwargs):
             it = fn(*args, **kwargs)
             while True:
-                with float64():                 # each step of the generator computes in the scope
+                with float64(), openblas.single_threaded():   # each step of the generator computes in the scope
                     code_memory.check()
                     try:
                         item = next(it)
@@ -121,12 +124,16 @@ def _wrap_function(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         if _TRACING():                          # inside the user's jit, vmap or grad: the user's settings
             return fn(*args, **kwargs)
-        if x64_enabled():
-            code_memory.check()
-            return fn(*args, **kwargs)
-        with float64():
-            code_memory.check()
-            return fn(*args, **kwargs)
+        openblas.enter()
+        try:
+            if x64_enabled():
+                code_memory.check()
+                return fn(*args, **kwargs)
+            with float64():
+                code_memory.check()
+                return fn(*args, **kwargs)
+        finally:
+            openblas.leave()
 
     wrapper.__lmm_jax_entry_point__ = True
     return wrapper
@@ -155,7 +162,8 @@ def _wrap_class(cls: type) -> type:
 
 def entry_point(obj: T) -> T:
     """Decorator of lmm_jax's public functions and classes: the call runs in :func:`float64`
-    after :func:`~lmm_jax.runtime.code_memory.check`.
+    after :func:`~lmm_jax.runtime.code_memory.check`, with scipy's OpenBLAS single-threaded
+    (:func:`lmm_jax.runtime.openblas.enter`).
 
     On a class it wraps every public method, property and cached property (and ``__init__``,
     ``__call__``); on a generator function, every step of the generator.

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/sel
 # a crossed design with a 200-column dense block, which the fit factors with LAPACK (dpotrf): the number
 # of XLA pool threads, the LAPACK library's thread count and the deviance
 PROBE = """
-import ctypes, json, os
+import json, os
 import numpy as np, pandas as pd
 import warnings
 import lmm_jax
@@ -29,8 +29,8 @@ y = 0.8 * rng.normal(size=500)[a] + 0.5 * rng.normal(size=200)[b] + rng.normal(s
 fit = lmm_jax.LMM("y ~ 1 + (1|A) + (1|B)", pd.DataFrame({"y": y, "A": a, "B": b})).fit()
 tasks = os.listdir("/proc/self/task")
 pool = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "tf_XLAEigen" for t in tasks)
-lapack = [p for p in lmm_jax.runtime.cpu_threads._loaded_openblas() if hasattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads")]
-blas = ctypes.CDLL(lapack[0]).scipy_openblas_get_num_threads() if lapack else None
+lapack = lmm_jax.runtime.openblas.lapack_library()
+blas = lapack[2]() if lapack else None
 print(json.dumps({"state": lmm_jax.runtime.cpu_threads.state(), "done": done, "pjrt_nproc": os.environ.get("PJRT_NPROC"),
                   "pool": pool, "blas": blas, "cpus": len(os.sched_getaffinity(0)), "deviance": fit.deviance}))
 """
