@@ -100,10 +100,12 @@ def test_equals_fit_objective_and_estimates_at_the_optimum(model):
     for reml in (True, False):
         fit = model.fit(reml=reml)
         theta = jnp.asarray(fit.theta)
-        pure = lmm_jax.make_deviance(model, reml=reml, param="theta", data="argument")
-        assert float(pure(theta, model.cross_products())) == pytest.approx(fit.objective, rel=1e-10)
-        for est in (lmm_jax.make_estimates(model, reml=reml)(theta),
-                    lmm_jax.make_estimates(model, reml=reml, data="argument")(theta, model.cross_products())):
+        # each function run as one jitted call (as a user's jit would), not op by op
+        pure = jax.jit(lmm_jax.make_deviance(model, reml=reml, param="theta", data="argument"))
+        products = model.cross_products()
+        assert float(pure(theta, products)) == pytest.approx(fit.objective, rel=1e-10)
+        for est in (jax.jit(lmm_jax.make_estimates(model, reml=reml))(theta),
+                    jax.jit(lmm_jax.make_estimates(model, reml=reml, data="argument"))(theta, products)):
             assert isinstance(est, lmm_jax.Estimates)
             np.testing.assert_array_equal(est.theta, theta)
             assert float(est.deviance) == pytest.approx(fit.objective, rel=1e-10)

@@ -163,7 +163,7 @@ def test_residual_variance_near_zero():
     # Newton ends where the gradient vanishes (|g| 3e-11; at lme4's theta, 982.3469, 4e-8), with a
     # criterion within that noise of lme4's; logLik matches, and the group variance to 2e-5
     with jax.enable_x64(True):       # make_deviance's function computes in float64, as its docstring says
-        grad = jax.grad(fit.model.deviance_function(reml=True, param="theta"))(jnp.asarray(fit.theta))
+        grad = jax.jit(jax.grad(fit.model.deviance_function(reml=True, param="theta")))(jnp.asarray(fit.theta))
     assert abs(float(grad[0])) < 1e-9
     assert fit.objective <= ref["objective"] + 2.5e-7
     assert_matches_lme4(fit, ref, varcomp_rtol=5e-5)

@@ -131,12 +131,12 @@ def test_newton_recovers_from_a_failed_full_step():
     point). Here the first full step overshoots: the fit must still land on the minimum, single and
     vmapped, and a wrong point kept after the search would not."""
     phi0 = jnp.asarray([1.5])
-    res = newton_minimize(_log_cosh, phi0, jnp.asarray([True]), (1,))
+    res = jax.jit(lambda p: newton_minimize(_log_cosh, p, jnp.asarray([True]), (1,)))(phi0)
     assert bool(res.converged)
     np.testing.assert_allclose(np.asarray(res.phi), [1.0], atol=1e-9)
     assert float(res.objective) < 1e-15
     assert int(res.iterations) <= 3
-    batch = jax.vmap(lambda p: newton_minimize(_log_cosh, p, jnp.asarray([True]), (1,)))(
+    batch = jax.jit(jax.vmap(lambda p: newton_minimize(_log_cosh, p, jnp.asarray([True]), (1,))))(
         jnp.asarray([[1.5], [1.02], [0.3]]))
     assert bool(jnp.all(batch.converged))
     np.testing.assert_allclose(np.asarray(batch.phi)[:, 0], 1.0, atol=1e-9)
@@ -245,7 +245,7 @@ def test_boundary_rule():
 def test_bfgs_without_iterations_returns_its_start():
     """``max_iter=0`` (batch.fit_products' first stage) evaluates the start only."""
     phi0 = jnp.asarray([1.5])
-    res = bfgs_minimize(_log_cosh, phi0, jnp.asarray([True]), (1,), jnp.eye(1), max_iter=0)
+    res = jax.jit(lambda p: bfgs_minimize(_log_cosh, p, jnp.asarray([True]), (1,), jnp.eye(1), max_iter=0))(phi0)
     assert int(res.iterations) == 0 and not bool(res.converged)
     np.testing.assert_array_equal(np.asarray(res.phi), [1.5])
     assert float(res.objective) == float(_log_cosh(jnp.exp(phi0)))
