@@ -46,10 +46,11 @@ settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The notebooks' xdist group runs after the tests of the package's layers (tests/<layer>/), whose kernels it then
-# loads from the suite's cache instead of compiling them (the five notebooks, 2 cores: 85 s with an empty cache, 59 s
-# after those tests), and before the top-level modules, about 100 s of tests left for the other worker meanwhile.
-# pytest-xdist would otherwise hand out its largest work unit, the notebooks' group, first.
+# The notebooks' work unit (their file under --dist loadfile, their xdist group under loadgroup) runs after the tests
+# of the package's layers (tests/<layer>/), whose kernels it then loads from the suite's cache instead of compiling
+# them (the five notebooks, 2 cores: 85 s with an empty cache, 59 s after those tests), and before the top-level
+# modules, about 100 s of tests left for the other worker meanwhile. pytest-xdist would otherwise hand out its
+# largest work unit, the notebooks, first.
 NOTEBOOKS_MODULE = "test_notebooks.py"
 
 

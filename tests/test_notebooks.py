@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-# one worker runs them all under pytest-xdist (--dist loadgroup), so the budget test sees every notebook
+# one worker runs them all under pytest-xdist (--dist loadfile or loadgroup), so the budget test sees every notebook
 pytestmark = pytest.mark.xdist_group("notebooks")
 
 nbformat = pytest.importorskip("nbformat")
