@@ -51,8 +51,11 @@ print(json.dumps({"import_configure_s": t1 - t0, "fit_s": t2 - t1, "summary_s": 
                   "objective": fit.objective, "configured": done}))
 """
 
+# JAX is imported before the timed fit in every row: configure() imports it, and a row without configure()
+# would otherwise count JAX's import (about 0.9 s) in its first fit
 INSTEVAL_CHILD = """
 import json, statistics, sys, time
+import jax
 import lmm_jax
 cfg = json.loads(sys.argv[1])
 if cfg is not None:
