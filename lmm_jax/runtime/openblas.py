@@ -39,7 +39,7 @@ import ctypes
 import os
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .switches import env_switch
 
@@ -69,7 +69,7 @@ def loaded_openblas() -> list[str] | None:
     return sorted(p for p in paths if p.startswith("/") and "openblas" in os.path.basename(p).lower())
 
 
-def lapack_library() -> tuple[str, ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
+def lapack_library() -> tuple[str, Callable[[int], None], Callable[[], int]] | None:
     """(path, set_num_threads, get_num_threads) of the loaded OpenBLAS with 32-bit LAPACK integers, the
     one scipy's ``cython_lapack`` (and so JAX) calls; None when none is loaded or it cannot be found."""
     for path in loaded_openblas() or ():
