@@ -6,12 +6,14 @@ scipy's wheels that LAPACK is OpenBLAS, whose worker threads busy-wait after
 each call and take the cores XLA's pool and lmm_jax's background compiles
 need (:mod:`lmm_jax.runtime.cpu_threads` has the measurements: InstEval's
 warm fit, idle 0.88 s with OpenBLAS's default threads and 0.64 s with one;
-beside one CPU-bound process 5.8 s and 1.23 s). The factorisations lmm_jax
-asks for are small or batched, so a second LAPACK thread never pays for
-itself here.
+beside one CPU-bound process 5.8 s and 1.23 s). LAPACK is about a tenth of
+that fit's work, so a second LAPACK thread gains little; where it would (a
+dense block of thousands of columns on many cores), ``OPENBLAS_NUM_THREADS``
+keeps the count the user sets.
 
-What. Every entry point (:func:`lmm_jax.runtime.scope.entry_point`) runs
-inside :func:`single_threaded`: while at least one lmm_jax call is running
+What. Every entry point (:func:`lmm_jax.runtime.scope.entry_point`) calls
+:func:`enter` and :func:`leave` around its call (a generator's step runs in
+:func:`single_threaded`, the same pair): while at least one lmm_jax call is running
 in the process, the library computes with one thread; when the last one
 returns, its thread count is what it was before (a process-wide count, as
 OpenBLAS keeps it). So a fit's LAPACK calls are single-threaded, and its
