@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..runtime.kernel import kernel
-from .family import Family, fisher_weights
+from .family import Family, deviance_residuals, fisher_weights, linkinv, mu_eta
 from .laplace import (GLMMData, conditional_mode, deviance, glm_fit, linear_predictor, n_random, random_effects,
                       weighted_products)
 from .likelihood import conditional_covariances, random_factor
@@ -31,14 +31,17 @@ def estimates(theta: jnp.ndarray, beta: jnp.ndarray, data: GLMMData, fam: Family
     """What a result needs at (theta, beta): the deviance (``objective`` if
     given: the optimiser's, within its tolerance of the value here), the
     spherical modes ``u``, the random effects ``b`` (one (m_t, k_t) array per
-    term), the linear predictor ``eta`` and the conditional covariances of b
-    (``Lambda (L L')^{-1} Lambda'`` with L at the mode's Fisher weights,
-    lme4's ``condVar``), one (m_t, k_t, k_t) array per term."""
+    term), the linear predictor ``eta``, row by row the fitted mean ``mu``, ``d mu / d eta``
+    (``mu_eta``) and the deviance residuals' squares ``dev_resid`` (R's ``dev.resids``),
+    and the conditional covariances of b (``Lambda (L L')^{-1} Lambda'`` with L at the
+    mode's Fisher weights, lme4's ``condVar``), one (m_t, k_t, k_t) array per term."""
     u = conditional_mode(theta, beta, jnp.zeros(n_random(s), dtype=beta.dtype), data, fam, s)
     eta = linear_predictor(u, theta, beta, data, s)
     F = random_factor(theta, weighted_products(fisher_weights(fam, eta, data.weights), data, s), s)
     dev = deviance(theta, beta, data, fam, s, n_agq) if objective is None else objective
     return {"deviance": dev, "u": u, "b": tuple(random_effects(u, theta, s)), "eta": eta,
+            "mu": linkinv(fam, eta), "mu_eta": mu_eta(fam, eta),
+            "dev_resid": deviance_residuals(fam, data.y, eta, data.weights),
             "condcov": conditional_covariances(theta, F, s)}
 
 

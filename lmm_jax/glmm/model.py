@@ -266,8 +266,8 @@ class GLMM:
             raise ValueError(f"start must be {self.n_theta} finite numbers (lme4's theta layout), got "
                              f"{np.asarray(start).tolist()}")
         phi0, active0 = phi_from_theta(theta0, ks)
-        opt, est = fit_glmm(self.data, jnp.asarray(phi0), jnp.asarray(active0), self.family, self.structure,
-                            n_agq, max_iter)
+        opt, est = fit_glmm(self.data, np.asarray(phi0, dtype=np.float64), np.asarray(active0, dtype=bool),
+                            self.family, self.structure, n_agq, max_iter)
         opt = jax.tree_util.tree_map(np.asarray, opt)
         est = jax.tree_util.tree_map(np.asarray, est)
         result = GLMMResult.from_fit(self, opt, est, n_agq)

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
 from ..core.estimates import SINGULAR_TOL, is_singular
-from ..core.family import deviance_residuals, linkinv, mu_eta, variance
-from ..core.parametrization import diagonal_mask, lambdas, lambdas_host
+from ..core.family import linkinv, variance
+from ..core.parametrization import diagonal_mask, lambdas_host
 from ..errors import InferenceError
 from ..inference.fitted import check_na_action, on_rows
+from ..inference.satterthwaite import sdcor_jacobian, sdcor_of, varcomp_jacobian, varcomp_of
 from ..runtime.scope import entry_point, float64
 
 if TYPE_CHECKING:
@@ -79,6 +79,10 @@ class GLMMResult:
             array per term.
         u: the spherical modes (``b = Lambda u``), flat.
         eta: the linear predictor at the modes (offset included).
+        mu: the fitted means at the modes, ``g^{-1}(eta)`` (lme4's ``fitted``).
+        mu_eta: ``d mu / d eta`` at the modes.
+        dev_resid: each row's deviance contribution (R's ``family$dev.resids``),
+            the squares of the deviance residuals.
         condcov: conditional covariances of b, one (levels, k, k) array per term.
         gradient, hessian: derivatives of the deviance in (theta, beta) at the
             optimum (zero rows for theta entries at the boundary).
@@ -96,6 +100,9 @@ class GLMMResult:
     b: tuple[np.ndarray, ...]
     u: np.ndarray
     eta: np.ndarray
+    mu: np.ndarray
+    mu_eta: np.ndarray
+    dev_resid: np.ndarray
     condcov: tuple[np.ndarray, ...]
     gradient: np.ndarray
     hessian: np.ndarray
@@ -114,7 +121,8 @@ class GLMMResult:
         g, H, boundary = parameter_derivatives(opt, model.structure.ks, model.basis)
         return cls(model=model, n_agq=n_agq, theta=x[:nt], beta=model.basis @ x[nt:],
                    objective=float(est["deviance"]), b=tuple(np.asarray(b) for b in est["b"]),
-                   u=np.asarray(est["u"]), eta=np.asarray(est["eta"]),
+                   u=np.asarray(est["u"]), eta=np.asarray(est["eta"]), mu=np.asarray(est["mu"]),
+                   mu_eta=np.asarray(est["mu_eta"]), dev_resid=np.asarray(est["dev_resid"]),
                    condcov=tuple(np.asarray(c) for c in est["condcov"]), gradient=g, hessian=H, boundary=boundary,
                    converged=bool(opt.converged), iterations=int(opt.iterations),
                    gradient_norm=float(opt.gradient_norm), decrement=float(opt.decrement))
@@ -264,25 +272,15 @@ class GLMMResult:
         method's SEs of both from ``2 H^{-1}``."""
         ks = self.model.structure.ks
         lay = self.design.theta_layout
-
-        def components(theta):
-            vc, sc = [], []
-            for t, L in enumerate(lambdas(theta, ks)):
-                S = L @ L.T
-                sd = jnp.sqrt(jnp.diagonal(S))
-                for i, j in zip(*lay.tri(t)):
-                    vc.append(S[i, j])
-                    sc.append(sd[i] if i == j else S[i, j] / (sd[i] * sd[j]))
-            return jnp.stack(vc), jnp.stack(sc)
-
-        with float64():
-            theta = jnp.asarray(self.theta)
-            vc, sc = (np.asarray(a) for a in components(theta))
-            Jv, Js = (np.asarray(a) for a in jax.jacfwd(components)(theta))
         nt = len(self.theta)
+        varpar = np.append(self.theta, 1.0)             # sigma = 1: Lambda_t Lambda_t' is the covariance
+        vc, Jv = varcomp_of(varpar, ks)[:nt], varcomp_jacobian(varpar, ks)[:nt, :nt]
+        v = np.append(vc, 1.0)
         V = self.parameter_cov[:nt, :nt]
-        se_v = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", Jv, V, Jv), 0, None))
-        se_s = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", Js, V, Js), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # boundary: infinite d sd / d var
+            sc, Js = sdcor_of(v, ks)[:nt], sdcor_jacobian(v, ks)[:nt, :nt] @ Jv
+            se_v = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", Jv, V, Jv), 0, None))
+            se_s = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", Js, V, Js), 0, None))
         for sl in lay.slices:
             if np.any(np.abs(self.theta[sl][lay.diagonal[sl]]) < SINGULAR_TOL):
                 se_v[sl] = np.nan
@@ -326,11 +324,10 @@ class GLMMResult:
         return self._ranef_tables([np.sqrt(np.diagonal(c, axis1=1, axis2=2)) for c in self.condcov])
 
     # -- fitted values, residuals, predictions -------------------------------
-    @cached_property
+    @property
     def fitted(self) -> np.ndarray:
         """The fitted means mu at the modes (lme4's ``fitted``), in the model's row order."""
-        with float64():
-            return np.asarray(linkinv(self.family, jnp.asarray(self.eta)))
+        return self.mu
 
     def fitted_values(self, na_action: str = "omit") -> pd.Series:
         """:attr:`fitted` as a Series on the data's index (``"exclude"``: NaN on rows not used)."""
@@ -353,19 +350,15 @@ class GLMMResult:
         """
         if type not in RESIDUAL_TYPES:
             raise ValueError(f"type must be one of {list(RESIDUAL_TYPES)}, got {type!r}")
-        y, w, mu = self.design.y, self.prior_weights, self.fitted
-        fam = self.family
-        with float64():
-            eta = jnp.asarray(self.eta)
-            if type == "deviance":
-                d = np.asarray(deviance_residuals(fam, jnp.asarray(y), eta, jnp.asarray(w)))
-                r = np.sign(y - mu) * np.sqrt(np.clip(d, 0, None))
-            elif type == "pearson":
-                r = (y - mu) * np.sqrt(w / np.asarray(variance(fam, jnp.asarray(mu))))
-            elif type == "response":
-                r = y - mu
-            else:
-                r = (y - mu) / np.asarray(mu_eta(fam, eta))
+        y, w, mu = self.design.y, self.prior_weights, self.mu
+        if type == "deviance":
+            r = np.sign(y - mu) * np.sqrt(np.clip(self.dev_resid, 0, None))
+        elif type == "pearson":
+            r = (y - mu) * np.sqrt(w / variance(self.family, mu))
+        elif type == "response":
+            r = y - mu
+        else:
+            r = (y - mu) / self.mu_eta
         return on_rows(r, self.design, check_na_action(na_action), type)
 
     @property

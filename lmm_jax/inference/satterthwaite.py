@@ -70,6 +70,44 @@ def varcomp_covariance(varpar: np.ndarray, A: np.ndarray, ks: tuple[int, ...]) -
     return varcomp_of(varpar, ks), J @ np.asarray(A) @ J.T
 
 
+def sdcor_of(v: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """Variance components v (:func:`varcomp_of`'s layout: theta's order,
+    then sigma^2) -> the SDs and correlations in the same layout, then sigma."""
+    v = np.asarray(v, dtype=float)
+    lay = ThetaLayout.of(ks)
+    out = np.empty_like(v)
+    with np.errstate(invalid="ignore", divide="ignore"):    # a zero variance: its correlations are NaN
+        for n, (t, i, j) in enumerate(lay.entries):
+            if i == j:
+                out[n] = np.sqrt(max(v[n], 0.0))
+            else:
+                out[n] = v[n] / np.sqrt(v[lay.position(t, i, i)] * v[lay.position(t, j, j)])
+    out[-1] = np.sqrt(v[-1])
+    return out
+
+
+def sdcor_jacobian(v: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """d sdcor / d v (:func:`sdcor_of`), in closed form: ``d sd_i = dv_ii / (2 sd_i)``
+    (infinite at a zero variance); for ``rho = v_ij / sqrt(v_ii v_jj)``,
+    ``d rho / d v_ij = 1 / sqrt(v_ii v_jj)`` and ``d rho / d v_ii = -rho / (2 v_ii)``."""
+    v = np.asarray(v, dtype=float)
+    lay = ThetaLayout.of(ks)
+    J = np.zeros((v.size, v.size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for n, (t, i, j) in enumerate(lay.entries):
+            if i == j:
+                J[n, n] = 0.5 / np.sqrt(v[n]) if v[n] >= 0 else 0.0
+            else:
+                a, b = lay.position(t, i, i), lay.position(t, j, j)
+                root = np.sqrt(v[a] * v[b])
+                rho = v[n] / root
+                J[n, n] = 1.0 / root
+                J[n, a] = -0.5 * rho / v[a]
+                J[n, b] = -0.5 * rho / v[b]
+        J[-1, -1] = 0.5 / np.sqrt(v[-1])
+    return J
+
+
 def satterthwaite_df(L: np.ndarray, C: np.ndarray, dC: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Variance ``l'Cl`` and Satterthwaite df for each row l of L."""
     L = np.atleast_2d(L)

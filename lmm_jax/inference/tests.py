@@ -23,18 +23,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..runtime.scope import entry_point
-from ..core.theta_layout import ThetaLayout
 from ..errors import InferenceError, check_bool, normalize_ddf
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
 from .profile import profile_confint
-from .satterthwaite import satterthwaite_df
+from .satterthwaite import satterthwaite_df, sdcor_jacobian, sdcor_of
 
 if TYPE_CHECKING:
     from ..results import LMMResult
@@ -197,19 +194,6 @@ def coefs(result: "LMMResult", ddf: str = "satterthwaite", level: float = 0.95) 
     return t_tests(result, np.eye(len(names)), ddf, level, names=names)
 
 
-def _sdcor_of(v: jnp.ndarray, ks: tuple[int, ...]) -> jnp.ndarray:
-    """(vech(Sigma_t)..., sigma^2) -> (SDs and correlations in the same layout..., sigma)."""
-    lay = ThetaLayout.of(ks)
-    out = []
-    for t, i, j in lay.entries:
-        if i == j:
-            out.append(jnp.sqrt(jnp.maximum(v[lay.position(t, i, i)], 0.0)))
-        else:
-            out.append(v[lay.position(t, i, j)] / jnp.sqrt(v[lay.position(t, i, i)] * v[lay.position(t, j, j)]))
-    out.append(jnp.sqrt(v[-1]))
-    return jnp.stack(out)
-
-
 @entry_point
 def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     """Variance components with Hessian-based SEs and Wald intervals.
@@ -235,8 +219,8 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     v = np.asarray(result.varcomp)
     Vv = np.asarray(result.varcomp_cov)
     se_v = np.asarray(result.varcomp_se)
-    J = np.asarray(jax.jacfwd(_sdcor_of)(jnp.asarray(v), ks))
-    sdcor = np.asarray(_sdcor_of(jnp.asarray(v), ks))
+    J = sdcor_jacobian(v, ks)
+    sdcor = sdcor_of(v, ks)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # boundary: infinite d sd / d var
         se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
     se_s[~np.isfinite(se_v)] = np.nan

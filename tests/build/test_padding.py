@@ -25,8 +25,8 @@ from lmm_jax.build.crossprod import LEVEL_BUCKET_MIN, pad_products, size_bucket
 from lmm_jax.core.likelihood import deviance_at_sigma, profiled_deviance
 from lmm_jax.core.estimates import estimates_at, fit_theta, unpad_estimates
 from lmm_jax.core.parametrization import lambdas, phi_from_theta, theta_start
-from lmm_jax.core.theta_layout import lower_tri_indices
-from lmm_jax.inference.satterthwaite import varcomp_jacobian, varcomp_of
+from lmm_jax.core.theta_layout import ThetaLayout, lower_tri_indices
+from lmm_jax.inference.satterthwaite import sdcor_jacobian, sdcor_of, varcomp_jacobian, varcomp_of
 
 pytestmark = pytest.mark.usefixtures("x64")   # lmm_jax's internals, called outside its entry points
 
@@ -160,6 +160,34 @@ def test_varcomp_jacobian_equals_autodiff():
         value, jac = jax.jit(lambda v: (varcomp_jax(v, ks), jax.jacfwd(varcomp_jax)(v, ks)))(jnp.asarray(vp))
         np.testing.assert_allclose(varcomp_of(vp, ks), np.asarray(value), rtol=1e-14)
         np.testing.assert_allclose(varcomp_jacobian(vp, ks), np.asarray(jac), rtol=1e-13, atol=1e-14)
+
+
+
+def test_sdcor_jacobian_equals_autodiff():
+    """The SDs and correlations of variance components and their closed-form Jacobian (the
+    variance-component tables' delta method) equal autodiff of the formulas written out."""
+    def sdcor_jax(v, ks):
+        lay = ThetaLayout.of(ks)
+        out = []
+        for t, i, j in lay.entries:
+            vii, vjj = v[lay.position(t, i, i)], v[lay.position(t, j, j)]
+            out.append(jnp.sqrt(vii) if i == j else v[lay.position(t, i, j)] / jnp.sqrt(vii * vjj))
+        return jnp.stack(out + [jnp.sqrt(v[-1])])
+
+    rng = np.random.default_rng(4)
+    for ks in [(1,), (2,), (3, 1, 2), (1, 1)]:
+        vp = rng.normal(size=sum(k * (k + 1) // 2 for k in ks) + 1)
+        vp[-1] = 1.7
+        v = varcomp_of(vp, ks)
+        value, jac = jax.jit(lambda x: (sdcor_jax(x, ks), jax.jacfwd(sdcor_jax)(x, ks)))(jnp.asarray(v))
+        np.testing.assert_allclose(sdcor_of(v, ks), np.asarray(value), rtol=1e-14)
+        np.testing.assert_allclose(sdcor_jacobian(v, ks), np.asarray(jac), rtol=1e-12, atol=1e-14)
+    # a variance at exactly 0 (a boundary fit): its SD's derivative is infinite, its correlations NaN
+    v = varcomp_of(np.array([0.0, 0.5, 0.0, 1.0]), (2,))     # Lambda = [[0, 0], [0.5, 0]]: var 0, cov 0, var 0.25
+    with np.errstate(all="raise"):
+        sd, J = sdcor_of(v, (2,)), sdcor_jacobian(v, (2,))
+    assert sd[0] == 0.0 and np.isnan(sd[1]) and sd[2] == 0.5
+    assert np.isinf(J[0, 0]) and J[2, 2] == 1.0 and J[3, 3] == 0.5
 
 
 REUSE_SCRIPT = textwrap.dedent("""
