@@ -39,7 +39,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import gammaln, log_ndtr, ndtr, ndtri, xlogy
+from jax import lax
+from jax.scipy.special import gammaln, ndtr, ndtri, xlogy
 
 LINKS = {"binomial": ("logit", "probit", "cloglog"), "poisson": ("log",)}
 CANONICAL = {"binomial": "logit", "poisson": "log"}
@@ -85,6 +86,77 @@ def make_family(name: str, link: str | None = None) -> Family:
     return Family(key, link)
 
 
+# -- the probit's log Phi, with derivatives by the inverse Mills ratio ------------------------------
+# The Laplace deviance of a probit model differentiates log Phi(eta) up to four times (the score and
+# information of PIRLS, then the Newton loop's gradient and Hessian through the mode's implicit
+# derivatives). jax.scipy's log_ndtr costs two erfc, an erf and an asymptotic series, and autodiff
+# evaluates it again at every order, which multiplies the compiled program (cbpp's probit fit: 75
+# evaluations; 39 here, each half the size). Here log Phi(x) and log Phi(-x) come together from one
+# erfc, as constants to autodiff, and every
+# derivative is a polynomial in x and the inverse Mills ratio
+# lambda(x) = phi(x) / Phi(x) = exp(log phi(x) - log Phi(x)), from those values:
+#     d log Phi(x) / dx = lambda(x),     d lambda(x) / dx = -lambda(x) (x + lambda(x)).
+SERIES_BELOW = -20.0    # log Phi(x) by its asymptotic series below this (jax.scipy's float64 lower segment)
+SERIES_TERMS = 8        # terms of that series: the first left out, 17!! / 20^18, is 1e-16 of the sum
+
+
+def log_ndtr_pair(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(log Phi(x), log Phi(-x))``, accurate in both tails, from one ``erfc``.
+
+    With ``t = Phi(-|x|) = erfc(|x| / sqrt 2) / 2`` the pair is ``log t`` and
+    ``log1p(-t)``, in the order of x's sign. Where ``|x| > 20``, ``log t`` is
+    the asymptotic series ``log Phi(-z) = -z^2/2 - log z - log sqrt(2 pi) +
+    log(1 + S)``, ``S = sum_n (-1)^n (2n - 1)!! / z^(2n)``, and the inverse
+    Mills ratio there is ``z / (1 + S)``. Their derivatives of every order
+    evaluate neither again (comment above)."""
+    x = jnp.asarray(x)
+    a = lax.stop_gradient(jnp.abs(x))
+    t = 0.5 * lax.erfc(a * 0.7071067811865476)
+    log_phi = -0.5 * a * a - LOG_SQRT_2PI                            # log phi(|x|)
+    z = jnp.maximum(a, -SERIES_BELOW)
+    r = 1.0 / (z * z)
+    S, term = jnp.zeros_like(r), jnp.ones_like(r)
+    for n in range(1, SERIES_TERMS + 1):
+        term = -term * (2 * n - 1) * r
+        S = S + term
+    series = a > -SERIES_BELOW
+    tail = jnp.where(series, -0.5 * z * z - jnp.log(z) - LOG_SQRT_2PI + jnp.log1p(S), jnp.log(t))   # log Phi(-|x|)
+    tail_mills = jnp.where(series, z / (1.0 + S), jnp.exp(log_phi - tail))                       # phi / Phi(-|x|)
+    bulk = jnp.log1p(-t)                                                                            # log Phi(|x|)
+    bulk_mills = jnp.exp(log_phi - bulk)
+    negative = x < 0
+    return (_log_ndtr_at(x, jnp.where(negative, tail, bulk), jnp.where(negative, tail_mills, bulk_mills)),
+            _log_ndtr_at(-x, jnp.where(negative, bulk, tail), jnp.where(negative, bulk_mills, tail_mills)))
+
+
+@jax.custom_jvp
+def _log_ndtr_at(x: jnp.ndarray, value: jnp.ndarray, mills: jnp.ndarray) -> jnp.ndarray:
+    """``value`` = log Phi(x) with log Phi's derivatives in x; ``mills`` = lambda(x).
+    Both are constants to autodiff (computed under ``stop_gradient``)."""
+    return value
+
+
+@_log_ndtr_at.defjvp
+def _log_ndtr_at_jvp(primals, tangents):
+    (x, value, mills), (dx, _, _) = primals, tangents
+    # the primal output as a call, not ``value``: differentiated again (this rule traced inside a
+    # derivative, as forward-over-reverse does), it must carry log Phi's derivative, not value's zero
+    return _log_ndtr_at(x, value, mills), _inverse_mills_at(x, mills) * dx
+
+
+@jax.custom_jvp
+def _inverse_mills_at(x: jnp.ndarray, mills: jnp.ndarray) -> jnp.ndarray:
+    """``mills`` = lambda(x) = phi(x) / Phi(x), with its derivatives in x."""
+    return mills
+
+
+@_inverse_mills_at.defjvp
+def _inverse_mills_at_jvp(primals, tangents):
+    (x, mills), (dx, _) = primals, tangents
+    lam = _inverse_mills_at(x, mills)
+    return lam, -lam * (x + lam) * dx
+
+
 # -- the link ---------------------------------------------------------------------------------------
 def linkfun(fam: Family, mu: jnp.ndarray) -> jnp.ndarray:
     """``eta = g(mu)``."""
@@ -113,7 +185,7 @@ def log_mu(fam: Family, eta: jnp.ndarray) -> jnp.ndarray:
     if fam.link == "logit":
         return -jax.nn.softplus(-eta)
     if fam.link == "probit":
-        return log_ndtr(eta)
+        return log_ndtr_pair(eta)[0]
     if fam.link == "cloglog":
         return jnp.log(-jnp.expm1(-jnp.exp(eta)))
     return eta
@@ -124,10 +196,17 @@ def log1m_mu(fam: Family, eta: jnp.ndarray) -> jnp.ndarray:
     if fam.link == "logit":
         return -jax.nn.softplus(-eta) - eta
     if fam.link == "probit":
-        return log_ndtr(-eta)
+        return log_ndtr_pair(eta)[1]
     if fam.link == "cloglog":
         return -jnp.exp(eta)
     raise ValueError(f"log(1 - mu) is defined for binomial links, not {fam.link!r}")
+
+
+def log_mu_pair(fam: Family, eta: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(log mu, log(1 - mu))`` (binomial links): the probit's from one :func:`log_ndtr_pair`."""
+    if fam.link == "probit":
+        return log_ndtr_pair(eta)
+    return log_mu(fam, eta), log1m_mu(fam, eta)
 
 
 def mu_eta(fam: Family, eta: jnp.ndarray) -> jnp.ndarray:
@@ -153,7 +232,8 @@ def log_likelihood(fam: Family, y: jnp.ndarray, eta: jnp.ndarray, w: jnp.ndarray
     binomial: ``w (y log mu + (1 - y) log(1 - mu))``; poisson: ``w (y log mu - mu)``.
     """
     if fam.name == "binomial":
-        return w * (y * log_mu(fam, eta) + (1.0 - y) * log1m_mu(fam, eta))
+        log_p, log_q = log_mu_pair(fam, eta)
+        return w * (y * log_p + (1.0 - y) * log_q)
     return w * (y * log_mu(fam, eta) - linkinv(fam, eta))
 
 
@@ -189,7 +269,8 @@ def fisher_weights(fam: Family, eta: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray
     if fam.link == "logit":
         return w * _logistic(eta)[1]
     if fam.link == "probit":
-        return w * jnp.exp(-eta ** 2 - 2 * LOG_SQRT_2PI - log_ndtr(eta) - log_ndtr(-eta))
+        log_p, log_q = log_ndtr_pair(eta)
+        return w * jnp.exp(-eta ** 2 - 2 * LOG_SQRT_2PI - log_p - log_q)
     if fam.link == "cloglog":
         # mu_eta^2 / (mu (1 - mu)) = exp(2 eta - 2 e^eta) / ((1 - exp(-e^eta)) exp(-e^eta)) = exp(2 eta) / expm1(e^eta)
         e = jnp.exp(eta)
@@ -201,7 +282,8 @@ def deviance_residuals(fam: Family, y: jnp.ndarray, eta: jnp.ndarray, w: jnp.nda
     """R's ``family$dev.resids(y, mu, w)``: ``2 (l_i(saturated) - l_i(eta))``, >= 0."""
     if fam.name == "binomial":
         sat = xlogy(y, y) + xlogy(1.0 - y, 1.0 - y)
-        return 2.0 * w * (sat - y * log_mu(fam, eta) - (1.0 - y) * log1m_mu(fam, eta))
+        log_p, log_q = log_mu_pair(fam, eta)
+        return 2.0 * w * (sat - y * log_p - (1.0 - y) * log_q)
     mu = linkinv(fam, eta)
     return 2.0 * w * (xlogy(y, y) - y * log_mu(fam, eta) - (y - mu))
 
@@ -215,8 +297,8 @@ def log_density(fam: Family, y: jnp.ndarray, eta: jnp.ndarray, w: jnp.ndarray) -
         k = jnp.round(w * y)
         lchoose = gammaln(m + 1.0) - gammaln(k + 1.0) - gammaln(m - k + 1.0)
         # k log mu + (m - k) log(1 - mu), with 0 log 0 = 0 at a fitted 0 or 1
-        ll = lchoose + jnp.where(k > 0, k * log_mu(fam, eta), 0.0) + jnp.where(m - k > 0, (m - k) * log1m_mu(fam, eta),
-                                                                               0.0)
+        log_p, log_q = log_mu_pair(fam, eta)
+        ll = lchoose + jnp.where(k > 0, k * log_p, 0.0) + jnp.where(m - k > 0, (m - k) * log_q, 0.0)
         return jnp.where(w > 0, ll, 0.0)
     return w * (y * log_mu(fam, eta) - linkinv(fam, eta) - gammaln(y + 1.0))
 
