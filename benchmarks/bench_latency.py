@@ -40,6 +40,10 @@ then repeat 2, ...; median, min and max reported):
                 ``Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)`` (sleepstudy) and ``diameter ~ 1 +
                 (1 | plate) + (1 | sample)`` (Penicillin); the headline is the slowest. Peer: the same
                 in one R process after its own sleepstudy fit (lme4's built-in data).
+  9 GLMM        empty cache: import lmm_jax + ``datasets.load("cbpp")`` + ``fit("incidence/size ~ period +
+                (1 | herd)", family="binomial", link=..., weights="size")`` + ``.summary()``, for the logit and
+                the probit link. Peer: ``Rscript -e`` loading lme4, ``glmer(cbind(incidence, size -
+                incidence) ~ period + (1 | herd), cbpp, binomial(link))`` + ``print(summary(...))``.
 
 A peer that is not installed is reported as missing, one that fails as failed (its error in the
 JSON); neither stops the run. The JSON (``--out``) holds every run's raw figures, the summaries
@@ -171,6 +175,39 @@ print(summary(m))
 t4 <- proc.time()[["elapsed"]]
 cat(sprintf('\n{"import_s": %.4f, "data_s": %.4f, "fit_s": %.4f, "summary_s": %.4f, "total_s": %.4f, "objective": %.10f, "nobs": %d}\n',
     t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, REMLcrit(m), nrow(d)))
+"""
+
+GLMM_LINKS = ("logit", "probit")
+CBPP_FORMULA = "incidence/size ~ period + (1 | herd)"
+
+LMM_JAX_GLMM_FRESH = CHILD_HEAD + """
+t0 = time.perf_counter()
+import lmm_jax
+t1 = time.perf_counter()
+data = lmm_jax.datasets.load("cbpp")
+t2 = time.perf_counter()
+fit = lmm_jax.fit(cfg["formula"], data, family="binomial", link=cfg["link"], weights="size")
+t3 = time.perf_counter()
+text = fit.summary()
+t4 = time.perf_counter()
+print(text)
+print(json.dumps(dict(import_s=t1 - t0, data_s=t2 - t1, fit_s=t3 - t2, summary_s=t4 - t3, total_s=t4 - t0,
+                      objective=float(fit.objective), converged=bool(fit.converged), nobs=len(data))))
+"""
+
+R_GLMM_FRESH = r"""
+t0 <- proc.time()[["elapsed"]]
+suppressPackageStartupMessages(library(lme4))
+t1 <- proc.time()[["elapsed"]]
+link <- commandArgs(trailingOnly = TRUE)[1]
+d <- cbpp
+t2 <- proc.time()[["elapsed"]]
+m <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), d, family = binomial(link = link))
+t3 <- proc.time()[["elapsed"]]
+print(summary(m))
+t4 <- proc.time()[["elapsed"]]
+cat(sprintf('\n{"import_s": %.4f, "data_s": %.4f, "fit_s": %.4f, "summary_s": %.4f, "total_s": %.4f, "objective": %.10f, "nobs": %d}\n',
+    t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, -2 * as.numeric(logLik(m)), nrow(d)))
 """
 
 # the warm children (measurement 5): HEAD + what each times + TAIL
@@ -477,6 +514,12 @@ def one_repeat(run: Runner, peers: dict, csv: Path, insteval_csv: Path | None, w
             "lmm_jax": run.python(LMM_JAX_NEW_SHAPES, dict(shapes=NEW_SHAPES)),
             "lme4 (in R)": peer("lme4", lambda: run.rscript(R_NEW_SHAPES)),
         }
+    if 9 in which:
+        for link in GLMM_LINKS:
+            out[f"9 GLMM cbpp {link}, fresh, empty cache"] = {
+                "lmm_jax": run.python(LMM_JAX_GLMM_FRESH, dict(formula=CBPP_FORMULA, link=link)),
+                "lme4 glmer (Rscript)": peer("lme4", lambda: run.rscript(R_GLMM_FRESH, link)),
+            }
     return out
 
 
@@ -509,7 +552,7 @@ def _t(x: float | None) -> str:
 
 # the headline figure of each measurement (what a user waits for) and the parts shown beside it
 HEADLINE = {"1": "wall_s", "2": "wall_s", "3": "wall_s", "4": "wall_s", "5": "fit_summary_s", "6": "wall_s",
-            "7": "wall_s", "8": "slowest_s"}
+            "7": "wall_s", "8": "slowest_s", "9": "wall_s"}
 PARTS = ["import_s", "data_s", "fit_s", "summary_s", "fit_many_s", "fit_many_warm_s", "loop_s", "fit_summary_s",
          "intercept_s", "two_terms_s", "crossed_s"]
 
@@ -583,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, min, max)")
     ap.add_argument("--warm-reps", type=int, default=20, help="in-process calls per process in measurement 5")
-    ap.add_argument("--only", default="1,2,3,4,5,6,8", help="measurements to run (7 needs --instevel too)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,8,9", help="measurements to run (7 needs --instevel too)")
     ap.add_argument("--instevel", "--insteval", dest="insteval", action="store_true",
                     help="also InstEval's first fit with an empty cache (slow)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a child is given up")
