@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import jax
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .batched.distributed import exchange, mine, owners, put_rows
 from .batched.simulate import as_key, simulate as _simulate, simulate_replicates
 from .build.design import as_frame
+from .distributions import beta_ppf, chi2_sf
 from .errors import DataError, check_bool, check_count
 from .model import LMM
 from .results import LMMResult
@@ -226,8 +226,8 @@ class PowerResult:
     def interval(self) -> tuple[float, float]:
         """Clopper-Pearson interval of the power at :attr:`level` (simr's ``binom.test``)."""
         k, n, a = self.successes, self.n, 1.0 - self.level
-        lower = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
-        upper = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
+        lower = 0.0 if k == 0 else float(beta_ppf(a / 2, k, n - k + 1))
+        upper = 1.0 if k == n else float(beta_ppf(1 - a / 2, k + 1, n - k))
         return lower, upper
 
     def __repr__(self) -> str:
@@ -324,7 +324,7 @@ def _power_chunk(plan: _PowerPlan, start: int) -> dict[str, np.ndarray]:
         small = plan.null.fit_batch(Y, reml=False, ddf="none", pad_levels=True)
         stat = np.maximum(small.objective - full.objective, 0.0)
         ok = ~(full.failed | small.failed) & np.isfinite(stat)
-        p = np.where(ok, stats.chi2.sf(stat, k1 - k0), np.nan)
+        p = np.where(ok, chi2_sf(stat, k1 - k0), np.nan)
         failed = ~ok
     else:
         fits = plan.base.fit_batch(Y, reml=plan.reml, ddf=plan.ddf, pad_levels=True)

@@ -5,7 +5,7 @@ inside functions alike; only ``if TYPE_CHECKING:`` blocks, which never run,
 are skipped) and the module graph is checked for cycles and for imports that
 reach up the layering
 
-    errors <- runtime <- core <- build <- inference, batched, report <- results, glmm <- model <- lmm_jax
+    errors, distributions <- runtime <- core <- build <- inference, batched, report <- results, glmm <- model <- lmm_jax
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import lmm_jax
 
 PACKAGE = Path(lmm_jax.__file__).parent
 # Lower number: lower layer. A module may import its own layer and the layers below.
-LAYERS = {"errors": -1, "runtime": 0, "datasets": 0, "core": 1, "build": 2, "inference": 3, "batched": 3,
+LAYERS = {"errors": -1, "distributions": -1, "runtime": 0, "datasets": 0, "core": 1, "build": 2, "inference": 3, "batched": 3,
           "report": 3, "results": 4, "glmm": 4, "model": 5, "planning": 6, "__main__": 6}
 # Same-rank packages that may import each other, one way: plotting draws profiles, the CLI runs bootstraps.
 ALLOWED_ACROSS = {("report", "inference"), ("report", "batched")}

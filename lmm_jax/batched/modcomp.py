@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..distributions import chi2_sf, f_sf, gamma_sf
 from ..errors import ConvergenceWarning, InferenceError, check_bool, check_count
 from ..runtime.scope import entry_point
 from .batch import UNSTAGED_MAX_BATCH, BatchResult, check_method, fit_batch
@@ -240,7 +240,7 @@ class PBModComp:
     @property
     def p_chisq(self) -> float:
         """The asymptotic p-value, ``P(chi^2(df) > LRT)``."""
-        return float(stats.chi2.sf(self.statistic, self.df))
+        return float(chi2_sf(self.statistic, self.df))
 
     @property
     def test(self) -> pd.DataFrame:
@@ -260,9 +260,9 @@ class PBModComp:
         ddf = 2.0 * E / (E - 1.0) if E != 1.0 else np.inf
         rows = {"LRT": (t, df, np.nan, self.p_chisq),
                 "PBtest": (t, np.nan, np.nan, self.p_value),
-                "Gamma": (t, np.nan, np.nan, float(stats.gamma.sf(t, E * E / V, scale=V / E))),
-                "Bartlett": (df * t / E, df, np.nan, float(stats.chi2.sf(df * t / E, df))),
-                "F": (t / df, df, ddf, float(stats.f.sf(t / df, df, ddf)) if ddf > 0 else np.nan)}
+                "Gamma": (t, np.nan, np.nan, float(gamma_sf(t, E * E / V, V / E))),
+                "Bartlett": (df * t / E, df, np.nan, float(chi2_sf(df * t / E, df))),
+                "F": (t / df, df, ddf, float(f_sf(t / df, df, ddf)) if ddf > 0 else np.nan)}
         table = pd.DataFrame.from_dict(rows, orient="index", columns=["stat", "df", "ddf", "p.value"])
         table.attrs.update(mean=E, var=V, nsim=len(self.reference), npos=int(pos.size), n_extreme=self.n_extreme)
         return table

@@ -2,7 +2,7 @@
 
 The functions of :mod:`lmm_jax.inference.tests` (``coefs``, ``contrast``,
 ``confint``, ``varcorr_table``, ...) are also names of this package, loaded
-on first use (scipy.stats comes with them).
+on first use.
 """
 
 import importlib as _importlib

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from formulaic import model_matrix
-from scipy import stats
 
+from ..distributions import chi2_sf
 from ..runtime.scope import entry_point
 from ..build.design import R_FUNCTIONS, r_name, treatment_coded
 from ..errors import InferenceError, check_bool
@@ -219,7 +219,7 @@ def likelihood_ratio_table(*results: "LMMResult", refit: bool = True,
         if prev is not None:
             chisq = max(prev["deviance"] - dev, 0.0)
             df = r.npar - prev["npar"]
-            row.update(Chisq=chisq, Df=float(df), **{"Pr(>Chisq)": float(stats.chi2.sf(chisq, df)) if df > 0
+            row.update(Chisq=chisq, Df=float(df), **{"Pr(>Chisq)": float(chi2_sf(chisq, df)) if df > 0
                                                      else np.nan})
         rows.append(row)
         prev = row

@@ -69,9 +69,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..build.design import R_FUNCTIONS
+from ..distributions import f_cdf, f_sf, t_sf
 from ..errors import DataError, InferenceError
 from ..runtime.scope import entry_point
 from .anova import zapsmall
@@ -369,7 +369,10 @@ def p_adjust(p: np.ndarray, method: str) -> np.ndarray:
 
 def _ptukey_upper(q: np.ndarray, nmeans: float, df: np.ndarray) -> np.ndarray:
     """R's ``ptukey(q, nmeans, df, lower.tail = FALSE)`` by scipy's studentized range (a numerical
-    integral per value, about 10 ms: a family of 153 pairs takes 1.5 s)."""
+    integral per value, about 10 ms: a family of 153 pairs takes 1.5 s). scipy.stats is imported
+    here, by the Tukey adjustment alone (its import takes about 0.4 s)."""
+    from scipy import stats
+
     return np.array([stats.studentized_range.sf(qi, nmeans, di) if np.isfinite(qi) else np.nan
                      for qi, di in zip(q, df)])
 
@@ -378,7 +381,7 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, family_size: int, sch
     """Two-sided p-values of one family (one ``by`` group) of t ratios, emmeans' ``.adj.p.value``."""
     t, df = np.asarray(t, dtype=float), np.where(np.isnan(df), np.inf, np.asarray(df, dtype=float))
     m = len(t)
-    p = 2.0 * stats.t.sf(np.abs(t), df)
+    p = 2.0 * t_sf(np.abs(t), df)
     if adjust in P_ADJUST:
         return p_adjust(p, adjust)
     if adjust == "sidak":
@@ -387,11 +390,11 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, family_size: int, sch
         return _ptukey_upper(np.sqrt(2.0) * np.abs(t), family_size, df)
     if adjust == "scheffe":
         r = scheffe_rank
-        return stats.f.sf(t ** 2 / r, r, df)
+        return f_sf(t ** 2 / r, r, df)
     if adjust == "dunnettx":
         x = np.abs(t)
         tukey = 1.0 - _ptukey_upper(np.sqrt(2.0) * x, (1.0 + np.sqrt(1.0 + 8.0 * m)) / 2.0, df)
-        sidak = stats.f.cdf(x ** 2, 1, df) ** m
+        sidak = f_cdf(x ** 2, 1, df) ** m
         w = (m - 1.0) / m
         return 1.0 - (w * tukey + (1.0 - w) * sidak)
     raise InferenceError(f"adjust must be one of {list(ADJUST)}, got {adjust!r}")

@@ -56,8 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..distributions import norm_ppf
 from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.likelihood import LOG_2PI, factorize, log_det_LZ2, pwrss
@@ -600,7 +600,7 @@ def profile_confint(result: "LMMResult", level: float = 0.95, which: list[str] |
             raise InferenceError(f"cannot profile {unknown}: parameters are {names}")
         params = [p for p in params if p.name in which]
     prof = _Profiler(fit, batch=2 * len(parameters(fit)))   # fixed batch: one compilation per model
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = float(norm_ppf(0.5 + level / 2.0))
     ends = [_End(p, side, z, _first_step(fit, p, z), fit.sigma, tol) for p in params for side in (-1, 1)]
     searched = [e.p for e in ends if not e.done]
     prof.correlation_caps(searched)

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from formulaic import Formula
-from scipy import stats
 
 from ..build.design import R_FUNCTIONS, r_name
 from ..build.formula import RandomTerm
+from ..distributions import chi2_sf
 from ..errors import SingularFitWarning, check_bool
 from ..runtime.scope import entry_point
 from .anova import doolittle_contrasts, zapsmall
@@ -205,7 +205,7 @@ def ranova(result: "LMMResult", reduce_terms: bool = True) -> pd.DataFrame:
     npar = np.array([r[2] for r in rows], dtype=float)
     lrt = 2.0 * (ll[0] - ll)
     df = npar[0] - npar
-    p = np.where(df > 0, stats.chi2.sf(lrt, np.where(df > 0, df, 1.0)), np.nan)
+    p = np.where(df > 0, chi2_sf(lrt, np.where(df > 0, df, 1.0)), np.nan)
     table = pd.DataFrame({"npar": npar.astype(int), "logLik": ll, "AIC": -2.0 * ll + 2.0 * npar, "LRT": lrt,
                           "Df": df, "Pr(>Chisq)": p}, index=[r[0] for r in rows], columns=RANOVA_COLUMNS)
     table.iloc[0, 3:] = np.nan

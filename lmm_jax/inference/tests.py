@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..distributions import f_sf, norm_ppf, t_ppf, t_sf
 from ..runtime.scope import entry_point
 from ..errors import InferenceError, check_bool, normalize_ddf
 from .kenward_roger import KRAdjustment, kenward_roger_adjustment, kenward_roger_ddf
@@ -104,8 +104,8 @@ def t_tests(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite", leve
     se = np.sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = est / se
-    p = 2.0 * stats.t.sf(np.abs(t), df)
-    crit = stats.t.ppf(0.5 + level / 2.0, df)
+    p = 2.0 * t_sf(np.abs(t), df)
+    crit = t_ppf(0.5 + level / 2.0, df)
     return pd.DataFrame({"estimate": est, "std_error": se, "df": df, "t": t, "p": p,
                          "lower": est - crit * se, "upper": est + crit * se},
                         index=names if names is not None else [f"L{i + 1}" for i in range(len(L))])
@@ -137,7 +137,7 @@ def f_test(result: "LMMResult", L: np.ndarray, ddf: str = "satterthwaite",
         ms = F * sigma2
         Fs = F * scale
         return {"Sum Sq": ms * ndf, "Mean Sq": ms, "NumDF": float(ndf), "DenDF": float(den), "F value": Fs,
-                "Pr(>F)": float(stats.f.sf(Fs, ndf, den))}
+                "Pr(>F)": float(f_sf(Fs, ndf, den))}
 
     if L.shape[0] == 0:
         raise InferenceError("contrast matrix has no rows")
@@ -224,7 +224,7 @@ def varcorr_table(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # boundary: infinite d sd / d var
         se_s = np.sqrt(np.clip(np.diag(J @ Vv @ J.T), 0, None))
     se_s[~np.isfinite(se_v)] = np.nan
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = float(norm_ppf(0.5 + level / 2.0))
     lay = result.design.theta_layout
     names = list(lay.parameter_names)
     is_cor = np.append(~lay.diagonal, False)
@@ -254,7 +254,7 @@ def wald_confint(result: "LMMResult", level: float = 0.95) -> pd.DataFrame:
     as ``beta +- z se`` (lme4's ``confint(method = "Wald")`` gives the same for
     the fixed effects and NA for the variance parameters)."""
     vc = varcorr_table(result, level)
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = float(norm_ppf(0.5 + level / 2.0))
     se = result.std_errors.to_numpy()
     fixed = pd.DataFrame({"lower": result.beta - z * se, "upper": result.beta + z * se},
                          index=list(result.design.fixef_names))

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..distributions import norm_ppf
 from ..errors import check_bool
 from ..runtime.scope import entry_point
 
@@ -102,7 +102,7 @@ def caterpillar(result: "LMMResult", group: str | Sequence[str] | None = None, l
     for g in groups:
         if g not in modes:
             raise KeyError(f"no grouping factor {g!r} in the model; it has: {', '.join(modes)}")
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = float(norm_ppf(0.5 + level / 2.0))
     ncol = max(modes[g].shape[1] for g in groups)
     heights = [max(2.0, min(12.0, 0.18 * len(modes[g]) + 0.8)) for g in groups]
     plt = _pyplot()
@@ -254,11 +254,11 @@ def qq(result: "LMMResult", group: str | None | bool = None, ax: "Axes | None" =
     r = np.asarray(result.residuals) / result.sigma
     n = len(r)
     order = np.argsort(r)
-    theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)  # Hazen plotting positions
+    theo = norm_ppf((np.arange(1, n + 1) - 0.5) / n)  # Hazen plotting positions
     sample = r[order]
     _scatter_by_group(ax, theo, sample, name, None if codes is None else codes[order], levels)
     q1, q3 = np.quantile(r, [0.25, 0.75])
-    z1, z3 = stats.norm.ppf([0.25, 0.75])
+    z1, z3 = norm_ppf([0.25, 0.75])
     slope = (q3 - q1) / (z3 - z1)
     ends = np.array([theo[0], theo[-1]])
     ax.plot(ends, q1 + slope * (ends - z1), color="0.3", lw=0.8, ls="--")
@@ -379,7 +379,7 @@ def overview(result: "LMMResult", level: float = 0.95, ddf: str | None = None,
     group = result.design.terms[0].group
     b = result.ranef[group]
     _caterpillar_panel(axes[0, 1], b, result.ranef_sd[group].loc[b.index, b.columns], group, 0,
-                       float(stats.norm.ppf(0.5 + level / 2.0)), True, labels=True)
+                       float(norm_ppf(0.5 + level / 2.0)), True, labels=True)
     residuals_vs_fitted(result, ax=axes[1, 0])
     qq(result, ax=axes[1, 1])
     legend = axes[1, 1].get_legend()
@@ -483,7 +483,7 @@ def profile(result: "LMMResult", which: Sequence[str] | None = None, level: floa
     from ..inference.profile import parameters as profile_parameters
 
     estimates = {p.name: (p.estimate, p.kind) for p in profile_parameters(ml)}
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = float(norm_ppf(0.5 + level / 2.0))
     names = list(ci.index)
     fig, axes = _panel_grid(len(names), ncols, (3.4, 2.6))
     for ax, name in zip(axes, names):
