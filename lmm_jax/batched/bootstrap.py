@@ -186,7 +186,8 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         chunk = int(math.ceil(chunk / n_dev) * n_dev)
     sharding = _replicate_sharding(n_dev) if n_dev > 1 else None
     phi0, active0 = phi_from_theta(np.asarray(p.theta), s.ks)
-    phi0, active0 = jnp.asarray(phi0), jnp.asarray(active0)
+    # host arrays: the kernels take numpy, and jnp.asarray of a numpy array compiles a one-op program
+    phi0, active0 = np.asarray(phi0, dtype=np.float64), np.asarray(active0, dtype=bool)
     G = model.response_map
     eq = model.moment_equations
     starts = range(0, n, chunk)
@@ -198,7 +199,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         from tqdm.auto import tqdm
 
         steps = tqdm(todo, desc="bootstrap", unit="chunk")
-    theta_fit = jnp.asarray(result.theta)
+    theta_fit = np.asarray(result.theta, dtype=np.float64)
     stat_tree = (None if statistic is None
                  else jax.tree_util.tree_structure(check_statistic(statistic, model, result.reml)))
     out: dict[str, np.ndarray] = {}
@@ -207,7 +208,7 @@ def run_bootstrap(result: "LMMResult", n: int, key: Any, *, chunk_size: int | No
         start = starts[c]
         idx_np = np.arange(start, start + chunk, dtype=np.uint32)     # always a full chunk: one compilation
         if sharding is None:
-            idx = jnp.asarray(idx_np)
+            idx = idx_np                     # the kernel takes numpy (jnp.asarray would compile a copy)
         else:
             idx = jax.make_array_from_callback(idx_np.shape, sharding, lambda i: idx_np[i])
         part = _bootstrap_chunk(key, idx, p, G, model.arrays, model.products, model.response, eq, phi0, active0, s,
