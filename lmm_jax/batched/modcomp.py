@@ -40,7 +40,7 @@ from ..runtime.scope import entry_point
 from .batch import UNSTAGED_MAX_BATCH, BatchResult, check_method, fit_batch
 from .bootstrap import default_chunk_size
 from .distributed import exchange, mine, owners, put_rows
-from .simulate import _draw, as_key, replicate_keys, resolve_params
+from .simulate import _draw, as_key, resolve_params
 
 if TYPE_CHECKING:
     from ..results import LMMResult
@@ -172,7 +172,7 @@ def pb_modcomp(large: "LMMResult", small: "LMMResult", n: int = 1000, key: Any =
         todo = tqdm(todo, desc="pb_modcomp", unit="chunk")
     local: dict[int, dict[str, np.ndarray]] = {}
     for c in todo:
-        Y = _draw(model, p, replicate_keys(key, starts[c], chunk))    # always a full chunk: one compilation
+        Y = _draw(model, p, key, starts[c], chunk)    # always a full chunk: one compilation
         size = min(chunk, n - starts[c])
         for name, m in (("large", large_ml.model), ("small", small_ml.model)):
             fits = fit_batch(m, Y, reml=False, max_iter=max_iter, method=method, ddf="none")

@@ -86,9 +86,10 @@ def resolve_params(model_or_result: "LMM | LMMResult", params: dict | None) -> t
                              + ", 'sigma': ...} (or 'theta' in lme4's layout instead of the SDs and correlations), "
                              "or simulate from a fitted result")
         # float64 arrays, not weakly typed: given params have the same types and reuse the compiled code
-        return model, Params(*(jnp.asarray(v, dtype=jnp.float64) for v in (fitted.beta, fitted.theta, fitted.sigma)))
+        # (numpy: the kernels take it, and jnp.asarray would compile a conversion per array)
+        return model, Params(*(np.asarray(v, dtype=np.float64) for v in (fitted.beta, fitted.theta, fitted.sigma)))
     beta, theta, sigma = named_params(params, model.design)
-    return model, Params(*(jnp.asarray(v, dtype=jnp.float64) for v in (beta, theta, sigma)))
+    return model, Params(*(np.asarray(v, dtype=np.float64) for v in (beta, theta, sigma)))
 
 
 def simulate_one(key: jax.Array, params: Params, arrays: DesignArrays, s: Structure) -> jnp.ndarray:
@@ -111,6 +112,19 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
 
 
 _simulate_jit = kernel(static_argnames=("s",), cpu_options=row_options)(simulate_batch)
+
+
+@kernel(static_argnames=("s", "size"), cpu_options=row_options)
+def draw_responses(key: jax.Array, start: jnp.ndarray, params: Params, mean: jnp.ndarray, sqrt_w: jnp.ndarray | None,
+                   arrays: DesignArrays, s: Structure, size: int) -> jnp.ndarray:
+    """Replicates ``start, ..., start + size - 1`` (n, size) on the user's scale, one compiled
+    function: the working model's random part (:func:`simulate_batch`, any beta), divided by the
+    prior weights' square roots ``sqrt_w`` (None: all 1) and added to the user's ``mean``
+    (:meth:`~lmm_jax.build.working.Working.user_response`)."""
+    E = simulate_batch(replicate_keys(key, start, size), params._replace(beta=jnp.zeros_like(params.beta)), arrays, s)
+    if sqrt_w is not None:
+        E = E / sqrt_w[:, None]
+    return E + mean[:, None]
 
 
 @entry_point
@@ -154,11 +168,11 @@ def simulate(model_or_result: "LMM | LMMResult", n: int, key: Any, params: dict 
             raise DataError("use_u=True conditions on a fit's random effects: simulate from the fitted result")
         if params is not None:
             raise DataError("use_u=True simulates around the fit's own fitted values; params cannot be given with it")
-        mean = jnp.asarray(model_or_result.fitted)
-        p = p._replace(theta=jnp.zeros_like(p.theta))          # no new random effects: the residuals only
+        mean = np.asarray(model_or_result.fitted, dtype=np.float64)
+        p = p._replace(theta=np.zeros_like(p.theta))           # no new random effects: the residuals only
     key = as_key(key)
     if chunk is None:
-        return _draw(model, p, replicate_keys(key, 0, n), mean)
+        return _draw(model, p, key, 0, n, mean)
     return _simulate_chunks(model, p, key, n, chunk, mean)
 
 
@@ -171,20 +185,20 @@ def simulate_replicates(model_or_result: "LMM | LMMResult", key: Any, start: int
     without the others (a process's share of a split run,
     :mod:`lmm_jax.batched.distributed`)."""
     model, p = resolve_params(model_or_result, params)
-    return _draw(model, p, replicate_keys(as_key(key), int(start), check_count(size, "size")))
+    return _draw(model, p, as_key(key), int(start), check_count(size, "size"))
 
 
-def _draw(model: "LMM", p: Params, keys: jax.Array, mean: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Responses on the user's scale: the working model's random part (one
-    compiled function for any beta), then the mean (``X beta + o`` unless
-    given) and the weights."""
-    E = _simulate_jit(keys, p._replace(beta=jnp.zeros_like(p.beta)), model.arrays, model.structure)
+def _draw(model: "LMM", p: Params, key: jax.Array, start: int, size: int, mean: np.ndarray | None = None) -> jnp.ndarray:
+    """Replicates ``start, ..., start + size - 1`` on the user's scale (:func:`draw_responses`):
+    the working model's random part (one compiled function for any beta) around the mean
+    (``X beta + o`` unless given)."""
     d = model.design
     if mean is None:
-        mean = jnp.asarray(d.X) @ p.beta
+        mean = d.X @ np.asarray(p.beta, dtype=np.float64)
         if d.offset is not None:
             mean = mean + d.offset
-    return d.working.user_response(E, mean)
+    return draw_responses(key, np.uint32(start), p, np.asarray(mean, dtype=np.float64), d.working.sqrt_w,
+                          model.arrays, model.structure, size)
 
 
 @entry_point
@@ -193,4 +207,4 @@ def _simulate_chunks(model: "LMM", p: Params, key: jax.Array, n: int, chunk: int
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         # always draw full chunks (one compilation), trim the last
-        yield _draw(model, p, replicate_keys(key, start, chunk), mean)[:, :size]
+        yield _draw(model, p, key, start, chunk, mean)[:, :size]
