@@ -28,6 +28,7 @@ import numpy as np
 from ..runtime.kernel import kernel, serializable
 from ..runtime.scope import entry_point
 from ..core.types import DesignArrays, Structure, row_options
+from ..build.working import user_response
 from ..core.parametrization import lambdas
 from ..errors import DataError, check_bool, check_count
 from .params import named_params
@@ -111,20 +112,15 @@ def simulate_batch(keys: jax.Array, params: Params, arrays: DesignArrays, s: Str
     return jax.vmap(lambda k: simulate_one(k, params, arrays, s), out_axes=1)(keys)
 
 
-_simulate_jit = kernel(static_argnames=("s",), cpu_options=row_options)(simulate_batch)
-
-
 @kernel(static_argnames=("s", "size"), cpu_options=row_options)
 def draw_responses(key: jax.Array, start: jnp.ndarray, params: Params, mean: jnp.ndarray, sqrt_w: jnp.ndarray | None,
                    arrays: DesignArrays, s: Structure, size: int) -> jnp.ndarray:
     """Replicates ``start, ..., start + size - 1`` (n, size) on the user's scale, one compiled
-    function: the working model's random part (:func:`simulate_batch`, any beta), divided by the
-    prior weights' square roots ``sqrt_w`` (None: all 1) and added to the user's ``mean``
-    (:meth:`~lmm_jax.build.working.Working.user_response`)."""
+    function: the working model's random part (:func:`simulate_batch`, any beta) taken back to the
+    user's scale around ``mean`` (:func:`~lmm_jax.build.working.user_response`; ``sqrt_w`` None: no
+    prior weights)."""
     E = simulate_batch(replicate_keys(key, start, size), params._replace(beta=jnp.zeros_like(params.beta)), arrays, s)
-    if sqrt_w is not None:
-        E = E / sqrt_w[:, None]
-    return E + mean[:, None]
+    return user_response(E, mean, sqrt_w)
 
 
 @entry_point

@@ -107,13 +107,16 @@ class Working:
         yw, shift = _least_squares_residual(self, yw)
         return dataclasses.replace(self, y=yw, shift=shift)
 
-    def user_response(self, y_w, mean):
-        """The inverse of :meth:`response` for a draw ``y_w`` (n,) or (n, B) of
-        the working model's random part, added to the user's mean ``mean`` (n,)
-        (X beta + o)."""
-        if self.sqrt_w is not None:
-            y_w = y_w / (self.sqrt_w if y_w.ndim == 1 else self.sqrt_w[:, None])
-        return y_w + (mean if y_w.ndim == 1 else mean[:, None])
+
+
+def user_response(y_w, mean, sqrt_w):
+    """The inverse of :meth:`Working.response` for a draw ``y_w`` (n,) or (n, B)
+    of the working model's random part, added to the user's mean ``mean`` (n,)
+    (X beta + o); ``sqrt_w``: the working data's (None: all 1). Plain array
+    arithmetic, numpy or JAX (traced inside the simulation's kernel)."""
+    if sqrt_w is not None:
+        y_w = y_w / (sqrt_w if y_w.ndim == 1 else sqrt_w[:, None])
+    return y_w + (mean if y_w.ndim == 1 else mean[:, None])
 
 
 def working_data(X: np.ndarray, Zs: tuple[np.ndarray, ...], y: np.ndarray, weights: np.ndarray | None,

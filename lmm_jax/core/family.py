@@ -89,12 +89,12 @@ def make_family(name: str, link: str | None = None) -> Family:
 # -- the probit's log Phi, with derivatives by the inverse Mills ratio ------------------------------
 # The Laplace deviance of a probit model differentiates log Phi(eta) up to four times (the score and
 # information of PIRLS, then the Newton loop's gradient and Hessian through the mode's implicit
-# derivatives). jax.scipy's log_ndtr costs two erfc, an erf and an asymptotic series, and autodiff
-# evaluates it again at every order, which multiplies the compiled program (cbpp's probit fit: 75
-# evaluations; 39 here, each half the size). Here log Phi(x) and log Phi(-x) come together from one
-# erfc, as constants to autodiff, and every
-# derivative is a polynomial in x and the inverse Mills ratio
-# lambda(x) = phi(x) / Phi(x) = exp(log phi(x) - log Phi(x)), from those values:
+# derivatives), at every place the fit evaluates the likelihood. jax.scipy's log_ndtr costs two erfc,
+# an erf and an asymptotic series per evaluation, and log mu and log(1 - mu) each made one: cbpp's
+# probit fit kernel held 75 of them. Here log Phi(x) and log Phi(-x) come together from one erfc
+# (39 evaluations in that kernel), as constants to autodiff, and every derivative is a polynomial in x
+# and the inverse Mills ratio lambda(x) = phi(x) / Phi(x) = exp(log phi(x) - log Phi(x)), from those
+# values, so no derivative differentiates the erfc or the series:
 #     d log Phi(x) / dx = lambda(x),     d lambda(x) / dx = -lambda(x) (x + lambda(x)).
 SERIES_BELOW = -20.0    # log Phi(x) by its asymptotic series below this (jax.scipy's float64 lower segment)
 SERIES_TERMS = 8        # terms of that series: the first left out, 17!! / 20^18, is 1e-16 of the sum
@@ -108,7 +108,7 @@ def log_ndtr_pair(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     the asymptotic series ``log Phi(-z) = -z^2/2 - log z - log sqrt(2 pi) +
     log(1 + S)``, ``S = sum_n (-1)^n (2n - 1)!! / z^(2n)``, and the inverse
     Mills ratio there is ``z / (1 + S)``. Their derivatives of every order
-    evaluate neither again (comment above)."""
+    are polynomials in x and the ratio (comment above)."""
     x = jnp.asarray(x)
     a = lax.stop_gradient(jnp.abs(x))
     t = 0.5 * lax.erfc(a * 0.7071067811865476)

@@ -359,9 +359,8 @@ def _running(st: _State) -> jnp.ndarray:
 def _solve(method: _Method, f_phi, st: _State, diag, settings: OptimizerSettings, anywhere=_this_fit) -> _State:
     """Run the loop from ``st`` until it stops (see the module docstring)."""
     # the line search and the boundary rule's two tests evaluate the objective alone, at the same shapes:
-    # as one jitted function it is traced and lowered once, not three times (XLA inlines the calls, so
-    # the compiled program is the same; a new two-term LMM's first fit and summary: 1.55-1.70 s ->
-    # 1.44-1.54 s, cbpp's GLMM fit 2.2 -> 2.0 s)
+    # as one jitted function it is traced and lowered once, not three times. XLA inlines the calls, so the
+    # compiled program is the same; what it saves is tracing (for a GLMM the objective holds PIRLS's loop)
     f_phi = jax.jit(f_phi)
 
     def body(st: _State) -> _State:

@@ -289,7 +289,7 @@ class _Profiler:
         d = dict(kind=SD, c=float(value), row=0, keep=np.ones(nt), target=0, rest=np.zeros(nt, bool),
                  perm=[np.eye(k) for k in s.ks if k > 2], j=s.p)
         if start is None or (p.kind == "sd" and value <= 0):
-            start = Start(np.asarray(self.phi0), self.active0, p.estimate)
+            start = Start(self.phi0, self.active0, p.estimate)
         d["phi0"], d["active0"] = np.asarray(start.phi), np.asarray(start.active)
         if p.kind in ("sd", "sigma"):
             d["row"] = p.index[0]
