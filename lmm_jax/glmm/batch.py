@@ -1,13 +1,19 @@
-"""Many GLMM fits of one design in one compiled call: ``GLMM.fit_batch(Y)``.
+"""Many GLMM fits of one design in compiled, vmapped calls: ``GLMM.fit_batch(Y)``.
 
 Every column of Y (responses on the model's rows) is fitted by the joint
 Newton fit over (theta, beta) (:func:`lmm_jax.core.glmm_fit.fit`) under
-``jax.vmap``, so a batch of B responses is one XLA program whose while loops
-run until the slowest member is done: a first pass of at most
-``FIRST_ITER`` iterations, then the few fits not converged by then continue
-from where they stopped in small batches (:func:`fit_in_passes`). Each fit starts from lme4's theta and
-its own GLM fit, as :meth:`GLMM.fit` does, or from a given fit's estimates
-(``start=result``, a warm start for responses simulated from it).
+``jax.vmap``, ``ROWS`` responses per call of one compiled function
+(:func:`fit_rows_kernel`), whose while loops run until the slowest member
+of the call is done. So that the few fits that need many iterations (those
+heading for the boundary) do not hold up the rest, a first pass allows each
+fit ``FIRST_ITER`` iterations, and the fits not converged by then continue
+from where they stopped, gathered ``ROWS`` at a time (:func:`fit_in_passes`).
+The iteration limit is an argument of the compiled function, not part of
+it: both passes, every batch of a model, its bootstrap and its power
+simulations run one executable. Each fit starts from lme4's theta and
+its own GLM fit, as :meth:`GLMM.fit` does (:func:`glm_starts`), or from a
+given fit's estimates (``start=result``, a warm start for responses
+simulated from it).
 
 Responses that cannot be fitted get NaN estimates, ``converged=False`` and a
 reason in ``failure``: non-finite values, values the family does not allow
@@ -22,6 +28,7 @@ Wald SEs from its exact Hessian in (theta, beta), as :attr:`GLMMResult.vcov`
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +41,13 @@ from scipy.special import ndtr, ndtri
 from ..batched.batch import FitFlags, is_singular_rows, sd_cor
 from ..core.family import Family
 from ..core.glmm_fit import fit as fit_one
-from ..core.laplace import GLMMData
+from ..core.laplace import GLMMData, glm_fit
 from ..core.parametrization import diagonal_mask, phi_from_theta, theta_start
 from ..core.theta_layout import ThetaLayout
 from ..core.types import Structure
 from ..errors import InferenceError, check_count
-from ..runtime.kernel import kernel
+from ..runtime import kernel as kernel_module
+from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
 
 if TYPE_CHECKING:
@@ -51,7 +59,11 @@ NONFINITE_ESTIMATES = "non-finite estimates or deviance"
 OPT_FIELDS = ("theta", "phi", "active", "objective", "gradient", "hessian", "converged", "iterations",
               "gradient_norm", "decrement")
 FIRST_ITER = 5          # Newton iterations of a batch's first pass (cbpp's bootstrap: 90% of the fits; the rest continue)
-STRAGGLERS = 16         # fits continued per compiled call of the second pass
+# Responses per compiled call of the fits on the CPU (both passes; :func:`rows_per_call`). One size for every
+# call keeps one executable per model; 1,000 cbpp bootstrap refits (2 CPU cores) run in about the same time in
+# calls of 16 as of 64, and the stragglers' calls, where most members have converged, waste least when small.
+ROWS = 16
+ROWS_ACCELERATOR = 64   # the same on a GPU or TPU, whose vector units a wider call fills
 
 
 # -- responses that cannot be fitted ------------------------------------------------------------
@@ -97,67 +109,136 @@ def failure_reasons(checks: dict, fam: Family) -> np.ndarray:
 
 
 # -- the compiled fits --------------------------------------------------------------------------
-def fit_rows(Y: jnp.ndarray, data: GLMMData, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray | None,
-             fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
-    """Fit every row of ``Y`` (B, n) (vmapped :func:`lmm_jax.core.glmm_fit.fit`;
-    ``beta0`` None: each response's GLM fit) and check it; a dict of (B, ...)
-    arrays: the optimiser's ``OPT_FIELDS`` (``theta`` is theta then beta in
-    the fit's basis) and :func:`response_checks`."""
-    def one(y):
+def rows_per_call(backend: str | None = None) -> int:
+    """Responses per compiled call of the fits on ``backend`` (default JAX's):
+    :data:`ROWS` on the CPU, :data:`ROWS_ACCELERATOR` elsewhere."""
+    return ROWS if (backend or jax.default_backend()) == "cpu" else ROWS_ACCELERATOR
+
+
+def fit_rows(Y: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray, iterations: jnp.ndarray,
+             data: GLMMData, fam: Family, s: Structure, n_agq: int) -> dict:
+    """Fit every row of ``Y`` (B, n) from its own start (rows of ``phi0``,
+    ``active0`` and ``beta0``, the fixed effects in the fit's basis) with at
+    most ``iterations`` Newton iterations (a scalar, traced: not a
+    compile-time constant) and check it (vmapped
+    :func:`lmm_jax.core.glmm_fit.fit`); a dict of (B, ...) arrays: the
+    optimiser's ``OPT_FIELDS`` (``theta`` is theta then beta in the fit's
+    basis) and :func:`response_checks`."""
+    def one(y, phi, active, beta):
         # the estimates fit_one adds at the optimum are unused outputs, which XLA drops
-        opt, _ = fit_one(data._replace(y=y), phi0, active0, fam, s, n_agq, max_iter, beta0)
+        opt, _ = fit_one(data._replace(y=y), phi, active, fam, s, n_agq, iterations, beta)
         return {f: getattr(opt, f) for f in OPT_FIELDS}
 
-    out = jax.vmap(one)(Y)
+    out = jax.vmap(one)(Y, phi0, active0, beta0)
     out.update(response_checks(Y, data.weights, fam))
     return out
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
-def continue_rows_kernel(Y: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray,
-                         data: GLMMData, fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
-    """Fit every row of ``Y`` (B, n) from its own start (rows of ``phi0``,
-    ``active0``, ``beta0``): the second pass of :func:`fit_in_passes`."""
-    def one(y, phi, active, beta):
-        opt, _ = fit_one(data._replace(y=y), phi, active, fam, s, n_agq, max_iter, beta)
-        return {f: getattr(opt, f) for f in OPT_FIELDS}
-
-    return jax.vmap(one)(Y, phi0, active0, beta0)
+@kernel(static_argnames=("fam", "s", "n_agq"))
+def fit_rows_kernel(Y: jnp.ndarray, phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray,
+                    iterations: jnp.ndarray, data: GLMMData, fam: Family, s: Structure, n_agq: int) -> dict:
+    """:func:`fit_rows` compiled: one executable per model and number of rows."""
+    return fit_rows(Y, phi0, active0, beta0, iterations, data, fam, s, n_agq)
 
 
-def fit_in_passes(Y: jnp.ndarray, out: dict, data: GLMMData, fam: Family, s: Structure, n_agq: int,
-                  max_iter: int) -> dict:
-    """Continue the fits of ``out`` (:func:`fit_rows` of ``Y`` (B, n) with at
-    most ``FIRST_ITER`` iterations) that have not converged, from where they
-    stopped, ``STRAGGLERS`` at a time, up to ``max_iter`` iterations in all. A
-    vmapped while loop runs until its slowest member is done, so the few fits
-    that need many iterations (those heading for the boundary) would otherwise
-    hold up the whole batch. Returns ``out`` (NumPy arrays) with those fits replaced."""
-    out = {k: np.array(v) for k, v in out.items()}
-    nt = ThetaLayout.of(s.ks).n_theta
-    todo = np.flatnonzero(~out["converged"] & (out["n_nonfinite"] == 0) & (out["n_invalid"] == 0)
+@kernel(static_argnames=("fam",))
+def glm_starts(Y: jnp.ndarray, data: GLMMData, fam: Family) -> jnp.ndarray:
+    """(B, p): each row of ``Y``'s GLM fit without random effects
+    (:func:`lmm_jax.core.laplace.glm_fit`), the fixed effects' start of a
+    fit from scratch, in the fit's basis."""
+    return jax.vmap(lambda y: glm_fit(data._replace(y=y), fam))(Y)
+
+
+def prepare_fits(rows: int, data: GLMMData, fam: Family, s: Structure, n_agq: int,
+                 after: threading.Event) -> None:
+    """Compile :func:`fit_rows_kernel` for ``rows`` responses on a background
+    thread, traced once ``after`` is set (by
+    :func:`~lmm_jax.runtime.kernel.traced_sets` around the kernel the caller
+    needs first: the simulated responses, the GLM starts), so that it traces
+    while that kernel compiles and compiles beside it. Nothing on one core."""
+    if not kernel_module.SPARE_CORES:
+        return
+    nt, f64, shape = ThetaLayout.of(s.ks).n_theta, np.float64, jax.ShapeDtypeStruct
+    fit_rows_kernel.prepare(shape((rows, data.y.shape[0]), f64), shape((rows, nt), f64), shape((rows, nt), np.bool_),
+                            shape((rows, s.p), f64), shape((), np.int32), data, fam, s, n_agq, after=after)
+
+
+def _blocks(n: int, rows: int):
+    """(start, row indices padded to ``rows`` by repeating the first) of each call over ``n`` rows."""
+    for start in range(0, n, rows):
+        idx = np.arange(start, min(start + rows, n))
+        yield start, np.concatenate([idx, np.full(rows - idx.size, idx[0])])
+
+
+def first_pass(Y: np.ndarray, phi0: np.ndarray, active0: np.ndarray, beta0: np.ndarray, data: GLMMData,
+               fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
+    """:func:`fit_rows_kernel` on the B responses of ``Y`` (B, n) with at
+    most ``min(FIRST_ITER, max_iter)`` iterations, from one start for all
+    (``phi0``, ``active0``, and ``beta0`` (p,)) or one per row (``beta0``
+    (B, p)); NumPy arrays."""
+    B = Y.shape[0]
+    phi0, active0 = np.broadcast_to(phi0, (B,) + phi0.shape[-1:]), np.broadcast_to(active0, (B,) + active0.shape[-1:])
+    beta0 = np.broadcast_to(beta0, (B,) + beta0.shape[-1:])
+    iterations = np.int32(min(FIRST_ITER, max_iter))
+    return {k: np.asarray(v) for k, v in
+            fit_rows_kernel(Y, phi0, active0, beta0, iterations, data, fam, s, n_agq).items()}
+
+
+def stragglers(out: dict) -> np.ndarray:
+    """Rows of ``out`` (:func:`fit_rows`' arrays) whose fit has not converged
+    but can continue: a response that can be fitted, a finite point."""
+    return np.flatnonzero(~out["converged"] & (out["n_nonfinite"] == 0) & (out["n_invalid"] == 0)
                           & np.all(np.isfinite(out["phi"]), axis=1))
-    rest = max(int(max_iter) - FIRST_ITER, 1)
-    for g in range(0, todo.size, STRAGGLERS):
-        rows = todo[g:g + STRAGGLERS]
-        pad = np.concatenate([rows, np.full(STRAGGLERS - rows.size, rows[0])])
-        part = continue_rows_kernel(jnp.asarray(Y)[pad], jnp.asarray(out["phi"][pad, :nt]),
-                                    jnp.asarray(out["active"][pad, :nt]), jnp.asarray(out["theta"][pad, nt:]),
-                                    data, fam, s, n_agq, rest)
+
+
+def fit_in_passes(Y: np.ndarray, out: dict, todo: np.ndarray, data: GLMMData, fam: Family, s: Structure,
+                  n_agq: int, max_iter: int, rows: int) -> dict:
+    """Continue the fits ``todo`` (:func:`stragglers`) of ``out`` (a first
+    pass: at most ``FIRST_ITER`` iterations) from where they stopped, ``rows``
+    per call, up to ``max_iter`` iterations in all; ``Y`` (len(todo), n) holds
+    their responses. A vmapped while loop runs until its slowest member is
+    done, so the few fits that need many iterations are gathered here
+    instead of holding up every call of the first pass. Updates and returns
+    ``out`` (NumPy arrays)."""
+    if max_iter <= FIRST_ITER or not todo.size:
+        return out
+    nt = ThetaLayout.of(s.ks).n_theta
+    iterations = np.int32(max_iter - FIRST_ITER)
+    for start, pad in _blocks(todo.size, rows):
+        r = todo[pad]
+        part = fit_rows_kernel(Y[pad], out["phi"][r, :nt], out["active"][r, :nt], out["theta"][r, nt:], iterations,
+                               data, fam, s, n_agq)
+        done = r[:min(rows, todo.size - start)]
         for f in OPT_FIELDS:
-            value = np.asarray(part[f])[:rows.size]
-            out[f][rows] = value + out[f][rows] if f == "iterations" else value
+            value = np.asarray(part[f])[:done.size]
+            out[f][done] = value + out[f][done] if f == "iterations" else value
     return out
 
 
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
-def fit_rows_kernel(Y: jnp.ndarray, data: GLMMData, phi0: jnp.ndarray, active0: jnp.ndarray,
-                    beta0: jnp.ndarray | None, fam: Family, s: Structure, n_agq: int, max_iter: int) -> dict:
-    """:func:`fit_rows` compiled."""
-    return fit_rows(Y, data, phi0, active0, beta0, fam, s, n_agq, max_iter)
+def fit_responses(Y: np.ndarray, model: "GLMM", n_agq: int, start: Any, max_iter: int,
+                  rows: int | None = None) -> dict:
+    """Fit every row of ``Y`` (B, n) on ``model``'s design in both passes,
+    ``rows`` (default :func:`rows_per_call`) per compiled call, from
+    :func:`starting_point`'s start; :func:`fit_rows`' arrays for the B fits."""
+    m, rows = model, rows or rows_per_call()
+    phi0, active0, beta0 = starting_point(model, start)
+    B = Y.shape[0]
+    parts = []
+    traced = threading.Event()
+    if beta0 is None:                              # the fits compile beside the GLM starts
+        prepare_fits(rows, m.data, m.family, m.structure, n_agq, after=traced)
+    for start, pad in _blocks(B, rows):
+        Yb = Y[pad]
+        with traced_sets(traced):
+            b0 = np.asarray(glm_starts(Yb, m.data, m.family)) if beta0 is None else beta0
+        out = first_pass(Yb, phi0, active0, b0, m.data, m.family, m.structure, n_agq, max_iter)
+        parts.append({k: v[:min(rows, B - start)] for k, v in out.items()})
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    todo = stragglers(out)
+    return fit_in_passes(Y[todo], out, todo, m.data, m.family, m.structure, n_agq, max_iter, rows)
 
 
-def starting_point(model: "GLMM", start: Any) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+def starting_point(model: "GLMM", start: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(phi0, active0, beta0) of a batch: lme4's theta and each response's GLM
     fit (``start`` None), a theta in lme4's layout, or a fit's (theta, beta)
     (a :class:`GLMMResult` of this model's design: a warm start, its diagonal
@@ -172,15 +253,14 @@ def starting_point(model: "GLMM", start: Any) -> tuple[jnp.ndarray, jnp.ndarray,
                              f"{model.structure}")
         diag = diagonal_mask(ks)
         theta0 = np.where(diag, np.maximum(np.asarray(start.theta, dtype=float), WARM_THETA_MIN), start.theta)
-        beta0 = jnp.asarray(np.linalg.solve(model.basis, start.beta) if model.structure.p else np.zeros(0),
-                            dtype=jnp.float64)
+        beta0 = np.linalg.solve(model.basis, start.beta) if model.structure.p else np.zeros(0)
     else:
         theta0 = np.asarray(start, dtype=float)
         if theta0.shape != (model.n_theta,) or not np.isfinite(theta0).all():
             raise ValueError(f"start must be a GLMMResult or {model.n_theta} finite numbers (lme4's theta layout), "
                              f"got {np.asarray(start).tolist()}")
     phi0, active0 = phi_from_theta(theta0, ks)
-    return jnp.asarray(phi0), jnp.asarray(active0), beta0
+    return np.asarray(phi0, dtype=np.float64), np.asarray(active0, dtype=bool), beta0
 
 
 def user_estimates(out: dict, model: "GLMM") -> tuple[np.ndarray, np.ndarray]:
@@ -249,17 +329,13 @@ def fit_batch(model: "GLMM", Y: Any, n_agq: int = 1, *, start: Any = None, max_i
     """Fit many responses on the design of ``model`` in one vmapped compiled call
     (see :meth:`GLMM.fit_batch <lmm_jax.glmm.model.GLMM.fit_batch>`, which checks ``n_agq``)."""
     max_iter = check_count(max_iter, "max_iter")
-    Y = jnp.asarray(Y, dtype=jnp.float64)
+    Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2 or Y.shape[0] != model.design.n:
         raise ValueError(f"Y must be (n_obs, B) = ({model.design.n}, B) for this model, got shape {Y.shape}; pass one "
                          "response per column in the model's row order")
-    phi0, active0, beta0 = starting_point(model, start)
-    m = model
-    out = fit_rows_kernel(Y.T, m.data, phi0, active0, beta0, m.family, m.structure, n_agq, min(FIRST_ITER, max_iter))
-    if max_iter > FIRST_ITER:
-        out = fit_in_passes(Y.T, out, m.data, m.family, m.structure, n_agq, max_iter)
+    out = fit_responses(np.ascontiguousarray(Y.T), model, n_agq, start, max_iter)
     return as_batch_result(out, model, with_vcov=True)
 
 

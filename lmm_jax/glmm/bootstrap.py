@@ -1,16 +1,16 @@
 """Parametric bootstrap of a GLMM fit (lme4's ``bootMer``) in compiled chunks.
 
-One jit-compiled function per chunk of replicates draws the responses at the
-fitted (theta, beta) (:mod:`lmm_jax.glmm.simulate`), checks them
-(:func:`lmm_jax.glmm.batch.response_checks`) and refits each by the joint
-Newton fit under ``jax.vmap``, warm-started at the fit's estimates
-(:func:`lmm_jax.glmm.batch.starting_point`), for at most ``FIRST_ITER``
-iterations; the replicates not converged by then (1.5% of cbpp's, most
-heading for a zero SD) continue in small batches
-(:func:`lmm_jax.glmm.batch.fit_in_passes`). Chunks are powers of two
-(:func:`lmm_jax.batched.bootstrap.default_chunk_size`, at most ``CHUNK_MAX``),
-so bootstraps of other sizes reuse the compiled chunk; the replicates past ``n`` in the last
-chunk are computed and dropped.
+For each chunk of replicates one compiled function draws the responses at
+the fitted (theta, beta) (:func:`draw_replicates`, :mod:`lmm_jax.glmm.simulate`)
+and another refits them (:func:`lmm_jax.glmm.batch.fit_rows_kernel`: the
+joint Newton fit under ``jax.vmap``, warm-started at the fit's estimates,
+:func:`lmm_jax.glmm.batch.starting_point`) for at most ``FIRST_ITER``
+iterations. The replicates not converged by then (1.5% of cbpp's, most
+heading for a zero SD) are gathered from every chunk and continue, a chunk
+at a time, through the same executable (:func:`lmm_jax.glmm.batch.fit_in_passes`).
+Chunks hold :func:`lmm_jax.glmm.batch.rows_per_call` replicates whatever
+``n``, so every bootstrap, batch and power simulation of a model runs one fitting
+executable; the replicates past ``n`` in the last chunk are computed and dropped.
 
 Reproducibility: replicate ``i`` draws from ``jax.random.fold_in(key, i)``
 whatever ``chunk_size``; the same key gives the same replicates.
@@ -18,6 +18,7 @@ whatever ``chunk_size``; the same key gives the same replicates.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,34 +28,28 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..batched.bootstrap import _intervals, default_chunk_size
+from ..batched.bootstrap import _intervals
 from ..batched.simulate import as_key
 from ..core.family import Family
 from ..core.laplace import GLMMData
-from ..core.types import Structure
+from ..core.types import Structure, row_options
 from ..errors import ConvergenceWarning, check_count
-from ..runtime.kernel import kernel
+from ..runtime.kernel import kernel, traced_sets
 from ..runtime.scope import entry_point
-from .batch import FIRST_ITER, GLMMBatchResult, as_batch_result, fit_in_passes, fit_rows, starting_point
+from .batch import (GLMMBatchResult, as_batch_result, first_pass, fit_in_passes, prepare_fits, rows_per_call,
+                    starting_point, stragglers)
 from .simulate import fit_basis_beta, simulate_batch
 
 if TYPE_CHECKING:
     from .results import GLMMResult
 
-# the default chunk's cap: 1,000 cbpp replicates (2 CPU cores) take 0.67 s in chunks of 64, 0.70 s of 128, 0.77 s
-# of 256 and 1.5 s of 1,024 (the vmapped PIRLS and Newton loops of a chunk run until its slowest member is done)
-CHUNK_MAX = 64
-
-
-@kernel(static_argnames=("fam", "s", "n_agq", "max_iter"))
-def bootstrap_chunk(key: jax.Array, idx: jnp.ndarray, theta: jnp.ndarray, beta_w: jnp.ndarray, data: GLMMData,
-                    phi0: jnp.ndarray, active0: jnp.ndarray, beta0: jnp.ndarray, fam: Family, s: Structure,
-                    n_agq: int, max_iter: int) -> dict:
-    """Simulate and refit the replicates ``idx`` (fused): the responses (B, n)
-    and :func:`fit_rows`' arrays."""
+@kernel(static_argnames=("fam", "s"), cpu_options=row_options)
+def draw_replicates(key: jax.Array, idx: jnp.ndarray, theta: jnp.ndarray, beta_w: jnp.ndarray, data: GLMMData,
+                    fam: Family, s: Structure) -> jnp.ndarray:
+    """(B, n): the responses of replicates ``idx`` at ``(theta, beta_w)``,
+    replicate ``i`` from ``fold_in(key, i)``."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    Y = simulate_batch(keys, theta, beta_w, None, data, fam, s)
-    return Y, fit_rows(Y, data, phi0, active0, beta0, fam, s, n_agq, max_iter)
+    return simulate_batch(keys, theta, beta_w, None, data, fam, s)
 
 
 @entry_point
@@ -66,8 +61,8 @@ def run_bootstrap(result: "GLMMResult", n: int, key: Any, *, chunk_size: int | N
         result: the fit; its (theta, beta) are simulated at and start each refit.
         n: replicates.
         key: an int seed or a ``jax.random`` key (replicate i uses ``fold_in(key, i)``).
-        chunk_size: replicates per compiled call (default: the smallest power of
-            two >= n, at least 8, at most ``CHUNK_MAX``).
+        chunk_size: replicates per compiled call (default
+            :func:`~lmm_jax.glmm.batch.rows_per_call`: 16 on the CPU).
         max_iter: Newton iteration limit per refit.
 
     Returns:
@@ -75,22 +70,28 @@ def run_bootstrap(result: "GLMMResult", n: int, key: Any, *, chunk_size: int | N
     """
     n, max_iter = check_count(n, "n"), check_count(max_iter, "max_iter")
     model = result.model
+    m, fam, s = model.data, model.family, model.structure
     key = as_key(key)
-    chunk = (min(default_chunk_size(n, model.design.n, 1, jax.default_backend()), CHUNK_MAX) if chunk_size is None
-             else check_count(chunk_size, "chunk_size"))
+    chunk = rows_per_call() if chunk_size is None else check_count(chunk_size, "chunk_size")
     phi0, active0, beta0 = starting_point(model, result)
-    theta = jnp.asarray(result.theta, dtype=jnp.float64)
+    theta = np.asarray(result.theta, dtype=np.float64)
     beta_w = fit_basis_beta(result)
-    parts: list[dict] = []
+    parts, todo, Y_todo = [], [], []
+    traced = threading.Event()
+    prepare_fits(chunk, m, fam, s, result.n_agq, after=traced)      # compiles beside the first draws
     for start in range(0, n, chunk):
-        idx = jnp.arange(start, start + chunk, dtype=jnp.uint32)     # always a full chunk: one compilation
-        Y, out = bootstrap_chunk(key, idx, theta, beta_w, model.data, phi0, active0, beta0, model.family,
-                                 model.structure, result.n_agq, min(FIRST_ITER, max_iter))
-        if max_iter > FIRST_ITER:
-            out = fit_in_passes(Y, out, model.data, model.family, model.structure, result.n_agq, max_iter)
+        idx = np.arange(start, start + chunk, dtype=np.uint32)     # always a full chunk: one compilation
+        with traced_sets(traced):
+            Y = np.asarray(draw_replicates(key, idx, theta, beta_w, m, fam, s))
+        out = first_pass(Y, phi0, active0, beta0, m, fam, s, result.n_agq, max_iter)
         size = min(chunk, n - start)
-        parts.append({k: np.asarray(v)[:size] for k, v in out.items()})
+        out = {k: v[:size] for k, v in out.items()}
+        late = stragglers(out)
+        parts.append(out)
+        todo.append(start + late)
+        Y_todo.append(Y[late])
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = fit_in_passes(np.concatenate(Y_todo), out, np.concatenate(todo), m, fam, s, result.n_agq, max_iter, chunk)
     boot = GLMMBootstrapResult(fit=result, replicates=as_batch_result(out, model, with_vcov=False), chunk_size=chunk)
     if boot.n_failed or boot.n_nonconverged:
         warnings.warn(f"{boot.n_failed} of {n} bootstrap replicates failed and {boot.n_nonconverged} did not "

@@ -15,6 +15,7 @@ theta) and each fit's z test of ``beta_term = 0`` is counted.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -25,8 +26,9 @@ from ..batched.params import fixed_effects_vector, theta_from_sd_cor
 from ..batched.simulate import as_key, replicate_keys
 from ..build.design import as_frame
 from ..errors import DataError, InferenceError, check_count
+from ..runtime.kernel import traced_sets
 from ..runtime.scope import entry_point
-from .batch import fit_batch
+from .batch import fit_batch, prepare_fits, rows_per_call
 from .model import GLMM, _check_agq
 from .simulate import simulate_kernel
 
@@ -96,7 +98,10 @@ def z_test_power(model: GLMM, params: Mapping[str, Any], term: str, n: int = 200
                              "(likelihood-ratio tests of GLMMs are not available here)")
     theta, beta = glmm_params(params, model)
     n_agq = _check_agq(nAGQ, model.structure, model.design)
-    Y = simulate_at(model, theta, beta, n, key)
+    traced = threading.Event()
+    prepare_fits(rows_per_call(), model.data, model.family, model.structure, n_agq, after=traced)
+    with traced_sets(traced):                         # the fits compile beside the simulation
+        Y = simulate_at(model, theta, beta, n, key)
     fits = fit_batch(model, Y, n_agq, start=theta)
     j = names.index(term)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -61,10 +61,10 @@ def simulate_kernel(keys: jax.Array, theta: jnp.ndarray, beta_w: jnp.ndarray, et
     return simulate_batch(keys, theta, beta_w, eta_fit, data, fam, s).T
 
 
-def fit_basis_beta(result: "GLMMResult") -> jnp.ndarray:
+def fit_basis_beta(result: "GLMMResult") -> np.ndarray:
     """The fit's fixed effects in the basis of ``model.data.X``: ``S^{-1} beta``."""
     basis = result.model.basis
-    return jnp.asarray(np.linalg.solve(basis, result.beta) if basis.size else np.zeros(0), dtype=jnp.float64)
+    return np.asarray(np.linalg.solve(basis, result.beta) if basis.size else np.zeros(0), dtype=np.float64)
 
 
 @entry_point

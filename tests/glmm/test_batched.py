@@ -13,7 +13,7 @@ import pytest
 import lmm_jax
 from lmm_jax import GLMM
 from lmm_jax.core.family import make_family
-from lmm_jax.glmm.batch import failure_reasons, response_checks
+from lmm_jax.glmm.batch import FIRST_ITER, failure_reasons, response_checks
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 # lme4 1.1-31 bootMer(fit, function(x) c(fixef(x), getME(x, "theta")), nsim = 1000, seed = 20261122) of the cbpp
@@ -94,7 +94,13 @@ def test_bootstrap_is_reproducible_and_near_bootmer(cbpp_fit):
         boot = r.bootstrap(1000, key=20261122)
         again = r.bootstrap(1000, key=20261122)
     pd.testing.assert_frame_equal(boot.table, again.table)
-    assert boot.chunk_size == 64 and len(boot) == 1000 and boot.n_failed == 0
+    assert boot.chunk_size == 16 and len(boot) == 1000 and boot.n_failed == 0
+    # replicate i is the same whatever the chunks: the first 40 in chunks of 8 (their stragglers, gathered
+    # from every chunk, continue in calls of 8) equal the first 40 of the default chunks of 16
+    late = np.flatnonzero(boot.replicates.iterations[:40] > FIRST_ITER)
+    assert late.size, "no replicate among the first 40 needs the second pass: pick another key"
+    small = r.bootstrap(40, key=20261122, chunk_size=8)
+    pd.testing.assert_frame_equal(small.table, boot.table.iloc[:40])
     ci = boot.confint()
     assert list(ci.index) == ["sd_(Intercept)|herd", "(Intercept)", "period2", "period3", "period4"]
     # the replicates are single fits: the first equals GLMM.fit of its simulated response
