@@ -21,6 +21,7 @@ and every process returns the whole result, the same bits as one process.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from .batched.batch import prepare_fit_batch
 from .batched.distributed import exchange, mine, owners, put_rows
 from .batched.simulate import as_key, simulate as _simulate, simulate_replicates
 from .build.design import as_frame
@@ -35,6 +37,7 @@ from .distributions import beta_ppf, chi2_sf
 from .errors import DataError, check_bool, check_count
 from .model import LMM
 from .results import LMMResult
+from .runtime.kernel import traced_sets
 from .runtime.scope import entry_point
 
 if TYPE_CHECKING:
@@ -347,10 +350,18 @@ def _power_results(plans: Sequence[_PowerPlan], alpha: float, level: float, what
     owner = owners(costs, what, f"Pass chunk_size={max(1, -(-largest // jax.process_count()))} or less to split "
                                 "the simulations into more chunks.")
     todo = mine(owner)
+    traced = threading.Event()
+    first = {plans[units[u][0]].base.padded.structure for u in todo[:1]}
+    for j in sorted({units[u][0] for u in todo}):       # the other size buckets' fits compile beside the first's
+        plan = plans[j]
+        if plan.null is None and plan.base.padded.structure not in first:
+            first.add(plan.base.padded.structure)
+            prepare_fit_batch(plan.base, plan.chunk, plan.reml, ddf=plan.ddf, pad_levels=True, after=traced)
     if progress:
         from tqdm.auto import tqdm
         todo = tqdm(todo, desc="power", unit="chunk")
-    shared = exchange({u: _power_chunk(plans[units[u][0]], units[u][1]) for u in todo})
+    with traced_sets(traced):
+        shared = exchange({u: _power_chunk(plans[units[u][0]], units[u][1]) for u in todo})
     out = []
     for j, plan in enumerate(plans):
         arrays: dict[str, np.ndarray] = {}

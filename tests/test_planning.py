@@ -8,6 +8,8 @@ import pytest
 from scipy import stats
 
 import lmm_jax
+from lmm_jax.runtime.scope import float64
+from lmm_jax.batched.batch import _fit_responses, prepare_fit_batch
 from lmm_jax.batched.params import theta_from_sd_cor
 from lmm_jax.errors import DataError
 
@@ -105,8 +107,17 @@ def test_t_test_power_and_a_power_curve():
     res = lmm_jax.power((FORMULA, planned_design()), "Days", n=256, key=3, params=PARAMS)
     assert res.n_failed == 0
     assert abs(res.power - expected) < 4 * np.sqrt(expected * (1 - expected) / res.n)
+    # a power curve prepares its other size buckets' fits (on a second thread) under the key of the call it
+    # then makes: preparing the power test's call again builds nothing new
+    builds = _fit_responses._cache_size()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lmm_jax.runtime.kernel, "SPARE_CORES", True)          # the suite's workers have none
+        with float64():                                                   # as inside lmm_jax's calls
+            prepare_fit_batch(lmm_jax.LMM(FORMULA, planned_design(), planned=True), 256, pad_levels=True)
+    assert _fit_responses._cache_size() == builds
     curve = lmm_jax.power_curve((FORMULA, planned_design()), "Days", along="Subject", sizes=[10, 20], n=256,
                                 key=4, params=PARAMS)
+    assert _fit_responses._cache_size() == builds            # 10 and 20 subjects: one size bucket
     assert list(curve["size"]) == [10, 20] and list(curve["n_rows"]) == [100, 200]
     assert curve["power"].iloc[0] < curve["power"].iloc[1]
     again = lmm_jax.power_curve((FORMULA, planned_design()), "Days", along="Subject", sizes=[10], n=256, key=4,

@@ -660,6 +660,29 @@ def fit_batch(model: "LMM", Y: Any, reml: bool = True, *, start: np.ndarray | No
     return _as_batch_result(out, model.design, bool(reml), failure_reasons(checks), ddf)
 
 
+def prepare_fit_batch(model: "LMM", B: int, reml: bool = True, *, max_iter: int = 200, method: str = "bfgs",
+                      ddf: str = "satterthwaite", pad_levels: bool = False,
+                      after: threading.Event | None = None) -> None:
+    """Compile the fitting kernel of ``fit_batch(model, Y, ...)`` for B
+    responses (``Y`` (n_obs, B), the other arguments as :func:`fit_batch`'s,
+    ``start`` None) on a background thread (:meth:`Kernel.prepare
+    <lmm_jax.runtime.kernel.Kernel.prepare>`), traced once ``after`` is set:
+    a caller that will fit several padded structures (a power curve's size
+    buckets) compiles the later ones beside the first. Nothing on one core."""
+    if not kernel_module.SPARE_CORES:
+        return
+    s = model.structure
+    if pad_levels:
+        dp, eq, fitted = model.padded.products, model.padded_moment_equations, model.padded.structure
+    else:
+        dp, eq, fitted = model.products, model.moment_equations, s
+    Yw = jax.ShapeDtypeStruct((model.design.n, B), np.float64)
+    rps, _ = jax.eval_shape(partial(_batch_products.jitted, s=s, padded=fitted), Yw, model.response_map,
+                            model.arrays)
+    _fit_responses.prepare(rps, dp, eq, None, None, fitted, bool(reml), int(max_iter), check_method(method),
+                           check_batch_ddf(ddf) == "satterthwaite", after=after)
+
+
 @entry_point
 def fit_models(models: Sequence["LMM"], reml: bool = True, *, max_iter: int = 200,
                method: str = "bfgs", ddf: str = "satterthwaite", chunk_size: int | None = None) -> list[BatchResult]:

@@ -3,6 +3,7 @@ against lme4's bootMer (benchmarks/bench_glmm_r.R's run: cbpp, 1000 replicates, 
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import jax.numpy as jnp
@@ -11,9 +12,10 @@ import pandas as pd
 import pytest
 
 import lmm_jax
+from lmm_jax.runtime.scope import float64
 from lmm_jax import GLMM
 from lmm_jax.core.family import make_family
-from lmm_jax.glmm.batch import FIRST_ITER, failure_reasons, response_checks
+from lmm_jax.glmm.batch import FIRST_ITER, failure_reasons, fit_rows_kernel, prepare_fits, response_checks
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 # lme4 1.1-31 bootMer(fit, function(x) c(fixef(x), getME(x, "theta")), nsim = 1000, seed = 20261122) of the cbpp
@@ -101,6 +103,14 @@ def test_bootstrap_is_reproducible_and_near_bootmer(cbpp_fit):
     assert late.size, "no replicate among the first 40 needs the second pass: pick another key"
     small = r.bootstrap(40, key=20261122, chunk_size=8)
     pd.testing.assert_frame_equal(small.table, boot.table.iloc[:40])
+    # the bootstrap prepares its fits (on a second thread, beside the draws) under the key of the call it makes
+    builds = fit_rows_kernel._cache_size()
+    m = r.model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lmm_jax.runtime.kernel, "SPARE_CORES", True)          # the suite's workers have none
+        with float64():                                                   # as inside lmm_jax's calls
+            prepare_fits(16, m.data, m.family, m.structure, 1, after=threading.Event())
+    assert fit_rows_kernel._cache_size() == builds
     ci = boot.confint()
     assert list(ci.index) == ["sd_(Intercept)|herd", "(Intercept)", "period2", "period3", "period4"]
     # the replicates are single fits: the first equals GLMM.fit of its simulated response
