@@ -10,6 +10,7 @@ inside the child with ``time.perf_counter`` (R: ``proc.time()``). Each child get
 ``LMM_JAX_CACHE_DIR`` (temp dirs, removed at the end) so the user's cache is neither read nor
 written; ``JAX_COMPILATION_CACHE_DIR`` and ``LMM_JAX_COMPILATION_CACHE`` are removed from the
 children's environment, nothing else is set (no OPENBLAS_NUM_THREADS: latency as a user gets it).
+Before the children run, lmm_jax's bytecode is written (``compileall``), as an install writes it.
 
 Measurements (each repeated in ``--repeats`` fresh processes, interleaved: repeat 1 of everything,
 then repeat 2, ...; median, min and max reported):
@@ -622,6 +623,21 @@ def machine() -> dict:
                 loadavg_before=list(os.getloadavg()))
 
 
+def compile_bytecode() -> str:
+    """Write the bytecode of the lmm_jax the children import (``compileall``), as ``pip install`` does for
+    an installed package and a first import does for an editable one: with ``PYTHONDONTWRITEBYTECODE``
+    set and no ``__pycache__``, every child would compile lmm_jax's sources anew (jax, scipy and pandas
+    have theirs from their install). Returns the package folder compiled."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lmm_jax")
+    folder = str(Path(spec.origin).parent) if spec and spec.origin else ""
+    if folder:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        subprocess.run([sys.executable, "-m", "compileall", "-q", folder], env=env, capture_output=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, min, max)")
@@ -646,6 +662,7 @@ def main(argv: list[str] | None = None) -> dict:
                          warm_reps=args.warm_reps, measurements=sorted(which), command=[sys.executable] + sys.argv,
                          env={k: os.environ[k] for k in ("XLA_FLAGS", "OPENBLAS_NUM_THREADS", "PYTHONPATH",
                                                          "JAX_PLATFORMS") if k in os.environ})
+    results["bytecode"] = compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="lmm_jax_latency_") as tmp:
         run = Runner(Path(tmp), args.timeout)
         csv = Path(tmp) / "sleepstudy.csv"
