@@ -34,7 +34,7 @@ from .core.types import CrossProducts, DesignArrays, DesignProducts, Padded, Res
 from .errors import (ConvergenceError, ConvergenceWarning, DataError, PrecisionError, SingularFitWarning, check_bool,
                      check_count)
 from .runtime import kernel as kernel_module
-from .runtime.kernel import prepare_import, traced_sets
+from .runtime.kernel import traced_sets
 from .runtime.scope import entry_point
 
 from .results import LMMResult
@@ -291,7 +291,6 @@ class LMM:
             # traced once the Newton loop is: tracing holds Python's lock, and the loop is needed first
             vp = jax.ShapeDtypeStruct((self.n_theta + 1,), np.float64)
             varpar_derivatives.prepare(vp, pad.products, pad.response, pad.structure, bool(reml), after=traced)
-            prepare_import("scipy.special", after=traced)          # summary()'s p-values
         with traced_sets(traced):
             opt, est = fit_and_estimate(pad.products, pad.response, phi0, active0, pad.structure, bool(reml),
                                         max_iter)

@@ -73,6 +73,7 @@ import numpy as np
 from jax import lax
 
 from ..runtime.kernel import serializable
+from .eigh import symmetric_eigh
 from .loops import batched_like
 from .parametrization import diagonal_mask, theta_from_phi
 
@@ -178,8 +179,9 @@ def masked(M: jnp.ndarray, act: jnp.ndarray) -> jnp.ndarray:
 def floored_eigh(H: jnp.ndarray, eig_floor: float) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(|lambda|, Q)`` of symmetric H with each ``|lambda|`` raised to at
     least ``eig_floor * max(max |lambda|, 1)``: ``Q diag(|lambda|) Q'`` is a
-    positive definite stand-in for H (Nocedal & Wright 2006, sec. 3.4)."""
-    lam, Q = jnp.linalg.eigh(H)
+    positive definite stand-in for H (Nocedal & Wright 2006, sec. 3.4); the
+    decomposition by :func:`~lmm_jax.core.eigh.symmetric_eigh`."""
+    lam, Q = symmetric_eigh(H)
     floor = eig_floor * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
     return jnp.maximum(jnp.abs(lam), floor), Q
 

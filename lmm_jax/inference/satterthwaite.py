@@ -22,6 +22,7 @@ import pandas as pd
 from ..core.estimates import PINV_RCOND
 from ..core.parametrization import lambdas_host
 from ..core.theta_layout import ThetaLayout
+from ..distributions import t_sf
 
 
 def varpar_covariance(H: np.ndarray) -> np.ndarray:
@@ -129,7 +130,5 @@ def satterthwaite_table(L: np.ndarray, beta: np.ndarray, C: np.ndarray, dC: np.n
     est = np.atleast_2d(L) @ beta
     se = np.sqrt(var)
     t = est / se
-    from scipy.special import stdtr          # on first use (a fit imports it beside its compile: model.fit)
-
-    p = 2.0 * stdtr(df, -np.abs(t))          # Student's t CDF: scipy.stats.t.sf's own kernel, without scipy.stats
+    p = 2.0 * t_sf(np.abs(t), df)
     return pd.DataFrame({"estimate": est, "std_error": se, "df": df, "t": t, "p": p}, index=names)

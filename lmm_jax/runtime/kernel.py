@@ -75,11 +75,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib
 import inspect
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -245,26 +243,6 @@ def _traced() -> None:
     if event is not None:
         _tracing.event = None
         event.set()
-
-
-def prepare_import(module: str, after: threading.Event) -> None:
-    """Import ``module`` on a background thread once ``after`` is set (as
-    :meth:`Kernel.prepare` builds a kernel): a module the caller needs after
-    its kernel (scipy.special for summary()'s p-values, 0.08 s) loads while
-    XLA compiles that kernel without Python's lock. The caller imports it
-    as usual when it needs it: Python's import lock makes that wait for this
-    thread, and an import that fails here raises there. A module already
-    imported (every refit after the first fit) starts no thread."""
-    if module in sys.modules:
-        return
-
-    def load() -> None:
-        after.wait(PREPARE_WAIT)
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-
-    with contextlib.suppress(RuntimeError):     # no thread to be had: the caller imports it
-        threading.Thread(target=load, name=f"lmm_jax-prepare-import-{module}").start()
 
 
 def wait_for_optimised(timeout: float | None = None) -> None:
@@ -607,18 +585,30 @@ def _runtime_ready(backend: str) -> None:
         _READY.add(backend)
 
 
+def _calls_lapack(exported) -> bool:
+    """Whether ``exported``'s module calls jaxlib's LAPACK kernels (a custom
+    call ``lapack_...``), which a loaded executable needs initialized
+    (:func:`_runtime_ready`); a module that holds none, such as the kernels
+    of a model with small blocks, loads without importing scipy.linalg."""
+    try:
+        return b"lapack_" in exported.mlir_module_serialized
+    except AttributeError:                         # another Exported: assume it does
+        return True
+
+
 class _RuntimeReady:
     """:func:`_runtime_ready` on a thread of its own while the caller
     deserializes an executable (which runs without Python's lock: a cached
     process's first load, 0.1 s, and the runtime's initialization, 0.05-0.08
     s of imports and lowering, overlap); nothing to do once the backend is
-    ready. :meth:`wait` before the executable runs; ``error``: what
-    initialization raised."""
+    ready, or for a ``backend`` of None (an executable that needs none).
+    :meth:`wait` before the executable runs; ``error``: what initialization
+    raised."""
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str | None):
         self.error: BaseException | None = None
         self._thread = None
-        if backend in _READY:
+        if backend is None or backend in _READY:
             return
         self._thread = threading.Thread(target=self._run, args=(backend,), name="lmm_jax-runtime-ready")
         try:
@@ -650,7 +640,7 @@ def _load_executable(path: Path, key: str, exported, backend: str):
     header, _, payload = data.partition(b"\n")
     if header != b" ".join((_EXECUTABLE_TAG, key.encode(), hashlib.sha256(payload).hexdigest().encode())):
         return None                                # truncated, overwritten or another entry's bytes
-    ready = _RuntimeReady(backend)
+    ready = _RuntimeReady(backend if _calls_lapack(exported) else None)
     try:
         compiled = serialize_executable.deserialize_and_load(payload, exported.in_tree, exported.out_tree,
                                                              backend=backend)

@@ -152,23 +152,6 @@ def test_inside_a_trace_a_kernel_is_its_jitted_function(x64):
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-def test_prepare_import_loads_the_module_once_the_event_is_set(tmp_path, monkeypatch):
-    (tmp_path / "lmm_jax_prepared_demo.py").write_text("LOADED = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "lmm_jax_prepared_demo", raising=False)
-    event = threading.Event()
-    kernel_module.prepare_import("lmm_jax_prepared_demo", after=event)
-    kernel_module.prepare_import("lmm_jax_no_such_module", after=event)     # fails quietly on its thread
-    time.sleep(0.2)
-    assert "lmm_jax_prepared_demo" not in sys.modules                    # waits for the event
-    event.set()
-    for t in threading.enumerate():
-        if t.name.startswith("lmm_jax-prepare-import-"):
-            t.join(10)
-    assert sys.modules["lmm_jax_prepared_demo"].LOADED
-    monkeypatch.delitem(sys.modules, "lmm_jax_prepared_demo")
-
-
 def test_prepare_compiles_ahead_on_a_thread_and_the_call_uses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)   # an empty store: the first build traces
 
@@ -420,27 +403,40 @@ def test_host_digest_follows_the_cpu_flags_without_a_subprocess(monkeypatch):
 
 
 def test_a_runtime_that_cannot_initialize_refuses_the_load(tmp_path, monkeypatch):
-    # the runtime initializes on a thread beside the deserialization; its failure refuses the entry, as the
-    # deserialization's own would (the kernel then compiles)
+    # the runtime (jaxlib's LAPACK kernels) initializes on a thread beside the deserialization of an executable
+    # that calls LAPACK; its failure refuses the entry, as the deserialization's own would (the kernel then
+    # compiles). An executable without LAPACK calls loads without it.
     monkeypatch.setattr(kernel_module, "export_dir", lambda: tmp_path)
 
     @kernel(static_argnames=())
     def tripled(x):
         return 3 * x
 
-    x = np.arange(float(np.random.default_rng().integers(16, 1 << 20)))
+    rng = np.random.default_rng()              # a new shape and constant: no entry of JAX's own persistent cache
+    shift = float(rng.uniform())               # serves them
+
+    @kernel(static_argnames=())
+    def eigenvalues(a):
+        return jnp.linalg.eigh(a)[0] + shift
+
+    x = np.arange(float(rng.integers(16, 1 << 20)))
     tripled(x)
-    [stored] = tmp_path.glob("tripled-*.xla")
-    key, _, _ = entry(stored)
-    exported = jax.export.deserialize(bytearray(stored.with_suffix(".bin").read_bytes()))
-    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is not None
+    eigenvalues(np.diag(x[:12]))
+    loads = {}
+    for name in ("tripled", "eigenvalues"):
+        [stored] = tmp_path.glob(f"{name}-*.xla")
+        key, _, _ = entry(stored)
+        exported = jax.export.deserialize(bytearray(stored.with_suffix(".bin").read_bytes()))
+        assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is not None
+        loads[name] = (stored, key.decode(), exported)
 
     def broken(backend):
         raise RuntimeError("no LAPACK here")
 
     monkeypatch.setattr(kernel_module, "_READY", set())
     monkeypatch.setattr(kernel_module, "_runtime_ready", broken)
-    assert kernel_module._load_executable(stored, key.decode(), exported, "cpu") is None
+    assert kernel_module._load_executable(*loads["eigenvalues"], "cpu") is None
+    assert kernel_module._load_executable(*loads["tripled"], "cpu") is not None
 
 
 GLOBAL_CACHE_SCRIPT = textwrap.dedent("""
