@@ -16,12 +16,21 @@ Each sweep squares the off-diagonal norm's ratio to the gaps once it is
 small (quadratic convergence), so the fixed count leaves it at rounding
 level for these sizes; eigenvalues agree with LAPACK's to rounding and the
 eigenvectors are orthogonal to rounding (tests/core/test_eigh.py).
+
+Under ``jax.vmap`` (the batched fits: a bootstrap's refits, a GLMM batch's
+Newton loops) :func:`symmetric_eigh` is LAPACK's batched call again
+(``jax.custom_batching.custom_vmap``): one call for the batch, where the
+rotations are about 40 small XLA operations each, in every iteration of
+every fit (cbpp's 1,000-replicate bootstrap: 1.00 s warm with the
+rotations, 0.59 s with LAPACK). Batched kernels are not the ones a fresh
+process loads for its first fit.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 JACOBI_MAX = 8
 JACOBI_SWEEPS = 10
@@ -67,9 +76,23 @@ def jacobi_eigh(H: jnp.ndarray, sweeps: int = JACOBI_SWEEPS) -> tuple[jnp.ndarra
     return jnp.diagonal(A), V
 
 
+@custom_vmap
+def _single_eigh(H: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return jacobi_eigh(H)
+
+
+@_single_eigh.def_vmap
+def _batched_eigh(axis_size: int, in_batched: list, H: jnp.ndarray):
+    if not in_batched[0]:
+        return _single_eigh(H), (False, False)
+    lam, Q = jnp.linalg.eigh(H)
+    return (lam, Q), (True, True)
+
+
 def symmetric_eigh(H: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``(lambda, Q)`` of symmetric H: :func:`jacobi_eigh` up to
-    ``JACOBI_MAX`` rows, else ``jnp.linalg.eigh`` (ascending eigenvalues)."""
+    """``(lambda, Q)`` of symmetric H (n, n): :func:`jacobi_eigh` up to
+    ``JACOBI_MAX`` rows, ``jnp.linalg.eigh`` (ascending eigenvalues) beyond
+    it and under ``jax.vmap`` (module docstring)."""
     if H.shape[-1] <= JACOBI_MAX:
-        return jacobi_eigh(H)
+        return _single_eigh(H)
     return jnp.linalg.eigh(H)

@@ -51,6 +51,14 @@ def test_symmetric_eigh_goes_to_lapack_beyond_jacobi_max_and_floors_alike():
         H = jnp.asarray(matrices(JACOBI_MAX + 1, rng)[0])
         lam, _ = symmetric_eigh(H)
         np.testing.assert_array_equal(np.asarray(lam), np.asarray(jnp.linalg.eigh(H)[0]))     # LAPACK's, ascending
+        # vmapped (the batched fits): LAPACK's batched call, one for the batch
+        batch = jnp.asarray(matrices(5, rng))
+        lam, Q = jax.jit(jax.vmap(symmetric_eigh))(batch)
+        want_lam, want_Q = jax.jit(jax.vmap(jnp.linalg.eigh))(batch)
+        np.testing.assert_array_equal(np.asarray(lam), np.asarray(want_lam))
+        np.testing.assert_array_equal(np.asarray(Q), np.asarray(want_Q))
+        assert "lapack" in jax.jit(jax.vmap(symmetric_eigh)).lower(batch).as_text()
+        assert "lapack" not in jax.jit(symmetric_eigh).lower(batch[0]).as_text()
         small = jnp.asarray(matrices(4, rng)[3])                                               # graded, both signs
         lam, Q = floored_eigh(small, 1e-8)
         ref = np.abs(np.linalg.eigvalsh(np.asarray(small)))
