@@ -590,10 +590,7 @@ def _calls_lapack(exported) -> bool:
     call ``lapack_...``), which a loaded executable needs initialized
     (:func:`_runtime_ready`); a module that holds none, such as the kernels
     of a model with small blocks, loads without importing scipy.linalg."""
-    try:
-        return b"lapack_" in exported.mlir_module_serialized
-    except AttributeError:                         # another Exported: assume it does
-        return True
+    return b"lapack_" in exported.mlir_module_serialized
 
 
 class _RuntimeReady:
